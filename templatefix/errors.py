@@ -1,0 +1,39 @@
+"""Errors templatefix raises on purpose.
+
+Every error here carries a one-line, user-facing message. The CLI prints ``str(error)`` and exits
+non-zero; it never shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class TemplatefixError(Exception):
+    """Base class: a problem with the user's input, explained in one line."""
+
+    exit_code: int = 2
+
+
+class TemplateSyntaxError(TemplatefixError):
+    """The template is not valid Jinja (message includes line and column)."""
+
+
+class RenderError(TemplatefixError):
+    """Rendering failed: the template raised, or hit an error, on a conversation."""
+
+
+class TemplateRejected(RenderError):
+    """The template called ``raise_exception``: it refuses this conversation on purpose."""
+
+
+class RenderLimitExceeded(RenderError):
+    """A render went past its time or output-size bound."""
+
+
+class SourceError(TemplatefixError):
+    """A SOURCE (file, directory, Hub id) could not be read."""
+
+
+class NotVerifiedError(TemplatefixError):
+    """A patch could not be verified against SPEC.md."""
+
+    exit_code = 1
