@@ -1,0 +1,396 @@
+"""Instrumented rendering: which piece of the template produced which characters.
+
+We rewrite jinja2's AST (never the text) so that every output in the *top-level output stream*
+reports what it emitted:
+
+- each child of an ``Output`` node (literal text or ``{{ expression }}``) becomes an *atom*;
+- an expression that is a ``+``/``~`` chain also reports each operand (its *parts*), so a later
+  edit can split it between operands;
+- each ``for`` loop reports where every iteration starts and which item it is on, so we know which
+  characters the iteration for message *j* produced (``message_regions``).
+
+Outputs inside macros, ``{% set %}`` blocks, ``{% call %}``/``{% filter %}`` bodies and recursive
+loops are not top level: their text reaches the output through an expression at the call site,
+which is the atom. (transformers' ``generation`` offsets are only right in the top-level stream,
+so those are also the only places markers may go.) Existing ``{% generation %}`` blocks are made
+transparent.
+
+The instrumented template renders byte-identically to the original: the hooks return their
+argument unchanged and record on the side. ``trace`` checks this on every call.
+
+Example:
+    >>> from templatefix.source import TemplateSource
+    >>> source = TemplateSource.parse("{% for m in messages %}{{ m.role + ':' + m.content }}{% endfor %}")
+    >>> result = trace(source, [{"role": "user", "content": "hi"}])
+    >>> result.text, [(e.start, e.end, e.part_ranges) for e in result.emissions]
+    ('user:hi', [(0, 7, [(0, 4), (4, 5), (5, 7)])])
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jinja2 import nodes
+from transformers.utils import chat_template_utils as _ctu
+
+from templatefix.errors import RenderError, TemplateRejected
+from templatefix.render import environment, render, template_arguments
+from templatefix.source import TemplateSource
+
+_EMIT = "__templatefix_emit__"
+_PART = "__templatefix_part__"
+_ITERATION = "__templatefix_iteration__"
+_LOOP_END = "__templatefix_loop_end__"
+
+
+@dataclass
+class Atom:
+    """One child of a top-level ``Output`` node.
+
+    Attributes:
+        id: index in ``Instrumented.atoms``.
+        node: the child node in ``TemplateSource.ast`` (``TemplateData`` or an expression).
+        output: the enclosing ``Output`` node.
+        parts: the operands of a ``+``/``~`` chain, in order (``[node]`` when not a chain).
+        operators: the operator between consecutive parts (``"+"`` or ``"~"``).
+        loops: enclosing ``for`` nodes, outermost first.
+    """
+
+    id: int
+    node: nodes.Node
+    output: nodes.Output
+    parts: list[nodes.Node]
+    operators: list[str]
+    loops: list[nodes.For]
+
+    @property
+    def is_literal(self) -> bool:
+        return isinstance(self.node, nodes.TemplateData)
+
+
+@dataclass
+class Emission:
+    """Characters ``[start, end)`` of the render came from ``atom``.
+
+    ``part_ranges`` gives each part's range when the parts' texts join to the whole (always for
+    ``~``; for ``+`` only when the operands were strings); otherwise ``None``. ``scope`` holds the
+    enclosing loops' targets and the innermost ``loop`` object's flags.
+    """
+
+    atom: int
+    start: int
+    end: int
+    part_ranges: list[tuple[int, int]] | None
+    scope: dict[str, Any]
+
+
+@dataclass
+class Iteration:
+    loop: int
+    item: Any
+    index0: int
+    start: int
+
+
+@dataclass
+class Trace:
+    text: str
+    emissions: list[Emission]
+    iterations: list[Iteration]
+    loop_ends: list[tuple[int, int]] = field(default_factory=list)  # (loop id, offset)
+
+
+class Instrumented:
+    """A template compiled with recording hooks, plus the atoms and loops it reports on."""
+
+    def __init__(self, source: TemplateSource) -> None:
+        self.source = source
+        self.atoms: list[Atom] = []
+        self.loops: list[nodes.For] = []
+        instrumented = copy.deepcopy(source.ast)
+        self._originals: dict[int, nodes.Node] = {}
+        _pair_nodes(source.ast, instrumented, self._originals)
+        instrumented.body = self._transform_body(instrumented.body, loops=[], top_level=True)
+        instrumented.set_environment(environment())
+        self.template = environment().from_string(instrumented)
+
+    # -- AST transform -------------------------------------------------------------------------
+    def _transform_body(self, body: list[nodes.Node], loops: list[nodes.For], top_level: bool) -> list[nodes.Node]:
+        result: list[nodes.Node] = []
+        for node in body:
+            if _is_generation_block(node):
+                result.extend(self._transform_body(node.body, loops, top_level))
+                continue
+            result.extend(self._transform_statement(node, loops, top_level))
+        return result
+
+    def _transform_statement(self, node: nodes.Node, loops: list[nodes.For], top_level: bool) -> list[nodes.Node]:
+        if isinstance(node, nodes.Output):
+            if top_level:
+                self._instrument_output(node, loops)
+            return [node]
+        if isinstance(node, nodes.For):
+            inner_top = top_level and not node.recursive
+            original_loop = self._originals[id(node)]
+            loop_id = len(self.loops)
+            self.loops.append(original_loop)
+            inner_loops = [*loops, original_loop] if inner_top else loops
+            node.body = self._transform_body(node.body, inner_loops, inner_top)
+            node.else_ = self._transform_body(node.else_, loops, top_level)
+            if not inner_top:
+                return [node]
+            marker = _call(_ITERATION, nodes.Const(loop_id), _as_load(node.target), nodes.Name("loop", "load"))
+            node.body.insert(0, nodes.Output([marker]).set_lineno(node.lineno))
+            end = nodes.Output([_call(_LOOP_END, nodes.Const(loop_id))]).set_lineno(node.lineno)
+            return [node, end]
+        transparent = isinstance(node, (nodes.If, nodes.With, nodes.Scope, nodes.ScopedEvalContextModifier))
+        inner_top = top_level and transparent
+        for name in ("body", "else_", "elif_"):
+            children = getattr(node, name, None)
+            if isinstance(children, list):
+                if name == "elif_":
+                    for elif_node in children:
+                        elif_node.body = self._transform_body(elif_node.body, loops, inner_top)
+                        elif_node.else_ = self._transform_body(elif_node.else_, loops, inner_top)
+                else:
+                    setattr(node, name, self._transform_body(children, loops, inner_top))
+        return [node]
+
+    def _instrument_output(self, output: nodes.Output, loops: list[nodes.For]) -> None:
+        original_output = self._originals[id(output)]
+        new_children: list[nodes.Node] = []
+        for child, original_child in zip(output.nodes, original_output.nodes):
+            parts, operators = flatten_chain(original_child)
+            atom = Atom(len(self.atoms), original_child, original_output, parts, operators, loops)
+            self.atoms.append(atom)
+            scope_pairs = []
+            for loop in loops:
+                for name in _target_names(loop.target):
+                    scope_pairs.append(nodes.Pair(nodes.Const(name), nodes.Name(name, "load")))
+            if loops:
+                scope_pairs.append(nodes.Pair(nodes.Const("loop"), nodes.Name("loop", "load")))
+            value = child
+            if len(parts) > 1:
+                value = self._wrap_parts(child, atom.id)
+            new_children.append(_call(_EMIT, nodes.Const(atom.id), value, nodes.Dict(scope_pairs)))
+        output.nodes = new_children
+        for node in output.find_all(nodes.Node):
+            if not hasattr(node, "lineno") or node.lineno is None:
+                node.lineno = output.lineno
+        output.set_lineno(output.lineno)
+
+    def _wrap_parts(self, expression: nodes.Node, atom_id: int) -> nodes.Node:
+        """Wrap each operand of the chain in a recording call that returns it unchanged."""
+        counter = [0]
+
+        def wrap(node: nodes.Node) -> nodes.Node:
+            if isinstance(node, (nodes.Add, nodes.Concat)):
+                if isinstance(node, nodes.Add):
+                    node.left = wrap(node.left)
+                    node.right = wrap(node.right)
+                else:
+                    node.nodes = [wrap(n) for n in node.nodes]
+                return node
+            index = counter[0]
+            counter[0] += 1
+            return _call(_PART, nodes.Const(atom_id), nodes.Const(index), node)
+
+        return wrap(expression)
+
+    # -- rendering ----------------------------------------------------------------------------
+    def trace(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        documents: Sequence[Mapping[str, Any]] | None = None,
+        special_tokens: Mapping[str, Any] | None = None,
+        **template_kwargs: Any,
+    ) -> Trace:
+        """Render with hooks; the text equals ``render(...)`` of the original template."""
+        emissions: list[Emission] = []
+        iterations: list[Iteration] = []
+        loop_ends: list[tuple[int, int]] = []
+        pending_parts: dict[int, list[str]] = {}
+        position = [0]
+
+        def emit(atom_id: int, value: Any, scope: dict[str, Any]) -> Any:
+            text = str(value)
+            parts = pending_parts.pop(atom_id, None)
+            ranges = None
+            if parts is not None and "".join(parts) == text:
+                ranges, cursor = [], 0
+                for part in parts:
+                    ranges.append((cursor, cursor + len(part)))
+                    cursor += len(part)
+            snapshot = {k: v for k, v in scope.items() if k != "loop"}
+            if "loop" in scope:
+                loop = scope["loop"]
+                snapshot["loop"] = {"index0": loop.index0, "first": loop.first, "last": loop.last}
+            emissions.append(Emission(atom_id, position[0], position[0] + len(text), ranges, snapshot))
+            position[0] += len(text)
+            return value
+
+        def part(atom_id: int, index: int, value: Any) -> Any:
+            pending_parts.setdefault(atom_id, []).append(str(value))
+            return value
+
+        def iteration(loop_id: int, item: Any, loop: Any) -> str:
+            iterations.append(Iteration(loop_id, item, loop.index0, position[0]))
+            return ""
+
+        def loop_end(loop_id: int) -> str:
+            loop_ends.append((loop_id, position[0]))
+            return ""
+
+        chat = _ctu._alias_reasoning_fields(_ctu._plain_template_data(list(messages)))
+        arguments = _ctu._plain_template_data(template_arguments(special_tokens, **template_kwargs))
+        variables = {
+            "messages": chat,
+            "tools": _ctu._plain_template_data(list(tools) if tools is not None else None),
+            "documents": _ctu._plain_template_data(list(documents) if documents is not None else None),
+            "add_generation_prompt": add_generation_prompt,
+            **arguments,
+            _EMIT: emit,
+            _PART: part,
+            _ITERATION: iteration,
+            _LOOP_END: loop_end,
+        }
+        try:
+            text = self.template.render(**variables)
+        except Exception as error:  # the original decides whether this conversation is valid
+            if type(error).__name__ == "TemplateError":
+                raise TemplateRejected(f"template rejected the conversation: {error}") from None
+            raise RenderError(f"template error: {type(error).__name__}: {error}") from None
+        return Trace(text, emissions, iterations, loop_ends)
+
+
+def flatten_chain(node: nodes.Node) -> tuple[list[nodes.Node], list[str]]:
+    """Operands and operators of a ``+``/``~`` chain, left to right (``a + (b ~ c)`` → a, b, c)."""
+    if isinstance(node, nodes.Add):
+        left, left_ops = flatten_chain(node.left)
+        right, right_ops = flatten_chain(node.right)
+        return left + right, left_ops + ["+"] + right_ops
+    if isinstance(node, nodes.Concat):
+        parts: list[nodes.Node] = []
+        operators: list[str] = []
+        for index, child in enumerate(node.nodes):
+            child_parts, child_ops = flatten_chain(child)
+            if index:
+                operators.append("~")
+            parts.extend(child_parts)
+            operators.extend(child_ops)
+        return parts, operators
+    return [node], []
+
+
+def message_regions(
+    template: str | TemplateSource,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    add_generation_prompt: bool = False,
+    special_tokens: Mapping[str, Any] | None = None,
+    **template_kwargs: Any,
+) -> tuple[str, list[tuple[int, int] | None]]:
+    """The render, and per message the characters its loop iteration produced (None if unknown).
+
+    The iteration for message *j* is the one whose loop item equals message *j* (as the template
+    sees it); its region runs to the next iteration of the same loop, or the loop's end. When
+    several loops visit the messages, the one that emits text for them wins.
+
+    Example:
+        >>> message_regions("{% for m in messages %}[{{ m.content }}]{% endfor %}!",
+        ...                 [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+        ('[a][b]!', [(0, 3), (3, 6)])
+    """
+    source = template if isinstance(template, TemplateSource) else TemplateSource.parse(template)
+    instrumented = instrumented_for(source)
+    result = instrumented.trace(
+        messages, add_generation_prompt=add_generation_prompt, special_tokens=special_tokens, **template_kwargs
+    )
+    chat = _ctu._alias_reasoning_fields(_ctu._plain_template_data(list(messages)))
+    regions: list[tuple[int, int] | None] = [None] * len(chat)
+    for loop_id in range(len(instrumented.loops)):
+        bounds = iteration_bounds(result, loop_id)
+        for item, start, end in bounds:
+            for index, message in enumerate(chat):
+                if isinstance(item, dict) and item == message:
+                    current = regions[index]
+                    if current is None or (current[1] - current[0]) < (end - start):
+                        regions[index] = (start, end)
+    return result.text, regions
+
+
+def iteration_bounds(result: Trace, loop_id: int) -> list[tuple[Any, int, int]]:
+    """(item, start, end) for each iteration of one loop, in order."""
+    iterations = [it for it in result.iterations if it.loop == loop_id]
+    ends = sorted(offset for lid, offset in result.loop_ends if lid == loop_id)
+    bounds = []
+    for index, it in enumerate(iterations):
+        if index + 1 < len(iterations) and iterations[index + 1].index0 > it.index0:
+            end = iterations[index + 1].start
+        else:
+            end = next((offset for offset in ends if offset >= it.start), len(result.text))
+        bounds.append((it.item, it.start, end))
+    return bounds
+
+
+_CACHE: dict[str, Instrumented] = {}
+
+
+def instrumented_for(source: TemplateSource) -> Instrumented:
+    """Build (and cache by text) the instrumented template."""
+    cached = _CACHE.get(source.text)
+    if cached is None:
+        if len(_CACHE) > 64:
+            _CACHE.clear()
+        cached = _CACHE[source.text] = Instrumented(source)
+    return cached
+
+
+def check_trace(source: TemplateSource, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Trace:
+    """Trace and assert the instrumented render equals the plain render (used by tests)."""
+    result = instrumented_for(source).trace(messages, **kwargs)
+    expected = render(source.text, messages, **kwargs)
+    if result.text != expected:
+        raise AssertionError("instrumented render differs from the plain render")
+    return result
+
+
+def _pair_nodes(original: nodes.Node, duplicate: nodes.Node, mapping: dict[int, nodes.Node]) -> None:
+    mapping[id(duplicate)] = original
+    for a, b in zip(original.iter_child_nodes(), duplicate.iter_child_nodes()):
+        _pair_nodes(a, b, mapping)
+
+
+def _is_generation_block(node: nodes.Node) -> bool:
+    return (
+        isinstance(node, nodes.CallBlock)
+        and isinstance(node.call, nodes.Call)
+        and isinstance(node.call.node, nodes.ExtensionAttribute)
+        and node.call.node.name == "_generation_support"
+    )
+
+
+def _call(name: str, *args: nodes.Node) -> nodes.Call:
+    return nodes.Call(nodes.Name(name, "load"), list(args), [], None, None)
+
+
+def _target_names(target: nodes.Node) -> list[str]:
+    if isinstance(target, nodes.Name):
+        return [target.name]
+    if isinstance(target, nodes.Tuple):
+        return [name for item in target.items for name in _target_names(item)]
+    return []
+
+
+def _as_load(target: nodes.Node) -> nodes.Node:
+    if isinstance(target, nodes.Name):
+        return nodes.Name(target.name, "load")
+    if isinstance(target, nodes.Tuple):
+        return nodes.Tuple([_as_load(item) for item in target.items], "load")
+    return nodes.Const(None)
