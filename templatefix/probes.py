@@ -1,0 +1,657 @@
+"""Probe conversations: the shapes SPEC §4 asks every patch to be checked on.
+
+A :class:`Probe` is one conversation plus the template arguments to render it with. Every text
+in a probe (message contents, reasoning, tool arguments and results) is a distinct word-like
+string such as ``"alpha101"``, so the verifier can find each message in a render by search.
+
+:func:`probe_battery` gives the shapes of SPEC §4 (one turn, system and several turns, tool calls
+with results, reasoning, content parts, empty content, documents when the template reads them)
+and repeats the shapes that show history rewriting under every value of every flag the template
+reads (:func:`find_flags`, e.g. ``enable_thinking``). Shapes a template rejects stay in the
+battery; the verifier skips them (:func:`accepts`).
+
+Example:
+    >>> battery = probe_battery("{% for m in messages %}{{ m.content }}{% endfor %}")
+    >>> battery[0].name, [m["role"] for m in battery[0].messages]
+    ('single_turn', ['user', 'assistant'])
+    >>> find_flags("{% if enable_thinking is defined and not enable_thinking %}x{% endif %}")
+    {'enable_thinking': (True, False)}
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import meta, nodes
+
+from templatefix.errors import RenderError
+from templatefix.render import compile_template, render
+
+if TYPE_CHECKING:  # hypothesis is a test dependency; strategies import it lazily
+    from hypothesis.strategies import SearchStrategy
+
+Message = dict[str, Any]
+
+#: At most this many probes per battery. Each probe costs several renders per assistant turn in
+#: verification (prompt and full render per turn, patched and original), so the battery stays
+#: small; base shapes always fit, flag variants fill the rest.
+MAX_BATTERY = 25
+#: At most this many values probed per flag (beyond "not passed", which every base shape covers).
+MAX_VALUES_PER_FLAG = 4
+
+#: Names every chat template may read that are not flags: conversation data, the arguments
+#: transformers always passes, special tokens, and the globals of its environment.
+STANDARD_NAMES = frozenset(
+    {
+        "messages", "tools", "documents", "add_generation_prompt",
+        "bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
+        "additional_special_tokens",
+        "raise_exception", "strftime_now", "namespace", "dict", "range", "lipsum", "cycler",
+        "joiner", "loop", "self", "varargs", "kwargs", "caller",
+    }
+)  # fmt: skip
+
+_WORDS = (
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
+    "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
+    "uniform", "victor", "whiskey", "xray", "yankee", "zulu",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe conversation and the template arguments to render it with.
+
+    ``messages`` and ``kwargs`` are plain data; treat them as read-only and use
+    :meth:`conversation` / :meth:`render_kwargs` for copies to hand to code that may mutate them.
+    A probe hashes by name only (its dicts are not hashable).
+
+    Example:
+        >>> probe = Probe("single_turn", ({"role": "user", "content": "alpha101"},), {"tools": None})
+        >>> render("{{ messages[0].content }}", probe.conversation(), **probe.render_kwargs())
+        'alpha101'
+    """
+
+    name: str
+    messages: tuple[Message, ...] = field(hash=False)
+    kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def conversation(self) -> list[Message]:
+        """A deep copy of the messages as a list."""
+        return copy.deepcopy(list(self.messages))
+
+    def render_kwargs(self) -> dict[str, Any]:
+        """A deep copy of the template arguments, ready for ``render(template, msgs, **kw)``."""
+        return copy.deepcopy(dict(self.kwargs))
+
+    def texts(self) -> list[str]:
+        """Every text this probe puts into the conversation (for locating messages)."""
+        return list(_texts(self.messages))
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """All strings under ``value`` that are message text (not roles, types or keys)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if key not in ("role", "type", "tool_call_id", "id", "name"):
+                yield from _texts(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _texts(item)
+
+
+class WordSource:
+    """Hands out distinct word-like strings: ``alpha101``, ``bravo102``, ...
+
+    Numbers all have the same width, so no word is a substring of another.
+
+    Example:
+        >>> words = WordSource()
+        >>> words(), words()
+        ('alpha101', 'bravo102')
+    """
+
+    def __init__(self, start: int = 0) -> None:
+        self._next = start
+
+    def __call__(self) -> str:
+        index = self._next
+        self._next += 1
+        return f"{_WORDS[index % len(_WORDS)]}{101 + index % 899}"
+
+    def call_id(self) -> str:
+        """A tool-call id: 9 alphanumeric characters (Mistral's templates require exactly that)."""
+        index = self._next
+        self._next += 1
+        return f"call{index % 100000:05d}"
+
+
+# --- building blocks ---------------------------------------------------------------------------
+
+
+def tool_schema(name: str, words: WordSource) -> dict[str, Any]:
+    """An OpenAI-style function tool with one string parameter ``query``."""
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": words(),
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string", "description": words()}},
+                "required": ["query"],
+            },
+        },
+    }
+
+
+def tool_call(name: str, words: WordSource) -> dict[str, Any]:
+    """An OpenAI-style tool call with an id and dict arguments."""
+    return {
+        "id": words.call_id(),
+        "type": "function",
+        "function": {"name": name, "arguments": {"query": words()}},
+    }
+
+
+def tool_result(call: Mapping[str, Any], words: WordSource) -> Message:
+    """The tool message answering ``call``."""
+    return {
+        "role": "tool",
+        "tool_call_id": call["id"],
+        "name": call["function"]["name"],
+        "content": words(),
+    }
+
+
+def _assistant(words: WordSource, *, reasoning: bool = False, content: str | None = None) -> Message:
+    message: Message = {"role": "assistant", "content": words() if content is None else content}
+    if reasoning:
+        message["reasoning_content"] = words()
+    return message
+
+
+def _user(words: WordSource) -> Message:
+    return {"role": "user", "content": words()}
+
+
+def _system(words: WordSource) -> Message:
+    return {"role": "system", "content": words()}
+
+
+# --- the base shapes (SPEC §4) -----------------------------------------------------------------
+
+
+def _single_turn(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    return [_user(words), _assistant(words)], {}
+
+
+def _system_multi_turn(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    messages = [_system(words), _user(words), _assistant(words), _user(words), _assistant(words)]
+    return messages, {}
+
+
+def _multi_turn(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    return [_user(words), _assistant(words), _user(words), _assistant(words)], {}
+
+
+def _tool_calls(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    name = "lookup_" + words()
+    tools = [tool_schema(name, words)]
+    call = tool_call(name, words)
+    messages = [
+        _user(words),
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        tool_result(call, words),
+        _assistant(words),
+    ]
+    return messages, {"tools": tools}
+
+
+def _tool_calls_multi(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """System, text plus two parallel calls, two results, an answer, then one more turn."""
+    first, second = "search_" + words(), "fetch_" + words()
+    tools = [tool_schema(first, words), tool_schema(second, words)]
+    calls = [tool_call(first, words), tool_call(second, words)]
+    messages = [
+        _system(words),
+        _user(words),
+        {"role": "assistant", "content": words(), "tool_calls": calls},
+        *(tool_result(call, words) for call in calls),
+        _assistant(words),
+        _user(words),
+        _assistant(words),
+    ]
+    return messages, {"tools": tools}
+
+
+def _reasoning(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    return [_user(words), _assistant(words, reasoning=True)], {}
+
+
+def _reasoning_multi_turn(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """Reasoning on every assistant turn, so templates that drop old reasoning show it."""
+    messages = [
+        _system(words),
+        _user(words),
+        _assistant(words, reasoning=True),
+        _user(words),
+        _assistant(words, reasoning=True),
+    ]
+    return messages, {}
+
+
+def _reasoning_tool_calls(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """Reasoning before a tool call and again before the answer (interleaved thinking)."""
+    name = "lookup_" + words()
+    tools = [tool_schema(name, words)]
+    call = tool_call(name, words)
+    thinking_call: Message = {
+        "role": "assistant",
+        "content": "",
+        "reasoning_content": words(),
+        "tool_calls": [call],
+    }
+    messages = [
+        _user(words),
+        thinking_call,
+        tool_result(call, words),
+        _assistant(words, reasoning=True),
+        _user(words),
+        _assistant(words, reasoning=True),
+    ]
+    return messages, {"tools": tools}
+
+
+def _content_parts(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    def parts() -> list[dict[str, str]]:
+        return [{"type": "text", "text": words()}]
+
+    messages = [
+        {"role": "system", "content": parts()},
+        {"role": "user", "content": parts()},
+        {"role": "assistant", "content": parts()},
+        {"role": "user", "content": parts()},
+        {"role": "assistant", "content": parts()},
+    ]
+    return messages, {}
+
+
+def _empty_content(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    messages = [_user(words), _assistant(words, content=""), _user(words), _assistant(words)]
+    return messages, {}
+
+
+def _documents(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    documents = [{"title": words(), "text": words()}, {"title": words(), "text": words()}]
+    return [_user(words), _assistant(words)], {"documents": documents}
+
+
+_BASE_SHAPES = {
+    "single_turn": _single_turn,
+    "system_multi_turn": _system_multi_turn,
+    "multi_turn": _multi_turn,
+    "tool_calls": _tool_calls,
+    "tool_calls_multi": _tool_calls_multi,
+    "reasoning": _reasoning,
+    "reasoning_multi_turn": _reasoning_multi_turn,
+    "reasoning_tool_calls": _reasoning_tool_calls,
+    "content_parts": _content_parts,
+    "empty_content": _empty_content,
+}
+#: Shapes repeated under each flag value, most telling first (history rewriting, prompt changes).
+FLAG_SHAPES = ("reasoning_multi_turn", "reasoning_tool_calls", "system_multi_turn")
+
+
+def make_probe(shape: str, extra_kwargs: Mapping[str, Any] | None = None, name: str | None = None) -> Probe:
+    """Build the probe of base ``shape`` (one of :data:`SHAPES`), adding template arguments.
+
+    Example:
+        >>> make_probe("tool_calls").kwargs["tools"][0]["type"]
+        'function'
+    """
+    builder = _BASE_SHAPES.get(shape) or {"documents": _documents}.get(shape)
+    if builder is None:
+        raise ValueError(f"unknown probe shape {shape!r}; choose from {', '.join(SHAPES)}")
+    messages, kwargs = builder(WordSource())
+    kwargs.update(extra_kwargs or {})
+    return Probe(name or shape, tuple(messages), kwargs)
+
+
+SHAPES = (*_BASE_SHAPES, "documents")
+
+
+# --- flags -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Usage:
+    """How a template uses one undeclared name."""
+
+    data: bool = False  # iterated, indexed, called, or filtered as data: not an option
+    boolean: bool = False  # used for truth (if/not/and/or, `is true`, compared with a bool)
+    presence: bool = False  # tested with `is defined` / `is undefined` or given a `default`
+    none: bool = False  # tested with `is none` / compared with none
+    text: bool = False  # printed or joined into text: a free-text option, not a switch
+    constants: set[Any] = field(default_factory=set)  # compared with / defaulted to these
+
+
+_SCALAR_FILTERS = frozenset({"default", "d", "lower", "upper", "string", "trim", "bool", "capitalize"})
+_BOOLEAN_TESTS = frozenset({"true", "false", "boolean"})
+_PRESENCE_TESTS = frozenset({"defined", "undefined"})
+
+
+def _children(node: nodes.Node) -> Iterator[nodes.Node]:
+    return node.iter_child_nodes()
+
+
+def _walk(
+    node: nodes.Node, parent: nodes.Node | None = None
+) -> Iterator[tuple[nodes.Node, nodes.Node | None]]:
+    yield node, parent
+    for child in _children(node):
+        yield from _walk(child, node)
+
+
+def _record_constant(usage: _Usage, value: nodes.Node) -> None:
+    if isinstance(value, nodes.Const):
+        if isinstance(value.value, bool):
+            usage.boolean = True
+        elif value.value is None:
+            usage.none = True
+        elif isinstance(value.value, (str, int, float)):
+            usage.constants.add(value.value)
+    elif isinstance(value, (nodes.List, nodes.Tuple)):
+        for item in value.items:
+            _record_constant(usage, item)
+
+
+def _classify(name: nodes.Name, parent: nodes.Node | None, usage: _Usage) -> None:
+    """Update ``usage`` from one read of a name, judged by the node that holds it."""
+    if isinstance(parent, nodes.For) and parent.iter is name:
+        usage.data = True
+    elif isinstance(parent, (nodes.Getattr, nodes.Getitem)) and parent.node is name:
+        usage.data = True
+    elif isinstance(parent, nodes.Call) and parent.node is name:
+        usage.data = True
+    elif isinstance(parent, nodes.Filter) and parent.node is name:
+        if parent.name not in _SCALAR_FILTERS:
+            usage.data = True
+        elif parent.name in ("default", "d"):
+            usage.presence = True
+            for argument in parent.args[:1]:
+                _record_constant(usage, argument)
+    elif isinstance(parent, nodes.Test) and parent.node is name:
+        if parent.name in _BOOLEAN_TESTS:
+            usage.boolean = True
+        elif parent.name in _PRESENCE_TESTS:
+            usage.presence = True
+        elif parent.name == "none":
+            usage.none = True
+        elif parent.name in ("eq", "equalto", "sameas", "==") and parent.args:
+            _record_constant(usage, parent.args[0])
+    elif isinstance(parent, nodes.Compare):
+        others = [parent.expr, *(operand.expr for operand in parent.ops)]
+        for other in others:
+            if other is not name:
+                _record_constant(usage, other)
+    elif isinstance(parent, nodes.Operand):
+        pass  # handled from the Compare, which sees both sides
+    elif isinstance(parent, (nodes.If, nodes.CondExpr)) and parent.test is name:
+        usage.boolean = True
+    elif isinstance(parent, (nodes.Not, nodes.And, nodes.Or)):
+        usage.boolean = True
+    elif isinstance(parent, (nodes.Output, nodes.Concat, nodes.Add, nodes.Mod)):
+        usage.text = True
+    elif isinstance(parent, nodes.Assign) and parent.node is name:
+        usage.data = True  # copied into a local whose uses we do not follow (e.g. tools = custom_tools)
+
+
+def _assigned_names(node: nodes.Node) -> Iterator[nodes.Name]:
+    """Names stored by an assignment target (a name, or a tuple of names)."""
+    for target in [node, *node.find_all(nodes.Name)]:
+        if isinstance(target, nodes.Name) and target.ctx in ("store", "param"):
+            yield target
+
+
+def _is_default_idiom(assign: nodes.Node, name: str, enclosing_tests: list[nodes.Node]) -> bool:
+    """``{% if x is not defined %}{% set x = ... %}`` or ``{% set x = x | default(...) %}``."""
+    value = getattr(assign, "node", None)
+    conditions = [*enclosing_tests, *([value] if value is not None else [])]
+    for condition in conditions:
+        for check in [condition, *condition.find_all((nodes.Test, nodes.Filter))]:
+            checked = getattr(check, "node", None)
+            reads_name = isinstance(checked, nodes.Name) and checked.name == name
+            if isinstance(check, nodes.Test) and check.name in _PRESENCE_TESTS and reads_name:
+                return True
+            if isinstance(check, nodes.Filter) and check.name in ("default", "d") and reads_name:
+                return True
+    return False
+
+
+def _assignments(node: nodes.Node, tests: list[nodes.Node]) -> Iterator[tuple[str, bool]]:
+    """Every name the template assigns, with whether that assignment is the default idiom."""
+    if isinstance(node, (nodes.Assign, nodes.AssignBlock)):
+        for target in _assigned_names(node.target):
+            yield target.name, _is_default_idiom(node, target.name, tests)
+    elif isinstance(node, nodes.For):
+        for target in _assigned_names(node.target):
+            yield target.name, False
+    elif isinstance(node, (nodes.Macro, nodes.CallBlock)):
+        for argument in node.args:
+            yield argument.name, False
+    elif isinstance(node, nodes.With):
+        for target in node.targets:
+            for name in _assigned_names(target):
+                yield name.name, False
+    if isinstance(node, nodes.If):
+        yield from _assignments_in(node.body, [*tests, node.test])
+        for branch in node.elif_:
+            yield from _assignments(branch, tests)
+        yield from _assignments_in(node.else_, tests)
+        return
+    for child in _children(node):
+        yield from _assignments(child, tests)
+
+
+def _assignments_in(body: list[nodes.Node], tests: list[nodes.Node]) -> Iterator[tuple[str, bool]]:
+    for statement in body:
+        yield from _assignments(statement, tests)
+
+
+def find_flags(template: str) -> dict[str, tuple[Any, ...]]:
+    """Options the template reads from its caller, with the values worth probing.
+
+    A flag is a name the template reads but neither defines nor gets from transformers
+    (:data:`STANDARD_NAMES`), used as a scalar: in a condition, tested with ``is defined``,
+    ``is true``, ``is none``, compared with constants, or given a ``default``. Names the template
+    iterates, indexes or calls are data, not flags; names it assigns itself are locals unless the
+    assignment is the "default if not given" idiom. Values: ``True, False`` for names used as
+    booleans or only tested for presence, then the constants the name is compared with, then
+    ``None`` if tested for none; at most :data:`MAX_VALUES_PER_FLAG`.
+
+    Raises:
+        TemplateSyntaxError: the template is not valid Jinja.
+
+    Example:
+        >>> find_flags("{% if mode == 'fast' %}f{% elif mode == 'slow' %}s{% endif %}")
+        {'mode': ('fast', 'slow')}
+    """
+    tree = _parse(template)
+    candidates = set(template_reads(template) - STANDARD_NAMES)
+    locals_: set[str] = set()
+    options: set[str] = set()
+    for assigned, idiom in _assignments(tree, []):
+        (options if idiom else locals_).add(assigned)
+    candidates -= locals_ - options
+
+    usages = {name: _Usage() for name in candidates}
+    for node, parent in _walk(tree):
+        if isinstance(node, nodes.Name) and node.ctx == "load" and node.name in usages:
+            _classify(node, parent, usages[node.name])
+
+    flags: dict[str, tuple[Any, ...]] = {}
+    for name in sorted(usages):
+        usage = usages[name]
+        if usage.data:
+            continue
+        values: list[Any] = []
+        if usage.boolean or (usage.presence and not usage.constants and not usage.text):
+            values += [True, False]
+        values += sorted(usage.constants, key=lambda value: (type(value).__name__, value))
+        if usage.none:
+            values.append(None)
+        if values:
+            flags[name] = tuple(values[:MAX_VALUES_PER_FLAG])
+    return flags
+
+
+# --- the battery -------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def _parse(template: str) -> nodes.Template:
+    """The template's syntax tree in transformers' environment (cached: batteries reparse)."""
+    return compile_template(template).environment.parse(template)
+
+
+@lru_cache(maxsize=64)
+def template_reads(template: str) -> frozenset[str]:
+    """Names ``template`` reads from its caller's context (jinja2's undeclared variables).
+
+    Example:
+        >>> sorted(template_reads("{% set x = 1 %}{{ x }}{{ documents }}"))
+        ['documents']
+    """
+    return frozenset(meta.find_undeclared_variables(_parse(template)))
+
+
+def probe_battery(template: str, *, limit: int = MAX_BATTERY) -> list[Probe]:
+    """The probe conversations for ``template`` (SPEC §4), at most ``limit`` of them.
+
+    First the base shapes (plus ``documents`` if the template reads ``documents``) with no flags
+    passed; then, for every flag value from :func:`find_flags`, the shapes in
+    :data:`FLAG_SHAPES`, named like ``"reasoning_multi_turn[enable_thinking=False]"``. Flag
+    variants are added round-robin (every value's first shape before any value's second), so
+    when the cap cuts the list every value is still probed at least once if it fits.
+
+    Raises:
+        TemplateSyntaxError: the template is not valid Jinja.
+    """
+    battery = [make_probe(shape) for shape in _BASE_SHAPES]
+    if "documents" in template_reads(template):
+        battery.append(make_probe("documents"))
+    variants = [(flag, value) for flag, values in find_flags(template).items() for value in values]
+    for shape in FLAG_SHAPES:
+        for flag, value in variants:
+            if len(battery) >= limit:
+                return battery
+            name = f"{shape}[{flag}={value!r}]"
+            battery.append(make_probe(shape, {flag: value}, name=name))
+    return battery[:limit]
+
+
+def accepts(template: str, probe: Probe, special_tokens: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``template`` renders ``probe`` (``add_generation_prompt=False``) without failing.
+
+    A refusal through ``raise_exception`` and any other render failure both count as "no".
+
+    Example:
+        >>> accepts("{{ raise_exception('no') }}", make_probe("single_turn"))
+        False
+    """
+    try:
+        render(template, probe.conversation(), special_tokens=special_tokens, **probe.render_kwargs())
+    except RenderError:
+        return False
+    return True
+
+
+# --- random conversations (hypothesis) ---------------------------------------------------------
+
+
+def conversations(
+    *,
+    system: bool = True,
+    tools: bool = True,
+    reasoning: bool = True,
+    parts: bool = True,
+    max_turns: int = 4,
+) -> SearchStrategy[list[Message]]:
+    """Hypothesis strategy for valid conversations that end with an assistant message.
+
+    Optional system message; then 1..``max_turns`` user turns, each answered by the assistant,
+    optionally through tool calls (one or two) whose results come back before the final
+    answer. Assistant messages may carry ``reasoning_content``; contents may be strings, empty,
+    or lists of text parts. All texts are distinct words (see :class:`WordSource`).
+
+    Example:
+        >>> from hypothesis import given
+        >>> @given(conversations(tools=False))
+        ... def test_ends_with_assistant(messages):
+        ...     assert messages[-1]["role"] == "assistant"
+    """
+    from hypothesis import strategies as st
+
+    @st.composite
+    def build(draw: Any) -> list[Message]:
+        words = WordSource(draw(st.integers(min_value=0, max_value=800)))
+
+        def content() -> Any:
+            kind = draw(st.sampled_from(["text", "parts"] if parts else ["text"]))
+            if kind == "parts":
+                return [{"type": "text", "text": words()} for _ in range(draw(st.integers(1, 2)))]
+            return words()
+
+        def assistant(allow_empty: bool) -> Message:
+            empty = allow_empty and draw(st.booleans())
+            message: Message = {"role": "assistant", "content": "" if empty else content()}
+            if reasoning and draw(st.booleans()):
+                message["reasoning_content"] = words()
+            return message
+
+        messages: list[Message] = []
+        if system and draw(st.booleans()):
+            messages.append({"role": "system", "content": content()})
+        for _ in range(draw(st.integers(min_value=1, max_value=max_turns))):
+            messages.append({"role": "user", "content": content()})
+            if tools and draw(st.booleans()):
+                names = ["lookup_" + words() for _ in range(draw(st.integers(1, 2)))]
+                calls = [tool_call(name, words) for name in names]
+                caller = assistant(allow_empty=True)
+                caller["tool_calls"] = calls
+                messages.append(caller)
+                messages.extend(tool_result(call, words) for call in calls)
+            messages.append(assistant(allow_empty=True))
+        return messages
+
+    return build()
+
+
+def tools_for(messages: list[Message]) -> list[dict[str, Any]] | None:
+    """Tool schemas for every function the conversation calls (``None`` if it calls none).
+
+    Example:
+        >>> tools_for([{"role": "user", "content": "alpha101"}]) is None
+        True
+    """
+    names = [call["function"]["name"] for message in messages for call in message.get("tool_calls") or ()]
+    if not names:
+        return None
+    words = WordSource(20000)  # far from conversation words
+    return [tool_schema(name, words) for name in dict.fromkeys(names)]
+
+
+def random_probes(**conversation_options: Any) -> SearchStrategy[Probe]:
+    """Hypothesis strategy for probes over :func:`conversations`, with ``tools`` passed when called."""
+    return conversations(**conversation_options).map(
+        lambda messages: Probe(
+            "random", tuple(messages), {} if tools_for(messages) is None else {"tools": tools_for(messages)}
+        )
+    )
