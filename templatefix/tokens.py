@@ -337,29 +337,38 @@ def eot_issues(
     text: str,
     offsets: Offsets,
     actual_mask: Sequence[int],
-    expected: Iterable[Any],
+    expected: Any,
 ) -> list[TokenIssue]:
     """End-of-turn texts that are not trained.
 
-    ``expected`` holds one item per assistant turn (objects or mappings) with the turn's end-of-turn
-    text under ``eot`` (or ``eot_text``) and its character range as ``span``/``expected_span`` or
-    ``start``/``end``. The end-of-turn text is looked up at the end of that range (or, when no
-    range is given, nowhere: the item is skipped).
+    ``expected`` is the oracle's ``ProbeExpectation`` (its ``.turns``) or any iterable of turns
+    (objects or mappings). A turn gives its end-of-turn text as ``end_of_turn`` (or ``eot``) and
+    where it lies either as ``end_of_turn_range`` or as the turn's ``span`` (the text is then
+    looked up at the span's end). Turns with ``trained`` false are skipped.
+
+    Example:
+        >>> eot_issues("a<e>", [(0, 1), (1, 4)], [1, 0], [{"eot": "<e>", "span": (0, 4)}])[0].kind
+        'eot_outside'
     """
     index = OffsetIndex(offsets)
     issues: list[TokenIssue] = []
-    for turn_number, turn in enumerate(expected):
-        eot = _field(turn, "eot", "eot_text", "end_of_turn")
-        span = _field(turn, "span", "expected_span", "char_range")
-        if span is None:
-            start, end = _field(turn, "start"), _field(turn, "end")
-            span = (start, end) if start is not None and end is not None else None
-        if not eot or span is None:
+    turns = getattr(expected, "turns", expected)
+    for number, turn in enumerate(turns):
+        if _field(turn, "trained") is False:
             continue
-        span_end = int(span[1])
-        position = text.rfind(eot, int(span[0]), span_end)
-        if position < 0:
-            position = text.find(eot, span_end)
+        eot = _field(turn, "end_of_turn", "eot", "eot_text")
+        if not eot:
+            continue
+        where = _field(turn, "end_of_turn_range")
+        if where is not None:
+            position = int(where[0])
+        else:
+            span = _field(turn, "span", "expected_span")
+            if span is None:
+                continue
+            position = text.rfind(eot, int(span[0]), int(span[1]))
+            if position < 0:
+                position = text.find(eot, int(span[1]))
             if position < 0:
                 continue
         first = index.char_to_token(position)
@@ -370,11 +379,12 @@ def eot_issues(
         if untrained:
             token = untrained[0]
             start, end = offsets[token]
+            label = _field(turn, "message_index")
+            which = f"message {label}" if label is not None else f"assistant turn {number}"
             issues.append(TokenIssue(
                 EOT_OUTSIDE, token, text[start:end], (position, position + len(eot)),
-                f"end-of-turn {eot!r} of assistant turn {turn_number} (chars {position}-"
-                f"{position + len(eot)}) is not trained, so the model never learns to stop; put it "
-                f"inside {{% generation %}}",
+                f"end-of-turn {eot!r} of {which} (chars {position}-{position + len(eot)}) is not "
+                f"trained, so the model never learns to stop; put it inside {{% generation %}}",
             ))
     return issues
 
@@ -426,15 +436,16 @@ def check_token_masks(
     template: str,
     tokenizer: Any,
     probe_or_messages: Any,
-    expected: Iterable[Any] | None = None,
+    expected: Any = None,
     **template_kwargs: Any,
 ) -> list[TokenIssue]:
     """Compare transformers' ``assistant_masks`` with the spans, token by token (SPEC §5).
 
     Renders with markers (``render_with_spans``), asks ``tokenizer.apply_chat_template`` for its
     mask, encodes the rendered text with offsets, and returns one ``TokenIssue`` per disagreement
-    (empty list: the mask is exactly the spans). ``expected`` (the oracle's turns, with ``eot``
-    and span) adds a check that each end-of-turn text is trained.
+    (empty list: the mask is exactly the spans). ``expected`` (the oracle's ``ProbeExpectation``
+    from ``templatefix.oracle.expected_turns``, or its turns) adds a check that each trained
+    turn's end-of-turn text is trained.
 
     Raises:
         RenderError / TemplateRejected: the template failed on (or refused) the conversation.

@@ -270,3 +270,21 @@ def test_replayed_mask_equals_transformers(
         for char in {s for span in spans for s in span} | {0, 1, len(text) - 1}:
             for shifted in (c for c in (char - 1, char, char + 1) if c >= 0):
                 assert index.char_to_token(shifted) == encoding.char_to_token(shifted), (name, shifted)
+
+
+@pytest.mark.tokenizers
+def test_oracle_expectation_flags_untrained_end_of_turn(load_tokenizer: Any) -> None:
+    """With the oracle's expectation, an end-of-turn token left outside the span is named."""
+    oracle = pytest.importorskip("templatefix.oracle")
+    probes = pytest.importorskip("templatefix.probes")
+    tokenizer = load_tokenizer("qwen3")
+    good = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}{% generation %}"
+        "{{ m.content }}<|im_end|>{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    bad = good.replace("<|im_end|>{% endgeneration %}", "{% endgeneration %}<|im_end|>")
+    probe = probes.Probe("two", (dict(TWO_TURNS[0]), dict(TWO_TURNS[1])), {})
+    for template, wanted in ((good, []), (bad, [EOT_OUTSIDE])):
+        expectation = oracle.expected_turns(template, probe, None, tokenizer.special_tokens_map)
+        assert kinds(check_token_masks(template, tokenizer, probe, expected=expectation)) == wanted
