@@ -132,6 +132,8 @@ def fetch_source(
             }
         except Exception as error:
             raise SourceError(describe_hub_error(error, where, settings)) from None
+        if commit and names:
+            _remember_ref(settings, repo_id, revision or "main", commit)
         # hf_hub_download returns <snapshot>/<name>: the snapshot folder is the layout's root.
         roots = {Path(p).parents[len(Path(n).parts) - 1] for n, p in paths.items()}
         root = roots.pop() if len(roots) == 1 else Path(settings.cache_dir)
@@ -230,6 +232,22 @@ def _cached_snapshot(settings: HubSettings, repo_id: str, revision: str | None) 
             f"({settings.cache_dir}); run once online or pass a local directory"
         )
     return snapshot, commit or wanted
+
+
+def _remember_ref(settings: HubSettings, repo_id: str, revision: str, commit: str) -> None:
+    """Record ``revision -> commit`` in the cache (as huggingface_hub does) so offline runs find it.
+
+    Files are downloaded by commit to read one consistent snapshot; this keeps the branch name usable.
+    """
+    if _COMMIT_SHA.match(revision) or ".." in revision or revision.startswith("/"):
+        return
+    ref = Path(settings.cache_dir) / ("models--" + repo_id.replace("/", "--")) / "refs" / revision
+    try:
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        if not ref.is_file() or ref.read_text() != commit:
+            ref.write_text(commit)
+    except OSError:  # a read-only cache only costs offline convenience
+        pass
 
 
 def _relative_files(root: Path) -> list[str]:

@@ -390,3 +390,26 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(401, None, "Invalid credentials in Authorization header", head)
             return self._json(200, {"type": "user", "name": "templatefix-test", "auth": {}})
         return self._error(404, None, f"no route for {method} {path}", head)
+
+
+# ---- pytest glue -------------------------------------------------------------------------------
+
+TEST_TOKEN = "hf_templatefixTESTtoken0123456789"
+
+
+def hub_environment(monkeypatch: Any, tmp_path: Any, url: str, token: str | None = TEST_TOKEN) -> None:
+    """Point huggingface_hub at ``url`` with a private cache under ``tmp_path``; online mode."""
+    home = tmp_path / "hf-home"
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "5")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    if token is None:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("HF_TOKEN", token)
