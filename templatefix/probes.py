@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -214,6 +215,14 @@ def _tool_calls(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     return messages, {"tools": tools}
 
 
+def _tool_calls_string_arguments(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """Like ``tool_calls`` but with arguments as a JSON string, as some templates expect."""
+    messages, kwargs = _tool_calls(words)
+    for call in messages[1]["tool_calls"]:
+        call["function"]["arguments"] = json.dumps(call["function"]["arguments"])
+    return messages, kwargs
+
+
 def _tool_calls_multi(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     """System, text plus two parallel calls, two results, an answer, then one more turn."""
     first, second = "search_" + words(), "fetch_" + words()
@@ -298,6 +307,7 @@ _BASE_SHAPES = {
     "system_multi_turn": _system_multi_turn,
     "multi_turn": _multi_turn,
     "tool_calls": _tool_calls,
+    "tool_calls_string_arguments": _tool_calls_string_arguments,
     "tool_calls_multi": _tool_calls_multi,
     "reasoning": _reasoning,
     "reasoning_multi_turn": _reasoning_multi_turn,
@@ -372,22 +382,33 @@ def _record_constant(usage: _Usage, value: nodes.Node) -> None:
             _record_constant(usage, item)
 
 
-def _classify(name: nodes.Name, parent: nodes.Node | None, usage: _Usage) -> None:
-    """Update ``usage`` from one read of a name, judged by the node that holds it."""
-    if isinstance(parent, nodes.For) and parent.iter is name:
+def _classify(target: nodes.Node, parents: Mapping[int, nodes.Node], usage: _Usage) -> None:
+    """Update ``usage`` from one read of a name (``target``), judged by the node that holds it.
+
+    A scalar filter (``x | default(false)``, ``x | lower``) passes the judgement on to the
+    filter's own holder, so ``if x | default(false)`` counts as a boolean use of ``x``.
+    """
+    parent = parents.get(id(target))
+    if isinstance(parent, nodes.For) and parent.iter is target:
         usage.data = True
-    elif isinstance(parent, (nodes.Getattr, nodes.Getitem)) and parent.node is name:
+    elif isinstance(parent, (nodes.Getattr, nodes.Getitem)) and parent.node is target:
         usage.data = True
-    elif isinstance(parent, nodes.Call) and parent.node is name:
+    elif isinstance(parent, nodes.Call) and parent.node is target:
         usage.data = True
-    elif isinstance(parent, nodes.Filter) and parent.node is name:
+    elif isinstance(parent, nodes.Filter) and parent.node is target:
         if parent.name not in _SCALAR_FILTERS:
             usage.data = True
-        elif parent.name in ("default", "d"):
+            return
+        if parent.name in ("default", "d"):
             usage.presence = True
+            # A bool or none default says "switch"; a text default is just the default value.
             for argument in parent.args[:1]:
-                _record_constant(usage, argument)
-    elif isinstance(parent, nodes.Test) and parent.node is name:
+                if isinstance(argument, nodes.Const) and (
+                    argument.value is None or argument.value in (True, False)
+                ):
+                    _record_constant(usage, argument)
+        _classify(parent, parents, usage)
+    elif isinstance(parent, nodes.Test) and parent.node is target:
         if parent.name in _BOOLEAN_TESTS:
             usage.boolean = True
         elif parent.name in _PRESENCE_TESTS:
@@ -396,21 +417,22 @@ def _classify(name: nodes.Name, parent: nodes.Node | None, usage: _Usage) -> Non
             usage.none = True
         elif parent.name in ("eq", "equalto", "sameas", "==") and parent.args:
             _record_constant(usage, parent.args[0])
-    elif isinstance(parent, nodes.Compare):
-        others = [parent.expr, *(operand.expr for operand in parent.ops)]
-        for other in others:
-            if other is not name:
-                _record_constant(usage, other)
-    elif isinstance(parent, nodes.Operand):
-        pass  # handled from the Compare, which sees both sides
-    elif isinstance(parent, (nodes.If, nodes.CondExpr)) and parent.test is name:
+    elif isinstance(parent, (nodes.Compare, nodes.Operand)):
+        compare = parent if isinstance(parent, nodes.Compare) else parents.get(id(parent))
+        if isinstance(compare, nodes.Compare):
+            for other in [compare.expr, *(operand.expr for operand in compare.ops)]:
+                if other is not target:
+                    _record_constant(usage, other)
+    elif isinstance(parent, (nodes.If, nodes.CondExpr)) and parent.test is target:
         usage.boolean = True
     elif isinstance(parent, (nodes.Not, nodes.And, nodes.Or)):
         usage.boolean = True
     elif isinstance(parent, (nodes.Output, nodes.Concat, nodes.Add, nodes.Mod)):
         usage.text = True
-    elif isinstance(parent, nodes.Assign) and parent.node is name:
-        usage.data = True  # copied into a local whose uses we do not follow (e.g. tools = custom_tools)
+    elif isinstance(parent, nodes.Assign) and parent.node is target and isinstance(target, nodes.Name):
+        stored = [name.name for name in _assigned_names(parent.target)]
+        if stored != [target.name]:
+            usage.data = True  # copied into a local whose uses we do not follow (tools = custom_tools)
 
 
 def _assigned_names(node: nodes.Node) -> Iterator[nodes.Name]:
@@ -492,9 +514,10 @@ def find_flags(template: str) -> dict[str, tuple[Any, ...]]:
     candidates -= locals_ - options
 
     usages = {name: _Usage() for name in candidates}
-    for node, parent in _walk(tree):
-        if isinstance(node, nodes.Name) and node.ctx == "load" and node.name in usages:
-            _classify(node, parent, usages[node.name])
+    parents = {id(node): parent for node, parent in _walk(tree) if parent is not None}
+    for node in tree.find_all(nodes.Name):
+        if node.ctx == "load" and node.name in usages:
+            _classify(node, parents, usages[node.name])
 
     flags: dict[str, tuple[Any, ...]] = {}
     for name in sorted(usages):
