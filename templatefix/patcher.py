@@ -1,16 +1,73 @@
-"""The automatic patcher (STUB: being written by the lead; interface is final)."""
+"""The automatic patcher: exact ``{% generation %}`` markers on any chat template.
+
+How the assistant output is found (no family knowledge, no regex on the source):
+
+1. Parse the template into a lossless source model (``templatefix.source``).
+2. Render the probe conversations through the instrumented template (``templatefix.trace``):
+   every top-level output (literal text, ``{{ expression }}``, and each operand of a ``+``/``~``
+   chain) reports the characters it produced, with the loop variables in scope.
+3. Ask the oracle (``templatefix.oracle``) where each assistant turn's span must be, and label
+   every produced character *inside* or *outside*.
+4. Each output unit is then always inside, always outside, or inside under a condition on the
+   loop variables (a shared ``'<|im_start|>' + role + '\\n' + content`` expression); a boundary
+   inside a string literal or literal text splits it there.
+5. Write the markers at the matching source offsets: around whole ``{{ }}`` tags, between
+   operands of a split expression, or inside literal text, with a role branch (``{% if %}``)
+   where a condition is needed. Whitespace control is carried over so the render is unchanged.
+6. Verify the result with the verifier (``templatefix.verify``); ``verified`` is its verdict.
+
+Example:
+    >>> chatml = ("{% for m in messages %}{{ '<|im_start|>' + m.role + '\\\\n' + m.content + '<|im_end|>\\\\n' }}"
+    ...           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\\\n' }}{% endif %}")
+    >>> result = patch_template(chatml)  # doctest: +SKIP
+    >>> result.verified  # doctest: +SKIP
+    True
+"""
 
 from __future__ import annotations
 
 import difflib
+import itertools
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from jinja2 import nodes
+
+from templatefix.errors import RenderError, TemplatefixError
 from templatefix.policy import Policy
+from templatefix.source import Edit, TemplateSource, Token
+from templatefix.trace import Atom, Instrumented, Trace, instrumented_for
+
+_GENERATION_TAG = re.compile(r"\{%[-+]?\s*(?:end)?generation\s*[-+]?%\}")
+
+
+class PatchFailure(TemplatefixError):
+    """The patcher cannot place markers exactly; the message says where and why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
 
 
 @dataclass
 class PatchResult:
+    """What ``patch_template`` returns.
+
+    Attributes:
+        original: the input template, byte for byte.
+        patched: the patched template (equal to ``original`` when nothing could be done).
+        verified: the verifier's verdict on ``patched`` against SPEC.md (never assumed).
+        report: the verifier's ``Report`` for ``patched`` (``None`` if it could not run).
+        reasons: human-readable reasons for anything not exact (empty when verified and exact).
+        diff: unified diff from ``original`` to ``patched``.
+        changed: whether ``patched`` differs from ``original``.
+        policy: the policy the spans were computed for.
+        flags: turns the report flags (rewritten history, mismatching generation prompt).
+    """
+
     original: str
     patched: str
     verified: bool
@@ -19,22 +76,721 @@ class PatchResult:
     diff: str = ""
     changed: bool = False
     policy: Policy = field(default_factory=Policy)
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``exact``, ``flagged`` (verified, with rewritten/mismatch turns) or ``refused``."""
+        if not self.verified:
+            return "refused"
+        return "flagged" if self.flags else "exact"
 
     def to_json(self) -> dict[str, Any]:
-        return {"verified": self.verified, "changed": self.changed, "reasons": self.reasons,
-                "policy": self.policy.to_dict(), "diff": self.diff}
+        return {
+            "status": self.status,
+            "verified": self.verified,
+            "changed": self.changed,
+            "reasons": self.reasons,
+            "flags": self.flags,
+            "policy": self.policy.to_dict(),
+            "diff": self.diff,
+            "report": self.report.to_json() if hasattr(self.report, "to_json") else None,
+        }
 
 
 def unified_diff(before: str, after: str, name: str = "chat_template.jinja") -> str:
-    return "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True),
-                                        f"a/{name}", f"b/{name}"))
+    """A unified diff of two template texts (line endings kept)."""
+    return "".join(
+        difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{name}", f"b/{name}")
+    )
 
 
-def patch_template(template: str, *, policy: Policy | None = None, **policy_kwargs: Any) -> PatchResult:
+# ---------------------------------------------------------------------------------------------
+# Observations: what each output unit produced, inside or outside the expected spans
+
+
+@dataclass
+class _Observation:
+    inside: bool
+    scope: dict[str, Any]
+    flags: dict[str, Any]
+
+
+@dataclass
+class _Unit:
+    """A piece of one atom: a whole part, or a slice ``[lo, hi)`` of a constant part."""
+
+    atom: int
+    part: int  # -1: the whole atom
+    lo: int = 0
+    hi: int | None = None
+    observations: list[_Observation] = field(default_factory=list)
+    label: str = "none"  # in | out | cond | none
+    condition: str = ""
+
+
+@dataclass
+class _PartRecord:
+    """Every emission of one (atom, part): its text's labelled segments."""
+
+    segments: list[tuple[list[tuple[int, bool]], int, dict[str, Any], dict[str, Any]]] = field(
+        default_factory=list
+    )  # (cuts [(offset, inside-from-here)], length, scope, flags)
+
+
+def _label_range(spans: Sequence[tuple[int, int]], start: int, end: int) -> list[tuple[int, bool]]:
+    """Inside/outside segments of ``[start, end)`` as ``[(relative offset, inside)]``."""
+    points = {start}
+    for span_start, span_end in spans:
+        if start < span_start < end:
+            points.add(span_start)
+        if start < span_end < end:
+            points.add(span_end)
+    result = []
+    for point in sorted(points):
+        inside = any(s <= point < e for s, e in spans)
+        if not result or result[-1][1] != inside:
+            result.append((point - start, inside))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The patcher
+
+
+def patch_template(
+    template: str,
+    *,
+    policy: Policy | None = None,
+    probes: Sequence[Any] | None = None,
+    special_tokens: Mapping[str, Any] | None = None,
+    **policy_kwargs: Any,
+) -> PatchResult:
+    """Insert exact ``{% generation %}`` markers into ``template`` and verify them.
+
+    A template that already has markers is verified as it is and kept when exact; otherwise its
+    markers are removed and placed again. Nothing is ever reported verified unless the verifier
+    says so.
+
+    Args:
+        template: the chat template source.
+        policy: what to train (SPEC §6); or give its fields as keyword arguments.
+        probes: probe conversations (default: ``probes.probe_battery(template)``).
+        special_tokens: values for ``bos_token`` etc. (default: placeholders).
+
+    Raises:
+        TemplateSyntaxError: the template is not valid Jinja.
+
+    Example:
+        >>> result = patch_template(open("templates/chatml.jinja").read())  # doctest: +SKIP
+        >>> print(result.diff)  # doctest: +SKIP
+    """
+    from templatefix.probes import probe_battery
+    from templatefix.verify import verify
+
     policy = policy or Policy.from_kwargs(**policy_kwargs)
-    return PatchResult(template, template, False, None, ["stub patcher"], "", False, policy)
+    TemplateSource.parse(template)  # syntax errors surface here, with line and column
+    unmarked = strip_generation_markers(template) if has_markers(template) else template
+    probe_list = list(probes) if probes is not None else probe_battery(unmarked)
+
+    def finish(patched: str, reasons: list[str]) -> PatchResult:
+        report = verify(patched, original=template, policy=policy, probes=probe_list, special_tokens=special_tokens)
+        verified = bool(report.verified)
+        all_reasons = list(reasons)
+        if not verified:
+            all_reasons.extend(r for r in report.failures() if r not in all_reasons)
+        flags = list(getattr(report, "flags", []) or [])
+        return PatchResult(
+            original=template,
+            patched=patched,
+            verified=verified,
+            report=report,
+            reasons=all_reasons,
+            diff=unified_diff(template, patched),
+            changed=patched != template,
+            policy=policy,
+            flags=[str(f) for f in flags],
+        )
+
+    if unmarked is not template:
+        as_is = finish(template, [])
+        if as_is.verified:
+            return as_is
+    try:
+        patched = place_markers(unmarked, probe_list, policy, special_tokens)
+    except (PatchFailure, RenderError) as failure:
+        result = finish(template if unmarked is template else unmarked, [str(failure)])
+        if unmarked is not template:
+            result.patched = template
+            result.changed = False
+            result.diff = ""
+            result.verified = False
+        return result
+    return finish(patched, [])
 
 
-def patch_named_templates(templates: Any, **kwargs: Any) -> dict[str, PatchResult]:
-    items = templates.items() if isinstance(templates, dict) else ((t["name"], t["template"]) for t in templates)
+def patch_named_templates(
+    templates: Mapping[str, str] | Sequence[Mapping[str, str]], **kwargs: Any
+) -> dict[str, PatchResult]:
+    """Patch each named template (``{"default": ..., "tool_use": ...}`` or ``[{"name", "template"}]``)."""
+    items: Iterable[tuple[str, str]]
+    if isinstance(templates, Mapping):
+        items = templates.items()
+    else:
+        items = ((entry["name"], entry["template"]) for entry in templates)
     return {name: patch_template(text, **kwargs) for name, text in items}
+
+
+def has_markers(template: str) -> bool:
+    return bool(_GENERATION_TAG.search(template))
+
+
+def strip_generation_markers(template: str) -> str:
+    """Remove ``{% generation %}``/``{% endgeneration %}`` tags, keeping the render identical.
+
+    A tag with whitespace control becomes an equivalent comment (``{#- -#}``) only when plain
+    removal would change what the surrounding whitespace renders as.
+    """
+    source = TemplateSource.parse(template)
+    edits: list[Edit] = []
+    comment_edits: list[Edit] = []
+    for begin, end in _generation_tag_tokens(source):
+        start, stop = source.tokens[begin].start, source.tokens[end].end
+        tag = template[start:stop]
+        edits.append(Edit(start, stop, ""))
+        left = "-" if tag.startswith("{%-") else ""
+        right = "-" if tag.rstrip().rstrip("%}").rstrip().endswith("-") else ""
+        comment_edits.append(Edit(start, stop, f"{{#{left} {right}#}}" if left or right else ""))
+    plain = source.apply(edits)
+    if _renders_like(plain, template):
+        return plain
+    return source.apply(comment_edits)
+
+
+def _generation_tag_tokens(source: TemplateSource) -> list[tuple[int, int]]:
+    """Token index ranges of each generation/endgeneration tag."""
+    found = []
+    tokens = source.tokens
+    for index, token in enumerate(tokens):
+        if token.kind == "name" and token.text in ("generation", "endgeneration"):
+            begin = index - 1
+            while begin >= 0 and tokens[begin].kind == "whitespace":
+                begin -= 1
+            end = index + 1
+            while end < len(tokens) and tokens[end].kind == "whitespace":
+                end += 1
+            if begin >= 0 and tokens[begin].kind == "block_begin" and end < len(tokens) and tokens[end].kind == "block_end":
+                found.append((begin, end))
+    return found
+
+
+def _renders_like(candidate: str, reference: str) -> bool:
+    from templatefix.probes import probe_battery
+    from templatefix.render import render
+
+    for probe in probe_battery(reference):
+        for generation_prompt in (False, True):
+            try:
+                expected = render(reference, probe.messages, add_generation_prompt=generation_prompt, **probe.kwargs)
+            except RenderError:
+                continue
+            try:
+                if render(candidate, probe.messages, add_generation_prompt=generation_prompt, **probe.kwargs) != expected:
+                    return False
+            except RenderError:
+                return False
+    return True
+
+
+def place_markers(
+    template: str,
+    probes: Sequence[Any],
+    policy: Policy,
+    special_tokens: Mapping[str, Any] | None = None,
+) -> str:
+    """Return ``template`` with generation markers placed from the probes' behaviour.
+
+    Raises:
+        PatchFailure: some boundary cannot be expressed in the template's structure.
+    """
+    from templatefix.oracle import expected_turns
+
+    source = TemplateSource.parse(template)
+    instrumented = instrumented_for(source)
+    records: dict[tuple[int, int], _PartRecord] = {}
+    samples = 0
+    saw_turn = False
+    for probe in probes:
+        for sample in _samples(probe):
+            try:
+                expectation = expected_turns(template, sample, policy, special_tokens)
+                traced = instrumented.trace(sample.messages, special_tokens=special_tokens, **dict(sample.kwargs))
+            except RenderError:
+                continue
+            if traced.text != expectation.text:
+                continue
+            spans = [t.span for t in expectation.turns if t.span and t.span[1] > t.span[0]]
+            saw_turn = saw_turn or bool(expectation.turns)
+            samples += 1
+            _observe(instrumented, traced, spans, dict(sample.kwargs), records)
+    if not samples:
+        raise PatchFailure("the template rejects every probe conversation, so nothing can be checked")
+    if not saw_turn:
+        raise PatchFailure("no probe conversation renders an assistant turn")
+    units = _resolve_units(instrumented, records)
+    if not any(unit.label in ("in", "cond") for unit in units):
+        raise PatchFailure("no template output produces assistant text")
+    return _write(source, instrumented, units)
+
+
+@dataclass(frozen=True)
+class _Sample:
+    name: str
+    messages: tuple[dict[str, Any], ...]
+    kwargs: Mapping[str, Any]
+
+
+def _samples(probe: Any) -> Iterable[_Sample]:
+    """The probe, and each prefix of it that ends with an assistant message."""
+    messages = tuple(probe.messages)
+    yield _Sample(probe.name, messages, probe.kwargs)
+    for index, message in enumerate(messages[:-1]):
+        if message.get("role") == "assistant":
+            yield _Sample(f"{probe.name}[:{index + 1}]", messages[: index + 1], probe.kwargs)
+
+
+def _observe(
+    instrumented: Instrumented,
+    traced: Trace,
+    spans: list[tuple[int, int]],
+    flags: dict[str, Any],
+    records: dict[tuple[int, int], _PartRecord],
+) -> None:
+    for emission in traced.emissions:
+        if emission.end == emission.start:
+            continue
+        atom = instrumented.atoms[emission.atom]
+        whole_cuts = _label_range(spans, emission.start, emission.end)
+        if len(atom.parts) > 1 and (len(whole_cuts) > 1 or emission.part_ranges is None):
+            if emission.part_ranges is None:
+                # Operands weren't strings: the atom can only be taken whole.
+                record = records.setdefault((atom.id, -1), _PartRecord())
+                record.segments.append((whole_cuts, emission.end - emission.start, emission.scope, flags))
+                continue
+            for index, (lo, hi) in enumerate(emission.part_ranges):
+                if hi == lo:
+                    continue
+                cuts = _label_range(spans, emission.start + lo, emission.start + hi)
+                record = records.setdefault((atom.id, index), _PartRecord())
+                record.segments.append((cuts, hi - lo, emission.scope, flags))
+            continue
+        record = records.setdefault((atom.id, -1), _PartRecord())
+        record.segments.append((whole_cuts, emission.end - emission.start, emission.scope, flags))
+
+
+def _constant_text(atom: Atom, part: int) -> str | None:
+    node = atom.node if part < 0 else atom.parts[part]
+    if isinstance(node, nodes.TemplateData):
+        return node.data
+    if isinstance(node, nodes.Const) and isinstance(node.value, str):
+        return node.value
+    return None
+
+
+def _resolve_units(instrumented: Instrumented, records: dict[tuple[int, int], _PartRecord]) -> list[_Unit]:
+    """Turn observations into labelled units, splitting constants at boundaries."""
+    units: list[_Unit] = []
+    by_atom: dict[int, dict[int, _PartRecord]] = {}
+    for (atom_id, part), record in records.items():
+        by_atom.setdefault(atom_id, {})[part] = record
+    for atom_id, parts in sorted(by_atom.items()):
+        atom = instrumented.atoms[atom_id]
+        if -1 in parts and len(parts) > 1:
+            # Some emissions were only seen whole: spread their uniform labels over the parts.
+            whole = parts.pop(-1)
+            for cuts, _length, scope, flags in whole.segments:
+                if len(cuts) > 1:
+                    raise PatchFailure(_where(instrumented, atom, "an assistant span edge falls inside"))
+                for index in range(len(atom.parts)):
+                    parts.setdefault(index, _PartRecord()).segments.append(([(0, cuts[0][1])], 1, scope, flags))
+        if any(index >= 0 for index in parts):
+            for index in range(len(atom.parts)):
+                parts.setdefault(index, _PartRecord())
+        for part, record in sorted(parts.items()):
+            cut_points = sorted({offset for cuts, _l, _s, _f in record.segments for offset, _ in cuts if offset > 0})
+            if cut_points and _constant_text(atom, part) is None:
+                raise PatchFailure(_where(instrumented, atom, "an assistant span edge falls inside"))
+            bounds = [0, *cut_points, None]
+            for lo, hi in itertools.pairwise(bounds):
+                unit = _Unit(atom_id, part, lo, hi)
+                for cuts, length, scope, flags in record.segments:
+                    if lo >= length:
+                        continue
+                    inside = [flag for offset, flag in cuts if offset <= lo][-1]
+                    unit.observations.append(_Observation(inside, scope, flags))
+                _classify(unit, instrumented, atom)
+                units.append(unit)
+    return units
+
+
+def _classify(unit: _Unit, instrumented: Instrumented, atom: Atom) -> None:
+    labels = {o.inside for o in unit.observations}
+    if not labels:
+        unit.label = "none"
+    elif labels == {True}:
+        unit.label = "in"
+    elif labels == {False}:
+        unit.label = "out"
+    else:
+        condition = _find_condition(unit.observations, instrumented.source)
+        if condition is None:
+            raise PatchFailure(
+                _where(instrumented, atom, "no condition on the loop variables separates assistant output in")
+            )
+        unit.label, unit.condition = "cond", condition
+
+
+def _where(instrumented: Instrumented, atom: Atom, what: str) -> str:
+    start, end = atom.node.tf_span
+    text = instrumented.source.text[start:end]
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{what} {text!r} at line {instrumented.source.line_of(start)}"
+
+
+# -- conditions --------------------------------------------------------------------------------
+
+
+def _find_condition(observations: list[_Observation], source: TemplateSource) -> str | None:
+    """The simplest test on loop variables / flags that is true exactly on inside observations."""
+    quote = _preferred_quote(source)
+    features: list[tuple[str, Any]] = []
+    names: dict[str, set[str]] = {}
+    for observation in observations:
+        for name, value in observation.scope.items():
+            if name != "loop" and isinstance(value, dict):
+                names.setdefault(name, set()).update(k for k in value if isinstance(k, str) and k.isidentifier())
+    for name, keys in sorted(names.items()):
+        if "role" in keys:
+            features.append(
+                (f"{name}.role == {quote}assistant{quote}", lambda o, n=name: _get(o.scope, n, "role") == "assistant")
+            )
+        for key in sorted(keys - {"role"}):
+            features.append((f"{name}.{key}", lambda o, n=name, k=key: bool(_get(o.scope, n, k))))
+    if any("loop" in o.scope for o in observations):
+        features.append(("loop.last", lambda o: bool(o.scope.get("loop", {}).get("last"))))
+        features.append(("loop.first", lambda o: bool(o.scope.get("loop", {}).get("first"))))
+    flag_names = sorted({k for o in observations for k, v in o.flags.items() if isinstance(v, bool)})
+    for flag in flag_names:
+        features.append((flag, lambda o, f=flag: bool(o.flags.get(f))))
+    target = [o.inside for o in observations]
+    literals = [(text, test) for text, test in features] + [
+        (f"not {text}" if " " not in text else f"not ({text})", lambda o, t=test: not t(o)) for text, test in features
+    ]
+    values = [(text, [test(o) for o in observations]) for text, test in literals]
+    for text, result in values:
+        if result == target:
+            return text
+    for (text_a, a), (text_b, b) in itertools.combinations(values, 2):
+        if [x and y for x, y in zip(a, b)] == target:
+            return f"{_group(text_a)} and {_group(text_b)}"
+        if [x or y for x, y in zip(a, b)] == target:
+            return f"{_group(text_a)} or {_group(text_b)}"
+    return None
+
+
+def _group(text: str) -> str:
+    return f"({text})" if " or " in text or " and " in text else text
+
+
+def _get(scope: dict[str, Any], name: str, key: str) -> Any:
+    value = scope.get(name)
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def _preferred_quote(source: TemplateSource) -> str:
+    double = sum(1 for t in source.tokens if t.kind == "string" and t.text.startswith('"'))
+    single = sum(1 for t in source.tokens if t.kind == "string" and t.text.startswith("'"))
+    return '"' if double > single else "'"
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the markers
+
+
+@dataclass
+class _Marker:
+    """A ``generation``/``endgeneration`` tag to insert at a source offset."""
+
+    offset: int
+    opening: bool
+    order: int
+
+
+def _write(source: TemplateSource, instrumented: Instrumented, units: list[_Unit]) -> str:
+    by_atom: dict[int, list[_Unit]] = {}
+    for unit in units:
+        by_atom.setdefault(unit.atom, []).append(unit)
+    edits: list[Edit] = []
+    markers: list[_Marker] = []
+    for atom_id, atom_units in sorted(by_atom.items()):
+        atom = instrumented.atoms[atom_id]
+        labels = {u.label for u in atom_units} - {"none"}
+        if not labels or labels == {"out"}:
+            continue
+        if atom.is_literal:
+            _write_literal(source, instrumented, atom, atom_units, markers)
+        else:
+            _write_expression(source, instrumented, atom, atom_units, markers, edits)
+    markers = _cancel_adjacent(source, markers)
+    for marker in markers:
+        edits.append(Edit(marker.offset, marker.offset, _marker_text(source, marker), marker.order))
+    return source.apply(edits)
+
+
+def _write_literal(
+    source: TemplateSource, instrumented: Instrumented, atom: Atom, units: list[_Unit], markers: list[_Marker]
+) -> None:
+    if any(u.label == "cond" for u in units):
+        raise PatchFailure(_where(instrumented, atom, "literal text is assistant output only sometimes:"))
+    token = source.token_at(atom.node.tf_span[0])
+    _fill_none(units)
+    for run_label, run in itertools.groupby(units, key=lambda u: u.label):
+        if run_label != "in":
+            continue
+        run_units = list(run)
+        start = _data_offset(token, run_units[0].lo)
+        end = _data_offset(token, run_units[-1].hi)
+        markers.append(_Marker(start, True, 1))
+        markers.append(_Marker(end, False, 0))
+
+
+def _fill_none(units: list[_Unit]) -> None:
+    """Units never seen with text take their neighbour's label, so runs stay long."""
+    previous = next((u.label for u in units if u.label != "none"), "out")
+    for unit in units:
+        if unit.label == "none":
+            unit.label = previous
+            unit.condition = ""
+        else:
+            previous = unit.label
+
+
+def _data_offset(token: Token, value_offset: int | None) -> int:
+    """Source offset of a character offset in a literal-text token's (normalised) value."""
+    if value_offset is None:
+        return token.end
+    count = 0
+    index = 0
+    text = token.text
+    while count < value_offset and index < len(text):
+        index += 2 if text.startswith("\r\n", index) else 1
+        count += 1
+    return token.start + index
+
+
+def _write_expression(
+    source: TemplateSource,
+    instrumented: Instrumented,
+    atom: Atom,
+    units: list[_Unit],
+    markers: list[_Marker],
+    edits: list[Edit],
+) -> None:
+    begin, end = _tag_tokens(source, atom.node)
+    _fill_none(units)
+    conditions = {u.condition for u in units if u.label == "cond"}
+    if len(conditions) > 1:
+        raise PatchFailure(_where(instrumented, atom, "different parts need different conditions in"))
+    labels = [u.label for u in units]
+    open_start = source.tokens[begin].start
+    close_end = source.tokens[end].start + len(source.tokens[end].text.rstrip())
+    if set(labels) == {"in"}:
+        markers.append(_Marker(open_start, True, 1))
+        markers.append(_Marker(source.tokens[end].end, False, 0))
+        return
+    left_mod = source.tokens[begin].text[2:3] if source.tokens[begin].text[2:3] in "-+" else ""
+    right_mod = "-" if source.tokens[end].text.startswith("-") else ""
+    # Whitespace control for a block tag that ends up outermost, so the render is unchanged.
+    left = "-" if left_mod == "-" else ("+" if _needs_lstrip_guard(source, open_start) else "")
+    right = "-" if right_mod == "-" else ("+" if _needs_trim_guard(source, close_end) else "")
+    if not conditions:
+        text = _split_tag(
+            source, atom, units, inside=lambda u: u.label == "in", left=left_mod, right=right_mod,
+            block_left=left, block_right=right,
+        )
+        edits.append(Edit(open_start, close_end, text))
+        return
+    (condition,) = conditions
+    true_branch = _split_tag(source, atom, units, inside=lambda u: u.label in ("in", "cond"), left="", right="")
+    false_branch = _split_tag(source, atom, units, inside=lambda u: u.label == "in", left="", right="")
+    text = (
+        f"{{%{left} if {condition} %}}{true_branch}{{% else %}}{false_branch}{{% endif {right}%}}"
+    )
+    edits.append(Edit(open_start, close_end, text))
+
+
+def _split_tag(
+    source: TemplateSource,
+    atom: Atom,
+    units: list[_Unit],
+    *,
+    inside: Any,
+    left: str,
+    right: str,
+    block_left: str = "",
+    block_right: str = "",
+) -> str:
+    """The atom's ``{{ }}`` tag rewritten as consecutive tags, with markers around inside runs.
+
+    ``left``/``right`` are the original tag's whitespace control; ``block_left``/``block_right``
+    go on a generation tag that becomes the outermost tag.
+    """
+    runs = [(flag, list(run)) for flag, run in itertools.groupby(units, key=inside)]
+    pieces = []
+    for index, (flag, run) in enumerate(runs):
+        first, last = index == 0, index == len(runs) - 1
+        open_mod = left if first else ""
+        close_mod = right if last else ""
+        expression = _run_expression(source, atom, run)
+        tag = f"{{{{{open_mod} {expression} {close_mod}}}}}"
+        if flag:
+            opening = f"{{%{block_left if first else ''} generation %}}"
+            closing = f"{{% endgeneration {block_right if last else ''}%}}"
+            tag = f"{opening}{tag}{closing}"
+        pieces.append(tag)
+    return "".join(pieces)
+
+
+def _run_expression(source: TemplateSource, atom: Atom, run: list[_Unit]) -> str:
+    merged: list[_Unit] = []
+    for unit in run:  # neighbouring slices of one literal read better as one literal
+        if merged and merged[-1].part == unit.part and merged[-1].hi == unit.lo:
+            merged[-1] = _Unit(unit.atom, unit.part, merged[-1].lo, unit.hi)
+        else:
+            merged.append(unit)
+    run = merged
+    texts: list[str] = []
+    for position, unit in enumerate(run):
+        node = atom.node if unit.part < 0 else atom.parts[unit.part]
+        if unit.lo == 0 and unit.hi is None:
+            text = _node_text(source, node)
+        else:
+            text = _literal_slice(source, node, unit.lo, unit.hi)
+        if position:
+            previous = run[position - 1]
+            operator = "+" if previous.part == unit.part else atom.operators[unit.part - 1]
+            texts.append(f" {operator} ")
+        texts.append(text)
+    return "".join(texts)
+
+
+_PRIMARY = (nodes.Name, nodes.Const, nodes.Getattr, nodes.Getitem, nodes.Call, nodes.Filter, nodes.List, nodes.Dict)
+
+
+def _node_text(source: TemplateSource, node: nodes.Node) -> str:
+    start, end = node.tf_span
+    text = source.text[start:end]
+    if isinstance(node, _PRIMARY) or (text.startswith("(") and text.endswith(")")):
+        return text
+    return f"({text})"
+
+
+def _literal_slice(source: TemplateSource, node: nodes.Node, lo: int, hi: int | None) -> str:
+    """A string literal for ``value[lo:hi]``, cut from the original literal's bytes when possible."""
+    value: str = node.value
+    piece = value[lo:hi]
+    start, end = node.tf_span
+    raw = source.text[start:end]
+    quote = raw[:1]
+    if len(raw) >= 2 and raw[-1] == quote and quote in "'\"":
+        body = raw[1:-1]
+        raw_lo = _raw_index(body, value, lo)
+        raw_hi = len(body) if hi is None else _raw_index(body, value, hi)
+        if raw_lo is not None and raw_hi is not None:
+            return f"{quote}{body[raw_lo:raw_hi]}{quote}"
+    return json.dumps(piece, ensure_ascii=False)
+
+
+def _decode(body: str) -> str | None:
+    try:
+        return body.encode("ascii", "backslashreplace").decode("unicode-escape")
+    except UnicodeDecodeError:
+        return None
+
+
+def _raw_index(body: str, value: str, offset: int) -> int | None:
+    """Index into a literal's source body whose decoded prefix is ``value[:offset]``."""
+    for index in range(len(body) + 1):
+        decoded = _decode(body[:index])
+        if decoded is not None and decoded == value[:offset]:
+            return index
+    return None
+
+
+def _tag_tokens(source: TemplateSource, node: nodes.Node) -> tuple[int, int]:
+    """Indices of the ``{{`` and ``}}`` tokens around an output expression."""
+    start, end = node.tf_span
+    begin = source.token_index_at(start)
+    while begin > 0 and source.tokens[begin].kind != "variable_begin":
+        begin -= 1
+    close = source.token_index_at(max(end - 1, start))
+    while close < len(source.tokens) - 1 and source.tokens[close].kind != "variable_end":
+        close += 1
+    return begin, close
+
+
+def _needs_lstrip_guard(source: TemplateSource, offset: int) -> bool:
+    """A block tag at ``offset`` would strip the spaces before it on its line (lstrip_blocks)."""
+    line_start = source.text.rfind("\n", 0, offset) + 1
+    prefix = source.text[line_start:offset]
+    return bool(prefix) and not prefix.strip(" \t")
+
+
+def _needs_trim_guard(source: TemplateSource, offset: int) -> bool:
+    """A block tag ending at ``offset`` would eat a newline that renders today (trim_blocks).
+
+    A newline the lexer already drops (a gap before a ``{%-``) needs no guard.
+    """
+    if not source.text.startswith(("\n", "\r"), offset):
+        return False
+    token = source.token_at(offset)
+    return not (token.kind == "gap" and token.start == offset)
+
+
+def _marker_text(source: TemplateSource, marker: _Marker) -> str:
+    """The tag text, with whitespace control that keeps the render unchanged."""
+    keyword = "generation" if marker.opening else "endgeneration"
+    token = source.token_at(marker.offset) if marker.offset < len(source.text) else None
+    left = ""
+    if token is not None and token.start == marker.offset and token.kind in ("variable_begin", "block_begin"):
+        if token.text[2:3] == "-":
+            left = "-"
+    if not left and _needs_lstrip_guard(source, marker.offset):
+        left = "+"
+    right = "+" if _needs_trim_guard(source, marker.offset) else ""
+    return f"{{%{left} {keyword} {right}%}}"
+
+
+def _cancel_adjacent(source: TemplateSource, markers: list[_Marker]) -> list[_Marker]:
+    """Drop an ``endgeneration`` immediately followed by a ``generation`` (only stripped space between)."""
+    ordered = sorted(markers, key=lambda m: (m.offset, m.order))
+    result: list[_Marker] = []
+    for marker in ordered:
+        if marker.opening and result and not result[-1].opening:
+            between = source.text[result[-1].offset : marker.offset]
+            if not between or _is_gap(source, result[-1].offset, marker.offset):
+                result.pop()
+                continue
+        result.append(marker)
+    return result
+
+
+def _is_gap(source: TemplateSource, start: int, end: int) -> bool:
+    position = start
+    while position < end:
+        token = source.token_at(position)
+        if token.kind != "gap" or token.start != position:
+            return False
+        position = token.end
+    return position == end
