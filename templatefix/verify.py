@@ -1,0 +1,327 @@
+"""Judge a marked template by SPEC.md rules 1–3 (and §5 through ``templatefix.tokens``).
+
+``verify(template, original)`` renders every probe conversation with both templates:
+
+* rule 1 — every render the oracle used (each prefix, with and without the generation prompt,
+  with the probe's template arguments) must be byte-identical between patched and original;
+* rules 2–3 — the patched template's merged ``{% generation %}`` spans on the full conversation
+  must equal the oracle's expected spans (``templatefix.oracle``), one for one.
+
+Turns whose history is rewritten, or whose generation prompt disagrees with the render, pass
+when their span has rule 3's shape, but are listed in ``Report.flags`` with the honest
+alternatives. Without ``original`` the template is its own original (markers do not change
+text) and rule 1 is not checked.
+
+Example:
+    >>> patched = ("{% for m in messages %}<|im_start|>{{ m.role }}\\n"
+    ...            "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}<|im_end|>"
+    ...            "{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}\\n"
+    ...            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\\n{% endif %}")
+    >>> verify(patched).verified  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from templatefix.errors import RenderError
+from templatefix.oracle import ProbeExpectation, TurnExpectation, expected_turns
+from templatefix.policy import Policy
+from templatefix.render import Span, compile_template, environment, merge_spans, render, render_with_spans
+from templatefix.report import EdgeDiff, ProbeResult, Report, TurnResult, context
+
+ALTERNATIVES = (
+    "honest alternatives: train the last turn only (--turns last), or split the conversation "
+    "into one example per assistant turn, each training only its final turn (exact for any template)"
+)
+
+
+def has_generation_markers(template: str) -> bool:
+    """Whether ``template`` has a ``{% generation %}`` tag (comments and strings don't count).
+
+    Example:
+        >>> has_generation_markers("{# {% generation %} #}{{ x }}")
+        False
+        >>> has_generation_markers("{%- generation %}x{% endgeneration %}")
+        True
+    """
+    previous = ""
+    for _, token_type, value in environment().lex(template):
+        if token_type == "whitespace":
+            continue
+        if previous == "block_begin" and token_type == "name" and value == "generation":
+            return True
+        previous = token_type
+    return False
+
+
+def default_probes(template: str) -> list[Any]:
+    """Engineer A's ``probe_battery`` (SPEC §4)."""
+    probes = importlib.import_module("templatefix.probes")
+    return list(probes.probe_battery(template))
+
+
+def verify(
+    template: str,
+    original: str | None = None,
+    *,
+    policy: Policy | None = None,
+    probes: Sequence[Any] | None = None,
+    special_tokens: Mapping[str, Any] | None = None,
+    tokenizer: Any = None,
+    name: str = "template",
+) -> Report:
+    """Verify ``template`` (with markers) against ``original`` (without) on every probe.
+
+    Args:
+        template: the patched template.
+        original: the template it was made from; ``None`` means ``template`` itself.
+        policy: what should be trained (SPEC §6); default ``Policy()``.
+        probes: probe conversations (objects with ``name``, ``messages``, ``kwargs``); default
+            ``templatefix.probes.probe_battery(original or template)``.
+        special_tokens: template variables for the special tokens (``bos_token``…).
+        tokenizer: a real fast tokenizer: SPEC §5 is checked through ``templatefix.tokens``.
+        name: what to call the template in the report.
+
+    Raises:
+        TemplateSyntaxError: either template does not compile.
+    """
+    policy = policy or Policy()
+    compile_template(template)
+    if original is not None:
+        compile_template(original)
+    reference = original if original is not None else template
+    report = Report(template_name=name, policy=policy.to_dict(), render_compared=original is not None)
+    if not has_generation_markers(template):
+        report.errors.append("no {% generation %} markers: nothing would be trained")
+        return report
+    token_check = _token_check() if tokenizer is not None else None
+    if tokenizer is not None and special_tokens is None:
+        # apply_chat_template passes the tokenizer's special tokens; render as it does
+        special_tokens = dict(tokenizer.special_tokens_map)
+    for probe in probes if probes is not None else default_probes(reference):
+        result = _verify_probe(template, original, reference, probe, policy, special_tokens)
+        if token_check is not None and result.status == "passed":
+            _check_tokens(result, token_check, template, tokenizer, probe, reference, policy, special_tokens)
+        report.probes.append(result)
+        report.flags.extend(_flags(result))
+    return report
+
+
+def _verify_probe(
+    template: str,
+    original: str | None,
+    reference: str,
+    probe: Any,
+    policy: Policy,
+    special_tokens: Mapping[str, Any] | None,
+) -> ProbeResult:
+    try:
+        expectation = expected_turns(reference, probe, policy, special_tokens)
+    except RenderError as error:  # TemplateRejected included: the original refuses it
+        return ProbeResult(name=probe.name, status="skipped", reason=f"original rejects it: {error}")
+    result = ProbeResult(name=probe.name, status="passed")
+    if original is not None:
+        result.render_problems = _compare_renders(template, probe, expectation, special_tokens)
+    try:
+        text, raw_spans = render_with_spans(
+            template, list(probe.messages), add_generation_prompt=False,
+            special_tokens=special_tokens, **dict(probe.kwargs),
+        )
+    except RenderError as error:
+        result.render_problems.append(f"patched template fails on the conversation: {error}")
+        result.status = "failed"
+        return result
+    if text != expectation.text:
+        result.status = "failed"  # already reported by rule 1; offsets would not be comparable
+        return result
+    _compare_spans(result, expectation, merge_spans(raw_spans))
+    if result.failures():
+        result.status = "failed"
+    return result
+
+
+def _compare_renders(
+    template: str, probe: Any, expectation: ProbeExpectation, special_tokens: Mapping[str, Any] | None
+) -> list[str]:
+    """SPEC rule 1 on every render the oracle made."""
+    problems = []
+    for (count, prompt), expected_text in sorted(expectation.renders.items()):
+        where = f"messages[:{count}], add_generation_prompt={prompt}"
+        try:
+            text = render(
+                template, list(probe.messages)[:count], add_generation_prompt=prompt,
+                special_tokens=special_tokens, **dict(probe.kwargs),
+            )
+        except RenderError as error:
+            problems.append(f"{where}: patched template fails where the original renders: {error}")
+            continue
+        if text != expected_text:
+            offset = _first_difference(text, expected_text)
+            problems.append(
+                f"{where}: differs from the original at offset {offset}: "
+                f"patched …{context(text, offset)}… original …{context(expected_text, offset)}…"
+            )
+    return problems
+
+
+def _first_difference(a: str, b: str) -> int:
+    for index, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return index
+    return min(len(a), len(b))
+
+
+def _compare_spans(result: ProbeResult, expectation: ProbeExpectation, actual: list[Span]) -> None:
+    """SPEC rules 2–3: expected spans (merged like actual ones) must each equal one actual span."""
+    text = expectation.text
+    expected_merged = merge_spans(expectation.spans)
+    actual_set = set(actual)
+    explained: set[Span] = set()
+    for turn in expectation.turns:
+        turn_result = _judge_turn(turn, text, expected_merged, actual, actual_set)
+        explained.update(s for s in actual if _overlaps(s, _turn_region(turn)))
+        result.turns.append(turn_result)
+    for span in actual:
+        if span in expected_merged or span in explained:
+            continue
+        result.stray_spans.append(
+            f"span {span[0]}..{span[1]} belongs to no assistant turn "
+            f"(…{context(text, span[0])}… to …{context(text, span[1])}…)"
+        )
+
+
+def _turn_region(turn: TurnExpectation) -> Span:
+    """The stretch of the render a turn's span may touch: its own expected range, widened to the
+    whole turn output (reasoning included) so that spans on untrained parts are attributed."""
+    return (min(turn.start, turn.end_out), max(turn.end_in, turn.end_out))
+
+
+def _overlaps(a: Span, b: Span) -> bool:
+    """Whether span ``a`` shares a character with ``b`` (an empty ``b`` counts as its position)."""
+    if b[1] == b[0]:
+        return a[0] <= b[0] < a[1]
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def _judge_turn(
+    turn: TurnExpectation, text: str, expected_merged: list[Span], actual: list[Span], actual_set: set[Span]
+) -> TurnResult:
+    result = TurnResult(
+        message_index=turn.message_index, kind=turn.kind, verdict="wrong", trained=turn.trained,
+        expected=turn.span, end_of_turn=turn.end_of_turn, note=turn.note,
+    )
+    region = _turn_region(turn)
+    touching = [span for span in actual if _overlaps(span, region)]
+    if not turn.trained:
+        if touching:
+            result.actual = touching[0]
+            result.problems.append(
+                f"not trained by the policy but has span {touching[0][0]}..{touching[0][1]} "
+                f"(…{context(text, touching[0][0])}…)"
+            )
+        else:
+            result.verdict = "untrained"
+        return result
+
+    target = next(s for s in expected_merged if s[0] <= turn.start and turn.end <= s[1])
+    actual_span = target if target in actual_set else (touching[0] if touching else None)
+    result.actual = actual_span
+    if turn.end_of_turn_range is not None and actual_span is not None:
+        low, high = turn.end_of_turn_range
+        result.end_of_turn_inside = actual_span[0] <= low and high <= actual_span[1]
+    elif actual_span is None:
+        result.end_of_turn_inside = False if turn.end_of_turn_range else None
+    if actual_span == target and len(touching) <= 1:
+        result.verdict = turn.kind
+        return result
+
+    if actual_span is None:
+        result.problems.append(
+            f"{turn.kind} turn has no span; expected {target[0]}..{target[1]} "
+            f"(…{context(text, target[0])}… to …{context(text, target[1])}…)"
+        )
+        return result
+    if len(touching) > 1:
+        pieces = ", ".join(f"{s[0]}..{s[1]}" for s in touching)
+        expected = f"{target[0]}..{target[1]}"
+        result.problems.append(f"{turn.kind} turn is split into spans {pieces}; expected {expected}")
+    for edge, expected_at, actual_at in (
+        ("start", target[0], actual_span[0]),
+        ("end", target[1], (touching[-1] if touching else actual_span)[1]),
+    ):
+        if expected_at == actual_at:
+            continue
+        diff = EdgeDiff(
+            edge=edge, expected=expected_at, actual=actual_at,
+            expected_context=context(text, expected_at), actual_context=context(text, actual_at),
+            note=_edge_note(edge, expected_at, actual_at, text, turn),
+        )
+        result.edges.append(diff)
+        result.problems.append(f"{turn.kind} turn: span {diff.describe()}")
+    if result.end_of_turn_inside is False and turn.end_of_turn:
+        result.problems.append(f"end-of-turn text {turn.end_of_turn!r} is outside the span")
+    return result
+
+
+def _edge_note(edge: str, expected: int, actual: int, text: str, turn: TurnExpectation) -> str:
+    """Say in words what an edge difference includes or leaves out."""
+    low, high = sorted((expected, actual))
+    piece = text[low:high]
+    shown = piece if len(piece) <= 40 else piece[:18] + "…" + piece[-18:]
+    if edge == "start":
+        what = "the header/prompt" if actual < expected else "generated text"
+        verb = "includes" if actual < expected else "leaves out"
+    else:
+        after_end = actual > expected
+        verb = "includes" if after_end else "leaves out"
+        if after_end:
+            what = "whitespace after the end-of-turn text" if piece.isspace() else "text after the turn"
+        else:
+            what = "trailing whitespace" if piece.isspace() else "the end of the turn"
+    return f"span {verb} {what} {shown!r}"
+
+
+def _flags(result: ProbeResult) -> list[str]:
+    flags = []
+    for turn in result.turns:
+        if turn.verdict == "rewritten":
+            flags.append(
+                f"{result.name}: message {turn.message_index} is rewritten in history: training on it "
+                f"teaches text the model never produced; {ALTERNATIVES}"
+            )
+        elif turn.verdict == "mismatch":
+            flags.append(
+                f"{result.name}: message {turn.message_index}: the generation prompt disagrees with the "
+                f"template's own render of this turn, so no span can be exact; {ALTERNATIVES}"
+            )
+    return flags
+
+
+def _token_check() -> Any:
+    """``templatefix.tokens.check_token_masks`` when engineer C's module is present."""
+    try:
+        tokens = importlib.import_module("templatefix.tokens")
+    except ImportError:
+        return None
+    return getattr(tokens, "check_token_masks", None)
+
+
+def _check_tokens(
+    result: ProbeResult,
+    check: Any,
+    template: str,
+    tokenizer: Any,
+    probe: Any,
+    reference: str,
+    policy: Policy,
+    special_tokens: Mapping[str, Any] | None,
+) -> None:
+    expectation = expected_turns(reference, probe, policy, special_tokens)
+    issues = check(template, tokenizer, probe, expectation.turns)
+    result.token_problems.extend(str(issue) for issue in issues or ())
+    if result.token_problems:
+        result.status = "failed"
