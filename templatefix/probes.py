@@ -49,6 +49,8 @@ MAX_VALUES_PER_FLAG = 4
 STANDARD_NAMES = frozenset(
     {
         "messages", "tools", "documents", "add_generation_prompt",
+        # an apply_chat_template option that transformers handles itself, not a template switch
+        "continue_final_message",
         "bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
         "additional_special_tokens",
         "raise_exception", "strftime_now", "namespace", "dict", "range", "lipsum", "cycler",
