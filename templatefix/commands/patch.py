@@ -317,6 +317,14 @@ def _push(repo_id: str, source: LoadedSource, patched: list[PatchedEntry], chang
     from templatefix import __version__
     from templatefix.hub import PushPlan, push
 
+    if not all_verified and not args.force:
+        if args.dry_run:
+            if not args.json:
+                console.print(f"dry run: would not push to {repo_id}: not every template is verified "
+                              "(--force overrides)", style="yellow")
+            return {"repo_id": repo_id, "pushed": False, "blocked": True}
+        raise NotVerifiedError(f"not pushed to {repo_id}: some templates failed verification (see above); "
+                               "fix them or use --force")
     if not changed:
         if not args.json:
             console.print(f"nothing to push to {repo_id}: no file changed", markup=False)
@@ -329,14 +337,10 @@ def _push(repo_id: str, source: LoadedSource, patched: list[PatchedEntry], chang
     branch = args.revision if (same_repo and args.revision and not _COMMIT_SHA.match(args.revision)) else None
     plan = PushPlan(repo_id, dict(changed), title, description, create_pr=args.create_pr, revision=branch,
                     parent_commit=source.commit if same_repo and not args.create_pr else None)
-    blocked = not all_verified and not args.force
     if args.dry_run:
         if not args.json:
-            _print_plan(console, plan, blocked)
-        return {**plan.to_json(), "pushed": False, "blocked": blocked}
-    if blocked:
-        raise NotVerifiedError(f"not pushed to {repo_id}: some templates failed verification (see above); "
-                               "fix them or use --force")
+            _print_plan(console, plan)
+        return {**plan.to_json(), "pushed": False, "blocked": False}
     push(plan)
     if not args.json:
         where = plan.result.get("pr_url") or plan.result.get("commit_url")
@@ -344,16 +348,13 @@ def _push(repo_id: str, source: LoadedSource, patched: list[PatchedEntry], chang
     return {**plan.to_json(), "pushed": True, "blocked": False}
 
 
-def _print_plan(console: Any, plan: Any, blocked: bool) -> None:
+def _print_plan(console: Any, plan: Any) -> None:
     what = "open a pull request on" if plan.create_pr else "commit to"
     base = plan.revision or "main"
     console.print(f"dry run: would {what} {plan.repo_id} (base {base}) with {len(plan.files)} file(s):",
                   markup=False)
     for path, data in sorted(plan.files.items()):
         console.print(f"  {path} ({len(data)} bytes)", markup=False)
-    if blocked:
-        console.print("(and it would be refused: not every template is verified; --force overrides)",
-                      style="yellow")
     console.print(f"title: {plan.title}", markup=False)
     console.print("description:", markup=False)
     console.print(plan.description, markup=False)
