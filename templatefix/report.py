@@ -267,7 +267,7 @@ def print_report(report: Report, console: Any) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=report.template_name, show_lines=False)
+    table = Table(title=Text(report.template_name), show_lines=False)
     table.add_column("probe")
     table.add_column("status")
     table.add_column("turns (message index: verdict)")
@@ -282,7 +282,7 @@ def print_report(report: Report, console: Any) -> None:
             turns.append(f"{turn.message_index}:{turn.verdict}", style=_VERDICT_STYLE[turn.verdict])
         if probe.render_problems:
             turns.append("  render differs", style="bold red")
-        table.add_row(probe.name, Text(probe.status, style=status_style), turns)
+        table.add_row(Text(probe.name), Text(probe.status, style=status_style), turns)
     console.print(table)
 
     failures = report.failures()

@@ -279,7 +279,11 @@ def _edge_note(edge: str, expected: int, actual: int, text: str, turn: TurnExpec
         after_end = actual > expected
         verb = "includes" if after_end else "leaves out"
         if after_end:
-            what = "whitespace after the end-of-turn text" if piece.isspace() else "text after the turn"
+            what = (
+                "whitespace after the end-of-turn text (allowed with --trailing-whitespace in)"
+                if piece.isspace() and turn.end_in >= actual
+                else "text after the turn"
+            )
         else:
             what = "trailing whitespace" if piece.isspace() else "the end of the turn"
     return f"span {verb} {what} {shown!r}"
