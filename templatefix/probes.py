@@ -92,8 +92,11 @@ class Probe:
         return copy.deepcopy(dict(self.kwargs))
 
     def texts(self) -> list[str]:
-        """Every text this probe puts into the conversation (for locating messages)."""
-        return list(_texts(self.messages))
+        """Every non-empty text this probe puts into the conversation (for locating messages).
+
+        Tool-call arguments given as a JSON string count by their values.
+        """
+        return [text for text in _texts(self.messages) if text]
 
 
 def _texts(value: Any) -> Iterator[str]:
@@ -102,7 +105,9 @@ def _texts(value: Any) -> Iterator[str]:
         yield value
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            if key not in ("role", "type", "tool_call_id", "id", "name"):
+            if key == "arguments" and isinstance(item, str):
+                yield from _texts(json.loads(item))
+            elif key not in ("role", "type", "tool_call_id", "id", "name"):
                 yield from _texts(item)
     elif isinstance(value, (list, tuple)):
         for item in value:
@@ -372,7 +377,10 @@ def _walk(
 
 
 def _record_constant(usage: _Usage, value: nodes.Node) -> None:
-    if isinstance(value, nodes.Const):
+    if isinstance(value, nodes.Const) and isinstance(value.value, (list, tuple)):  # a folded list literal
+        for item in value.value:
+            _record_constant(usage, nodes.Const(item))
+    elif isinstance(value, nodes.Const):
         if isinstance(value.value, bool):
             usage.boolean = True
         elif value.value is None:

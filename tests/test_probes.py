@@ -1,0 +1,223 @@
+"""Probe conversations: flag discovery, text uniqueness, battery shape, random conversations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+
+from templatefix.errors import TemplateSyntaxError
+from templatefix.probes import (
+    FLAG_SHAPES,
+    MAX_BATTERY,
+    SHAPES,
+    Probe,
+    accepts,
+    conversations,
+    find_flags,
+    make_probe,
+    probe_battery,
+    random_probes,
+    template_reads,
+    tools_for,
+)
+from templatefix.render import render
+
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"
+CHATML = (REFERENCE_DIR / "chatml.jinja").read_text(encoding="utf-8")
+GEMMA = (REFERENCE_DIR / "gemma.jinja").read_text(encoding="utf-8")
+
+
+# --- find_flags ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% if enable_thinking is defined and enable_thinking is false %}<think></think>{% endif %}",
+        "{% if not enable_thinking %}x{% endif %}",
+        "{% set enable_thinking = enable_thinking | default(true) %}{% if enable_thinking %}x{% endif %}",
+        "{% if enable_thinking is not defined %}{% set enable_thinking = true %}{% endif %}"
+        "{{ 'a' if enable_thinking }}",
+    ],
+)
+def test_boolean_switch_is_found_with_both_values(template: str) -> None:
+    assert find_flags(template) == {"enable_thinking": (True, False)}
+
+
+def test_string_options_get_the_constants_they_are_compared_with() -> None:
+    template = "{% if effort == 'high' %}h{% elif 'low' == effort %}l{% elif effort in ['max'] %}m{% endif %}"
+    assert find_flags(template) == {"effort": ("high", "low", "max")}
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% for m in messages %}{% set content = m.content %}{% endfor %}"
+        "{% if content %}{{ content }}{% endif %}",
+        "{% for t in custom_tools %}{{ t }}{% endfor %}{% if custom_tools %}x{% endif %}",
+        "{% if extra is defined %}{{ extra.name }}{% endif %}",
+        "{% if model_identity is not defined %}{% set model_identity = 'You are a bot' %}{% endif %}"
+        "{{ model_identity }}",
+        "{% if custom_tools is defined %}{% set tools = custom_tools %}{% endif %}",
+        "{% if add_generation_prompt %}{{ bos_token }}{% endif %}{{ raise_exception('x') if not messages }}",
+        "{% if continue_final_message %}x{% endif %}",
+    ],
+    ids=["local", "iterated", "attribute", "free-text", "copied-data", "standard", "transformers-option"],
+)
+def test_locals_data_and_standard_names_are_not_flags(template: str) -> None:
+    assert find_flags(template) == {}
+
+
+def test_find_flags_reports_invalid_jinja() -> None:
+    with pytest.raises(TemplateSyntaxError):
+        find_flags("{% if %}")
+
+
+def test_reference_chatml_reads_enable_thinking() -> None:
+    assert find_flags(CHATML) == {"enable_thinking": (True, False)}
+
+
+def test_qwen3_corpus_templates_read_enable_thinking(corpus_templates: list[tuple[str, str]]) -> None:
+    qwen3 = [(name, text) for name, text in corpus_templates if name.startswith("qwen/Qwen3")]
+    thinking = [(name, text) for name, text in qwen3 if "enable_thinking" in text]
+    assert thinking, "the corpus should hold Qwen3 templates that read enable_thinking"
+    for name, text in thinking:
+        flags = find_flags(text)
+        assert flags.get("enable_thinking", ())[:2] == (True, False), name
+
+
+def test_found_flag_changes_the_qwen3_prompt(corpus_templates: list[tuple[str, str]]) -> None:
+    """``enable_thinking`` found in Qwen3 must actually change its generation prompt."""
+    name, text = next((n, t) for n, t in corpus_templates if n == "qwen/Qwen3-0.6B.jinja")
+    messages = make_probe("single_turn").conversation()[:1]
+    prompts = {
+        value: render(text, messages, add_generation_prompt=True, enable_thinking=value)
+        for value in find_flags(text)["enable_thinking"]
+    }
+    assert prompts[True] != prompts[False], name
+
+
+# --- probes --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_probe_texts_are_distinct_words(shape: str) -> None:
+    texts = make_probe(shape).texts()
+    assert texts, shape
+    assert len(set(texts)) == len(texts)
+    for text in texts:
+        assert text and text == text.strip() and text.isalnum(), text
+        assert not [other for other in texts if other != text and text in other], text
+
+
+def test_make_probe_rejects_unknown_shape() -> None:
+    with pytest.raises(ValueError, match="unknown probe shape"):
+        make_probe("nonsense")
+
+
+def test_probe_copies_protect_the_probe() -> None:
+    probe = make_probe("tool_calls")
+    probe.conversation()[0]["content"] = "changed"
+    probe.render_kwargs()["tools"].clear()
+    assert probe.messages[0]["content"] != "changed"
+    assert probe.kwargs["tools"]
+    assert hash(probe) == hash(make_probe("tool_calls"))
+    assert probe == make_probe("tool_calls")
+
+
+def test_tool_probes_are_well_formed() -> None:
+    for shape in ("tool_calls", "tool_calls_multi", "reasoning_tool_calls", "tool_calls_string_arguments"):
+        probe = make_probe(shape)
+        _assert_tool_results_answer_calls(probe.conversation())
+        declared = {tool["function"]["name"] for tool in probe.kwargs["tools"]}
+        called = {c["function"]["name"] for m in probe.messages for c in m.get("tool_calls") or ()}
+        assert called and called <= declared, shape
+
+
+def test_accepts_tells_rejection_from_rendering() -> None:
+    assert accepts(CHATML, make_probe("tool_calls"))
+    assert not accepts(GEMMA, make_probe("tool_calls"))  # roles must alternate
+    assert not accepts("{{ messages[0].content.nope() }}", make_probe("single_turn"))
+
+
+# --- battery -------------------------------------------------------------------------------------
+
+
+def test_battery_of_a_flagless_template_is_the_base_shapes() -> None:
+    battery = probe_battery("{% for m in messages %}{{ m.content }}{% endfor %}")
+    assert [probe.name for probe in battery] == [s for s in SHAPES if s != "documents"]
+
+
+def test_battery_adds_documents_only_when_read() -> None:
+    assert "documents" in [p.name for p in probe_battery("{{ documents }}{{ messages }}")]
+    assert "documents" not in [p.name for p in probe_battery("{{ messages }}")]
+
+
+def test_battery_repeats_flag_shapes_under_every_value() -> None:
+    battery = probe_battery(CHATML)
+    flagged = [p for p in battery if p.kwargs.get("enable_thinking") is not None]
+    assert {(p.name.split("[")[0], p.kwargs["enable_thinking"]) for p in flagged} == {
+        (shape, value) for shape in FLAG_SHAPES for value in (True, False)
+    }
+
+
+def _switches(count: int) -> str:
+    return "".join(f"{{% if flag{i} %}}x{{% endif %}}" for i in range(count))
+
+
+def test_battery_cap_keeps_every_flag_value_that_fits() -> None:
+    fitting = (MAX_BATTERY - (len(SHAPES) - 1)) // 2  # two values per boolean switch
+    battery = probe_battery(_switches(fitting))
+    probed = {(key, value) for p in battery for key, value in p.kwargs.items() if key.startswith("flag")}
+    assert probed == {(f"flag{i}", value) for i in range(fitting) for value in (True, False)}
+    assert len(probe_battery(_switches(fitting + 5))) == MAX_BATTERY
+
+
+def test_corpus_batteries_stay_within_bounds(corpus_templates: list[tuple[str, str]]) -> None:
+    base = len(SHAPES) - 1
+    for name, text in corpus_templates:
+        battery = probe_battery(text)
+        assert base <= len(battery) <= MAX_BATTERY, name
+        assert len({probe.name for probe in battery}) == len(battery), name
+        reads_documents = "documents" in template_reads(text)
+        assert reads_documents == any(probe.name == "documents" for probe in battery), name
+
+
+# --- random conversations ------------------------------------------------------------------------
+
+
+def _assert_tool_results_answer_calls(messages: list[dict[str, Any]]) -> None:
+    pending: list[str] = []
+    for message in messages:
+        if message["role"] == "tool":
+            assert pending and message["tool_call_id"] == pending.pop(0)
+        else:
+            assert not pending, "tool calls left unanswered"
+            pending = [call["id"] for call in message.get("tool_calls") or ()]
+
+
+@settings(max_examples=60, deadline=None)
+@given(messages=conversations())
+def test_random_conversations_are_valid(messages: list[dict[str, Any]]) -> None:
+    roles = [m["role"] for m in messages]
+    assert roles[-1] == "assistant"
+    assert "system" not in roles[1:]
+    assert all(a != b or a == "tool" for a, b in zip(roles, roles[1:], strict=False)), roles
+    _assert_tool_results_answer_calls(messages)
+    texts = Probe("random", tuple(messages)).texts()
+    assert len(set(texts)) == len(texts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(probe=random_probes())
+def test_reference_chatml_renders_random_conversations(probe: Probe) -> None:
+    text = render(CHATML, probe.conversation(), **probe.render_kwargs())
+    for message in probe.messages:
+        if message["role"] != "assistant":
+            content = message["content"]
+            for word in [content] if isinstance(content, str) else [part["text"] for part in content]:
+                assert word in text
+    assert (tools_for(probe.conversation()) is None) == ("tools" not in probe.kwargs)
