@@ -95,9 +95,15 @@ class PushPlan:
     result: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"repo_id": self.repo_id, "files": sorted(self.files), "title": self.title,
-                "description": self.description, "create_pr": self.create_pr, "revision": self.revision,
-                **self.result}
+        return {
+            "repo_id": self.repo_id,
+            "files": sorted(self.files),
+            "title": self.title,
+            "description": self.description,
+            "create_pr": self.create_pr,
+            "revision": self.revision,
+            **self.result,
+        }
 
 
 def fetch_source(
@@ -126,8 +132,14 @@ def fetch_source(
             commit = info.sha
             names = template_files_in([s.rfilename for s in info.siblings or []])
             paths = {
-                name: hf_hub_download(repo_id, name, revision=commit or revision, endpoint=settings.endpoint,
-                                      cache_dir=settings.cache_dir, token=settings.token)
+                name: hf_hub_download(
+                    repo_id,
+                    name,
+                    revision=commit or revision,
+                    endpoint=settings.endpoint,
+                    cache_dir=settings.cache_dir,
+                    token=settings.token,
+                )
                 for name in names
             }
         except Exception as error:
@@ -139,13 +151,15 @@ def fetch_source(
         root = roots.pop() if len(roots) == 1 else Path(settings.cache_dir)
     if not names:
         raise SourceError(
-            f"{where}: no chat template in the repo (no chat_template.jinja, additional_chat_templates/*.jinja, "
-            "tokenizer_config.json or chat_template.json)"
+            f"{where}: no chat template in the repo (no chat_template.jinja, "
+            "additional_chat_templates/*.jinja, tokenizer_config.json or chat_template.json)"
         )
     templates = read_files(root, names)
     if not templates.entries:
         raise SourceError(f"{where}: no chat template (tokenizer_config.json has no chat_template key)")
-    return LoadedSource(spec or repo_id, "hub", root, templates, repo_id=repo_id, revision=revision, commit=commit)
+    return LoadedSource(
+        spec or repo_id, "hub", root, templates, repo_id=repo_id, revision=revision, commit=commit
+    )
 
 
 def push(plan: PushPlan, *, token: str | None = None) -> PushPlan:
@@ -159,8 +173,10 @@ def push(plan: PushPlan, *, token: str | None = None) -> PushPlan:
     settings = HubSettings.from_env(token)
     if settings.offline:
         raise PushError(f"cannot push to {plan.repo_id}: HF_HUB_OFFLINE is set")
-    operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in
-                  sorted(plan.files.items())]
+    operations = [
+        CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)
+        for path, data in sorted(plan.files.items())
+    ]
     try:
         info = settings.api().create_commit(
             plan.repo_id,

@@ -56,7 +56,11 @@ def patched_files(templates: TemplateSet, patched: Mapping[str, str]) -> dict[st
     for entry in templates.entries:
         by_file.setdefault(entry.path, []).append(entry)
     for path, entries in by_file.items():
-        changes = {e.label: patched[e.label] for e in entries if e.label in patched and patched[e.label] != e.template}
+        changes = {
+            e.label: patched[e.label]
+            for e in entries
+            if e.label in patched and patched[e.label] != e.template
+        }
         if not changes:
             continue
         if entries[0].kind in ("chat_template_jinja", "additional_jinja", "jinja_file"):
@@ -82,14 +86,20 @@ def named_template_files(
         raise OutputError("--as-named: the source has no default template to copy")
     existing = {e.name: e for e in templates.entries if e.effective}
     if name in existing and existing[name].template != patched_default and not force:
-        raise OutputError(f"--as-named {name}: a template named {name!r} already exists "
-                          f"({existing[name].label}); use --force to replace it")
+        raise OutputError(
+            f"--as-named {name}: a template named {name!r} already exists "
+            f"({existing[name].label}); use --force to replace it"
+        )
     if default.kind == "jinja_file":
-        raise OutputError("--as-named needs a model directory, a tokenizer_config.json or a Hub repo, "
-                          "not a lone .jinja file")
+        raise OutputError(
+            "--as-named needs a model directory, a tokenizer_config.json or a Hub repo, "
+            "not a lone .jinja file"
+        )
     if default.kind == "processor_json":
-        raise OutputError("--as-named: transformers cannot load a legacy chat_template.json together with "
-                          f"{CHAT_TEMPLATE_DIR}/; convert it to {CHAT_TEMPLATE_FILE} first")
+        raise OutputError(
+            "--as-named: transformers cannot load a legacy chat_template.json together with "
+            f"{CHAT_TEMPLATE_DIR}/; convert it to {CHAT_TEMPLATE_FILE} first"
+        )
     if default.kind in ("chat_template_jinja", "additional_jinja"):
         return {f"{CHAT_TEMPLATE_DIR}/{name}.jinja": patched_default.encode("utf-8")}
     raw = templates.files[default.path]
@@ -99,7 +109,9 @@ def named_template_files(
     return {default.path: _replace_json_value(raw, "chat_template", items)}
 
 
-def _replace_json_templates(raw: bytes, entries: Sequence[TemplateEntry], changes: Mapping[str, str]) -> bytes:
+def _replace_json_templates(
+    raw: bytes, entries: Sequence[TemplateEntry], changes: Mapping[str, str]
+) -> bytes:
     if entries[0].kind in ("tokenizer_config", "processor_json"):
         return _replace_json_value(raw, "chat_template", changes[entries[0].label])
     text = raw.decode("utf-8")
@@ -108,8 +120,10 @@ def _replace_json_templates(raw: bytes, entries: Sequence[TemplateEntry], change
     if isinstance(value, dict):
         new_value: Any = {k: changes.get(_label_for(entries, k), v) for k, v in value.items()}
     else:
-        new_value = [{**item, "template": changes.get(_label_for(entries, item["name"]), item["template"])}
-                     for item in value]
+        new_value = [
+            {**item, "template": changes.get(_label_for(entries, item["name"]), item["template"])}
+            for item in value
+        ]
     return _replace_json_value(raw, "chat_template", new_value)
 
 
@@ -146,7 +160,7 @@ def json_member_span(text: str, key: str) -> tuple[int, int]:
     decoder = json.JSONDecoder()
     scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
     i = _skip_ws(text, 0)
-    if text[i: i + 1] != "{":
+    if text[i : i + 1] != "{":
         raise OutputError("expected a JSON object")
     i += 1
     while True:
@@ -196,7 +210,9 @@ class WriteAction:
         return {"path": str(self.path), "status": self.status}
 
 
-def plan_writes(root: Path, files: Mapping[str, bytes], *, force: bool = False) -> list[tuple[Path, bytes, str]]:
+def plan_writes(
+    root: Path, files: Mapping[str, bytes], *, force: bool = False
+) -> list[tuple[Path, bytes, str]]:
     """Check every target before anything is written; refuse to clobber a different file.
 
     Returns ``(path, data, status)`` for each file. Raises ``OutputError`` naming the first conflict.
@@ -218,7 +234,9 @@ def plan_writes(root: Path, files: Mapping[str, bytes], *, force: bool = False) 
             plans.append((target, data, "created"))
     if conflicts:
         more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
-        raise OutputError(f"{conflicts[0]} exists and differs{more}; nothing written (use --force to overwrite)")
+        raise OutputError(
+            f"{conflicts[0]} exists and differs{more}; nothing written (use --force to overwrite)"
+        )
     return plans
 
 
@@ -233,14 +251,18 @@ def write_files(root: Path, files: Mapping[str, bytes], *, force: bool = False) 
     return actions
 
 
-def write_in_place(root: Path, files: Mapping[str, bytes], *, backup: bool = True,
-                   force: bool = False) -> list[WriteAction]:
+def write_in_place(
+    root: Path, files: Mapping[str, bytes], *, backup: bool = True, force: bool = False
+) -> list[WriteAction]:
     """Replace changed files under ``root``; first keep each original as ``<file>.bak``.
 
     An existing different ``.bak`` is never overwritten without ``force``.
     """
-    changed = {rel: data for rel, data in files.items() if not (root / rel).exists()
-               or (root / rel).read_bytes() != data}
+    changed = {
+        rel: data
+        for rel, data in files.items()
+        if not (root / rel).exists() or (root / rel).read_bytes() != data
+    }
     actions: list[WriteAction] = []
     if backup:
         backups = {}
@@ -264,7 +286,9 @@ def write_in_place(root: Path, files: Mapping[str, bytes], *, backup: bool = Tru
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    handle = tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
     try:
         with handle:
             handle.write(data)
@@ -370,7 +394,9 @@ def pull_request_text(
     """
     changed = [o for o in outcomes if o.changed]
     if as_named:
-        title = f"Add a '{as_named}' chat template with {{% generation %}} markers for assistant-only training"
+        title = (
+            f"Add a '{as_named}' chat template with {{% generation %}} markers for assistant-only training"
+        )
     else:
         title = "Add {% generation %} markers to the chat template for assistant-only training"
     all_verified = all(o.verified for o in outcomes)
@@ -380,7 +406,7 @@ def pull_request_text(
             f"This PR adds a chat template named `{as_named}`: the default template with "
             "`{% generation %}` / `{% endgeneration %}` around the text the model generates. "
             "The default template is unchanged. Select it with "
-            f"`tokenizer.apply_chat_template(..., chat_template=\"{as_named}\")`."
+            f'`tokenizer.apply_chat_template(..., chat_template="{as_named}")`.'
         )
     else:
         lines.append(
@@ -422,22 +448,36 @@ def pull_request_text(
         "Policy: " + ", ".join(f"{k}={v}" for k, v in policy.items()) + ".",
     ]
     if not all_verified:
-        lines += ["", "> [!WARNING]", "> Some templates could not be verified; they were pushed on request "
-                  "(`--force`). Reasons:"]
+        lines += [
+            "",
+            "> [!WARNING]",
+            "> Some templates could not be verified; they were pushed on request (`--force`). Reasons:",
+        ]
         for outcome in outcomes:
             for reason in outcome.reasons if not outcome.verified else ():
                 lines.append(f"> - `{outcome.label}`: {reason}")
-    example_source = next((o for o in changed if o.name in ("default", as_named)), changed[0] if changed else None)
+    example_source = next(
+        (o for o in changed if o.name in ("default", as_named)), changed[0] if changed else None
+    )
     example = trained_text_example(example_source.patched, special_tokens) if example_source else None
     if example is not None:
-        lines += ["", "### What gets trained", "",
-                  f"A small conversation rendered with the patched template; the text between "
-                  f"{TRAINED_OPEN} and {TRAINED_CLOSE} is what `assistant_masks` marks as trained:", "",
-                  *_fenced(example, "text")]
+        lines += [
+            "",
+            "### What gets trained",
+            "",
+            f"A small conversation rendered with the patched template; the text between "
+            f"{TRAINED_OPEN} and {TRAINED_CLOSE} is what `assistant_masks` marks as trained:",
+            "",
+            *_fenced(example, "text"),
+        ]
     diffs = [o.diff for o in changed if o.diff]
     if diffs:
-        lines += ["", "### Diff", "", *_fenced("".join(d if d.endswith("\n") else d + "\n" for d in diffs),
-                                               "diff")]
+        lines += [
+            "",
+            "### Diff",
+            "",
+            *_fenced("".join(d if d.endswith("\n") else d + "\n" for d in diffs), "diff"),
+        ]
     lines += ["", f"<sub>Generated by templatefix{' ' + version if version else ''} from `{source}`.</sub>"]
     return title, "\n".join(lines) + "\n"
 

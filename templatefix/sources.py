@@ -154,8 +154,13 @@ class LoadedSource:
         return self.spec
 
     def to_json(self) -> dict[str, Any]:
-        return {"spec": self.spec, "kind": self.kind, "repo_id": self.repo_id, "revision": self.revision,
-                "commit": self.commit}
+        return {
+            "spec": self.spec,
+            "kind": self.kind,
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+        }
 
 
 def classify_source(spec: str) -> tuple[Literal["path", "hub"], str]:
@@ -173,8 +178,10 @@ def classify_source(spec: str) -> tuple[Literal["path", "hub"], str]:
         templatefix.errors.SourceError: no-such-thing.jinja: no such file or directory
     """
     if not spec or not spec.strip():
-        raise SourceError("empty SOURCE: give a .jinja file, a model directory, a tokenizer_config.json "
-                          "or a Hub repo id like owner/name")
+        raise SourceError(
+            "empty SOURCE: give a .jinja file, a model directory, a tokenizer_config.json "
+            "or a Hub repo id like owner/name"
+        )
     path = Path(spec).expanduser()
     if path.exists():
         return "path", str(path)
@@ -214,8 +221,9 @@ def load_local(path: Path, *, spec: str | None = None) -> LoadedSource:
         templates = read_directory(path)
         if not templates.entries:
             raise SourceError(
-                f"{spec}: no chat template found (looked for {CHAT_TEMPLATE_FILE}, {CHAT_TEMPLATE_DIR}/*.jinja, "
-                f"the chat_template key of {TOKENIZER_CONFIG_FILE}, and {PROCESSOR_TEMPLATE_FILE})"
+                f"{spec}: no chat template found (looked for {CHAT_TEMPLATE_FILE}, "
+                f"{CHAT_TEMPLATE_DIR}/*.jinja, the chat_template key of {TOKENIZER_CONFIG_FILE}, "
+                f"and {PROCESSOR_TEMPLATE_FILE})"
             )
         return LoadedSource(spec, "directory", path, templates)
     if not path.is_file():
@@ -228,7 +236,9 @@ def load_local(path: Path, *, spec: str | None = None) -> LoadedSource:
             raise SourceError(f"{spec}: has no chat_template key")
     else:
         text = read_text(path)
-        templates = TemplateSet([TemplateEntry("default", text, name, "jinja_file")], {name: path.read_bytes()})
+        templates = TemplateSet(
+            [TemplateEntry("default", text, name, "jinja_file")], {name: path.read_bytes()}
+        )
     return LoadedSource(spec, "file", path.parent, templates)
 
 
@@ -242,15 +252,20 @@ def template_files_in(names: list[str]) -> list[str]:
     """
     wanted = []
     for name in names:
-        if name in (CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, PROCESSOR_TEMPLATE_FILE) or _is_additional(name):
+        if name in (CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, PROCESSOR_TEMPLATE_FILE) or _is_additional(
+            name
+        ):
             wanted.append(name)
     return sorted(wanted, key=_file_order)
 
 
 def read_directory(root: Path) -> TemplateSet:
     """Every template under ``root``, where transformers looks for them."""
-    names = [name for name in (CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, PROCESSOR_TEMPLATE_FILE)
-             if (root / name).is_file()]
+    names = [
+        name
+        for name in (CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, PROCESSOR_TEMPLATE_FILE)
+        if (root / name).is_file()
+    ]
     extra = root / CHAT_TEMPLATE_DIR
     if extra.is_dir():
         names += [f"{CHAT_TEMPLATE_DIR}/{p.name}" for p in sorted(extra.glob("*.jinja")) if p.is_file()]
@@ -272,10 +287,12 @@ def read_files(root: Path, names: list[str], *, json_kind: LayoutKind | None = N
         if name == CHAT_TEMPLATE_FILE:
             result.entries.append(TemplateEntry("default", text, name, "chat_template_jinja"))
         elif _is_additional(name):
-            template_name = name[len(CHAT_TEMPLATE_DIR) + 1: -len(".jinja")]
+            template_name = name[len(CHAT_TEMPLATE_DIR) + 1 : -len(".jinja")]
             result.entries.append(TemplateEntry(template_name, text, name, "additional_jinja"))
         elif name.endswith(".json"):
-            kind = json_kind or ("processor_json" if Path(name).name == PROCESSOR_TEMPLATE_FILE else "tokenizer_config")
+            kind = json_kind or (
+                "processor_json" if Path(name).name == PROCESSOR_TEMPLATE_FILE else "tokenizer_config"
+            )
             data = parse_json(text, name)
             if kind == "tokenizer_config":
                 result.special_tokens.update(special_tokens_from_config(data))
@@ -300,12 +317,16 @@ def json_entries(data: Any, name: str, kind: LayoutKind, *, effective: bool = Tr
         isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("template"), str)
         for item in value
     ):
-        return [TemplateEntry(item["name"], item["template"], name, "tokenizer_config_list", effective)
-                for item in value]
+        return [
+            TemplateEntry(item["name"], item["template"], name, "tokenizer_config_list", effective)
+            for item in value
+        ]
     if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
         return [TemplateEntry(k, v, name, "tokenizer_config_list", effective) for k, v in value.items()]
-    raise SourceError(f"{name}: chat_template must be a string or a list of {{name, template}} objects, "
-                      f"not {type(value).__name__}")
+    raise SourceError(
+        f"{name}: chat_template must be a string or a list of {{name, template}} objects, "
+        f"not {type(value).__name__}"
+    )
 
 
 def special_tokens_from_config(data: Any) -> dict[str, str]:
@@ -337,12 +358,19 @@ def parse_json(text: str, name: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise SourceError(f"{name}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") from None
+        raise SourceError(
+            f"{name}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from None
 
 
 def _is_additional(name: str) -> bool:
     parts = name.split("/")
-    return len(parts) == 2 and parts[0] == CHAT_TEMPLATE_DIR and parts[1].endswith(".jinja") and len(parts[1]) > 6
+    return (
+        len(parts) == 2
+        and parts[0] == CHAT_TEMPLATE_DIR
+        and parts[1].endswith(".jinja")
+        and len(parts[1]) > 6
+    )
 
 
 def _file_order(name: str) -> tuple[int, str]:

@@ -91,7 +91,8 @@ def _named(value: Any) -> dict[str, str]:
     if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         return dict(value)
     if isinstance(value, list) and all(
-        isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("template"), str) for i in value
+        isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("template"), str)
+        for i in value
     ):
         return {item["name"]: item["template"] for item in value}
     raise TemplatefixError(f"chat_template must be a string or named templates, not {type(value).__name__}")

@@ -185,8 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # ---- plumbing ----------------------------------------------------------------------------
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-              head: bool = False) -> None:
+    def _send(
+        self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, head: bool = False
+    ) -> None:
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -195,9 +196,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(body)
 
-    def _json(self, status: int, data: Any, headers: dict[str, str] | None = None, head: bool = False) -> None:
-        self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json", **(headers or {})},
-                   head)
+    def _json(
+        self, status: int, data: Any, headers: dict[str, str] | None = None, head: bool = False
+    ) -> None:
+        self._send(
+            status, json.dumps(data).encode(), {"Content-Type": "application/json", **(headers or {})}, head
+        )
 
     def _error(self, status: int, code: str | None, message: str, head: bool = False) -> None:
         headers = {"X-Error-Message": message}
@@ -207,7 +211,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _drop(self) -> None:
         """Announce a body, send half of nothing, and close the socket."""
-        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: application/json\r\n\r\n{\"id")
+        self.wfile.write(
+            b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: application/json\r\n\r\n{"id'
+        )
         self.wfile.flush()
         self.close_connection = True
         with contextlib.suppress(OSError):
@@ -244,13 +250,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
     # ---- routes ------------------------------------------------------------------------------
-    def _repo(self, repo_id: str, request: RecordedRequest, head: bool, write: bool = False) -> FakeRepo | None:
+    def _repo(
+        self, repo_id: str, request: RecordedRequest, head: bool, write: bool = False
+    ) -> FakeRepo | None:
         repo = self.fake.repos.get(repo_id)
         token = self.fake.token
         authorized = token is None or request.authorization == f"Bearer {token}"
         if repo is None or (repo.private and not authorized):
-            self._error(401 if not request.authorization else 404, "RepoNotFound",
-                        "Repository not found", head)
+            self._error(
+                401 if not request.authorization else 404, "RepoNotFound", "Repository not found", head
+            )
             return None
         if write and not authorized:
             self._error(401, None, "Invalid credentials in Authorization header", head)
@@ -279,9 +288,19 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             sha, files = snap
             siblings = [{"rfilename": name} for name in sorted(files)]
-            return self._json(200, {"_id": sha[:24], "id": repo.repo_id, "modelId": repo.repo_id,
-                                    "sha": sha, "private": repo.private, "siblings": siblings,
-                                    "tags": [], "lastModified": "2025-08-08T00:00:00.000Z"})
+            return self._json(
+                200,
+                {
+                    "_id": sha[:24],
+                    "id": repo.repo_id,
+                    "modelId": repo.repo_id,
+                    "sha": sha,
+                    "private": repo.private,
+                    "siblings": siblings,
+                    "tags": [],
+                    "lastModified": "2025-08-08T00:00:00.000Z",
+                },
+            )
         if method == "GET" and (m := _TREE.match(path)):
             repo = self._repo(m["repo"], request, head)
             if repo is None:
@@ -296,7 +315,12 @@ class _Handler(BaseHTTPRequestHandler):
                 if prefix and not name.startswith(prefix + "/"):
                     continue
                 size = self._size(repo, name, data)
-                entry: dict[str, Any] = {"type": "file", "oid": git_blob_sha(data), "size": size, "path": name}
+                entry: dict[str, Any] = {
+                    "type": "file",
+                    "oid": git_blob_sha(data),
+                    "size": size,
+                    "path": name,
+                }
                 if size >= LFS_THRESHOLD:
                     entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": size, "pointerSize": 134}
                 entries.append(entry)
@@ -311,12 +335,23 @@ class _Handler(BaseHTTPRequestHandler):
             sha, files = snap
             name = unquote(m["path"])
             if name not in files:
-                return self._json(404, {"error": "Entry not found"},
-                                  {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found",
-                                   "X-Repo-Commit": sha}, head)
+                return self._json(
+                    404,
+                    {"error": "Entry not found"},
+                    {
+                        "X-Error-Code": "EntryNotFound",
+                        "X-Error-Message": "Entry not found",
+                        "X-Repo-Commit": sha,
+                    },
+                    head,
+                )
             data = files[name]
-            headers = {"X-Repo-Commit": sha, "ETag": f'"{git_blob_sha(data)}"',
-                       "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+            headers = {
+                "X-Repo-Commit": sha,
+                "ETag": f'"{git_blob_sha(data)}"',
+                "Content-Type": "application/octet-stream",
+                "Accept-Ranges": "bytes",
+            }
             if self._size(repo, name, data) >= LFS_THRESHOLD:
                 headers["X-Linked-Etag"] = f'"{hashlib.sha256(data).hexdigest()}"'
                 headers["X-Linked-Size"] = str(len(data))
@@ -326,8 +361,15 @@ class _Handler(BaseHTTPRequestHandler):
             if repo is None:
                 return
             payload = json.loads(request.body or b"{}")
-            files = [{"path": f["path"], "uploadMode": "lfs" if f["size"] >= LFS_THRESHOLD else "regular",
-                      "shouldIgnore": False, "oid": None} for f in payload.get("files", [])]
+            files = [
+                {
+                    "path": f["path"],
+                    "uploadMode": "lfs" if f["size"] >= LFS_THRESHOLD else "regular",
+                    "shouldIgnore": False,
+                    "oid": None,
+                }
+                for f in payload.get("files", [])
+            ]
             return self._json(200, {"files": files, "commitOid": repo.refs["main"]})
         if method == "POST" and (m := _COMMIT.match(path)):
             repo = self._repo(m["repo"], request, head, write=True)
@@ -353,10 +395,19 @@ class _Handler(BaseHTTPRequestHandler):
                 repo.snapshots[oid] = new_files
                 create_pr = request.query.get("create_pr") == ["1"]
                 base = f"http://127.0.0.1:{self.server.server_address[1]}/{repo.repo_id}"
-                commit = Commit(repo.repo_id, unquote(m["rev"]), header["summary"], header.get("description", ""),
-                                changed, oid, create_pr)
+                commit = Commit(
+                    repo.repo_id,
+                    unquote(m["rev"]),
+                    header["summary"],
+                    header.get("description", ""),
+                    changed,
+                    oid,
+                    create_pr,
+                )
                 if create_pr:
-                    commit.pr_num = 1 + sum(1 for c in fake.commits if c.repo_id == repo.repo_id and c.create_pr)
+                    commit.pr_num = 1 + sum(
+                        1 for c in fake.commits if c.repo_id == repo.repo_id and c.create_pr
+                    )
                     repo.refs[f"refs/pr/{commit.pr_num}"] = oid
                 else:
                     repo.refs[unquote(m["rev"])] = oid
@@ -372,19 +423,49 @@ class _Handler(BaseHTTPRequestHandler):
             commit = next((c for c in fake.commits if c.repo_id == repo.repo_id and c.pr_num == num), None)
             if commit is None:
                 return self._error(404, None, "Discussion not found", head)
-            return self._json(200, {
-                "num": num, "title": commit.summary, "status": "open", "isPullRequest": True,
-                "createdAt": "2025-08-08T00:00:00.000Z", "author": {"name": "templatefix"},
-                "events": [{"id": "1", "type": "comment", "createdAt": "2025-08-08T00:00:00.000Z",
+            return self._json(
+                200,
+                {
+                    "num": num,
+                    "title": commit.summary,
+                    "status": "open",
+                    "isPullRequest": True,
+                    "createdAt": "2025-08-08T00:00:00.000Z",
+                    "author": {"name": "templatefix"},
+                    "events": [
+                        {
+                            "id": "1",
+                            "type": "comment",
+                            "createdAt": "2025-08-08T00:00:00.000Z",
                             "author": {"name": "templatefix"},
-                            "data": {"latest": {"raw": commit.description, "html": "",
-                                                "updatedAt": "2025-08-08T00:00:00.000Z",
-                                                "author": {"name": "templatefix"}},
-                                     "numEdits": 0, "editors": [], "reactions": [], "identifiedLanguage": None, "edited": False,
-                                     "isReport": False, "hidden": False}}],
-                "filesWithConflicts": [], "target": {}, "changes": {"base": "refs/heads/main"},
-                "repo": {"name": repo.repo_id, "type": "model"}, "diff": "", "pinned": False,
-                "locked": False, "collection": "discussions", "isReport": False})
+                            "data": {
+                                "latest": {
+                                    "raw": commit.description,
+                                    "html": "",
+                                    "updatedAt": "2025-08-08T00:00:00.000Z",
+                                    "author": {"name": "templatefix"},
+                                },
+                                "numEdits": 0,
+                                "editors": [],
+                                "reactions": [],
+                                "identifiedLanguage": None,
+                                "edited": False,
+                                "isReport": False,
+                                "hidden": False,
+                            },
+                        }
+                    ],
+                    "filesWithConflicts": [],
+                    "target": {},
+                    "changes": {"base": "refs/heads/main"},
+                    "repo": {"name": repo.repo_id, "type": "model"},
+                    "diff": "",
+                    "pinned": False,
+                    "locked": False,
+                    "collection": "discussions",
+                    "isReport": False,
+                },
+            )
         if method == "GET" and path == "/api/whoami-v2":
             if request.authorization is None:
                 return self._error(401, None, "Invalid credentials in Authorization header", head)

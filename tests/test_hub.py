@@ -38,8 +38,12 @@ def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHub]:
     )
     fake.add_repo(
         "org/config-model",
-        {"tokenizer_config.json": ('{\n  "chat_template": ' + _json(CHATML) + ',\n  "eos_token": "<|im_end|>"\n}')
-         .encode(), "pytorch_model.bin": b"\0"},
+        {
+            "tokenizer_config.json": (
+                '{\n  "chat_template": ' + _json(CHATML) + ',\n  "eos_token": "<|im_end|>"\n}'
+            ).encode(),
+            "pytorch_model.bin": b"\0",
+        },
         sizes={"pytorch_model.bin": WEIGHTS},
     )
     fake.add_repo("org/private", {"chat_template.jinja": CHATML.encode()}, private=True)
@@ -64,9 +68,12 @@ def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_fetch_downloads_only_template_files(hub: FakeHub) -> None:
     source = fetch_source("org/jinja-model")
     assert [e.label for e in source.templates] == [
-        "chat_template.jinja", "additional_chat_templates/tool_use.jinja"]
+        "chat_template.jinja",
+        "additional_chat_templates/tool_use.jinja",
+    ]
     assert sorted(hub.downloaded()) == sorted(
-        ["chat_template.jinja", "additional_chat_templates/tool_use.jinja", "tokenizer_config.json"])
+        ["chat_template.jinja", "additional_chat_templates/tool_use.jinja", "tokenizer_config.json"]
+    )
     assert "model.safetensors" not in hub.touched()
     assert "config.json" not in hub.touched()
     assert source.templates.entries[1].template == "{{ messages | length }}\r\n"  # CRLF kept
@@ -78,7 +85,10 @@ def test_fetch_template_in_tokenizer_config(hub: FakeHub) -> None:
     source = load_source("org/config-model")
     (entry,) = source.templates
     assert (entry.kind, entry.label, entry.template) == (
-        "tokenizer_config", "tokenizer_config.json[chat_template]", CHATML)
+        "tokenizer_config",
+        "tokenizer_config.json[chat_template]",
+        CHATML,
+    )
     assert hub.downloaded() == ["tokenizer_config.json"]
 
 
@@ -131,8 +141,9 @@ def test_repo_without_template(hub: FakeHub) -> None:
         ("^HEAD /org/jinja-model/resolve/", "drop", "org/jinja-model"),
     ],
 )
-def test_injected_failures_are_one_line(hub: FakeHub, no_sleep: None, pattern: str, kind: str,
-                                        expected: str) -> None:
+def test_injected_failures_are_one_line(
+    hub: FakeHub, no_sleep: None, pattern: str, kind: str, expected: str
+) -> None:
     hub.fail(pattern, kind)
     with pytest.raises(SourceError) as error:
         fetch_source("org/jinja-model")
@@ -170,7 +181,11 @@ def test_push_commit_and_pr(hub: FakeHub) -> None:
     push(plan)
     commit = hub.commits[-1]
     assert (commit.summary, commit.description, commit.files, commit.create_pr) == (
-        "Title here", "Body\nhere", {"chat_template.jinja": b"new\r\n"}, False)
+        "Title here",
+        "Body\nhere",
+        {"chat_template.jinja": b"new\r\n"},
+        False,
+    )
     assert plan.result["commit_oid"] == commit.oid
     pr = PushPlan("org/jinja-model", {"chat_template.jinja": b"pr"}, "PR title", "PR body", create_pr=True)
     push(pr)

@@ -37,8 +37,16 @@ def fake_patch_template(template: str, *, policy: Policy | None = None, **kwargs
     patched = template.replace(TINY, TINY_PATCHED)
     verified = "UNVERIFIABLE" not in template
     reasons = [] if verified else ["fake: cannot place the span of turn 1"]
-    return PatchResult(original=template, patched=patched, verified=verified, report=None, reasons=reasons,
-                       diff=patcher.unified_diff(template, patched), changed=patched != template, policy=policy)
+    return PatchResult(
+        original=template,
+        patched=patched,
+        verified=verified,
+        report=None,
+        reasons=reasons,
+        diff=patcher.unified_diff(template, patched),
+        changed=patched != template,
+        policy=policy,
+    )
 
 
 @pytest.fixture
@@ -65,7 +73,9 @@ def _tree(root: Path) -> dict[str, bytes]:
 # ---- local SOURCEs -----------------------------------------------------------------------------
 
 
-def test_preview_writes_nothing(fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_preview_writes_nothing(
+    fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _write(tmp_path / "t.jinja", TINY)
     code, out, _ = run(capsys, str(path))
     assert code == 0
@@ -74,19 +84,24 @@ def test_preview_writes_nothing(fake_patcher: None, tmp_path: Path, capsys: pyte
     assert _tree(tmp_path) == {"t.jinja": TINY.encode()}
 
 
-def test_stdout_output_is_the_patched_template(fake_patcher: None, tmp_path: Path,
-                                               capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+def test_stdout_output_is_the_patched_template(
+    fake_patcher: None, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
     crlf = TINY.replace("\n", "\r\n") + "\r\n"
     path = _write(tmp_path / "t.jinja", crlf)
     code = main(["patch", str(path), "-o", "-"])
     out, err = capsysbinary.readouterr()
     assert code == 0
-    assert out == crlf.replace(TINY.replace("\n", "\r\n"), TINY_PATCHED.replace("\n", "\r\n")).encode() or \
-        out == fake_patch_template(crlf).patched.encode()
+    assert (
+        out == crlf.replace(TINY.replace("\n", "\r\n"), TINY_PATCHED.replace("\n", "\r\n")).encode()
+        or out == fake_patch_template(crlf).patched.encode()
+    )
     assert b"verified" in err
 
 
-def test_output_file_and_conflicts(fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_file_and_conflicts(
+    fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _write(tmp_path / "t.jinja", TINY)
     target = tmp_path / "out.jinja"
     assert run(capsys, str(path), "-o", str(target))[0] == 0
@@ -99,7 +114,9 @@ def test_output_file_and_conflicts(fake_patcher: None, tmp_path: Path, capsys: p
     assert target.read_text() == TINY_PATCHED
 
 
-def test_output_directory_same_layout(fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_directory_same_layout(
+    fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = tmp_path / "model"
     _write(model / "chat_template.jinja", TINY)
     _write(model / "additional_chat_templates" / "tool_use.jinja", TINY + "{# tools #}")
@@ -108,25 +125,32 @@ def test_output_directory_same_layout(fake_patcher: None, tmp_path: Path, capsys
     code, stdout, _ = run(capsys, str(model), "-o", str(out))
     assert code == 0, stdout
     files = _tree(out)
-    assert sorted(files) == ["additional_chat_templates/tool_use.jinja", "chat_template.jinja",
-                             "templatefix-report.json"]
+    assert sorted(files) == [
+        "additional_chat_templates/tool_use.jinja",
+        "chat_template.jinja",
+        "templatefix-report.json",
+    ]
     assert files["chat_template.jinja"] == TINY_PATCHED.encode()
     report = json.loads(files["templatefix-report.json"])
     assert report["verified"] is True
-    assert [t["label"] for t in report["templates"]] == ["chat_template.jinja",
-                                                         "additional_chat_templates/tool_use.jinja"]
+    assert [t["label"] for t in report["templates"]] == [
+        "chat_template.jinja",
+        "additional_chat_templates/tool_use.jinja",
+    ]
     assert _tree(model)["chat_template.jinja"] == TINY.encode()  # the input is never touched
 
 
-def test_output_directory_cannot_be_the_source(fake_patcher: None, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_directory_cannot_be_the_source(
+    fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _write(tmp_path / "chat_template.jinja", TINY)
     code, _, err = run(capsys, str(tmp_path), "-o", str(tmp_path))
     assert code == 2 and "use --in-place" in err
 
 
-def test_in_place_with_and_without_backup(fake_patcher: None, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_in_place_with_and_without_backup(
+    fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = {"chat_template": TINY, "eos_token": "</s>"}
     path = _write(tmp_path / "tokenizer_config.json", json.dumps(config, indent=2))
     original = path.read_bytes()
@@ -138,8 +162,9 @@ def test_in_place_with_and_without_backup(fake_patcher: None, tmp_path: Path,
     assert _tree(file_source.parent) == {"t.jinja": TINY_PATCHED.encode()}
 
 
-def test_unverified_is_not_written_unless_forced(fake_patcher: None, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_unverified_is_not_written_unless_forced(
+    fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _write(tmp_path / "chat_template.jinja", UNVERIFIABLE)
     code, out, _ = run(capsys, str(tmp_path), "--in-place")
     assert code == 1
@@ -156,11 +181,15 @@ def test_json_result(fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureF
     data = json.loads(out)
     assert code == 0
     assert data["verified"] is True and data["policy"]["turns"] == "last"
-    assert data["templates"][0]["changed"] is True and data["templates"][0]["diff"].startswith("--- a/t.jinja")
+    assert data["templates"][0]["changed"] is True and data["templates"][0]["diff"].startswith(
+        "--- a/t.jinja"
+    )
     assert data["changed_files"] == ["t.jinja"] and data["written"] == []
 
 
-def test_as_named_in_directory(fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_as_named_in_directory(
+    fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = tmp_path / "model"
     _write(model / "chat_template.jinja", TINY)
     assert run(capsys, str(model), "--as-named", "training", "-o", str(tmp_path / "out"))[0] == 0
@@ -180,8 +209,9 @@ def test_as_named_in_directory(fake_patcher: None, tmp_path: Path, capsys: pytes
         (["{src}", "--as-named", "training"], "needs a model directory"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                      argv: list[str], message: str) -> None:
+def test_bad_input_is_one_line_exit_2(
+    fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     src = _write(tmp_path / "t.jinja", TINY)
     code, _, err = run(capsys, *[a.replace("{src}", str(src)) for a in argv])
     assert code == 2
@@ -194,15 +224,20 @@ def test_bad_input_is_one_line_exit_2(fake_patcher: None, tmp_path: Path, capsys
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHub]:
     fake = FakeHub(token=TEST_TOKEN)
-    fake.add_repo("org/tiny", {"chat_template.jinja": TINY.encode(), "model.safetensors": b"\0",
-                               "config.json": b"{}"}, sizes={"model.safetensors": 10**10})
+    fake.add_repo(
+        "org/tiny",
+        {"chat_template.jinja": TINY.encode(), "model.safetensors": b"\0", "config.json": b"{}"},
+        sizes={"model.safetensors": 10**10},
+    )
     fake.add_repo("org/unverifiable", {"chat_template.jinja": UNVERIFIABLE.encode()})
     with fake.serving() as url:
         hub_environment(monkeypatch, tmp_path, url)
         yield fake
 
 
-def test_hub_to_directory(fake_patcher: None, hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_hub_to_directory(
+    fake_patcher: None, hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run(capsys, "org/tiny", "-o", str(tmp_path / "out"))
     assert code == 0, err
     assert _tree(tmp_path / "out")["chat_template.jinja"] == TINY_PATCHED.encode()
@@ -210,7 +245,9 @@ def test_hub_to_directory(fake_patcher: None, hub: FakeHub, tmp_path: Path, caps
     assert TEST_TOKEN not in out + err
 
 
-def test_dry_run_pr_equals_real_pr(fake_patcher: None, hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_pr_equals_real_pr(
+    fake_patcher: None, hub: FakeHub, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = run(capsys, "org/tiny", "--create-pr", "--dry-run", "--json")
     assert code == 0
     planned = json.loads(out)["push"]
@@ -223,7 +260,10 @@ def test_dry_run_pr_equals_real_pr(fake_patcher: None, hub: FakeHub, capsys: pyt
     assert (commit.summary, commit.description) == (planned["title"], planned["description"])
     pushed = json.loads(out)["push"]
     assert pushed["pr_url"].endswith("/org/tiny/discussions/1")
-    assert hub.repos["org/tiny"].snapshots[hub.repos["org/tiny"].refs["main"]]["chat_template.jinja"] == TINY.encode()
+    assert (
+        hub.repos["org/tiny"].snapshots[hub.repos["org/tiny"].refs["main"]]["chat_template.jinja"]
+        == TINY.encode()
+    )
 
 
 def test_dry_run_text_output(fake_patcher: None, hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
@@ -235,19 +275,25 @@ def test_dry_run_text_output(fake_patcher: None, hub: FakeHub, capsys: pytest.Ca
     assert hub.commits == []
 
 
-def test_push_to_other_repo(fake_patcher: None, hub: FakeHub, tmp_path: Path,
-                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_push_to_other_repo(
+    fake_patcher: None, hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     hub.add_repo("me/fork", {"README.md": b"fork"})
     src = _write(tmp_path / "model" / "chat_template.jinja", TINY)
     code, out, _ = run(capsys, str(src.parent), "--push-to", "me/fork")
     assert code == 0, out
     (commit,) = hub.commits
     assert (commit.repo_id, commit.create_pr, commit.files) == (
-        "me/fork", False, {"chat_template.jinja": TINY_PATCHED.encode()})
+        "me/fork",
+        False,
+        {"chat_template.jinja": TINY_PATCHED.encode()},
+    )
     assert commit.summary.startswith("Add {% generation %} markers")
 
 
-def test_unverified_is_not_pushed(fake_patcher: None, hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unverified_is_not_pushed(
+    fake_patcher: None, hub: FakeHub, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = run(capsys, "org/unverifiable", "--create-pr")
     assert code == 1 and "not pushed to org/unverifiable" in err and hub.commits == []
     code, _, _ = run(capsys, "org/unverifiable", "--create-pr", "--force")
@@ -264,8 +310,16 @@ def test_unverified_is_not_pushed(fake_patcher: None, hub: FakeHub, capsys: pyte
         ("^GET /org/tiny/resolve/", "drop", "network error"),
     ],
 )
-def test_hub_failures_leave_no_output(fake_patcher: None, hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                      monkeypatch: pytest.MonkeyPatch, pattern: str, kind: str, expected: str) -> None:
+def test_hub_failures_leave_no_output(
+    fake_patcher: None,
+    hub: FakeHub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    pattern: str,
+    kind: str,
+    expected: str,
+) -> None:
     import time
 
     monkeypatch.setattr(time, "sleep", lambda seconds: None)
@@ -278,16 +332,22 @@ def test_hub_failures_leave_no_output(fake_patcher: None, hub: FakeHub, tmp_path
 
 
 @pytest.mark.parametrize(("kind", "expected"), [("401", "authentication failed"), ("drop", "network error")])
-def test_push_failures(fake_patcher: None, hub: FakeHub, capsys: pytest.CaptureFixture[str], kind: str,
-                       expected: str) -> None:
+def test_push_failures(
+    fake_patcher: None, hub: FakeHub, capsys: pytest.CaptureFixture[str], kind: str, expected: str
+) -> None:
     hub.fail("^POST /api/models/org/tiny/commit/", kind)
     code, _, err = run(capsys, "org/tiny", "--create-pr")
     assert code == 2 and "push failed" in err and expected in err and err.count("\n") == 1
     assert hub.commits == []
 
 
-def test_offline_cli(fake_patcher: None, hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_offline_cli(
+    fake_patcher: None,
+    hub: FakeHub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, _, err = run(capsys, "org/tiny")
     assert code == 2 and "HF_HUB_OFFLINE is set" in err
@@ -299,15 +359,25 @@ def test_offline_cli(fake_patcher: None, hub: FakeHub, tmp_path: Path, monkeypat
     assert len(hub.requests) == before
 
 
-def test_subprocess_end_to_end(hub: FakeHub, tmp_path: Path, corpus_dir: Path) -> None:
+def test_subprocess_end_to_end(hub: FakeHub, tmp_path: Path) -> None:
     """The installed entry point, its own process, the real patcher: exit code and one-line errors."""
     env = {**os.environ}
-    ok = subprocess.run([sys.executable, "-m", "templatefix.cli", "patch", "org/tiny", "--json"],
-                        capture_output=True, text=True, env=env, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "templatefix.cli", "patch", "org/tiny", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert ok.returncode in (0, 1), ok.stderr
     assert json.loads(ok.stdout)["source"]["repo_id"] == "org/tiny"
-    bad = subprocess.run([sys.executable, "-m", "templatefix.cli", "patch", "org/missing"],
-                         capture_output=True, text=True, env=env, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "templatefix.cli", "patch", "org/missing"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "org/missing" in bad.stderr
     assert TEST_TOKEN not in ok.stdout + ok.stderr + bad.stdout + bad.stderr
 
@@ -319,25 +389,43 @@ def test_subprocess_end_to_end(hub: FakeHub, tmp_path: Path, corpus_dir: Path) -
 def real_hub(hub: FakeHub, corpus_dir: Path) -> FakeHub:
     gpt_oss = (corpus_dir / "templates" / "gpt-oss" / "openai-gpt-oss-20b.2025-08-08.jinja").read_bytes()
     qwen = (corpus_dir / "templates" / "qwen" / "Qwen2.5-7B-Instruct.jinja").read_bytes().decode()
-    hub.add_repo("openai/gpt-oss-20b", {
-        "chat_template.jinja": gpt_oss,
-        "config.json": b"{}",
-        "tokenizer_config.json": b'{"eos_token": "<|return|>", "model_max_length": 1000000}',
-        "model-00000-of-00002.safetensors": b"\0",
-        "model.safetensors.index.json": b"{}",
-        "original/model.safetensors": b"\0",
-    }, sizes={"model-00000-of-00002.safetensors": 4_625_017_896, "original/model.safetensors": 13_761_264_768})
-    config = {"add_bos_token": False, "bos_token": None, "chat_template": qwen, "eos_token": "<|im_end|>",
-              "model_max_length": 131072}
-    hub.add_repo("Qwen/Qwen2.5-7B-Instruct", {
-        "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False).encode(),
-        "model-00001-of-00004.safetensors": b"\0",
-        "generation_config.json": b"{}",
-    }, sizes={"model-00001-of-00004.safetensors": 3_945_441_440})
+    hub.add_repo(
+        "openai/gpt-oss-20b",
+        {
+            "chat_template.jinja": gpt_oss,
+            "config.json": b"{}",
+            "tokenizer_config.json": b'{"eos_token": "<|return|>", "model_max_length": 1000000}',
+            "model-00000-of-00002.safetensors": b"\0",
+            "model.safetensors.index.json": b"{}",
+            "original/model.safetensors": b"\0",
+        },
+        sizes={
+            "model-00000-of-00002.safetensors": 4_625_017_896,
+            "original/model.safetensors": 13_761_264_768,
+        },
+    )
+    config = {
+        "add_bos_token": False,
+        "bos_token": None,
+        "chat_template": qwen,
+        "eos_token": "<|im_end|>",
+        "model_max_length": 131072,
+    }
+    hub.add_repo(
+        "Qwen/Qwen2.5-7B-Instruct",
+        {
+            "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False).encode(),
+            "model-00001-of-00004.safetensors": b"\0",
+            "generation_config.json": b"{}",
+        },
+        sizes={"model-00001-of-00004.safetensors": 3_945_441_440},
+    )
     return hub
 
 
-def test_acceptance_qwen25_layout(real_hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_acceptance_qwen25_layout(
+    real_hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run(capsys, "Qwen/Qwen2.5-7B-Instruct", "-o", str(tmp_path / "out"))
     files = _tree(tmp_path / "out")
     assert sorted(files) == ["templatefix-report.json", "tokenizer_config.json"]
@@ -347,11 +435,14 @@ def test_acceptance_qwen25_layout(real_hub: FakeHub, tmp_path: Path, capsys: pyt
     patched = json.loads(files["tokenizer_config.json"])
     assert "{% generation %}" in patched["chat_template"]
     original = json.loads(real_hub.repos["Qwen/Qwen2.5-7B-Instruct"].files["tokenizer_config.json"])
-    assert {k: v for k, v in patched.items() if k != "chat_template"} == \
-        {k: v for k, v in original.items() if k != "chat_template"}
+    assert {k: v for k, v in patched.items() if k != "chat_template"} == {
+        k: v for k, v in original.items() if k != "chat_template"
+    }
 
 
-def test_acceptance_gpt_oss_layout(real_hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_acceptance_gpt_oss_layout(
+    real_hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run(capsys, "openai/gpt-oss-20b", "-o", str(tmp_path / "out"))
     files = _tree(tmp_path / "out")
     assert sorted(files) == ["chat_template.jinja", "templatefix-report.json"]
@@ -361,27 +452,40 @@ def test_acceptance_gpt_oss_layout(real_hub: FakeHub, tmp_path: Path, capsys: py
     if report["verified"]:
         assert b"{% generation %}" in files["chat_template.jinja"]
     else:  # not verified: the original is written unchanged, never a worse template
-        assert files["chat_template.jinja"] == real_hub.repos["openai/gpt-oss-20b"].files["chat_template.jinja"]
+        assert (
+            files["chat_template.jinja"] == real_hub.repos["openai/gpt-oss-20b"].files["chat_template.jinja"]
+        )
 
 
 @pytest.mark.xfail(reason="the real patcher does not verify gpt-oss yet", strict=False)
-def test_acceptance_gpt_oss_verified(real_hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_acceptance_gpt_oss_verified(
+    real_hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, _ = run(capsys, "openai/gpt-oss-20b", "-o", str(tmp_path / "out"))
     assert code == 0
     assert b"{% generation %}" in _tree(tmp_path / "out")["chat_template.jinja"]
 
 
-def test_acceptance_pr_description_dry_run_equals_real(real_hub: FakeHub, capsys: pytest.CaptureFixture[str],
-                                                       request: pytest.FixtureRequest) -> None:
-    planned = json.loads(run(capsys, "Qwen/Qwen2.5-7B-Instruct", "--create-pr", "--dry-run", "--json")[1])["push"]
+def test_acceptance_pr_description_dry_run_equals_real(
+    real_hub: FakeHub, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
+) -> None:
+    planned = json.loads(run(capsys, "Qwen/Qwen2.5-7B-Instruct", "--create-pr", "--dry-run", "--json")[1])[
+        "push"
+    ]
     code, out, err = run(capsys, "Qwen/Qwen2.5-7B-Instruct", "--create-pr", "--json")
     assert code == 0, err
     (commit,) = real_hub.commits
     assert (commit.summary, commit.description) == (planned["title"], planned["description"])
     assert sorted(commit.files) == ["tokenizer_config.json"]
     description = commit.description
-    for needle in ("assistant_only_loss", "return_assistant_tokens_mask", "| default | "
-                   "`tokenizer_config.json[chat_template]` | verified |", "```diff", "«", "<|im_end|>»"):
+    for needle in (
+        "assistant_only_loss",
+        "return_assistant_tokens_mask",
+        "| default | `tokenizer_config.json[chat_template]` | verified |",
+        "```diff",
+        "«",
+        "<|im_end|>»",
+    ):
         assert needle in description
     out_dir = Path(os.environ.get("TEMPLATEFIX_PR_EXAMPLE_DIR", ""))
     if out_dir.name:  # lets a maintainer collect the generated PR text

@@ -65,11 +65,24 @@ def test_revision_on_local_path_is_an_error(tmp_path: Path) -> None:
 
 
 def test_template_files_in_never_picks_weights() -> None:
-    names = ["model.safetensors", "model-00001-of-00002.safetensors", "tokenizer.json", "config.json",
-             "chat_template.jinja", "additional_chat_templates/rag.jinja", "additional_chat_templates/x/y.jinja",
-             "sub/chat_template.jinja", "tokenizer_config.json", "chat_template.json"]
-    assert template_files_in(names) == ["chat_template.jinja", "additional_chat_templates/rag.jinja",
-                                        "tokenizer_config.json", "chat_template.json"]
+    names = [
+        "model.safetensors",
+        "model-00001-of-00002.safetensors",
+        "tokenizer.json",
+        "config.json",
+        "chat_template.jinja",
+        "additional_chat_templates/rag.jinja",
+        "additional_chat_templates/x/y.jinja",
+        "sub/chat_template.jinja",
+        "tokenizer_config.json",
+        "chat_template.json",
+    ]
+    assert template_files_in(names) == [
+        "chat_template.jinja",
+        "additional_chat_templates/rag.jinja",
+        "tokenizer_config.json",
+        "chat_template.json",
+    ]
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -86,7 +99,9 @@ def test_jinja_file_is_byte_exact(tmp_path: Path) -> None:
 def test_directory_layout_and_shadowing(tmp_path: Path) -> None:
     _write(tmp_path / "chat_template.jinja", CHATML)
     _write(tmp_path / "additional_chat_templates" / "tool_use.jinja", "{{ 'tools' }}")
-    _write(tmp_path / "tokenizer_config.json", json.dumps({"chat_template": "{{ 'old' }}", "eos_token": "</s>"}))
+    _write(
+        tmp_path / "tokenizer_config.json", json.dumps({"chat_template": "{{ 'old' }}", "eos_token": "</s>"})
+    )
     templates = read_directory(tmp_path)
     assert [(e.label, e.effective) for e in templates] == [
         ("chat_template.jinja", True),
@@ -114,7 +129,7 @@ def test_tokenizer_config_list_and_processor_json(tmp_path: Path) -> None:
         (b'{"chat_template": 3}', "must be a string or a list"),
         (b'{"chat_template": "x",}', "invalid JSON at line 1"),
         (b'{"eos_token": "x"}', "has no chat_template key"),
-        (b'\xff\xfe{}', "not UTF-8"),
+        (b"\xff\xfe{}", "not UTF-8"),
     ],
 )
 def test_bad_tokenizer_config(tmp_path: Path, content: bytes, message: str) -> None:
@@ -133,20 +148,27 @@ def test_matches_what_transformers_loads(tmp_path: Path, tokenizers_dir: Path) -
 
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizers_dir / "qwen3" / name, tmp_path / name)
-    assert load_source(str(tmp_path)).templates.as_transformers_sees_it() == \
-        AutoTokenizer.from_pretrained(str(tmp_path)).chat_template
+    assert (
+        load_source(str(tmp_path)).templates.as_transformers_sees_it()
+        == AutoTokenizer.from_pretrained(str(tmp_path)).chat_template
+    )
     _write(tmp_path / "chat_template.jinja", CHATML)
     _write(tmp_path / "additional_chat_templates" / "training.jinja", "{{ 'x' }}")
-    assert load_source(str(tmp_path)).templates.as_transformers_sees_it() == \
-        AutoTokenizer.from_pretrained(str(tmp_path)).chat_template
+    assert (
+        load_source(str(tmp_path)).templates.as_transformers_sees_it()
+        == AutoTokenizer.from_pretrained(str(tmp_path)).chat_template
+    )
 
 
 # ---- output ------------------------------------------------------------------------------------
 
 
 def test_json_value_replaced_and_nothing_else(tmp_path: Path) -> None:
-    raw = ('{\n  "add_bos_token": false,\n  "chat_template": ' + json.dumps("{{ 'é' }}", ensure_ascii=True)
-           + ',\n  "eos_token": "<|im_end|>"\n}').encode()
+    raw = (
+        '{\n  "add_bos_token": false,\n  "chat_template": '
+        + json.dumps("{{ 'é' }}", ensure_ascii=True)
+        + ',\n  "eos_token": "<|im_end|>"\n}'
+    ).encode()
     source = load_source(str(_write(tmp_path / "tokenizer_config.json", raw)))
     label = "tokenizer_config.json[chat_template]"
     new = patched_files(source.templates, {label: "{% generation %}{{ 'é' }}{% endgeneration %}"})
@@ -154,16 +176,24 @@ def test_json_value_replaced_and_nothing_else(tmp_path: Path) -> None:
     start, end = json_member_span(raw.decode(), "chat_template")
     assert text.startswith(raw.decode()[:start]) and text.endswith(raw.decode()[end:])
     assert "\\u00e9" in text  # the file's own escaping style is kept
-    assert json.loads(text) == {**json.loads(raw), "chat_template": "{% generation %}{{ 'é' }}{% endgeneration %}"}
+    assert json.loads(text) == {
+        **json.loads(raw),
+        "chat_template": "{% generation %}{{ 'é' }}{% endgeneration %}",
+    }
     assert patched_files(source.templates, {label: "{{ 'é' }}"}) == {"tokenizer_config.json": raw}
 
 
 def test_list_entry_replaced(tmp_path: Path) -> None:
-    config = {"chat_template": [{"name": "default", "template": "A"}, {"name": "rag", "template": "B"}], "z": 1}
+    config = {
+        "chat_template": [{"name": "default", "template": "A"}, {"name": "rag", "template": "B"}],
+        "z": 1,
+    }
     source = load_source(str(_write(tmp_path / "tokenizer_config.json", json.dumps(config, indent=2))))
     new = patched_files(source.templates, {"tokenizer_config.json[chat_template][rag]": "B2"})
     assert json.loads(new["tokenizer_config.json"]) == {
-        "chat_template": [{"name": "default", "template": "A"}, {"name": "rag", "template": "B2"}], "z": 1}
+        "chat_template": [{"name": "default", "template": "A"}, {"name": "rag", "template": "B2"}],
+        "z": 1,
+    }
 
 
 def test_as_named_layouts(tmp_path: Path, tokenizers_dir: Path) -> None:
@@ -172,7 +202,9 @@ def test_as_named_layouts(tmp_path: Path, tokenizers_dir: Path) -> None:
     jinja_dir = tmp_path / "jinja"
     _write(jinja_dir / "chat_template.jinja", CHATML)
     templates = read_directory(jinja_dir)
-    assert named_template_files(templates, "training", "P") == {"additional_chat_templates/training.jinja": b"P"}
+    assert named_template_files(templates, "training", "P") == {
+        "additional_chat_templates/training.jinja": b"P"
+    }
     with pytest.raises(OutputError, match="plain name"):
         named_template_files(templates, "a/b", "P")
 

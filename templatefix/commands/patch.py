@@ -51,29 +51,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("source", metavar="SOURCE",
-                        help=".jinja file, tokenizer_config.json, model directory, or Hub repo id (owner/name)")
+    parser.add_argument(
+        "source",
+        metavar="SOURCE",
+        help=".jinja file, tokenizer_config.json, model directory, or Hub repo id (owner/name)",
+    )
     parser.add_argument("--revision", help="Hub branch, tag or commit (Hub SOURCE only)")
     out = parser.add_argument_group("output")
-    out.add_argument("-o", "--output", metavar="OUT",
-                     help="write patched files here: a directory (same layout + templatefix-report.json), "
-                          "a file (single-template SOURCE), or '-' for stdout")
+    out.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="write patched files here: a directory (same layout + templatefix-report.json), "
+        "a file (single-template SOURCE), or '-' for stdout",
+    )
     out.add_argument("--in-place", action="store_true", help="patch a local SOURCE in place (keeps *.bak)")
     out.add_argument("--no-backup", action="store_true", help="with --in-place: do not keep *.bak copies")
-    out.add_argument("--as-named", metavar="NAME",
-                     help="add the patched template as named template NAME; leave the default untouched")
+    out.add_argument(
+        "--as-named",
+        metavar="NAME",
+        help="add the patched template as named template NAME; leave the default untouched",
+    )
     out.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
-    out.add_argument("--force", action="store_true",
-                     help="write/push templates that failed verification; overwrite differing files in OUT")
+    out.add_argument(
+        "--force",
+        action="store_true",
+        help="write/push templates that failed verification; overwrite differing files in OUT",
+    )
     hub = parser.add_argument_group("Hub")
     hub.add_argument("--push-to", metavar="REPO", help="commit the patched files to this Hub repo")
-    hub.add_argument("--create-pr", action="store_true",
-                     help="open a pull request (on --push-to, or on the SOURCE repo)")
-    hub.add_argument("--dry-run", action="store_true",
-                     help="show what would be written and committed (files, message, PR text); do nothing")
+    hub.add_argument(
+        "--create-pr", action="store_true", help="open a pull request (on --push-to, or on the SOURCE repo)"
+    )
+    hub.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what would be written and committed (files, message, PR text); do nothing",
+    )
     policy = parser.add_argument_group("policy (what gets trained)")
     policy.add_argument("--turns", choices=("all", "last"), default="all")
-    policy.add_argument("--reasoning", choices=("trained", "not_trained", "final_channel_only"), default="trained")
+    policy.add_argument(
+        "--reasoning", choices=("trained", "not_trained", "final_channel_only"), default="trained"
+    )
     policy.add_argument("--trailing-whitespace", choices=("out", "in"), default="out")
     policy.add_argument("--tool-calls", choices=("trained", "not_trained"), default="trained")
     parser.set_defaults(handler=run)
@@ -107,10 +126,19 @@ class PatchedEntry:
 
     def to_json(self) -> dict[str, Any]:
         data = self.result.to_json() if hasattr(self.result, "to_json") else {}
-        data.update({"label": self.entry.label, "name": self.entry.name, "path": self.entry.path,
-                     "kind": self.entry.kind, "effective": self.entry.effective,
-                     "verified": bool(self.result.verified), "changed": self.result.patched != self.entry.template,
-                     "reasons": [str(r) for r in self.result.reasons], "diff": self.diff})
+        data.update(
+            {
+                "label": self.entry.label,
+                "name": self.entry.name,
+                "path": self.entry.path,
+                "kind": self.entry.kind,
+                "effective": self.entry.effective,
+                "verified": bool(self.result.verified),
+                "changed": self.result.patched != self.entry.template,
+                "reasons": [str(r) for r in self.result.reasons],
+                "diff": self.diff,
+            }
+        )
         return data
 
 
@@ -133,12 +161,18 @@ def patch_entries(source: LoadedSource, policy: Policy, *, only_default: bool = 
 
 def run(args: argparse.Namespace) -> int:
     _check_flags(args)
-    policy = Policy(turns=args.turns, reasoning=args.reasoning, trailing_whitespace=args.trailing_whitespace,
-                    tool_calls=args.tool_calls)
+    policy = Policy(
+        turns=args.turns,
+        reasoning=args.reasoning,
+        trailing_whitespace=args.trailing_whitespace,
+        tool_calls=args.tool_calls,
+    )
     _quiet_hub()
     source = load_source(args.source, revision=args.revision)
     if args.in_place and not source.is_local:
-        raise TemplatefixError("--in-place needs a local SOURCE; for a Hub repo use -o DIR or --push-to/--create-pr")
+        raise TemplatefixError(
+            "--in-place needs a local SOURCE; for a Hub repo use -o DIR or --push-to/--create-pr"
+        )
     push_target = args.push_to or (source.repo_id if args.create_pr else None)
     if args.create_pr and push_target is None:
         raise TemplatefixError("--create-pr needs --push-to REPO when SOURCE is local")
@@ -148,14 +182,19 @@ def run(args: argparse.Namespace) -> int:
         raise TemplatefixError(f"{args.source}: no default template to use with --as-named")
     all_verified = all(p.result.verified for p in patched)
     accepted = [p for p in patched if p.result.verified or args.force]
-    refused = [p for p in patched if not (p.result.verified or args.force) and p.result.patched != p.entry.template]
+    refused = [
+        p for p in patched if not (p.result.verified or args.force) and p.result.patched != p.entry.template
+    ]
 
     if args.as_named:
         default = patched[0]
         files = dict(source.templates.files)
         if default in accepted:
-            files.update(named_template_files(source.templates, args.as_named, default.result.patched,
-                                              force=args.force))
+            files.update(
+                named_template_files(
+                    source.templates, args.as_named, default.result.patched, force=args.force
+                )
+            )
     else:
         files = patched_files(source.templates, {p.entry.label: p.result.patched for p in accepted})
     changed = {path: data for path, data in files.items() if source.templates.files.get(path) != data}
@@ -184,8 +223,10 @@ def run(args: argparse.Namespace) -> int:
             report["written"] = _write_output(Path(args.output), source, files, report, args, console)
     elif args.in_place:
         if args.dry_run:
-            console.print(f"dry run: would update {len(changed)} file(s) in place: {', '.join(sorted(changed))}",
-                          markup=False)
+            console.print(
+                f"dry run: would update {len(changed)} file(s) in place: {', '.join(sorted(changed))}",
+                markup=False,
+            )
         elif changed:
             actions = write_in_place(source.root, changed, backup=not args.no_backup, force=args.force)
             report["written"] = [a.to_json() for a in actions]
@@ -236,8 +277,13 @@ def _console(file: Any) -> Any:
     return Console(file=file, highlight=False, soft_wrap=True)
 
 
-def _print_verdicts(console: Any, source: LoadedSource, patched: list[PatchedEntry],
-                    refused: list[PatchedEntry], args: argparse.Namespace) -> None:
+def _print_verdicts(
+    console: Any,
+    source: LoadedSource,
+    patched: list[PatchedEntry],
+    refused: list[PatchedEntry],
+    args: argparse.Namespace,
+) -> None:
     console.print(f"[bold]{escape(source.describe())}[/bold]: {len(patched)} template(s)")
     for item in patched:
         outcome = item.outcome()
@@ -250,7 +296,9 @@ def _print_verdicts(console: Any, source: LoadedSource, patched: list[PatchedEnt
         for reason in outcome.reasons if not outcome.verified else ():
             console.print(f"      - {reason}", markup=False)
         if item in refused:
-            console.print("      not written: failed verification (use --force to write it anyway)", style="yellow")
+            console.print(
+                "      not written: failed verification (use --force to write it anyway)", style="yellow"
+            )
     if args.output == "-":
         return
     for item in patched:
@@ -266,8 +314,10 @@ def _print_verdicts(console: Any, source: LoadedSource, patched: list[PatchedEnt
 
 def _write_stdout(source: LoadedSource, files: dict[str, bytes]) -> None:
     if len(source.templates.files) != 1:
-        raise OutputError("-o - needs a single-file SOURCE (this one has "
-                          f"{len(source.templates.files)} template files); use -o DIR")
+        raise OutputError(
+            "-o - needs a single-file SOURCE (this one has "
+            f"{len(source.templates.files)} template files); use -o DIR"
+        )
     (data,) = files.values()
     sys.stdout.buffer.write(data) if hasattr(sys.stdout, "buffer") else sys.stdout.write(data.decode())
     sys.stdout.flush()
@@ -281,8 +331,14 @@ def _is_dir_target(out: Path, raw: str, source: LoadedSource) -> bool:
     return source.kind != "file" or not out.suffix
 
 
-def _write_output(out: Path, source: LoadedSource, files: dict[str, bytes], report: dict[str, Any],
-                  args: argparse.Namespace, console: Any) -> list[dict[str, str]]:
+def _write_output(
+    out: Path,
+    source: LoadedSource,
+    files: dict[str, bytes],
+    report: dict[str, Any],
+    args: argparse.Namespace,
+    console: Any,
+) -> list[dict[str, str]]:
     if _is_dir_target(out, args.output, source):
         if source.is_local and out.resolve() == source.root.resolve():
             raise OutputError(f"{out} is the SOURCE directory; use --in-place to patch it")
@@ -312,31 +368,56 @@ def _write_output(out: Path, source: LoadedSource, files: dict[str, bytes], repo
     return written
 
 
-def _push(repo_id: str, source: LoadedSource, patched: list[PatchedEntry], changed: dict[str, bytes],
-          policy: Policy, args: argparse.Namespace, console: Any, all_verified: bool) -> dict[str, Any] | None:
+def _push(
+    repo_id: str,
+    source: LoadedSource,
+    patched: list[PatchedEntry],
+    changed: dict[str, bytes],
+    policy: Policy,
+    args: argparse.Namespace,
+    console: Any,
+    all_verified: bool,
+) -> dict[str, Any] | None:
     from templatefix import __version__
     from templatefix.hub import PushPlan, push
 
     if not all_verified and not args.force:
         if args.dry_run:
             if not args.json:
-                console.print(f"dry run: would not push to {repo_id}: not every template is verified "
-                              "(--force overrides)", style="yellow")
+                console.print(
+                    f"dry run: would not push to {repo_id}: not every template is verified "
+                    "(--force overrides)",
+                    style="yellow",
+                )
             return {"repo_id": repo_id, "pushed": False, "blocked": True}
-        raise NotVerifiedError(f"not pushed to {repo_id}: some templates failed verification (see above); "
-                               "fix them or use --force")
+        raise NotVerifiedError(
+            f"not pushed to {repo_id}: some templates failed verification (see above); "
+            "fix them or use --force"
+        )
     if not changed:
         if not args.json:
             console.print(f"nothing to push to {repo_id}: no file changed", markup=False)
         return None
     title, description = pull_request_text(
-        [p.outcome() for p in patched], sorted(changed), source=source.describe(), policy=policy.to_dict(),
-        special_tokens=source.templates.special_tokens, as_named=args.as_named, version=__version__,
+        [p.outcome() for p in patched],
+        sorted(changed),
+        source=source.describe(),
+        policy=policy.to_dict(),
+        special_tokens=source.templates.special_tokens,
+        as_named=args.as_named,
+        version=__version__,
     )
     same_repo = source.repo_id == repo_id
     branch = args.revision if (same_repo and args.revision and not _COMMIT_SHA.match(args.revision)) else None
-    plan = PushPlan(repo_id, dict(changed), title, description, create_pr=args.create_pr, revision=branch,
-                    parent_commit=source.commit if same_repo and not args.create_pr else None)
+    plan = PushPlan(
+        repo_id,
+        dict(changed),
+        title,
+        description,
+        create_pr=args.create_pr,
+        revision=branch,
+        parent_commit=source.commit if same_repo and not args.create_pr else None,
+    )
     if args.dry_run:
         if not args.json:
             _print_plan(console, plan)
@@ -351,8 +432,9 @@ def _push(repo_id: str, source: LoadedSource, patched: list[PatchedEntry], chang
 def _print_plan(console: Any, plan: Any) -> None:
     what = "open a pull request on" if plan.create_pr else "commit to"
     base = plan.revision or "main"
-    console.print(f"dry run: would {what} {plan.repo_id} (base {base}) with {len(plan.files)} file(s):",
-                  markup=False)
+    console.print(
+        f"dry run: would {what} {plan.repo_id} (base {base}) with {len(plan.files)} file(s):", markup=False
+    )
     for path, data in sorted(plan.files.items()):
         console.print(f"  {path} ({len(data)} bytes)", markup=False)
     console.print(f"title: {plan.title}", markup=False)
