@@ -35,15 +35,14 @@ Policies (SPEC §6) shape the expected span:
   reasoning text is not rendered in the turn, nothing changes.
 
 Example:
-    >>> from templatefix.probes_local import Probe  # doctest: +SKIP
+    >>> from templatefix.probes import Probe
     >>> chatml = ("{% for m in messages %}<|im_start|>{{ m.role }}\\n{{ m.content }}<|im_end|>\\n"
     ...           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\\n{% endif %}")
-    >>> from types import SimpleNamespace
-    >>> probe = SimpleNamespace(name="one", kwargs={}, messages=(
-    ...     {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}))
-    >>> turn = expected_turns(chatml, probe).turns[0]
-    >>> turn.kind, turn.start, turn.end
-    ('exact', 35, 47)
+    >>> probe = Probe("one", ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}))
+    >>> expectation = expected_turns(chatml, probe)
+    >>> turn = expectation.turns[0]
+    >>> turn.kind, expectation.text[turn.start:turn.end]
+    ('exact', 'yo<|im_end|>')
 """
 
 from __future__ import annotations

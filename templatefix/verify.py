@@ -17,7 +17,7 @@ Example:
     ...            "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}<|im_end|>"
     ...            "{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}\\n"
     ...            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\\n{% endif %}")
-    >>> verify(patched).verified  # doctest: +SKIP
+    >>> verify(patched).verified
     True
 """
 

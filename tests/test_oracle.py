@@ -1,0 +1,163 @@
+"""The oracle (SPEC rules 2–3) on small inline templates whose answers can be worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from templatefix.errors import TemplateRejected
+from templatefix.oracle import (
+    expected_turns,
+    locate_texts,
+    markup_boundary,
+)
+from templatefix.policy import Policy
+from templatefix.probes import Probe
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen3-like: reasoning is shown only for assistant turns after the last user message.
+DROPS_REASONING = (
+    "{% set ns = namespace(last=0) %}{% for m in messages %}{% if m.role == 'user' %}"
+    "{% set ns.last = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.role == 'assistant' and loop.index0 > ns.last and m.reasoning_content %}"
+    "<think>\n{{ m.reasoning_content }}\n</think>\n\n{% endif %}"
+    "{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# QwQ-like: the generation prompt opens <think>, the training render never has it.
+PROMPT_MISMATCH = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+)
+
+# Phi-3-like: the end-of-sequence text follows the whole conversation when there is no prompt.
+EOS_AFTER_CONVERSATION = (
+    "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% else %}<|endoftext|>{% endif %}"
+)
+
+TOOLS = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "{% for c in m.tool_calls or [] %}<tool_call>{{ c.function.arguments.q }}</tool_call>{% endfor %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def probe(*messages: dict, **kwargs: object) -> Probe:
+    return Probe("inline", tuple(messages), dict(kwargs))
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str, reasoning: str | None = None) -> dict:
+    message = {"role": "assistant", "content": text}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
+    return message
+
+
+TWO_TURNS = probe(user("alpha1"), assistant("bravo2"), user("charlie3"), assistant("delta4"))
+
+
+def spans_text(expectation) -> list[str]:
+    return [expectation.text[start:end] for start, end in expectation.spans]
+
+
+def test_exact_turns_cover_content_and_end_of_turn_only():
+    expectation = expected_turns(CHATML, TWO_TURNS)
+    assert [turn.kind for turn in expectation.turns] == ["exact", "exact"]
+    assert spans_text(expectation) == ["bravo2<|im_end|>", "delta4<|im_end|>"]
+    first = expectation.turns[0]
+    # the span starts right after the generation prompt of the prefix
+    header = "<|im_start|>assistant\n"
+    assert first.start == expectation.text.index(header) + len(header)
+    assert first.end_of_turn == "<|im_end|>"
+    assert expectation.text[slice(*first.end_of_turn_range)] == "<|im_end|>"
+
+
+def test_trailing_whitespace_policy_moves_only_the_end():
+    out = expected_turns(CHATML, TWO_TURNS, Policy(trailing_whitespace="out"))
+    inside = expected_turns(CHATML, TWO_TURNS, Policy(trailing_whitespace="in"))
+    assert spans_text(inside) == ["bravo2<|im_end|>\n", "delta4<|im_end|>\n"]
+    assert [t.start for t in out.turns] == [t.start for t in inside.turns]
+    assert all(t.end_in == t.end_out + 1 for t in out.turns)
+
+
+def test_turns_last_trains_only_the_final_assistant_message():
+    expectation = expected_turns(CHATML, TWO_TURNS, Policy(turns="last"))
+    assert [turn.trained for turn in expectation.turns] == [False, True]
+    assert spans_text(expectation) == ["delta4<|im_end|>"]
+
+
+def test_history_without_reasoning_is_rewritten_and_spans_the_rendered_turn():
+    conversation = probe(
+        user("alpha1"), assistant("bravo2", "think3"), user("charlie4"), assistant("delta5", "think6")
+    )
+    expectation = expected_turns(DROPS_REASONING, conversation)
+    assert [turn.kind for turn in expectation.turns] == ["rewritten", "exact"]
+    assert spans_text(expectation) == ["bravo2<|im_end|>", "<think>\nthink6\n</think>\n\ndelta5<|im_end|>"]
+    assert expectation.turns[0].end_of_turn == "<|im_end|>"
+
+
+def test_prompt_disagreeing_with_render_is_a_mismatch_placed_after_the_header():
+    expectation = expected_turns(PROMPT_MISMATCH, TWO_TURNS)
+    assert [turn.kind for turn in expectation.turns] == ["mismatch", "mismatch"]
+    assert spans_text(expectation) == ["bravo2<|im_end|>", "delta4<|im_end|>"]
+
+
+def test_text_after_the_whole_conversation_does_not_make_history_rewritten():
+    expectation = expected_turns(EOS_AFTER_CONVERSATION, TWO_TURNS)
+    assert [turn.kind for turn in expectation.turns] == ["exact", "exact"]
+    # the last turn's G includes the end-of-sequence text the template appends
+    assert spans_text(expectation) == ["bravo2<|end|>", "delta4<|end|>\n<|endoftext|>"]
+
+
+def test_reasoning_not_trained_starts_after_the_closing_markup():
+    conversation = probe(user("alpha1"), assistant("bravo2", "think3"))
+    expectation = expected_turns(DROPS_REASONING, conversation, Policy(reasoning="not_trained"))
+    assert spans_text(expectation) == ["\n\nbravo2<|im_end|>"]
+
+
+def test_tool_calls_not_trained_leaves_the_calling_message_out():
+    call = {"type": "function", "function": {"name": "look", "arguments": {"q": "echo5"}}}
+    conversation = probe(
+        user("alpha1"),
+        {"role": "assistant", "content": "bravo2", "tool_calls": [call]},
+        {"role": "tool", "content": "charlie3"},
+        assistant("delta4"),
+    )
+    trained = expected_turns(TOOLS, conversation)
+    assert spans_text(trained) == ["bravo2<tool_call>echo5</tool_call><|im_end|>", "delta4<|im_end|>"]
+    untrained = expected_turns(TOOLS, conversation, Policy(tool_calls="not_trained"))
+    assert [turn.trained for turn in untrained.turns] == [False, True]
+    assert spans_text(untrained) == ["delta4<|im_end|>"]
+
+
+def test_renders_are_recorded_for_rule_one():
+    expectation = expected_turns(CHATML, TWO_TURNS)
+    assert set(expectation.renders) == {(1, True), (2, False), (3, True), (4, False), (1, False), (3, False)}
+    assert expectation.renders[(4, False)] == expectation.text
+
+
+def test_rejected_conversation_raises_for_the_verifier_to_skip():
+    strict = "{% if messages[0].role != 'system' %}{{ raise_exception('system first') }}{% endif %}" + CHATML
+    with pytest.raises(TemplateRejected):
+        expected_turns(strict, TWO_TURNS)
+
+
+def test_locate_texts_searches_forward_per_message():
+    text = "[alpha1][bravo2 alpha1]"
+    assert locate_texts(text, [user("alpha1"), assistant("bravo2")]) == [[(1, 7)], [(9, 15)]]
+
+
+def test_markup_boundary_never_cuts_a_token():
+    assert markup_boundary("x<|end|>", 4) == 1
+    assert markup_boundary("x<|end|>", 8) == 8
+    assert markup_boundary("plain text", 5) == 5
