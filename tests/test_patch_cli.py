@@ -490,3 +490,24 @@ def test_acceptance_pr_description_dry_run_equals_real(
     out_dir = Path(os.environ.get("TEMPLATEFIX_PR_EXAMPLE_DIR", ""))
     if out_dir.name:  # lets a maintainer collect the generated PR text
         (out_dir / "pr-qwen2.5.md").write_text(f"# {commit.summary}\n\n{description}")
+
+
+def test_rerun_into_same_output_is_a_no_op(
+    fake_patcher: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write(tmp_path / "model" / "chat_template.jinja", TINY)
+    out = tmp_path / "out"
+    assert run(capsys, str(tmp_path / "model"), "-o", str(out))[0] == 0
+    before = _tree(out)
+    code, stdout, _ = run(capsys, str(tmp_path / "model"), "-o", str(out))
+    assert code == 0 and "unchanged:" in stdout and _tree(out) == before
+    (out / "templatefix-report.json").write_text("{}")  # a different file: never clobbered silently
+    code, _, err = run(capsys, str(tmp_path / "model"), "-o", str(out))
+    assert code == 2 and "exists and differs" in err
+
+
+def test_in_place_on_hub_source_is_refused(
+    fake_patcher: None, hub: FakeHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "org/tiny", "--in-place")
+    assert code == 2 and "--in-place needs a local SOURCE" in err

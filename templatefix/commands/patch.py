@@ -29,7 +29,6 @@ from templatefix.output import (
     REPORT_FILE,
     OutputError,
     TemplateOutcome,
-    atomic_write,
     named_template_files,
     patched_files,
     plan_writes,
@@ -342,17 +341,14 @@ def _write_output(
     if _is_dir_target(out, args.output, source):
         if source.is_local and out.resolve() == source.root.resolve():
             raise OutputError(f"{out} is the SOURCE directory; use --in-place to patch it")
-        targets = {**files, REPORT_FILE: b""}
+        # The report file holds no per-run state, so re-running into the same OUT is a no-op.
+        report_file = {k: v for k, v in report.items() if k not in ("written", "push", "dry_run")}
+        targets = {**files, REPORT_FILE: report_bytes(report_file)}
+        plan_writes(out, targets, force=args.force)  # check everything before the first write
         if args.dry_run:
-            plan_writes(out, files, force=args.force)
             console.print(f"dry run: would write {', '.join(sorted(targets))} under {out}", markup=False)
             return []
-        report_target = out / REPORT_FILE
-        plan_writes(out, files, force=args.force)  # check everything before the first write
-        actions = write_files(out, files, force=args.force)
-        written = [a.to_json() for a in actions]
-        atomic_write(report_target, report_bytes({**report, "written": written}))
-        written.append({"path": str(report_target), "status": "report"})
+        written = [a.to_json() for a in write_files(out, targets, force=args.force)]
     else:
         if len(files) != 1:
             raise OutputError(f"{out}: SOURCE has {len(files)} template files; give a directory for -o")
