@@ -47,7 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "patch",
         help="add verified {% generation %} markers to a template, model directory or Hub repo",
-        description=__doc__.split("\n\n")[0],
+        description="Add verified {% generation %} markers to every chat template SOURCE holds. "
+        "Without -o, --in-place or --push-to nothing is written: the verdict and the diff are shown.",
+        epilog="examples:\n"
+        + __doc__.split("Examples:\n")[1].split("\n\n")[0]
+        + "\n\nexit status: 0 all verified, 1 a template is not verified, 2 bad input",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
