@@ -317,3 +317,11 @@ def test_gptoss_failure_names_the_first_start_assistant(corpus_dir: Path):
     starts = [e for p in report.probes for t in p.turns for e in t.edges if e.edge == "start"]
     assert starts and all("'<|start|>assistant'" in e.note for e in starts)
     assert any(t.verdict == "wrong" and t.kind == "rewritten" for p in report.probes for t in p.turns)
+
+
+@pytest.mark.tokenizers
+def test_token_masks_are_checked_through_the_tokens_hook(load_tokenizer):
+    tokenizer = load_tokenizer("qwen2.5")
+    report = verify(CORRECT, ORIGINAL, probes=PROBES, tokenizer=tokenizer)
+    assert report.verified, report.failures()
+    assert all(probe.token_problems == [] for probe in report.probes)
