@@ -29,6 +29,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -136,6 +137,7 @@ class _PartRecord:
     segments: list[tuple[list[tuple[int, bool]], int, dict[str, Any], dict[str, Any]]] = field(
         default_factory=list
     )  # (cuts [(offset, inside-from-here)], length, scope, flags)
+    texts: set[str] = field(default_factory=set)
 
 
 def _label_range(spans: Sequence[tuple[int, int]], start: int, end: int) -> list[tuple[int, bool]]:
@@ -383,13 +385,21 @@ def _observe(
                 cuts = _label_range(spans, emission.start + lo, emission.start + hi)
                 record = records.setdefault((atom.id, index), _PartRecord())
                 record.segments.append((cuts, hi - lo, emission.scope, flags))
+                record.texts.add(traced.text[emission.start + lo : emission.start + hi])
             continue
         record = records.setdefault((atom.id, -1), _PartRecord())
         record.segments.append((whole_cuts, emission.end - emission.start, emission.scope, flags))
+        record.texts.add(traced.text[emission.start : emission.end])
+
+
+def _part_node(atom: Atom, part: int) -> nodes.Node:
+    if part < 0:
+        return atom.inlined if atom.inlined is not None else atom.node
+    return atom.parts[part]
 
 
 def _constant_text(atom: Atom, part: int) -> str | None:
-    node = atom.node if part < 0 else atom.parts[part]
+    node = _part_node(atom, part)
     if isinstance(node, nodes.TemplateData):
         return node.data
     if isinstance(node, nodes.Const) and isinstance(node.value, str):
@@ -418,7 +428,9 @@ def _resolve_units(instrumented: Instrumented, records: dict[tuple[int, int], _P
                 parts.setdefault(index, _PartRecord())
         for part, record in sorted(parts.items()):
             cut_points = sorted({offset for cuts, _l, _s, _f in record.segments for offset, _ in cuts if offset > 0})
-            if cut_points and _constant_text(atom, part) is None:
+            # A boundary can fall inside a string literal, or inside any part that always renders
+            # the same text (a variable holding a constant, split by slicing it).
+            if cut_points and _constant_text(atom, part) is None and len(record.texts) != 1:
                 raise PatchFailure(_where(instrumented, atom, "an assistant span edge falls inside"))
             bounds = [0, *cut_points, None]
             for lo, hi in itertools.pairwise(bounds):
@@ -442,7 +454,10 @@ def _classify(unit: _Unit, instrumented: Instrumented, atom: Atom) -> None:
     elif labels == {False}:
         unit.label = "out"
     else:
-        condition = _find_condition(unit.observations, instrumented.source)
+        condition = _find_condition(unit.observations, instrumented.source, instrumented)
+        if condition is None and os.environ.get("TEMPLATEFIX_DEBUG"):
+            for o in unit.observations:
+                print("DEBUG", o.inside, {k: (v if k == "loop" else {kk: str(vv)[:30] for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in o.scope.items()}, o.flags)
         if condition is None:
             raise PatchFailure(
                 _where(instrumented, atom, "no condition on the loop variables separates assistant output in")
@@ -461,46 +476,109 @@ def _where(instrumented: Instrumented, atom: Atom, what: str) -> str:
 # -- conditions --------------------------------------------------------------------------------
 
 
-def _find_condition(observations: list[_Observation], source: TemplateSource) -> str | None:
-    """The simplest test on loop variables / flags that is true exactly on inside observations."""
+def _find_condition(
+    observations: list[_Observation], source: TemplateSource, instrumented: Instrumented | None = None
+) -> str | None:
+    """The simplest test that is true exactly on the inside observations.
+
+    Building blocks, simplest first: the role of a loop variable, its other fields, ``loop``
+    flags, template flags, and the template's own if/elif tests (as "one of the first j branches
+    of this chain was taken", which is ``T0 or … or Tj``).
+    """
     quote = _preferred_quote(source)
     features: list[tuple[str, Any]] = []
     names: dict[str, set[str]] = {}
     for observation in observations:
         for name, value in observation.scope.items():
-            if name != "loop" and isinstance(value, dict):
+            if name not in ("loop", "__branches__") and isinstance(value, dict):
                 names.setdefault(name, set()).update(k for k in value if isinstance(k, str) and k.isidentifier())
     for name, keys in sorted(names.items()):
         if "role" in keys:
             features.append(
                 (f"{name}.role == {quote}assistant{quote}", lambda o, n=name: _get(o.scope, n, "role") == "assistant")
             )
+    if instrumented is not None:
+        # The template's own tests say best what it does; fields of the message come after.
+        features.extend(_branch_features(observations, instrumented))
+    for name, keys in sorted(names.items()):
         for key in sorted(keys - {"role"}):
             features.append((f"{name}.{key}", lambda o, n=name, k=key: bool(_get(o.scope, n, k))))
     if any("loop" in o.scope for o in observations):
         features.append(("loop.last", lambda o: bool(o.scope.get("loop", {}).get("last"))))
         features.append(("loop.first", lambda o: bool(o.scope.get("loop", {}).get("first"))))
-    flag_names = sorted({k for o in observations for k, v in o.flags.items() if isinstance(v, bool)})
-    for flag in flag_names:
+    flag_values: dict[str, set[Any]] = {}
+    for observation in observations:
+        for key, value in observation.flags.items():
+            if key.isidentifier() and isinstance(value, (bool, str, int)):
+                flag_values.setdefault(key, set()).add(value)
+    for flag, seen in sorted(flag_values.items()):
+        # Templates test flags as `f`, `f is false` (defined and false) or `f == value`.
         features.append((flag, lambda o, f=flag: bool(o.flags.get(f))))
-    target = [o.inside for o in observations]
-    literals = [(text, test) for text, test in features] + [
-        (f"not {text}" if " " not in text else f"not ({text})", lambda o, t=test: not t(o)) for text, test in features
-    ]
-    values = [(text, [test(o) for o in observations]) for text, test in literals]
-    for text, result in values:
-        if result == target:
+        features.append((f"{flag} is false", lambda o, f=flag: o.flags.get(f, None) is False))
+        features.append((f"{flag} is defined", lambda o, f=flag: f in o.flags))
+        for value in sorted(v for v in seen if isinstance(v, str)):
+            literal = json.dumps(value)
+            features.append((f"{flag} == {literal}", lambda o, f=flag, v=value: o.flags.get(f) == v))
+    target = sum(1 << i for i, o in enumerate(observations) if o.inside)
+    full = (1 << len(observations)) - 1
+    literals: list[tuple[str, int]] = []
+    for text, test in features:
+        mask = sum(1 << i for i, o in enumerate(observations) if test(o))
+        literals.append((text, mask))
+        literals.append((f"not {text}" if " " not in text else f"not ({text})", full & ~mask))
+    seen_masks: set[int] = set()
+    unique = []
+    for text, mask in literals:  # the first (simplest) text for each distinct behaviour
+        if mask not in seen_masks:
+            seen_masks.add(mask)
+            unique.append((text, mask))
+    for text, mask in unique:
+        if mask == target:
             return text
-    for (text_a, a), (text_b, b) in itertools.combinations(values, 2):
-        if [x and y for x, y in zip(a, b)] == target:
+    for (text_a, a), (text_b, b) in itertools.combinations(unique, 2):
+        if a & b == target:
             return f"{_group(text_a)} and {_group(text_b)}"
-        if [x or y for x, y in zip(a, b)] == target:
+        if a | b == target:
             return f"{_group(text_a)} or {_group(text_b)}"
+    bounded = unique[:48]
+    for (text_a, a), (text_b, b), (text_c, c) in itertools.combinations(bounded, 3):
+        for first, second, third, x, y, z in (
+            (text_a, text_b, text_c, a, b, c),
+            (text_b, text_a, text_c, b, a, c),
+            (text_c, text_a, text_b, c, a, b),
+        ):
+            if x & (y | z) == target:
+                return f"{_group(first)} and ({_group(second)} or {_group(third)})"
+            if x | (y & z) == target:
+                return f"{_group(first)} or ({_group(second)} and {_group(third)})"
     return None
 
 
+def _branch_features(observations: list[_Observation], instrumented: Instrumented) -> list[tuple[str, Any]]:
+    """"One of branches 0..j of if-chain k was taken", written as the chain's own tests."""
+    features: list[tuple[str, Any]] = []
+    common = None
+    for observation in observations:
+        keys = set(observation.scope.get("__branches__", {}))
+        common = keys if common is None else common & keys
+    source = instrumented.source
+    for chain_id in sorted(common or ()):
+        chain = instrumented.ifs[chain_id]
+        texts = []
+        for j, test in enumerate(chain.tests):
+            start, end = test.tf_span
+            texts.append(_group(" ".join(source.text[start:end].split())))
+            text = " or ".join(texts)
+            features.append(
+                (text, lambda o, k=chain_id, j=j: o.scope["__branches__"][k] <= j)
+            )
+    return features
+
+
 def _group(text: str) -> str:
-    return f"({text})" if " or " in text or " and " in text else text
+    if text.startswith("(") and text.endswith(")") and text.count("(") == 1:
+        return text
+    return f"({text})" if " or " in text or " and " in text or " if " in text else text
 
 
 def _get(scope: dict[str, Any], name: str, key: str) -> Any:
@@ -539,7 +617,7 @@ def _write(source: TemplateSource, instrumented: Instrumented, units: list[_Unit
         if not labels or labels == {"out"}:
             continue
         if atom.is_literal:
-            _write_literal(source, instrumented, atom, atom_units, markers)
+            _write_literal(source, instrumented, atom, atom_units, markers, edits)
         else:
             _write_expression(source, instrumented, atom, atom_units, markers, edits)
     markers = _cancel_adjacent(source, markers)
@@ -549,20 +627,45 @@ def _write(source: TemplateSource, instrumented: Instrumented, units: list[_Unit
 
 
 def _write_literal(
-    source: TemplateSource, instrumented: Instrumented, atom: Atom, units: list[_Unit], markers: list[_Marker]
+    source: TemplateSource, instrumented: Instrumented, atom: Atom, units: list[_Unit], markers: list[_Marker],
+    edits: list[Edit],
 ) -> None:
-    if any(u.label == "cond" for u in units):
-        raise PatchFailure(_where(instrumented, atom, "literal text is assistant output only sometimes:"))
     token = source.token_at(atom.node.tf_span[0])
     _fill_none(units)
-    for run_label, run in itertools.groupby(units, key=lambda u: u.label):
-        if run_label != "in":
-            continue
+    for (label, condition), run in itertools.groupby(units, key=lambda u: (u.label, u.condition)):
         run_units = list(run)
         start = _data_offset(token, run_units[0].lo)
         end = _data_offset(token, run_units[-1].hi)
-        markers.append(_Marker(start, True, 1))
-        markers.append(_Marker(end, False, 0))
+        if label == "in":
+            markers.append(_Marker(start, True, 1))
+            markers.append(_Marker(_skip_gaps(source, end), False, 0))
+        elif label == "cond":
+            # Literal text that is assistant output only sometimes: branch on the condition, with
+            # the text as a string expression in both branches.
+            text = json.dumps(atom.node.data[run_units[0].lo : run_units[-1].hi], ensure_ascii=False)
+            left = "+" if _needs_lstrip_guard(source, start) else ""
+            right = "+" if _needs_trim_guard(source, end) else ""
+            # Whitespace the lexer strips after the text (lstrip_blocks) would render once a tag
+            # separates it from its stripping tag; it never rendered, so it goes.
+            edits.append(Edit(start, _skip_gaps(source, end), _branch(condition, f"{{{{ {text} }}}}", left, right)))
+
+
+def _branch(condition: str, tag: str, left: str = "", right: str = "") -> str:
+    """``tag`` inside generation markers when ``condition`` holds, plain otherwise."""
+    return (
+        f"{{%{left} if {condition} %}}{{% generation %}}{tag}{{% endgeneration %}}"
+        f"{{% else %}}{tag}{{% endif {right}%}}"
+    )
+
+
+def _skip_gaps(source: TemplateSource, offset: int) -> int:
+    """Move past whitespace the lexer drops, so a new tag lands next to the tag that drops it."""
+    while offset < len(source.text):
+        token = source.token_at(offset)
+        if token.kind != "gap" or token.start != offset:
+            break
+        offset = token.end
+    return offset
 
 
 def _fill_none(units: list[_Unit]) -> None:
@@ -599,67 +702,43 @@ def _write_expression(
 ) -> None:
     begin, end = _tag_tokens(source, atom.node)
     _fill_none(units)
-    conditions = {u.condition for u in units if u.label == "cond"}
-    if len(conditions) > 1:
-        raise PatchFailure(_where(instrumented, atom, "different parts need different conditions in"))
-    labels = [u.label for u in units]
     open_start = source.tokens[begin].start
     close_end = source.tokens[end].start + len(source.tokens[end].text.rstrip())
-    if set(labels) == {"in"}:
+    if all(u.label == "in" for u in units):
         markers.append(_Marker(open_start, True, 1))
         markers.append(_Marker(source.tokens[end].end, False, 0))
         return
+    # The tag is split into one tag per run of equally-labelled parts; whitespace control of the
+    # original tag goes on whatever tag ends up outermost, so the render is unchanged.
     left_mod = source.tokens[begin].text[2:3] if source.tokens[begin].text[2:3] in "-+" else ""
     right_mod = "-" if source.tokens[end].text.startswith("-") else ""
-    # Whitespace control for a block tag that ends up outermost, so the render is unchanged.
-    left = "-" if left_mod == "-" else ("+" if _needs_lstrip_guard(source, open_start) else "")
-    right = "-" if right_mod == "-" else ("+" if _needs_trim_guard(source, close_end) else "")
-    if not conditions:
-        text = _split_tag(
-            source, atom, units, inside=lambda u: u.label == "in", left=left_mod, right=right_mod,
-            block_left=left, block_right=right,
-        )
-        edits.append(Edit(open_start, close_end, text))
-        return
-    (condition,) = conditions
-    true_branch = _split_tag(source, atom, units, inside=lambda u: u.label in ("in", "cond"), left="", right="")
-    false_branch = _split_tag(source, atom, units, inside=lambda u: u.label == "in", left="", right="")
-    text = (
-        f"{{%{left} if {condition} %}}{true_branch}{{% else %}}{false_branch}{{% endif {right}%}}"
-    )
-    edits.append(Edit(open_start, close_end, text))
-
-
-def _split_tag(
-    source: TemplateSource,
-    atom: Atom,
-    units: list[_Unit],
-    *,
-    inside: Any,
-    left: str,
-    right: str,
-    block_left: str = "",
-    block_right: str = "",
-) -> str:
-    """The atom's ``{{ }}`` tag rewritten as consecutive tags, with markers around inside runs.
-
-    ``left``/``right`` are the original tag's whitespace control; ``block_left``/``block_right``
-    go on a generation tag that becomes the outermost tag.
-    """
-    runs = [(flag, list(run)) for flag, run in itertools.groupby(units, key=inside)]
+    block_left = "-" if left_mod == "-" else ("+" if _needs_lstrip_guard(source, open_start) else "")
+    block_right = "-" if right_mod == "-" else ("+" if _needs_trim_guard(source, close_end) else "")
+    runs = [(key, list(run)) for key, run in itertools.groupby(units, key=lambda u: (u.label, u.condition))]
     pieces = []
-    for index, (flag, run) in enumerate(runs):
+    for index, ((label, condition), run) in enumerate(runs):
         first, last = index == 0, index == len(runs) - 1
-        open_mod = left if first else ""
-        close_mod = right if last else ""
         expression = _run_expression(source, atom, run)
-        tag = f"{{{{{open_mod} {expression} {close_mod}}}}}"
-        if flag:
-            opening = f"{{%{block_left if first else ''} generation %}}"
-            closing = f"{{% endgeneration {block_right if last else ''}%}}"
-            tag = f"{opening}{tag}{closing}"
-        pieces.append(tag)
-    return "".join(pieces)
+        plain = f"{{{{{left_mod if first else ''} {expression} {right_mod if last else ''}}}}}"
+        if label == "out":
+            pieces.append(plain)
+        elif label == "in" and (first or last):
+            # Outer markers go in as separate tags, so they can merge with a neighbour's.
+            if first:
+                markers.append(_Marker(open_start, True, 1))
+            else:
+                pieces.append("{% generation %}")
+            pieces.append(plain)
+            if last:
+                markers.append(_Marker(source.tokens[end].end, False, 0))
+            else:
+                pieces.append("{% endgeneration %}")
+        elif label == "in":
+            pieces.append(f"{{% generation %}}{{{{ {expression} }}}}{{% endgeneration %}}")
+        else:
+            tag = f"{{{{ {expression} }}}}"
+            pieces.append(_branch(condition, tag, block_left if first else "", block_right if last else ""))
+    edits.append(Edit(open_start, close_end, "".join(pieces)))
 
 
 def _run_expression(source: TemplateSource, atom: Atom, run: list[_Unit]) -> str:
@@ -670,9 +749,12 @@ def _run_expression(source: TemplateSource, atom: Atom, run: list[_Unit]) -> str
         else:
             merged.append(unit)
     run = merged
+    if len(run) == 1 and run[0].part < 0 and run[0].lo == 0 and run[0].hi is None:
+        start, end = _part_node(atom, -1).tf_span
+        return source.text[start:end]  # the whole expression in a tag of its own
     texts: list[str] = []
     for position, unit in enumerate(run):
-        node = atom.node if unit.part < 0 else atom.parts[unit.part]
+        node = _part_node(atom, unit.part)
         if unit.lo == 0 and unit.hi is None:
             text = _node_text(source, node)
         else:
@@ -697,7 +779,12 @@ def _node_text(source: TemplateSource, node: nodes.Node) -> str:
 
 
 def _literal_slice(source: TemplateSource, node: nodes.Node, lo: int, hi: int | None) -> str:
-    """A string literal for ``value[lo:hi]``, cut from the original literal's bytes when possible."""
+    """A string literal for ``value[lo:hi]``, cut from the original literal's bytes when possible.
+
+    A part that is not a literal but always renders the same text is sliced: ``x[lo:hi]``.
+    """
+    if not (isinstance(node, nodes.Const) and isinstance(node.value, str)):
+        return f"{_node_text(source, node)}[{lo or ''}:{'' if hi is None else hi}]"
     value: str = node.value
     piece = value[lo:hi]
     start, end = node.tf_span

@@ -44,6 +44,17 @@ _EMIT = "__templatefix_emit__"
 _PART = "__templatefix_part__"
 _ITERATION = "__templatefix_iteration__"
 _LOOP_END = "__templatefix_loop_end__"
+_TEST = "__templatefix_test__"
+
+
+@dataclass
+class IfChain:
+    """A top-level ``{% if %}…{% elif %}…`` chain whose taken branch each emission knows."""
+
+    id: int
+    node: nodes.If
+    tests: list[nodes.Node]
+    loops: list[nodes.For]
 
 
 @dataclass
@@ -65,6 +76,7 @@ class Atom:
     parts: list[nodes.Node]
     operators: list[str]
     loops: list[nodes.For]
+    inlined: nodes.Node | None = None  # the ``{% set %}`` value a bare variable output stands for
 
     @property
     def is_literal(self) -> bool:
@@ -110,6 +122,7 @@ class Instrumented:
         self.source = source
         self.atoms: list[Atom] = []
         self.loops: list[nodes.For] = []
+        self.ifs: list[IfChain] = []
         instrumented = copy.deepcopy(source.ast)
         self._originals: dict[int, nodes.Node] = {}
         _pair_nodes(source.ast, instrumented, self._originals)
@@ -120,18 +133,24 @@ class Instrumented:
     # -- AST transform -------------------------------------------------------------------------
     def _transform_body(self, body: list[nodes.Node], loops: list[nodes.For], top_level: bool) -> list[nodes.Node]:
         result: list[nodes.Node] = []
+        assigned: dict[str, nodes.Assign] = {}  # `{% set x = ... %}` directly followed by outputs
         for node in body:
             if _is_generation_block(node):
+                assigned.clear()
                 result.extend(self._transform_body(node.body, loops, top_level))
                 continue
+            if isinstance(node, nodes.Output):
+                if top_level:
+                    self._instrument_output(node, loops, assigned)
+                result.append(node)
+                continue
+            assigned.clear()
+            if isinstance(node, nodes.Assign) and isinstance(node.target, nodes.Name):
+                assigned[node.target.name] = node
             result.extend(self._transform_statement(node, loops, top_level))
         return result
 
     def _transform_statement(self, node: nodes.Node, loops: list[nodes.For], top_level: bool) -> list[nodes.Node]:
-        if isinstance(node, nodes.Output):
-            if top_level:
-                self._instrument_output(node, loops)
-            return [node]
         if isinstance(node, nodes.For):
             inner_top = top_level and not node.recursive
             original_loop = self._originals[id(node)]
@@ -148,6 +167,8 @@ class Instrumented:
             return [node, end]
         transparent = isinstance(node, (nodes.If, nodes.With, nodes.Scope, nodes.ScopedEvalContextModifier))
         inner_top = top_level and transparent
+        if isinstance(node, nodes.If) and top_level:
+            self._instrument_if(node, loops)
         for name in ("body", "else_", "elif_"):
             children = getattr(node, name, None)
             if isinstance(children, list):
@@ -159,12 +180,30 @@ class Instrumented:
                     setattr(node, name, self._transform_body(children, loops, inner_top))
         return [node]
 
-    def _instrument_output(self, output: nodes.Output, loops: list[nodes.For]) -> None:
+    def _instrument_if(self, node: nodes.If, loops: list[nodes.For]) -> None:
+        """Record which branch of an if/elif chain is taken (conditions for markers reuse the tests)."""
+        if_id = len(self.ifs)
+        original = self._originals[id(node)]
+        self.ifs.append(IfChain(if_id, original, [original.test] + [e.test for e in original.elif_], loops))
+        branches = [node, *node.elif_]
+        for index, branch in enumerate(branches):
+            branch.test = _call(_TEST, nodes.Const(if_id), nodes.Const(index), nodes.Const(len(branches)), branch.test)
+            branch.test.set_lineno(node.lineno)
+
+    def _instrument_output(
+        self, output: nodes.Output, loops: list[nodes.For], assigned: dict[str, nodes.Assign] | None = None
+    ) -> None:
         original_output = self._originals[id(output)]
         new_children: list[nodes.Node] = []
         for child, original_child in zip(output.nodes, original_output.nodes):
-            parts, operators = flatten_chain(original_child)
-            atom = Atom(len(self.atoms), original_child, original_output, parts, operators, loops)
+            inlined = None
+            if isinstance(child, nodes.Name) and assigned and child.name in assigned:
+                # `{% set x = a + b %}{{ x }}`: x is a+b here, so report (and later split) a and b.
+                assign = assigned[child.name]
+                inlined = self._originals[id(assign.node)]
+                child = copy.deepcopy(assign.node)
+            parts, operators = flatten_chain(inlined if inlined is not None else original_child)
+            atom = Atom(len(self.atoms), original_child, original_output, parts, operators, loops, inlined)
             self.atoms.append(atom)
             scope_pairs = []
             for loop in loops:
@@ -177,9 +216,6 @@ class Instrumented:
                 value = self._wrap_parts(child, atom.id)
             new_children.append(_call(_EMIT, nodes.Const(atom.id), value, nodes.Dict(scope_pairs)))
         output.nodes = new_children
-        for node in output.find_all(nodes.Node):
-            if not hasattr(node, "lineno") or node.lineno is None:
-                node.lineno = output.lineno
         output.set_lineno(output.lineno)
 
     def _wrap_parts(self, expression: nodes.Node, atom_id: int) -> nodes.Node:
@@ -200,6 +236,15 @@ class Instrumented:
 
         return wrap(expression)
 
+    def _ifs_by_loop(self) -> dict[int, list[int]]:
+        """For each loop, the if chains inside its body (forgotten when a new iteration starts)."""
+        index = {id(loop): loop_id for loop_id, loop in enumerate(self.loops)}
+        result: dict[int, list[int]] = {}
+        for chain in self.ifs:
+            for loop in chain.loops:
+                result.setdefault(index[id(loop)], []).append(chain.id)
+        return result
+
     # -- rendering ----------------------------------------------------------------------------
     def trace(
         self,
@@ -217,6 +262,8 @@ class Instrumented:
         loop_ends: list[tuple[int, int]] = []
         pending_parts: dict[int, list[str]] = {}
         position = [0]
+        taken: dict[int, int] = {}  # if id -> taken branch (len(tests) when none), this iteration
+        loop_ifs = self._ifs_by_loop()
 
         def emit(atom_id: int, value: Any, scope: dict[str, Any]) -> Any:
             text = str(value)
@@ -228,6 +275,7 @@ class Instrumented:
                     ranges.append((cursor, cursor + len(part)))
                     cursor += len(part)
             snapshot = {k: v for k, v in scope.items() if k != "loop"}
+            snapshot["__branches__"] = dict(taken)
             if "loop" in scope:
                 loop = scope["loop"]
                 snapshot["loop"] = {"index0": loop.index0, "first": loop.first, "last": loop.last}
@@ -241,7 +289,16 @@ class Instrumented:
 
         def iteration(loop_id: int, item: Any, loop: Any) -> str:
             iterations.append(Iteration(loop_id, item, loop.index0, position[0]))
+            for if_id in loop_ifs.get(loop_id, ()):
+                taken.pop(if_id, None)
             return ""
+
+        def test(if_id: int, index: int, count: int, value: Any) -> Any:
+            if value:
+                taken[if_id] = index
+            elif index == count - 1:
+                taken[if_id] = count
+            return value
 
         def loop_end(loop_id: int) -> str:
             loop_ends.append((loop_id, position[0]))
@@ -259,6 +316,7 @@ class Instrumented:
             _PART: part,
             _ITERATION: iteration,
             _LOOP_END: loop_end,
+            _TEST: test,
         }
         try:
             text = self.template.render(**variables)
