@@ -154,7 +154,8 @@ def test_rewritten_history_and_mismatch(qwen3: Any) -> None:
         "{%- for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' and loop.last %}"
         "{% generation %}{% if m.reasoning_content %}<think>\n{{ m.reasoning_content }}\n</think>\n\n"
         "{% endif %}{{ m.content }}<|im_end|>{% endgeneration %}"
-        "{% else %}{{ m.content }}<|im_end|>{% endif %}\n\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        "{% else %}{{ m.content }}<|im_end|>{% endif %}\n\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
     assert audit([{"messages": REASONING_MULTI}], last_only, qwen3, history="all").ok
     mismatch = audit([{"messages": TWO}], THINK_PROMPT, qwen3)
