@@ -515,7 +515,9 @@ def _place_by_shape(
         region_start = _header_position(full, generation_prompt, previous_end, first_text)
         region_end = -1
 
-    header = common_prefix_length(generation_prompt, full[region_start:])
+    # A header never ends inside a markup token: "<|im_start|>assistant\n<think>" and a turn
+    # that starts "<tool_call>" share "<", which is the model's output, not the header.
+    header = markup_boundary(generation_prompt, common_prefix_length(generation_prompt, full[region_start:]))
     start = region_start + header
 
     last_text_end = max((end for _, end in texts if end <= next_text), default=start)

@@ -27,7 +27,7 @@ import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from templatefix.errors import RenderError
+from templatefix.errors import RenderError, TemplateSyntaxError
 from templatefix.oracle import ProbeExpectation, TurnExpectation, expected_turns
 from templatefix.policy import Policy
 from templatefix.render import Span, compile_template, environment, merge_spans, render, render_with_spans
@@ -87,14 +87,21 @@ def verify(
         name: what to call the template in the report.
 
     Raises:
-        TemplateSyntaxError: either template does not compile.
+        TemplateSyntaxError: ``original`` does not compile. (A patched ``template`` that does not
+            compile is reported as a failure instead.)
     """
     policy = policy or Policy()
-    compile_template(template)
     if original is not None:
         compile_template(original)
     reference = original if original is not None else template
     report = Report(template_name=name, policy=policy.to_dict(), render_compared=original is not None)
+    try:
+        compile_template(template)
+    except TemplateSyntaxError as error:
+        if original is None:
+            raise
+        report.errors.append(f"patched template does not compile: {error}")
+        return report
     if not has_generation_markers(template):
         report.errors.append("no {% generation %} markers: nothing would be trained")
         return report
@@ -227,7 +234,12 @@ def _judge_turn(
             result.verdict = "untrained"
         return result
 
-    target = next(s for s in expected_merged if s[0] <= turn.start and turn.end <= s[1])
+    target = next(
+        (s for s in expected_merged if s[0] <= turn.start and turn.end <= s[1]), (turn.start, turn.end)
+    )
+    if target[0] == target[1] and not touching:
+        result.verdict = turn.kind  # the turn produced nothing, and nothing is marked
+        return result
     actual_span = target if target in actual_set else (touching[0] if touching else None)
     result.actual = actual_span
     if turn.end_of_turn_range is not None and actual_span is not None:
