@@ -398,6 +398,9 @@ def _part_node(atom: Atom, part: int) -> nodes.Node:
     return atom.parts[part]
 
 
+_ANY_LENGTH = 1 << 60  # a segment that covers the whole part, however long
+
+
 def _constant_text(atom: Atom, part: int) -> str | None:
     node = _part_node(atom, part)
     if isinstance(node, nodes.TemplateData):
@@ -422,7 +425,9 @@ def _resolve_units(instrumented: Instrumented, records: dict[tuple[int, int], _P
                 if len(cuts) > 1:
                     raise PatchFailure(_where(instrumented, atom, "an assistant span edge falls inside"))
                 for index in range(len(atom.parts)):
-                    parts.setdefault(index, _PartRecord()).segments.append(([(0, cuts[0][1])], 1, scope, flags))
+                    # The whole emission had one label, so every character of every part has it.
+                    uniform = ([(0, cuts[0][1])], _ANY_LENGTH, scope, flags)
+                    parts.setdefault(index, _PartRecord()).segments.append(uniform)
         if any(index >= 0 for index in parts):
             for index in range(len(atom.parts)):
                 parts.setdefault(index, _PartRecord())
@@ -609,6 +614,7 @@ def _write(source: TemplateSource, instrumented: Instrumented, units: list[_Unit
     by_atom: dict[int, list[_Unit]] = {}
     for unit in units:
         by_atom.setdefault(unit.atom, []).append(unit)
+    _fill_silent_atoms(instrumented, by_atom)
     edits: list[Edit] = []
     markers: list[_Marker] = []
     for atom_id, atom_units in sorted(by_atom.items()):
@@ -624,6 +630,23 @@ def _write(source: TemplateSource, instrumented: Instrumented, units: list[_Unit
     for marker in markers:
         edits.append(Edit(marker.offset, marker.offset, _marker_text(source, marker), marker.order))
     return source.apply(edits)
+
+
+def _fill_silent_atoms(instrumented: Instrumented, by_atom: dict[int, list[_Unit]]) -> None:
+    """An output never seen producing text, between two inside outputs of the same tag run, is
+    inside too (``<|START_THINKING|>{{ message.tool_plan }}<|END_THINKING|>`` with an empty plan)."""
+    siblings: dict[int, list[Atom]] = {}
+    for atom in instrumented.atoms:
+        siblings.setdefault(id(atom.output), []).append(atom)
+    for atoms in siblings.values():
+        for previous, atom, following in zip(atoms, atoms[1:], atoms[2:]):
+            units = by_atom.get(atom.id, [])
+            if any(u.label != "none" for u in units):
+                continue
+            before = [u.label for u in by_atom.get(previous.id, []) if u.label != "none"]
+            after = [u.label for u in by_atom.get(following.id, []) if u.label != "none"]
+            if before and after and before[-1] == "in" and after[0] == "in":
+                by_atom[atom.id] = [_Unit(atom.id, -1, label="in")]
 
 
 def _write_literal(
@@ -849,12 +872,16 @@ def _marker_text(source: TemplateSource, marker: _Marker) -> str:
     """The tag text, with whitespace control that keeps the render unchanged."""
     keyword = "generation" if marker.opening else "endgeneration"
     token = source.token_at(marker.offset) if marker.offset < len(source.text) else None
-    left = ""
-    if token is not None and token.start == marker.offset and token.kind in ("variable_begin", "block_begin"):
-        if token.text[2:3] == "-":
-            left = "-"
-    if not left and _needs_lstrip_guard(source, marker.offset):
-        left = "+"
+    at_tag = token is not None and token.start == marker.offset
+    modifier = token.text[2:3] if at_tag and token.text[2:3] in "-+" else ""
+    if at_tag and token.kind in ("block_begin", "comment_begin"):
+        # Right before a tag that strips (or keeps) the whitespace before it: do as it does, so
+        # the whitespace is treated the same whichever of the two tags comes first.
+        left = modifier
+    elif at_tag and token.kind == "variable_begin" and modifier == "-":
+        left = "-"
+    else:
+        left = "+" if _needs_lstrip_guard(source, marker.offset) else ""
     right = "+" if _needs_trim_guard(source, marker.offset) else ""
     return f"{{%{left} {keyword} {right}%}}"
 
