@@ -196,7 +196,9 @@ def patch_template(
     probe_list = list(probes) if probes is not None else probe_battery(unmarked)
 
     def finish(patched: str, reasons: list[str]) -> PatchResult:
-        report = verify(patched, original=template, policy=policy, probes=probe_list, special_tokens=special_tokens)
+        report = verify(
+            patched, original=template, policy=policy, probes=probe_list, special_tokens=special_tokens
+        )
         verified = bool(report.verified)
         all_reasons = list(reasons)
         if not verified:
@@ -281,7 +283,12 @@ def _generation_tag_tokens(source: TemplateSource) -> list[tuple[int, int]]:
             end = index + 1
             while end < len(tokens) and tokens[end].kind == "whitespace":
                 end += 1
-            if begin >= 0 and tokens[begin].kind == "block_begin" and end < len(tokens) and tokens[end].kind == "block_end":
+            if (
+                begin >= 0
+                and tokens[begin].kind == "block_begin"
+                and end < len(tokens)
+                and tokens[end].kind == "block_end"
+            ):
                 found.append((begin, end))
     return found
 
@@ -293,11 +300,16 @@ def _renders_like(candidate: str, reference: str) -> bool:
     for probe in probe_battery(reference):
         for generation_prompt in (False, True):
             try:
-                expected = render(reference, probe.messages, add_generation_prompt=generation_prompt, **probe.kwargs)
+                expected = render(
+                    reference, probe.messages, add_generation_prompt=generation_prompt, **probe.kwargs
+                )
             except RenderError:
                 continue
             try:
-                if render(candidate, probe.messages, add_generation_prompt=generation_prompt, **probe.kwargs) != expected:
+                if (
+                    render(candidate, probe.messages, add_generation_prompt=generation_prompt, **probe.kwargs)
+                    != expected
+                ):
                     return False
             except RenderError:
                 return False
@@ -326,7 +338,9 @@ def place_markers(
         for sample in _samples(probe):
             try:
                 expectation = expected_turns(template, sample, policy, special_tokens)
-                traced = instrumented.trace(sample.messages, special_tokens=special_tokens, **dict(sample.kwargs))
+                traced = instrumented.trace(
+                    sample.messages, special_tokens=special_tokens, **dict(sample.kwargs)
+                )
             except RenderError:
                 continue
             if traced.text != expectation.text:
@@ -432,7 +446,9 @@ def _resolve_units(instrumented: Instrumented, records: dict[tuple[int, int], _P
             for index in range(len(atom.parts)):
                 parts.setdefault(index, _PartRecord())
         for part, record in sorted(parts.items()):
-            cut_points = sorted({offset for cuts, _l, _s, _f in record.segments for offset, _ in cuts if offset > 0})
+            cut_points = sorted(
+                {offset for cuts, _l, _s, _f in record.segments for offset, _ in cuts if offset > 0}
+            )
             # A boundary can fall inside a string literal, or inside any part that always renders
             # the same text (a variable holding a constant, split by slicing it).
             if cut_points and _constant_text(atom, part) is None and len(record.texts) != 1:
@@ -462,7 +478,21 @@ def _classify(unit: _Unit, instrumented: Instrumented, atom: Atom) -> None:
         condition = _find_condition(unit.observations, instrumented.source, instrumented)
         if condition is None and os.environ.get("TEMPLATEFIX_DEBUG"):
             for o in unit.observations:
-                print("DEBUG", o.inside, {k: (v if k == "loop" else {kk: str(vv)[:30] for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in o.scope.items()}, o.flags)
+                print(
+                    "DEBUG",
+                    o.inside,
+                    {
+                        k: (
+                            v
+                            if k == "loop"
+                            else {kk: str(vv)[:30] for kk, vv in v.items()}
+                            if isinstance(v, dict)
+                            else v
+                        )
+                        for k, v in o.scope.items()
+                    },
+                    o.flags,
+                )
         if condition is None:
             raise PatchFailure(
                 _where(instrumented, atom, "no condition on the loop variables separates assistant output in")
@@ -496,11 +526,16 @@ def _find_condition(
     for observation in observations:
         for name, value in observation.scope.items():
             if name not in ("loop", "__branches__") and isinstance(value, dict):
-                names.setdefault(name, set()).update(k for k in value if isinstance(k, str) and k.isidentifier())
+                names.setdefault(name, set()).update(
+                    k for k in value if isinstance(k, str) and k.isidentifier()
+                )
     for name, keys in sorted(names.items()):
         if "role" in keys:
             features.append(
-                (f"{name}.role == {quote}assistant{quote}", lambda o, n=name: _get(o.scope, n, "role") == "assistant")
+                (
+                    f"{name}.role == {quote}assistant{quote}",
+                    lambda o, n=name: _get(o.scope, n, "role") == "assistant",
+                )
             )
     if instrumented is not None:
         # The template's own tests say best what it does; fields of the message come after.
@@ -560,7 +595,7 @@ def _find_condition(
 
 
 def _branch_features(observations: list[_Observation], instrumented: Instrumented) -> list[tuple[str, Any]]:
-    """"One of branches 0..j of if-chain k was taken", written as the chain's own tests."""
+    """ "One of branches 0..j of if-chain k was taken", written as the chain's own tests."""
     features: list[tuple[str, Any]] = []
     common = None
     for observation in observations:
@@ -574,9 +609,7 @@ def _branch_features(observations: list[_Observation], instrumented: Instrumente
             start, end = test.tf_span
             texts.append(_group(" ".join(source.text[start:end].split())))
             text = " or ".join(texts)
-            features.append(
-                (text, lambda o, k=chain_id, j=j: o.scope["__branches__"][k] <= j)
-            )
+            features.append((text, lambda o, k=chain_id, j=j: o.scope["__branches__"][k] <= j))
     return features
 
 
@@ -650,7 +683,11 @@ def _fill_silent_atoms(instrumented: Instrumented, by_atom: dict[int, list[_Unit
 
 
 def _write_literal(
-    source: TemplateSource, instrumented: Instrumented, atom: Atom, units: list[_Unit], markers: list[_Marker],
+    source: TemplateSource,
+    instrumented: Instrumented,
+    atom: Atom,
+    units: list[_Unit],
+    markers: list[_Marker],
     edits: list[Edit],
 ) -> None:
     token = source.token_at(atom.node.tf_span[0])
@@ -670,7 +707,9 @@ def _write_literal(
             right = "+" if _needs_trim_guard(source, end) else ""
             # Whitespace the lexer strips after the text (lstrip_blocks) would render once a tag
             # separates it from its stripping tag; it never rendered, so it goes.
-            edits.append(Edit(start, _skip_gaps(source, end), _branch(condition, f"{{{{ {text} }}}}", left, right)))
+            edits.append(
+                Edit(start, _skip_gaps(source, end), _branch(condition, f"{{{{ {text} }}}}", left, right))
+            )
 
 
 def _branch(condition: str, tag: str, left: str = "", right: str = "") -> str:
@@ -790,7 +829,16 @@ def _run_expression(source: TemplateSource, atom: Atom, run: list[_Unit]) -> str
     return "".join(texts)
 
 
-_PRIMARY = (nodes.Name, nodes.Const, nodes.Getattr, nodes.Getitem, nodes.Call, nodes.Filter, nodes.List, nodes.Dict)
+_PRIMARY = (
+    nodes.Name,
+    nodes.Const,
+    nodes.Getattr,
+    nodes.Getitem,
+    nodes.Call,
+    nodes.Filter,
+    nodes.List,
+    nodes.Dict,
+)
 
 
 def _node_text(source: TemplateSource, node: nodes.Node) -> str:

@@ -131,7 +131,9 @@ class Instrumented:
         self.template = environment().from_string(instrumented)
 
     # -- AST transform -------------------------------------------------------------------------
-    def _transform_body(self, body: list[nodes.Node], loops: list[nodes.For], top_level: bool) -> list[nodes.Node]:
+    def _transform_body(
+        self, body: list[nodes.Node], loops: list[nodes.For], top_level: bool
+    ) -> list[nodes.Node]:
         result: list[nodes.Node] = []
         assigned: dict[str, nodes.Assign] = {}  # `{% set x = ... %}` directly followed by outputs
         for node in body:
@@ -150,7 +152,9 @@ class Instrumented:
             result.extend(self._transform_statement(node, loops, top_level))
         return result
 
-    def _transform_statement(self, node: nodes.Node, loops: list[nodes.For], top_level: bool) -> list[nodes.Node]:
+    def _transform_statement(
+        self, node: nodes.Node, loops: list[nodes.For], top_level: bool
+    ) -> list[nodes.Node]:
         if isinstance(node, nodes.For):
             inner_top = top_level and not node.recursive
             original_loop = self._originals[id(node)]
@@ -161,7 +165,9 @@ class Instrumented:
             node.else_ = self._transform_body(node.else_, loops, top_level)
             if not inner_top:
                 return [node]
-            marker = _call(_ITERATION, nodes.Const(loop_id), _as_load(node.target), nodes.Name("loop", "load"))
+            marker = _call(
+                _ITERATION, nodes.Const(loop_id), _as_load(node.target), nodes.Name("loop", "load")
+            )
             node.body.insert(0, nodes.Output([marker]).set_lineno(node.lineno))
             end = nodes.Output([_call(_LOOP_END, nodes.Const(loop_id))]).set_lineno(node.lineno)
             return [node, end]
@@ -187,7 +193,9 @@ class Instrumented:
         self.ifs.append(IfChain(if_id, original, [original.test] + [e.test for e in original.elif_], loops))
         branches = [node, *node.elif_]
         for index, branch in enumerate(branches):
-            branch.test = _call(_TEST, nodes.Const(if_id), nodes.Const(index), nodes.Const(len(branches)), branch.test)
+            branch.test = _call(
+                _TEST, nodes.Const(if_id), nodes.Const(index), nodes.Const(len(branches)), branch.test
+            )
             branch.test.set_lineno(node.lineno)
 
     def _instrument_output(
@@ -368,7 +376,10 @@ def message_regions(
     source = template if isinstance(template, TemplateSource) else TemplateSource.parse(template)
     instrumented = instrumented_for(source)
     result = instrumented.trace(
-        messages, add_generation_prompt=add_generation_prompt, special_tokens=special_tokens, **template_kwargs
+        messages,
+        add_generation_prompt=add_generation_prompt,
+        special_tokens=special_tokens,
+        **template_kwargs,
     )
     chat = _ctu._alias_reasoning_fields(_ctu._plain_template_data(list(messages)))
     regions: list[tuple[int, int] | None] = [None] * len(chat)
