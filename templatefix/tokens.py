@@ -64,6 +64,9 @@ class TokenIssue:
     char_range: tuple[int, int]
     message: str
 
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind,

@@ -69,6 +69,7 @@ def test_span_starting_on_dropped_whitespace(word_tokenizer: Any) -> None:
     issues = check_token_masks(template, word_tokenizer, TWO_TURNS)
     assert kinds(issues) == [START_UNMAPPED]
     assert "every later" in issues[0].message and "whitespace" in issues[0].message
+    assert str(issues[0]).startswith("start_unmapped: span at chars")
     # transformers really trains nothing here
     out = word_tokenizer.apply_chat_template(
         TWO_TURNS, chat_template=template, return_dict=True, return_assistant_tokens_mask=True
