@@ -17,9 +17,7 @@ How the assistant output is found (no family knowledge, no regex on the source):
 6. Verify the result with the verifier (``templatefix.verify``); ``verified`` is its verdict.
 
 Example:
-    >>> chatml = ("{% for m in messages %}{{ '<|im_start|>' + m.role + '\\\\n' + m.content + '<|im_end|>\\\\n' }}"
-    ...           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\\\n' }}{% endif %}")
-    >>> result = patch_template(chatml)  # doctest: +SKIP
+    >>> result = patch_template(open("templates/chatml.jinja").read())  # doctest: +SKIP
     >>> result.verified  # doctest: +SKIP
     True
 """
@@ -525,7 +523,7 @@ def _find_condition(
     names: dict[str, set[str]] = {}
     for observation in observations:
         for name, value in observation.scope.items():
-            if name not in ("loop", "__branches__") and isinstance(value, dict):
+            if name not in ("loop", "__branches__", "__final__") and isinstance(value, dict):
                 names.setdefault(name, set()).update(
                     k for k in value if isinstance(k, str) and k.isidentifier()
                 )
@@ -543,6 +541,10 @@ def _find_condition(
     for name, keys in sorted(names.items()):
         for key in sorted(keys - {"role"}):
             features.append((f"{name}.{key}", lambda o, n=name, k=key: bool(_get(o.scope, n, k))))
+    for name in sorted(names):
+        features.append(
+            (f"{name} is sameas messages[-1]", lambda o, n=name: n in o.scope.get("__final__", ()))
+        )
     if any("loop" in o.scope for o in observations):
         features.append(("loop.last", lambda o: bool(o.scope.get("loop", {}).get("last"))))
         features.append(("loop.first", lambda o: bool(o.scope.get("loop", {}).get("first"))))
@@ -672,7 +674,7 @@ def _fill_silent_atoms(instrumented: Instrumented, by_atom: dict[int, list[_Unit
     for atom in instrumented.atoms:
         siblings.setdefault(id(atom.output), []).append(atom)
     for atoms in siblings.values():
-        for previous, atom, following in zip(atoms, atoms[1:], atoms[2:]):
+        for previous, atom, following in zip(atoms, atoms[1:], atoms[2:], strict=False):
             units = by_atom.get(atom.id, [])
             if any(u.label != "none" for u in units):
                 continue

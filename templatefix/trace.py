@@ -203,7 +203,7 @@ class Instrumented:
     ) -> None:
         original_output = self._originals[id(output)]
         new_children: list[nodes.Node] = []
-        for child, original_child in zip(output.nodes, original_output.nodes):
+        for child, original_child in zip(output.nodes, original_output.nodes, strict=True):
             inlined = None
             if isinstance(child, nodes.Name) and assigned and child.name in assigned:
                 # `{% set x = a + b %}{{ x }}`: x is a+b here, so report (and later split) a and b.
@@ -284,6 +284,8 @@ class Instrumented:
                     cursor += len(part)
             snapshot = {k: v for k, v in scope.items() if k != "loop"}
             snapshot["__branches__"] = dict(taken)
+            # which loop variables hold the conversation's final message (for "last turn only")
+            snapshot["__final__"] = {k for k, v in scope.items() if chat and v is chat[-1]}
             if "loop" in scope:
                 loop = scope["loop"]
                 snapshot["loop"] = {"index0": loop.index0, "first": loop.first, "last": loop.last}
@@ -432,7 +434,7 @@ def check_trace(source: TemplateSource, messages: Sequence[Mapping[str, Any]], *
 
 def _pair_nodes(original: nodes.Node, duplicate: nodes.Node, mapping: dict[int, nodes.Node]) -> None:
     mapping[id(duplicate)] = original
-    for a, b in zip(original.iter_child_nodes(), duplicate.iter_child_nodes()):
+    for a, b in zip(original.iter_child_nodes(), duplicate.iter_child_nodes(), strict=True):
         _pair_nodes(a, b, mapping)
 
 
