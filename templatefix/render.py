@@ -5,7 +5,8 @@ transformers compiles chat templates in an ``ImmutableSandboxedEnvironment`` wit
 ``strftime_now``, ``dict`` and ``namespace``; it converts inputs to plain data and aliases the
 reasoning fields (``reasoning_content`` / ``thinking`` / ``reasoning``). We call that machinery
 itself (``transformers.utils.chat_template_utils``) instead of re-creating it, so any behaviour
-transformers has, we have.
+transformers has, we have. Every compile and render is bounded in time and output size
+(``templatefix.limits``); a template past a bound raises ``RenderLimitExceeded``.
 
 Example:
     >>> from templatefix.render import render
@@ -16,13 +17,16 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jinja2
 from transformers.utils import chat_template_utils as _ctu
 
-from templatefix.errors import RenderError, TemplateRejected, TemplateSyntaxError
+from templatefix import limits
+from templatefix.errors import RenderError, RenderLimitExceeded, TemplateRejected, TemplateSyntaxError
 
 Message = Mapping[str, Any]
 Span = tuple[int, int]
@@ -37,21 +41,46 @@ DEFAULT_SPECIAL_TOKENS: dict[str, str] = {
 }
 
 
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    """Our own instance of transformers' chat-template environment, with render bounds installed.
+
+    Built by transformers' own factory, so it has exactly its settings, globals, filters and the
+    ``generation`` extension; ``templatefix.limits.install`` adds the time and size hooks (which
+    change no rendered text). It is a separate instance from the ones transformers caches, so
+    nothing we install reaches ``tokenizer.apply_chat_template``.
+
+    Example:
+        >>> environment().from_string("{{ messages | length }}").render(messages=[1, 2])
+        '2'
+    """
+    return limits.install(_ctu._cached_compile_jinja_template("").environment)
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(template: str) -> jinja2.Template:
+    # Compile under a guard: jinja2 folds constant filter calls while compiling, and a bounded
+    # filter that refuses (``'a' | center(10**10)``) makes it leave that call to render time.
+    with limits.guard():
+        return environment().from_string(template)
+
+
 def compile_template(template: str) -> jinja2.Template:
-    """Compile ``template`` in transformers' own chat-template environment (cached).
+    """Compile ``template`` in the bounded chat-template environment (cached).
 
     Raises:
         TemplateSyntaxError: the template is not valid Jinja; the message names line and column.
+
+    Example:
+        >>> compile_template("{{ 1 }").render()
+        Traceback (most recent call last):
+        ...
+        templatefix.errors.TemplateSyntaxError: invalid Jinja at line 1, column 1: unexpected '}'
     """
     try:
-        return _ctu._compile_jinja_template(template)
+        return _compile(template)
     except jinja2.TemplateSyntaxError as error:
         raise TemplateSyntaxError(describe_syntax_error(template, error)) from None
-
-
-def environment() -> jinja2.Environment:
-    """transformers' chat-template environment (shared, with the ``generation`` extension)."""
-    return compile_template("").environment
 
 
 def describe_syntax_error(template: str, error: jinja2.TemplateSyntaxError) -> str:
@@ -100,29 +129,83 @@ def render_with_spans(
         TemplateRejected: the template called ``raise_exception``.
         RenderError: any other failure while rendering (the message says which).
     """
-    compile_template(template)
+    compiled = compile_template(template)
     arguments = template_arguments(special_tokens, **template_kwargs)
     try:
-        rendered, indices = _ctu.render_jinja_template(
-            conversations=[list(messages)],
-            tools=list(tools) if tools is not None else None,
-            documents=list(documents) if documents is not None else None,
-            chat_template=template,
-            return_assistant_tokens_mask=True,
-            add_generation_prompt=add_generation_prompt,
-            **arguments,
-        )
+        with limits.guard():
+            rendered, indices = _render_bounded(
+                compiled, messages, tools, documents, add_generation_prompt, arguments
+            )
     except RenderError:
         raise
     except jinja2.TemplateError as error:
         if type(error) is jinja2.TemplateError:  # what raise_exception raises
             raise TemplateRejected(f"template rejected the conversation: {error.message}") from None
         raise RenderError(f"template error: {type(error).__name__}: {error}") from None
-    except RecursionError:
-        raise RenderError("template error: recursion too deep") from None
+    except MemoryError:
+        raise RenderLimitExceeded("render stopped: it ran out of memory") from None
     except Exception as error:  # templates are untrusted code: any failure is a render failure
         raise RenderError(f"template error: {type(error).__name__}: {error}") from None
-    return rendered[0], [tuple(span) for span in indices[0]]
+    return rendered, [tuple(span) for span in indices]
+
+
+def _render_bounded(
+    compiled: jinja2.Template,
+    messages: Sequence[Message],
+    tools: Sequence[Any] | None,
+    documents: Sequence[Any] | None,
+    add_generation_prompt: bool,
+    arguments: dict[str, Any],
+) -> tuple[str, list[Span]]:
+    """``render_jinja_template(conversations=[messages], return_assistant_tokens_mask=True)``.
+
+    The same steps in the same order (tool schemas, document check, ``_plain_template_data``,
+    message check, ``_alias_reasoning_fields``, ``_render_with_assistant_indices``), with each
+    yielded block counted against the output limit. ``tests/test_render.py`` holds it to
+    ``apply_chat_template`` byte for byte.
+    """
+    tool_schemas: list[Any] | None = None
+    if tools is not None:
+        tool_schemas = []
+        for tool in tools:
+            if isinstance(tool, dict):
+                tool_schemas.append(tool)
+            elif inspect.isfunction(tool) or inspect.ismethod(tool):
+                tool_schemas.append(_ctu.get_json_schema(tool))
+            else:
+                raise ValueError(
+                    "Tools should either be a JSON schema, or a callable function with type hints "
+                    "and a docstring suitable for auto-conversion to a schema."
+                )
+    if documents is not None:
+        documents = list(documents)
+        for document in documents:
+            if not isinstance(document, dict):
+                raise TypeError("Documents should be a list of dicts with 'title' and 'text' keys!")
+    tool_schemas = _ctu._plain_template_data(tool_schemas)
+    documents = _ctu._plain_template_data(documents)
+    arguments = _ctu._plain_template_data(arguments)
+    chat = _ctu._plain_template_data(list(messages))
+    for message in chat:
+        if not isinstance(message, dict):
+            raise TypeError(
+                f"Chat messages should be dicts, dataclasses or pydantic models, but got {message!r}."
+            )
+    chat = _ctu._alias_reasoning_fields(chat)
+    blocks: list[str] = []
+    indices: list[Span] = []
+    with compiled.environment.activate_tracker(blocks, indices):
+        for block in compiled.generate(
+            messages=chat,
+            tools=tool_schemas,
+            documents=documents,
+            add_generation_prompt=add_generation_prompt,
+            **arguments,
+        ):
+            blocks.append(block)
+            limits.count_output(len(block))
+        text = "".join(blocks)
+    return text, indices
 
 
 def render(
