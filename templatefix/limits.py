@@ -228,8 +228,9 @@ def guard(limits: Limits | None = None) -> Iterator[Limits]:
     limits = limits or current()
     outer = _guard()
     deadline = time.monotonic() + limits.max_seconds
-    if outer is not None:
-        deadline = min(deadline, outer.deadline)
+    if outer is not None and outer.deadline < deadline:
+        deadline = outer.deadline  # the outer bound still holds; errors then name its limit
+        limits = replace(limits, max_seconds=outer.limits.max_seconds)
     state = _Guard(limits, deadline)
     _active.guard = state
     _watchdog.watch(state)
@@ -340,37 +341,64 @@ def _check_binop(guard: _Guard, op: str, left: Any, right: Any) -> None:
             if digits > limit:
                 check_size(int(digits), "a power would have")
     elif op == "%" and isinstance(left, str):
-        _check_format_widths(left)
+        _check_format_widths(left, right)
 
 
-def _check_format_widths(template: str) -> None:
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\d+|\*)?(?:\.(\d+|\*))?")
+_BRACE_SPEC = re.compile(r"\{[^{}]*:([^{}]*)\}|\{[^{}]*:[^{}]*\{")
+
+
+def _check_format_widths(template: str, arguments: Any = ()) -> None:
+    """Refuse ``%``/``str.format`` specs whose width or precision exceeds the output limit.
+
+    Widths given as arguments (``%*s``, ``{:>{}}``) are checked among ``arguments``.
+    """
     guard = _guard()
     if guard is None:
         return
-    digits = len(str(guard.limits.max_output_chars))
-    for match in _FORMAT_WIDTH.finditer(template):
-        width = match.group(1) or match.group(2) or ""
-        if len(width) >= digits and int(width) > guard.limits.max_output_chars:
-            check_size(int(width), "a format width would build")
+    limit = guard.limits.max_output_chars
+    dynamic = False
+    for match in _PERCENT_SPEC.finditer(template):
+        for number in match.groups():
+            if number == "*":
+                dynamic = True
+            elif number and int(number) > limit:
+                check_size(int(number), "a format width would build")
+    for match in _BRACE_SPEC.finditer(template):
+        spec = match.group(1)
+        if spec is None:
+            dynamic = True
+            continue
+        for number in re.findall(r"\d+", spec):
+            if int(number) > limit:
+                check_size(int(number), "a format width would build")
+    if dynamic:
+        values = arguments if isinstance(arguments, (tuple, list)) else (arguments,)
+        for value in values:
+            if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+                check_size(value, "a format width would build")
 
 
 def _check_call(guard: _Guard, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    owner = getattr(obj, "__self__", None)
+    # The sandbox hands out str.format as a wrapper; functools.update_wrapper keeps the original.
+    target = getattr(obj, "__wrapped__", obj)
+    owner = getattr(target, "__self__", None)
     if not isinstance(owner, str):
         return
-    name = getattr(obj, "__name__", "")
+    name = getattr(target, "__name__", "")
     limit = guard.limits.max_output_chars
     if name in _WIDTH_METHODS:
         for value in (*args, *kwargs.values()):
             if isinstance(value, int) and value > limit:
                 check_size(value, f"str.{name} would build")
+    elif name in ("format", "format_map"):
+        _check_format_widths(owner, (*args, *kwargs.values()))
     elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
         _check_replace(owner, args[0], args[1])
     elif name == "join" and args and isinstance(args[0], (list, tuple)):
         items = args[0]
-        check_size(
-            sum(len(x) for x in items if isinstance(x, str)) + len(owner) * len(items), "str.join would build"
-        )
+        size = sum(len(x) for x in items if isinstance(x, str)) + len(owner) * len(items)
+        check_size(size, "str.join would build")
 
 
 def _check_replace(text: str, old: str, new: str) -> None:
@@ -398,7 +426,7 @@ def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
                 if isinstance(value, int) and not isinstance(value, bool) and value > limit:
                     check_size(value, f"the {name} filter would build")
         elif name == "format" and strings:
-            _check_format_widths(strings[0])
+            _check_format_widths(strings[0], args[1:])
         elif name == "indent" and strings:
             width = kwargs.get("width", args[1] if len(args) > 1 else 4)
             if isinstance(width, str):
