@@ -136,6 +136,7 @@ class _PartRecord:
         default_factory=list
     )  # (cuts [(offset, inside-from-here)], length, scope, flags)
     texts: set[str] = field(default_factory=set)
+    cut_texts: list[tuple[frozenset[int], str]] = field(default_factory=list)  # emissions that are cut
 
 
 def _label_range(spans: Sequence[tuple[int, int]], start: int, end: int) -> list[tuple[int, bool]]:
@@ -398,10 +399,33 @@ def _observe(
                 record = records.setdefault((atom.id, index), _PartRecord())
                 record.segments.append((cuts, hi - lo, emission.scope, flags))
                 record.texts.add(traced.text[emission.start + lo : emission.start + hi])
+                if len(cuts) > 1:
+                    text = traced.text[emission.start + lo : emission.start + hi]
+                    record.cut_texts.append((frozenset(o for o, _ in cuts if o > 0), text))
             continue
         record = records.setdefault((atom.id, -1), _PartRecord())
         record.segments.append((whole_cuts, emission.end - emission.start, emission.scope, flags))
         record.texts.add(traced.text[emission.start : emission.end])
+        if len(whole_cuts) > 1:
+            text = traced.text[emission.start : emission.end]
+            record.cut_texts.append((frozenset(o for o, _ in whole_cuts if o > 0), text))
+
+
+def _sliceable(record: _PartRecord, cut_points: list[int]) -> bool:
+    """Can a non-literal part be cut by slicing it at fixed offsets?
+
+    Yes when it always renders the same text, or when, at every cut offset, the text before the
+    cut is the same in each emission cut there and was seen at least twice (so it holds no
+    message's own words, which differ between messages): a header like
+    ``<|start_header_id|>assistant<|end_header_id|>\n\n`` at the front of a ``{% set %}`` string.
+    """
+    if len(record.texts) == 1:
+        return True
+    for offset in cut_points:
+        prefixes = [text[:offset] for cuts, text in record.cut_texts if offset in cuts]
+        if len(prefixes) < 2 or len(set(prefixes)) != 1:
+            return False
+    return True
 
 
 def _part_node(atom: Atom, part: int) -> nodes.Node:
@@ -449,7 +473,7 @@ def _resolve_units(instrumented: Instrumented, records: dict[tuple[int, int], _P
             )
             # A boundary can fall inside a string literal, or inside any part that always renders
             # the same text (a variable holding a constant, split by slicing it).
-            if cut_points and _constant_text(atom, part) is None and len(record.texts) != 1:
+            if cut_points and _constant_text(atom, part) is None and not _sliceable(record, cut_points):
                 raise PatchFailure(_where(instrumented, atom, "an assistant span edge falls inside"))
             bounds = [0, *cut_points, None]
             for lo, hi in itertools.pairwise(bounds):
