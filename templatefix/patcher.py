@@ -572,6 +572,15 @@ def _find_condition(
     if any("loop" in o.scope for o in observations):
         features.append(("loop.last", lambda o: bool(o.scope.get("loop", {}).get("last"))))
         features.append(("loop.first", lambda o: bool(o.scope.get("loop", {}).get("first"))))
+        for side, key in (("previtem", "previous_role"), ("nextitem", "next_role")):
+            roles = sorted({r for o in observations if (r := o.scope.get("loop", {}).get(key))})
+            for role in roles:
+                features.append(
+                    (
+                        f"(loop.{side} is defined and loop.{side}.role == {quote}{role}{quote})",
+                        lambda o, k=key, r=role: o.scope.get("loop", {}).get(k) == r,
+                    )
+                )
     flag_values: dict[str, set[Any]] = {}
     for observation in observations:
         for key, value in observation.flags.items():

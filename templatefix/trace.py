@@ -288,7 +288,13 @@ class Instrumented:
             snapshot["__final__"] = {k for k, v in scope.items() if chat and v is chat[-1]}
             if "loop" in scope:
                 loop = scope["loop"]
-                snapshot["loop"] = {"index0": loop.index0, "first": loop.first, "last": loop.last}
+                snapshot["loop"] = {
+                    "index0": loop.index0,
+                    "first": loop.first,
+                    "last": loop.last,
+                    "previous_role": _role_of(loop.previtem),
+                    "next_role": _role_of(loop.nextitem),
+                }
             emissions.append(Emission(atom_id, position[0], position[0] + len(text), ranges, snapshot))
             position[0] += len(text)
             return value
@@ -430,6 +436,10 @@ def check_trace(source: TemplateSource, messages: Sequence[Mapping[str, Any]], *
     if result.text != expected:
         raise AssertionError("instrumented render differs from the plain render")
     return result
+
+
+def _role_of(item: Any) -> str | None:
+    return item.get("role") if isinstance(item, dict) and isinstance(item.get("role"), str) else None
 
 
 def _pair_nodes(original: nodes.Node, duplicate: nodes.Node, mapping: dict[int, nodes.Node]) -> None:
