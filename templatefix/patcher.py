@@ -756,13 +756,19 @@ def _branch(condition: str, tag: str, left: str = "", right: str = "") -> str:
 
 
 def _skip_gaps(source: TemplateSource, offset: int) -> int:
-    """Move past whitespace the lexer drops, so a new tag lands next to the tag that drops it."""
-    while offset < len(source.text):
-        token = source.token_at(offset)
-        if token.kind != "gap" or token.start != offset:
+    """Move past whitespace the lexer drops before a tag, so a new tag lands next to that tag.
+
+    (The final newline jinja drops at the end of a template is followed by no tag: stay before it.)
+    """
+    position = offset
+    while position < len(source.text):
+        token = source.token_at(position)
+        if token.kind != "gap" or token.start != position:
             break
-        offset = token.end
-    return offset
+        position = token.end
+    if position >= len(source.text):
+        return offset
+    return position
 
 
 def _fill_none(units: list[_Unit]) -> None:
