@@ -80,7 +80,7 @@ class Failure:
     """An injected failure: requests whose ``METHOD path`` matches ``pattern`` fail."""
 
     pattern: re.Pattern[str]
-    kind: str  # "401", "404", "drop"
+    kind: str  # "401", "403", "404", "drop"
     times: int | None  # None: always
 
 
@@ -233,6 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._drop()
         if failure == "401":
             return self._error(401, None, "Invalid credentials in Authorization header", head)
+        if failure == "403":
+            return self._error(403, None, "You don't have the rights to write to this repo", head)
         if failure == "404":
             return self._error(404, "RepoNotFound", "Repository not found", head)
         try:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from templatefix.errors import NotVerifiedError, TemplatefixError
+from templatefix.errors import NotVerifiedError, SourceError, TemplatefixError
 from templatefix.output import (
     REPORT_FILE,
     OutputError,
@@ -156,8 +156,13 @@ def patch_entries(source: LoadedSource, policy: Policy, *, only_default: bool = 
     cache: dict[str, Any] = {}
     patched = []
     for entry in entries:
+        if not entry.template.strip():  # bad input, as in `check`: not a template that fails
+            raise SourceError(f"{entry.label}: the template is empty")
         if entry.template not in cache:
-            cache[entry.template] = patcher.patch_template(entry.template, policy=policy)
+            try:
+                cache[entry.template] = patcher.patch_template(entry.template, policy=policy)
+            except TemplatefixError as error:  # name the template, as `check` does
+                raise type(error)(f"{entry.label}: {error}") from None
         patched.append(PatchedEntry(entry, cache[entry.template]))
     return patched
 
