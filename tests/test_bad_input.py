@@ -354,3 +354,121 @@ def test_push_with_a_wrong_token(
     assert_one_line_error(err, "HTTP 401")
     assert "hf_notTheRightToken" not in out + err
     assert hub.commits == []
+
+
+# -- nothing lost: atomic writes and backups --------------------------------------------------
+
+
+def _no_temporaries(directory: Path) -> None:
+    assert [p.name for p in directory.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("failing", ["os.replace", "os.fsync"])
+def test_interrupted_write_keeps_the_previous_file(
+    failing: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from templatefix.output import atomic_write
+
+    target = tmp_path / "chat_template.jinja"
+    target.write_bytes(b"previous")
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, failing.split(".")[1], interrupted)
+    with pytest.raises(OSError):
+        atomic_write(target, b"new content")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"previous"
+    _no_temporaries(tmp_path)
+
+
+def test_cli_write_failure_is_one_line_and_keeps_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    source = write(tmp_path / "chatml.jinja", CHATML)
+    out = tmp_path / "out.jinja"
+    out.write_bytes(b"previous")
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if Path(dst) == out:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    code, _, err = run_cli(capsys, "patch", source, "-o", str(out), "--force")
+    assert code == 2
+    assert_one_line_error(err, "No space left on device")
+    assert out.read_bytes() == b"previous"
+    _no_temporaries(tmp_path)
+
+
+def _model_dir(tmp_path: Path) -> tuple[Path, bytes]:
+    model = tmp_path / "model"
+    model.mkdir()
+    original = CHATML.encode()
+    (model / "chat_template.jinja").write_bytes(original)
+    return model, original
+
+
+def test_in_place_keeps_a_backup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, original = _model_dir(tmp_path)
+    code, out, err = run_cli(capsys, "patch", str(model), "--in-place")
+    assert code == 0, out + err
+    patched = (model / "chat_template.jinja").read_bytes()
+    assert patched != original and b"{% generation %}" in patched
+    assert (model / "chat_template.jinja.bak").read_bytes() == original
+    _no_temporaries(model)
+
+
+def test_in_place_no_backup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, original = _model_dir(tmp_path)
+    code, out, err = run_cli(capsys, "patch", str(model), "--in-place", "--no-backup")
+    assert code == 0, out + err
+    assert b"{% generation %}" in (model / "chat_template.jinja").read_bytes()
+    assert sorted(p.name for p in model.iterdir()) == ["chat_template.jinja"]
+
+
+def test_in_place_never_overwrites_a_different_backup(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, original = _model_dir(tmp_path)
+    (model / "chat_template.jinja.bak").write_bytes(b"an older backup")
+    code, out, err = run_cli(capsys, "patch", str(model), "--in-place")
+    assert code == 2
+    assert "Traceback" not in out + err
+    assert (model / "chat_template.jinja.bak").read_bytes() == b"an older backup"
+    assert (model / "chat_template.jinja").read_bytes() == original
+
+
+def test_expand_turns_failure_keeps_the_previous_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tokenizer_path: str
+) -> None:
+    import templatefix.audit
+
+    template = write(tmp_path / "chatml.jinja", CHATML)
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    data = _jsonl(tmp_path / "d.jsonl", [good] * 3)
+    out = tmp_path / "turns.jsonl"
+    out.write_text("previous\n")
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(templatefix.audit, "audit_rows", interrupted)
+    argv = ["audit", data, "--tokenizer", tokenizer_path, "--template", template]
+    code, _, err = run_cli(capsys, *argv, "--expand-turns", str(out), "--force", "--workers", "1")
+    assert code == 130 and "interrupted" in err
+    assert out.read_text() == "previous\n"
+    _no_temporaries(tmp_path)
+    monkeypatch.undo()
+    code, _, err = run_cli(capsys, *argv, "--expand-turns", str(out), "--force", "--workers", "1")
+    assert code == 0, err
+    assert [json.loads(line)["completion"] for line in out.read_text().splitlines()] == [
+        [{"role": "assistant", "content": "yo"}]
+    ] * 3
