@@ -247,6 +247,25 @@ def guard(limits: Limits | None = None) -> Iterator[Limits]:
         raise _too_slow(state)
 
 
+def render_template(template: jinja2.Template, /, **variables: Any) -> str:
+    """``template.render(**variables)``, bounded: same text, output counted block by block.
+
+    For templates compiled from ``templatefix.render.environment()`` (trace.py's instrumented
+    template): ``render`` is ``"".join(generate(...))``, so the text is identical.
+
+    Example:
+        >>> from templatefix.render import environment
+        >>> render_template(environment().from_string("{{ a }}{{ a }}"), a="x")
+        'xx'
+    """
+    with guard():
+        blocks: list[str] = []
+        for block in template.generate(**variables):
+            blocks.append(block)
+            count_output(len(block))
+        return "".join(blocks)
+
+
 # -- the watchdog: deadlines for code that never reaches a hook ---------------------------------
 
 

@@ -216,3 +216,11 @@ def test_limits_reject_nonsense_values() -> None:
         limits.Limits(max_seconds=0)
     with pytest.raises(ValueError):
         limits.Limits(max_output_chars=-1)
+
+
+def test_render_template_is_render_with_bounds() -> None:
+    template = environment().from_string("{% for m in messages %}{{ m }}-{% endfor %}{{ 'z' * n }}")
+    variables = {"messages": ["a", "b"], "n": 3}
+    assert limits.render_template(template, **variables) == template.render(**variables)
+    with limits.configured(max_output_chars=4), pytest.raises(RenderLimitExceeded, match="output reached"):
+        limits.render_template(template, messages=["a", "b", "c"], n=0)
