@@ -333,6 +333,7 @@ def place_markers(
     records: dict[tuple[int, int], _PartRecord] = {}
     samples = 0
     saw_turn = False
+    saw_assistant_text = False
     for probe in probes:
         for sample in _samples(probe):
             try:
@@ -346,12 +347,17 @@ def place_markers(
                 continue
             spans = [t.span for t in expectation.turns if t.span and t.span[1] > t.span[0]]
             saw_turn = saw_turn or bool(expectation.turns)
+            saw_assistant_text = saw_assistant_text or _spans_hold_assistant_text(
+                expectation.text, spans, sample
+            )
             samples += 1
             _observe(instrumented, traced, spans, dict(sample.kwargs), records)
     if not samples:
         raise PatchFailure("the template rejects every probe conversation, so nothing can be checked")
     if not saw_turn:
         raise PatchFailure("no probe conversation renders an assistant turn")
+    if not saw_assistant_text:
+        raise PatchFailure("the template never renders what the assistant says: no assistant output to mark")
     units = _resolve_units(instrumented, records)
     if not any(unit.label in ("in", "cond") for unit in units):
         raise PatchFailure("no template output produces assistant text")
@@ -372,6 +378,27 @@ def _samples(probe: Any) -> Iterable[_Sample]:
     for index, message in enumerate(messages[:-1]):
         if message.get("role") == "assistant":
             yield _Sample(f"{probe.name}[:{index + 1}]", messages[: index + 1], probe.kwargs)
+
+
+def _spans_hold_assistant_text(text: str, spans: list[tuple[int, int]], sample: _Sample) -> bool:
+    """Does some span contain words the assistant wrote (content, reasoning, tool-call names)?"""
+    words: list[str] = []
+    for message in sample.messages:
+        if message.get("role") != "assistant":
+            continue
+        for key in ("content", "reasoning_content", "thinking"):
+            value = message.get(key)
+            if isinstance(value, str) and value.strip():
+                words.append(value.strip())
+            elif isinstance(value, list):
+                words.extend(
+                    p["text"] for p in value if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
+        for call in message.get("tool_calls") or []:
+            name = (call.get("function") or {}).get("name") if isinstance(call, dict) else None
+            if isinstance(name, str):
+                words.append(name)
+    return any(word and word in text[start:end] for start, end in spans for word in words)
 
 
 def _observe(

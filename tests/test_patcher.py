@@ -1,0 +1,229 @@
+"""The patcher: exact markers, verified by the verifier and cross-checked here independently."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from templatefix.errors import RenderError, TemplatefixError
+from templatefix.patcher import has_markers, patch_named_templates, patch_template, strip_generation_markers
+from templatefix.probes import conversations, probe_battery, tools_for
+from templatefix.render import merge_spans, render, render_with_spans
+
+REFERENCE = sorted((Path(__file__).resolve().parent.parent / "templates").glob("*.jinja"))
+
+#: Official templates of the first families: every one must be patched and verified (issue #3).
+MUST_VERIFY = [
+    "gpt-oss/openai-gpt-oss-20b.2025-08-04.jinja",
+    "gpt-oss/openai-gpt-oss-20b.2025-08-05.jinja",
+    "gpt-oss/openai-gpt-oss-20b.2025-08-07.jinja",
+    "gpt-oss/openai-gpt-oss-20b.2025-08-08.jinja",
+    "qwen/Qwen1.5-72B-Chat.jinja",
+    "qwen/Qwen2-Instruct.jinja",
+    "qwen/Qwen2.5-7B-Instruct.jinja",
+    "qwen/Qwen2.5-VL-7B-Instruct.jinja",
+    "qwen/Qwen3-0.6B.jinja",
+    "qwen/Qwen3.later-revision.jinja",
+    "qwen/Qwen3-Instruct-2507.jinja",
+    "qwen/Qwen3-Coder.jinja",
+    "qwen/Qwen3-VL.jinja",
+    "qwen/Qwen3.5-4B.jinja",
+    "qwen/Qwen3.5-nothink.jinja",
+    "qwen/Qwen3.6.jinja",
+    "qwen/QwQ-32B.jinja",
+    "gemma/gemma-2-2b-it.jinja",
+    "gemma/gemma-3-4b-it.jinja",
+    "gemma/gemma-3n-E4B-it.jinja",
+    "gemma/gemma-4-31B-it.2026-04-10.jinja",
+    "gemma/gemma-4-31B-it-interleaved.2026-04-04.jinja",
+    "gemma/gemma-4-31B-it-interleaved.2026-04-10.jinja",
+    "gemma/gemma-4-canonical-2026-07-09.jinja",
+]
+
+#: Share of the checkable corpus that must come out verified (measured: see CHANGELOG).
+MIN_VERIFIED_SHARE = 0.90
+
+
+def _read(path: Path) -> str:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return handle.read()
+
+
+def _renders_identically(original: str, patched: str) -> bool:
+    """SPEC rule 1 on the probe battery, both with and without the generation prompt."""
+    for probe in probe_battery(original):
+        for generation_prompt in (False, True):
+            try:
+                expected = render(
+                    original, probe.messages, add_generation_prompt=generation_prompt, **probe.kwargs
+                )
+            except RenderError:
+                continue
+            if (
+                render(patched, probe.messages, add_generation_prompt=generation_prompt, **probe.kwargs)
+                != expected
+            ):
+                return False
+    return True
+
+
+@pytest.mark.parametrize("path", REFERENCE, ids=[p.stem for p in REFERENCE])
+def test_reference_templates_are_patched_and_verified(path: Path) -> None:
+    original = _read(path)
+    result = patch_template(original)
+    assert result.verified, result.reasons
+    assert result.changed and has_markers(result.patched)
+    assert _renders_identically(original, result.patched)
+    # idempotent: the patched template is kept as it is
+    again = patch_template(result.patched)
+    assert again.verified and again.patched == result.patched and not again.changed
+    # removing the markers keeps the render
+    assert _renders_identically(original, strip_generation_markers(result.patched))
+
+
+@pytest.mark.parametrize("path", REFERENCE, ids=[p.stem for p in REFERENCE])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"turns": "last"},
+        {"trailing_whitespace": "in"},
+        {"reasoning": "not_trained"},
+        {"tool_calls": "not_trained"},
+    ],
+)
+def test_policies_are_verified_under_their_own_spans(path: Path, policy: dict[str, str]) -> None:
+    result = patch_template(_read(path), **policy)
+    assert result.verified, result.reasons
+    assert result.policy.to_dict()[next(iter(policy))] == next(iter(policy.values()))
+
+
+def test_last_turn_policy_marks_one_turn_only() -> None:
+    template = _read(REFERENCE[0].parent / "llama3.jinja")
+    patched = patch_template(template, turns="last").patched
+    messages = [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "two"},
+        {"role": "user", "content": "three"},
+        {"role": "assistant", "content": "four"},
+    ]
+    text, spans = render_with_spans(patched, messages)
+    merged = merge_spans(spans)
+    assert len(merged) == 1 and text[slice(*merged[0])].startswith("four")
+
+
+def test_shared_expression_is_split_by_role() -> None:
+    template = (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    result = patch_template(template)
+    assert result.verified, result.reasons
+    text, spans = render_with_spans(
+        result.patched, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    )
+    assert [text[slice(*s)] for s in merge_spans(spans)] == ["yo<|im_end|>"]
+
+
+def test_header_inside_a_string_literal_is_split() -> None:
+    template = (
+        "{% for m in messages %}{% if m.role == 'user' %}"
+        "{{ '<|start|>user<|message|>' + m.content + '<|end|>' }}"
+        '{% else %}{{ "<|start|>assistant<|channel|>final<|message|>" + m.content + "<|return|>" }}'
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}<|start|>assistant{% endif %}"
+    )
+    result = patch_template(template)
+    assert result.verified, result.reasons
+    assert '"<|start|>assistant"' in result.patched  # cut inside the literal, original quotes kept
+    text, spans = render_with_spans(
+        result.patched, [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    )
+    assert [text[slice(*s)] for s in merge_spans(spans)] == ["<|channel|>final<|message|>b<|return|>"]
+
+
+def test_named_templates_are_each_patched() -> None:
+    chatml = _read(REFERENCE[0].parent / "chatml.jinja")
+    gemma = _read(REFERENCE[0].parent / "gemma.jinja")
+    results = patch_named_templates(
+        [{"name": "default", "template": chatml}, {"name": "tool_use", "template": gemma}]
+    )
+    assert set(results) == {"default", "tool_use"} and all(r.verified for r in results.values())
+
+
+def test_template_without_assistant_output_is_refused_with_a_reason() -> None:
+    result = patch_template("{% for m in messages %}{{ m.role }}{% endfor %}")
+    assert not result.verified and not result.changed
+    assert "never renders" in result.reasons[0]
+
+
+def test_markers_inside_a_macro_are_never_placed_there() -> None:
+    template = (
+        "{% macro turn(m) %}<{{ m.role }}>{{ m.content }}</s>{% endmacro %}"
+        "{% for m in messages %}{{ turn(m) }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    result = patch_template(template)
+    if result.verified:
+        macro_body = result.patched.split("{% endmacro %}")[0]
+        assert "generation" not in macro_body
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conversations())
+def test_patched_reference_templates_render_identically_on_random_conversations(messages: list[dict]) -> None:
+    for path in REFERENCE:
+        original = _read(path)
+        patched = _patched(str(path))
+        kwargs = {"tools": tools_for(messages)}
+        for generation_prompt in (False, True):
+            try:
+                expected = render(original, messages, add_generation_prompt=generation_prompt, **kwargs)
+            except RenderError:
+                continue
+            assert render(patched, messages, add_generation_prompt=generation_prompt, **kwargs) == expected
+
+
+_PATCHED: dict[str, str] = {}
+
+
+def _patched(path: str) -> str:
+    if path not in _PATCHED:
+        _PATCHED[path] = patch_template(_read(Path(path))).patched
+    return _PATCHED[path]
+
+
+def _patch_corpus_file(path: str) -> tuple[str, str, bool, bool, str]:
+    """(name, status, verified, renders identically, first reason); crashes become 'crash'."""
+    text = _read(Path(path))
+    try:
+        result = patch_template(text)
+    except TemplatefixError as error:
+        return path, "refused", False, True, str(error)
+    except Exception as error:  # noqa: BLE001 - a crash is what this test looks for
+        return path, "crash", False, False, f"{type(error).__name__}: {error}"
+    identical = _renders_identically(text, result.patched) if result.verified else True
+    return path, result.status, result.verified, identical, (result.reasons or [""])[0]
+
+
+def test_corpus_acceptance(corpus_dir: Path) -> None:
+    root = corpus_dir / "templates"
+    paths = sorted(str(p) for p in root.rglob("*.jinja"))
+    with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        rows = list(pool.map(_patch_corpus_file, paths, chunksize=4))
+    by_name = {os.path.relpath(path, root): row for path, *row in [(r[0], *r[1:]) for r in rows]}
+    crashes = [name for name, row in by_name.items() if row[0] == "crash"]
+    assert not crashes, crashes
+    # verified means rendering is unchanged, checked here without the verifier
+    assert not [name for name, row in by_name.items() if row[1] and not row[2]]
+    missing = [name for name in MUST_VERIFY if name in by_name and not by_name[name][1]]
+    assert not missing, {name: by_name[name][3] for name in missing}
+    uncheckable = [name for name, row in by_name.items() if "rejects every probe" in row[3]]
+    verified = sum(1 for row in by_name.values() if row[1])
+    share = verified / (len(by_name) - len(uncheckable))
+    print(
+        f"\ncorpus: {verified}/{len(by_name) - len(uncheckable)} checkable templates verified ({share:.1%})"
+    )
+    assert share >= MIN_VERIFIED_SHARE
