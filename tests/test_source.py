@@ -75,7 +75,10 @@ def test_expression_positions_are_exact() -> None:
     text = "{{- '<|im_start|>' + message.role + '\\n' + message.content | trim + '<|im_end|>' }}"
     source = TemplateSource.parse(text)
     add = next(n for n in iter_nodes(source.ast) if isinstance(n, nodes.Add))
-    assert text[slice(*add.tf_span)] == "'<|im_start|>' + message.role + '\\n' + message.content | trim + '<|im_end|>'"
+    assert (
+        text[slice(*add.tf_span)]
+        == "'<|im_start|>' + message.role + '\\n' + message.content | trim + '<|im_end|>'"
+    )
     flt = next(n for n in iter_nodes(source.ast) if isinstance(n, nodes.Filter))
     assert text[slice(*flt.tf_span)] == "message.content | trim"
 

@@ -41,7 +41,9 @@ def test_parts_are_reported_only_when_they_join_to_the_whole() -> None:
 
 
 def test_outputs_inside_macros_are_not_atoms() -> None:
-    template = "{% macro m(x) %}<{{ x }}>{% endmacro %}{% for msg in messages %}{{ m(msg.content) }}{% endfor %}"
+    template = (
+        "{% macro m(x) %}<{{ x }}>{% endmacro %}{% for msg in messages %}{{ m(msg.content) }}{% endfor %}"
+    )
     instrumented = instrumented_for(TemplateSource.parse(template))
     traced = instrumented.trace([{"role": "user", "content": "a"}])
     assert traced.text == "<a>"

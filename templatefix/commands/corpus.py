@@ -143,7 +143,8 @@ def _print_table(rows: list[CorpusRow], totals: dict[str, Any]) -> None:
         )
     console.print(table)
     console.print(
-        f"{totals['verified']}/{totals['total']} verified ({totals['exact']} exact, {totals['flagged']} flagged), "
+        f"{totals['verified']}/{totals['total']} verified "
+        f"({totals['exact']} exact, {totals['flagged']} flagged), "
         f"{totals['refused']} refused, {totals['error']} errors; "
         f"median {totals['median_seconds']:.2f}s, p95 {totals['p95_seconds']:.2f}s per template"
     )
