@@ -61,7 +61,8 @@ def test_message_regions_follow_loop_iterations() -> None:
 
 
 def test_if_branches_taken_are_recorded() -> None:
-    template = "{% for m in messages %}{% if m.role == 'user' %}U{% elif m.content %}A{% endif %}{{ '.' }}{% endfor %}"
+    template = "{% for m in messages %}{% if m.role == 'user' %}U{% elif m.content %}A{% endif %}"
+    template += "{{ '.' }}{% endfor %}"
     instrumented = instrumented_for(TemplateSource.parse(template))
     traced = instrumented.trace([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
     dots = [e for e in traced.emissions if traced.text[e.start : e.end] == "."]
