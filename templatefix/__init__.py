@@ -1,10 +1,20 @@
 """templatefix: make any chat template train-ready, and prove it.
 
+The main entry points:
+
+- ``patch_template(template, **policy) -> PatchResult``: insert exact ``{% generation %}``
+  markers and verify them against SPEC.md;
+- ``patch_tokenizer(tokenizer_or_processor, **policy)``: the same, on a loaded tokenizer, right
+  before ``SFTTrainer(assistant_only_loss=True)``;
+- ``verify(template, original=None, ...) -> Report``: judge a marked template;
+- ``check_token_masks(template, tokenizer, messages)``: compare transformers' ``assistant_masks``
+  with the spans, token by token.
+
 Example:
     >>> import templatefix
     >>> result = templatefix.patch_template(open("templates/chatml.jinja").read())  # doctest: +SKIP
-    >>> result.verified  # doctest: +SKIP
-    True
+    >>> result.verified, result.status  # doctest: +SKIP
+    (True, 'flagged')
 """
 
 from __future__ import annotations
@@ -15,8 +25,37 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from templatefix.errors import NotVerifiedError, TemplatefixError  # noqa: E402
+from templatefix.oracle import ProbeExpectation, TurnExpectation, expected_turns  # noqa: E402
+from templatefix.patcher import PatchResult, patch_named_templates, patch_template  # noqa: E402
 from templatefix.policy import Policy  # noqa: E402
+from templatefix.probes import Probe, find_flags, probe_battery  # noqa: E402
+from templatefix.report import Report, print_report  # noqa: E402
+from templatefix.sources import load_source  # noqa: E402
+from templatefix.tokenizer_patch import patch_tokenizer  # noqa: E402
+from templatefix.tokens import TokenIssue, check_token_masks  # noqa: E402
+from templatefix.verify import verify  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["NotVerifiedError", "Policy", "TemplatefixError", "__version__"]
+__all__ = [
+    "NotVerifiedError",
+    "PatchResult",
+    "Policy",
+    "Probe",
+    "ProbeExpectation",
+    "Report",
+    "TemplatefixError",
+    "TokenIssue",
+    "TurnExpectation",
+    "__version__",
+    "check_token_masks",
+    "expected_turns",
+    "find_flags",
+    "load_source",
+    "patch_named_templates",
+    "patch_template",
+    "patch_tokenizer",
+    "print_report",
+    "probe_battery",
+    "verify",
+]
