@@ -524,7 +524,7 @@ def _classify(unit: _Unit, instrumented: Instrumented, atom: Atom) -> None:
     elif labels == {False}:
         unit.label = "out"
     else:
-        condition = _find_condition(unit.observations, instrumented.source, instrumented)
+        condition = _find_condition(unit.observations, instrumented.source, instrumented, atom)
         if condition is None and os.environ.get("TEMPLATEFIX_DEBUG"):
             for o in unit.observations:
                 print(
@@ -561,13 +561,17 @@ def _where(instrumented: Instrumented, atom: Atom, what: str) -> str:
 
 
 def _find_condition(
-    observations: list[_Observation], source: TemplateSource, instrumented: Instrumented | None = None
+    observations: list[_Observation],
+    source: TemplateSource,
+    instrumented: Instrumented | None = None,
+    atom: Atom | None = None,
 ) -> str | None:
     """The simplest test that is true exactly on the inside observations.
 
-    Building blocks, simplest first: the role of a loop variable, its other fields, ``loop``
-    flags, template flags, and the template's own if/elif tests (as "one of the first j branches
-    of this chain was taken", which is ``T0 or … or Tj``).
+    Building blocks, most telling first: the role of a loop variable; the template's own if/elif
+    tests evaluated in the same loop iteration (as "one of the first j branches of this chain was
+    taken", which is ``T0 or … or Tj``), nearest first; the message's other fields, ``loop``
+    flags and neighbours; template flags; last, tests outside the loop, which only correlate.
     """
     quote = _preferred_quote(source)
     features: list[tuple[str, Any]] = []
@@ -586,9 +590,12 @@ def _find_condition(
                     lambda o, n=name: _get(o.scope, n, "role") == "assistant",
                 )
             )
+    local_branches: list[tuple[str, Any]] = []
+    remote_branches: list[tuple[str, Any]] = []
     if instrumented is not None:
-        # The template's own tests say best what it does; fields of the message come after.
-        features.extend(_branch_features(observations, instrumented))
+        # The template's own tests in this iteration say best what it does.
+        local_branches, remote_branches = _branch_features(observations, instrumented, atom)
+        features.extend(local_branches)
     for name, keys in sorted(names.items()):
         for key in sorted(keys - {"role"}):
             features.append((f"{name}.{key}", lambda o, n=name, k=key: bool(_get(o.scope, n, k))))
@@ -621,6 +628,7 @@ def _find_condition(
         for value in sorted(v for v in seen if isinstance(v, str)):
             literal = json.dumps(value)
             features.append((f"{flag} == {literal}", lambda o, f=flag, v=value: o.flags.get(f) == v))
+    features.extend(remote_branches)
     target = sum(1 << i for i, o in enumerate(observations) if o.inside)
     full = (1 << len(observations)) - 1
     literals: list[tuple[str, int]] = []
@@ -656,23 +664,32 @@ def _find_condition(
     return None
 
 
-def _branch_features(observations: list[_Observation], instrumented: Instrumented) -> list[tuple[str, Any]]:
-    """ "One of branches 0..j of if-chain k was taken", written as the chain's own tests."""
-    features: list[tuple[str, Any]] = []
+def _branch_features(
+    observations: list[_Observation], instrumented: Instrumented, atom: Atom | None
+) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """ "One of branches 0..j of if-chain k was taken", written as the chain's own tests.
+
+    Returns (chains inside the atom's innermost loop, nearest first; all other chains).
+    """
+    local: list[tuple[str, Any]] = []
+    remote: list[tuple[str, Any]] = []
     common = None
     for observation in observations:
         keys = set(observation.scope.get("__branches__", {}))
         common = keys if common is None else common & keys
     source = instrumented.source
-    for chain_id in sorted(common or ()):
+    innermost = atom.loops[-1] if atom is not None and atom.loops else None
+    for chain_id in sorted(common or (), reverse=True):
         chain = instrumented.ifs[chain_id]
+        near = innermost is not None and bool(chain.loops) and chain.loops[-1] is innermost
         texts = []
         for j, test in enumerate(chain.tests):
             start, end = test.tf_span
             texts.append(_group(" ".join(source.text[start:end].split())))
             text = " or ".join(texts)
-            features.append((text, lambda o, k=chain_id, j=j: o.scope["__branches__"][k] <= j))
-    return features
+            feature = (text, lambda o, k=chain_id, j=j: o.scope["__branches__"][k] <= j)
+            (local if near else remote).append(feature)
+    return local, remote
 
 
 def _group(text: str) -> str:

@@ -247,6 +247,20 @@ def _tool_calls_multi(words: WordSource) -> tuple[list[Message], dict[str, Any]]
     return messages, {"tools": tools}
 
 
+def _tool_calls_parallel(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """Two parallel calls with no text: separators between calls must not depend on content."""
+    first, second = "search_" + words(), "fetch_" + words()
+    tools = [tool_schema(first, words), tool_schema(second, words)]
+    calls = [tool_call(first, words), tool_call(second, words)]
+    messages = [
+        _user(words),
+        {"role": "assistant", "content": "", "tool_calls": calls},
+        *(tool_result(call, words) for call in calls),
+        _assistant(words),
+    ]
+    return messages, {"tools": tools}
+
+
 def _reasoning(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     return [_user(words), _assistant(words, reasoning=True)], {}
 
@@ -316,6 +330,7 @@ _BASE_SHAPES = {
     "tool_calls": _tool_calls,
     "tool_calls_string_arguments": _tool_calls_string_arguments,
     "tool_calls_multi": _tool_calls_multi,
+    "tool_calls_parallel": _tool_calls_parallel,
     "reasoning": _reasoning,
     "reasoning_multi_turn": _reasoning_multi_turn,
     "reasoning_tool_calls": _reasoning_tool_calls,
