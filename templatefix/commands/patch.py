@@ -303,6 +303,14 @@ def _print_verdicts(
         console.print(f"  {state}  {escape(item.entry.label + shadow)}")
         for reason in outcome.reasons if not outcome.verified else ():
             console.print(f"      - {reason}", markup=False)
+        flags = list(getattr(item.result, "flags", []) or []) if outcome.verified else []
+        if flags:
+            # SPEC §3: say which turns teach text the model never produced, and the alternatives.
+            console.print(
+                f"      [yellow]{len(flags)} turn(s) flagged[/yellow]: the template rewrites history "
+                "(or its generation prompt disagrees with its training render); e.g.",
+            )
+            console.print(f"      - {flags[0]}", markup=False)
         if item in refused:
             console.print(
                 "      not written: failed verification (use --force to write it anyway)", style="yellow"
