@@ -251,22 +251,28 @@ def has_markers(template: str) -> bool:
 def strip_generation_markers(template: str) -> str:
     """Remove ``{% generation %}``/``{% endgeneration %}`` tags, keeping the render identical.
 
-    A tag with whitespace control becomes an equivalent comment (``{#- -#}``) only when plain
-    removal would change what the surrounding whitespace renders as.
+    Tried in order, the first that renders like the input wins: drop each tag's whole line when
+    the tag stands alone on it (the cleanest diff); drop just the tags; replace them by
+    equivalent comments (``{#- -#}``), which keep their whitespace control.
     """
     source = TemplateSource.parse(template)
+    line_edits: list[Edit] = []
     edits: list[Edit] = []
     comment_edits: list[Edit] = []
     for begin, end in _generation_tag_tokens(source):
         start, stop = source.tokens[begin].start, source.tokens[end].end
         tag = template[start:stop]
         edits.append(Edit(start, stop, ""))
+        line_start = template.rfind("\n", 0, start) + 1
+        alone = not template[line_start:start].strip() and tag.endswith("\n")
+        line_edits.append(Edit(line_start if alone else start, stop, ""))
         left = "-" if tag.startswith("{%-") else ""
         right = "-" if tag.rstrip().rstrip("%}").rstrip().endswith("-") else ""
         comment_edits.append(Edit(start, stop, f"{{#{left} {right}#}}" if left or right else ""))
-    plain = source.apply(edits)
-    if _renders_like(plain, template):
-        return plain
+    for candidate_edits in (line_edits, edits):
+        candidate = source.apply(candidate_edits)
+        if _renders_like(candidate, template):
+            return candidate
     return source.apply(comment_edits)
 
 
