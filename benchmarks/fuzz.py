@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import sys
 import time
@@ -41,7 +42,7 @@ def main() -> int:
     if corpus:
         seeds += corpus_seeds(Path(corpus))
     counts: collections.Counter[str] = collections.Counter()
-    findings: list[tuple[str, str]] = []
+    findings: list[tuple[str, str, str]] = []  # kind, template, "failure\n\nconversations as JSON"
     start = time.monotonic()
     stop_at = start + args.minutes * 60
 
@@ -63,8 +64,9 @@ def main() -> int:
         except AssertionError as error:
             kind = "crash" if "crashed" in str(error) else "false verified"
             counts[kind] += 1
-            findings.append((kind, template))
-            print(f"{kind}: {str(error).splitlines()[0][:200]}", file=sys.stderr)
+            detail = str(error) + "\n\n" + json.dumps(extra, ensure_ascii=False, default=str)
+            findings.append((kind, template, detail))
+            print(f"{kind}: {' | '.join(str(error).splitlines()[:2])[:300]}", file=sys.stderr)
         done = sum(v for k, v in counts.items() if k != "skipped (time)")
         if done % 250 == 0:
             print(
@@ -81,8 +83,10 @@ def main() -> int:
     done = sum(v for k, v in counts.items() if k != "skipped (time)")
     if findings:
         args.out.mkdir(parents=True, exist_ok=True)
-        for i, (kind, template) in enumerate(findings):
-            (args.out / f"{i:04d}-{kind.replace(' ', '-')}.jinja").write_text(template, encoding="utf-8")
+        for i, (kind, template, detail) in enumerate(findings):
+            stem = args.out / f"{i:04d}-{kind.replace(' ', '-')}"
+            stem.with_suffix(".jinja").write_text(template, encoding="utf-8")
+            stem.with_suffix(".txt").write_text(detail, encoding="utf-8")
     print(f"N={done} in {elapsed:.0f}s ({done / elapsed:.1f}/s)")
     for key in ("verified", "not verified", "rejected", "crash", "false verified"):
         print(f"  {key}: {counts.get(key, 0)}")
