@@ -35,7 +35,7 @@ from typing import Any
 
 from jinja2 import nodes
 
-from templatefix.errors import RenderError, TemplatefixError
+from templatefix.errors import RenderError, RenderLimitExceeded, TemplatefixError
 from templatefix.policy import Policy
 from templatefix.source import Edit, TemplateSource, Token
 from templatefix.trace import Atom, Instrumented, Trace, instrumented_for
@@ -221,6 +221,8 @@ def patch_template(
             return as_is
     try:
         patched = place_markers(unmarked, probe_list, policy, special_tokens)
+    except RenderLimitExceeded:
+        raise  # a bound was hit: say so, never pass it off as a template rejecting a probe
     except (PatchFailure, RenderError) as failure:
         result = finish(template if unmarked is template else unmarked, [str(failure)])
         if unmarked is not template:
@@ -308,6 +310,8 @@ def _renders_like(candidate: str, reference: str) -> bool:
                 expected = render(
                     reference, probe.messages, add_generation_prompt=generation_prompt, **probe.kwargs
                 )
+            except RenderLimitExceeded:
+                raise
             except RenderError:
                 continue
             try:
@@ -316,6 +320,8 @@ def _renders_like(candidate: str, reference: str) -> bool:
                     != expected
                 ):
                     return False
+            except RenderLimitExceeded:
+                raise
             except RenderError:
                 return False
     return True
@@ -347,6 +353,8 @@ def place_markers(
                 traced = instrumented.trace(
                     sample.messages, special_tokens=special_tokens, **dict(sample.kwargs)
                 )
+            except RenderLimitExceeded:
+                raise
             except RenderError:
                 continue
             if traced.text != expectation.text:

@@ -27,7 +27,7 @@ import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from templatefix.errors import RenderError, TemplateSyntaxError
+from templatefix.errors import RenderError, RenderLimitExceeded, TemplateSyntaxError
 from templatefix.oracle import ProbeExpectation, TurnExpectation, expected_turns
 from templatefix.policy import Policy
 from templatefix.render import Span, compile_template, environment, merge_spans, render, render_with_spans
@@ -128,6 +128,8 @@ def _verify_probe(
 ) -> ProbeResult:
     try:
         expectation = expected_turns(reference, probe, policy, special_tokens)
+    except RenderLimitExceeded:
+        raise  # a bound, not a rejection: the caller must hear about it
     except RenderError as error:  # TemplateRejected included: the original refuses it
         return ProbeResult(name=probe.name, status="skipped", reason=f"original rejects it: {error}")
     result = ProbeResult(name=probe.name, status="passed")

@@ -457,7 +457,6 @@ def test_acceptance_gpt_oss_layout(
         )
 
 
-@pytest.mark.xfail(reason="the real patcher does not verify gpt-oss yet", strict=False)
 def test_acceptance_gpt_oss_verified(
     real_hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
