@@ -452,21 +452,35 @@ def _observe(
             record.cut_texts.append((frozenset(o for o, _ in whole_cuts if o > 0), text))
 
 
-def _sliceable(record: _PartRecord, cut_points: list[int]) -> bool:
-    """Can a non-literal part be cut by slicing it at fixed offsets?
+def _slice_anchors(record: _PartRecord) -> list[int] | None:
+    """Where to slice a non-literal part so every boundary seen inside it is a slice bound.
 
-    Yes when it always renders the same text, or when, at every cut offset, the text before the
-    cut is the same in each emission cut there and was seen at least twice (so it holds no
-    message's own words, which differ between messages): a header like
-    ``<|start_header_id|>assistant<|end_header_id|>\n\n`` at the front of a ``{% set %}`` string.
+    Each boundary must sit at a fixed distance from the start of the text, with the same text
+    before it, or from the end, with the same text after it, in at least two emissions (so the
+    fixed text holds no message's own words, which differ between messages): the header at the
+    front of a ``{% set %}`` string, the ``\n\n`` a macro appends. Distances from the end become
+    negative slice bounds. Returns None when some boundary has no such anchor.
     """
-    if len(record.texts) == 1:
-        return True
-    for offset in cut_points:
-        prefixes = [text[:offset] for cuts, text in record.cut_texts if offset in cuts]
-        if len(prefixes) < 2 or len(set(prefixes)) != 1:
-            return False
-    return True
+    starts: set[int] = set()
+    ends: set[int] = set()
+    for cuts, text in record.cut_texts:
+        for offset in cuts:
+            tail = len(text) - offset
+            # distinct texts (the same message rendered in several probes counts once)
+            cut_here = {t for c, t in record.cut_texts if offset in c}
+            cut_as_tail = {t for c, t in record.cut_texts if (len(t) - tail) in c}
+            if len(cut_here) >= 2 and len({t[:offset] for t in cut_here}) == 1:
+                starts.add(offset)
+            elif tail > 0 and len(cut_as_tail) >= 2 and len({t[len(t) - tail :] for t in cut_as_tail}) == 1:
+                ends.add(-tail)
+            else:
+                return None
+    anchors = sorted(starts) + sorted(ends)
+    for cuts, text in record.cut_texts:  # the anchors must keep their order in every emission
+        positions = [_absolute(anchor, len(text)) for anchor in anchors]
+        if positions != sorted(positions) or not cuts <= set(positions):
+            return None
+    return anchors
 
 
 def _part_node(atom: Atom, part: int) -> nodes.Node:
@@ -512,21 +526,32 @@ def _resolve_units(instrumented: Instrumented, records: dict[tuple[int, int], _P
             cut_points = sorted(
                 {offset for cuts, _l, _s, _f in record.segments for offset, _ in cuts if offset > 0}
             )
-            # A boundary can fall inside a string literal, or inside any part that always renders
-            # the same text (a variable holding a constant, split by slicing it).
-            if cut_points and _constant_text(atom, part) is None and not _sliceable(record, cut_points):
-                raise PatchFailure(_where(instrumented, atom, "an assistant span edge falls inside"))
-            bounds = [0, *cut_points, None]
+            if not cut_points or _constant_text(atom, part) is not None or len(record.texts) == 1:
+                anchors: list[int] = cut_points  # a literal, or text that never changes
+            else:
+                found = _slice_anchors(record)
+                if found is None:
+                    raise PatchFailure(_where(instrumented, atom, "an assistant span edge falls inside"))
+                anchors = found
+            bounds: list[int | None] = [0, *anchors, None]
             for lo, hi in itertools.pairwise(bounds):
                 unit = _Unit(atom_id, part, lo, hi)
                 for cuts, length, scope, flags in record.segments:
-                    if lo >= length:
+                    start, end = _absolute(lo, length), _absolute(hi, length)
+                    if start >= min(end, length):
                         continue
-                    inside = [flag for offset, flag in cuts if offset <= lo][-1]
+                    inside = [flag for offset, flag in cuts if offset <= start][-1]
                     unit.observations.append(_Observation(inside, scope, flags))
                 _classify(unit, instrumented, atom)
                 units.append(unit)
     return units
+
+
+def _absolute(anchor: int | None, length: int) -> int:
+    """A slice bound (negative: from the end; None: the end) as an offset into a text."""
+    if anchor is None:
+        return length
+    return anchor if anchor >= 0 else max(0, length + anchor)
 
 
 def _classify(unit: _Unit, instrumented: Instrumented, atom: Atom) -> None:
@@ -954,7 +979,7 @@ def _literal_slice(source: TemplateSource, node: nodes.Node, lo: int, hi: int | 
     A part that is not a literal but always renders the same text is sliced: ``x[lo:hi]``.
     """
     if not (isinstance(node, nodes.Const) and isinstance(node.value, str)):
-        return f"{_node_text(source, node)}[{lo or ''}:{'' if hi is None else hi}]"
+        return f"{_node_text(source, node)}[{lo or ''}:{'' if hi is None else hi}]"  # hi < 0: from the end
     value: str = node.value
     piece = value[lo:hi]
     start, end = node.tf_span
