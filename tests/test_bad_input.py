@@ -145,16 +145,14 @@ def test_pathological_template_is_stopped(
     assert "not verified" in out or "error" in err
 
 
-@pytest.mark.xfail(
-    strict=True, reason="patcher/verify count RenderLimitExceeded as a rejection (lead: re-raise it)"
-)
 def test_pathological_template_names_the_limit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TEMPLATEFIX_MAX_RENDER_SECONDS", "0.2")
     source = write(tmp_path / "slow.jinja", SLOW_TEMPLATE)
-    _, out, err = run_cli(capsys, "patch", source)
-    assert "TEMPLATEFIX_MAX_RENDER_SECONDS" in out + err
+    code, _, err = run_cli(capsys, "patch", source)
+    assert code == 2
+    assert_one_line_error(err, "slow.jinja", "render stopped", "0.2 s", "TEMPLATEFIX_MAX_RENDER_SECONDS")
 
 
 # -- tokenizers -----------------------------------------------------------------------------
