@@ -29,7 +29,8 @@ REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"
 STRUCTURE = {"whitespace", "block_begin", "block_end", "variable_begin", "variable_end"}
 #: Keywords and operators a marker or a role branch is built from.
 MARKER_NAMES = {"generation", "endgeneration", "if", "elif", "else", "endif", "not", "and", "or", "is", "in"}
-MARKER_NAMES |= {"true", "false", "none", "defined", "sameas"}  # constant tests in conditions (``x is false``)
+# Constant tests in conditions (``x is false``, ``message is sameas messages[-1]``).
+MARKER_NAMES |= {"true", "false", "none", "defined", "sameas"}
 BRANCH_OPERATORS = {"eq", "ne", "dot", "lbracket", "rbracket", "lparen", "rparen", "colon", "integer", "sub"}
 #: Loop state a role branch may test (``loop.previtem.role == 'tool'``, ``loop.first``).
 LOOP_NAMES = {"loop", "previtem", "nextitem", "first", "last", "index", "index0", "length"}
