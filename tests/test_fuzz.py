@@ -250,7 +250,7 @@ def corpus_seed_texts(corpus_dir: Path) -> list[str]:
 
 def test_mutated_corpus_templates(corpus_seed_texts: list[str]) -> None:
     @seed(20240602)
-    @settings(FUZZ_SETTINGS, max_examples=15)
+    @settings(FUZZ_SETTINGS, max_examples=40)
     @given(template=mutated(corpus_seed_texts))
     def run(template: str) -> None:
         check_one(template)

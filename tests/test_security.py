@@ -89,8 +89,8 @@ def test_the_token_check_can_fail() -> None:
 
 
 def _sample(corpus_templates: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    # Every third template keeps CI quick while covering every family; `corpus` checks them all.
-    return corpus_templates[::3]
+    # Every eighth template keeps CI quick while covering every family; `corpus` checks them all.
+    return corpus_templates[::8]
 
 
 def test_patches_add_only_markers_branches_and_splits(corpus_templates: list[tuple[str, str]]) -> None:
@@ -107,7 +107,7 @@ def test_patches_add_only_markers_branches_and_splits(corpus_templates: list[tup
         bad = added_tokens_outside_the_allowed_set(text, result.patched)
         if bad:
             problems[name] = bad[:5]
-    assert checked >= 20
+    assert checked >= 10
     assert problems == {}
 
 
