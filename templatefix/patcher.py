@@ -691,6 +691,10 @@ def _find_condition(
             return f"{_group(text_a)} or {_group(text_b)}"
     bounded = unique[:48]
     for (text_a, a), (text_b, b), (text_c, c) in itertools.combinations(bounded, 3):
+        if a | b | c == target:
+            return f"{_group(text_a)} or {_group(text_b)} or {_group(text_c)}"
+        if a & b & c == target:
+            return f"{_group(text_a)} and {_group(text_b)} and {_group(text_c)}"
         for first, second, third, x, y, z in (
             (text_a, text_b, text_c, a, b, c),
             (text_b, text_a, text_c, b, a, c),
@@ -700,6 +704,14 @@ def _find_condition(
                 return f"{_group(first)} and ({_group(second)} or {_group(third)})"
             if x | (y & z) == target:
                 return f"{_group(first)} or ({_group(second)} and {_group(third)})"
+    # A guard on one side, three alternatives on the other ("last turn" and "not the first call").
+    small = unique[:24]
+    for index, (text_a, a) in enumerate(small):
+        for (text_b, b), (text_c, c), (text_d, d) in itertools.combinations(
+            small[:index] + small[index + 1 :], 3
+        ):
+            if a & (b | c | d) == target:
+                return f"{_group(text_a)} and ({_group(text_b)} or {_group(text_c)} or {_group(text_d)})"
     return None
 
 
@@ -718,8 +730,18 @@ def _branch_features(
         common = keys if common is None else common & keys
     source = instrumented.source
     innermost = atom.loops[-1] if atom is not None and atom.loops else None
+    atom_loops = atom.loops if atom is not None else []
     for chain_id in sorted(common or (), reverse=True):
         chain = instrumented.ifs[chain_id]
+        # The test is re-evaluated where the atom is: its names must mean the same there. So the
+        # chain must be in the atom's loop or one enclosing it, and may only use `loop` if it is
+        # the same loop.
+        enclosing = len(chain.loops) <= len(atom_loops) and all(
+            a is b for a, b in zip(chain.loops, atom_loops, strict=False)
+        )
+        uses_loop = any(n.name == "loop" for test in chain.tests for n in test.find_all(nodes.Name))
+        if not enclosing or (uses_loop and len(chain.loops) != len(atom_loops)):
+            continue
         near = innermost is not None and bool(chain.loops) and chain.loops[-1] is innermost
         texts = []
         for j, test in enumerate(chain.tests):

@@ -37,6 +37,7 @@ from jinja2 import nodes
 from transformers.utils import chat_template_utils as _ctu
 
 from templatefix.errors import RenderError, TemplateRejected
+from templatefix import limits
 from templatefix.render import environment, render, template_arguments
 from templatefix.source import TemplateSource
 
@@ -128,7 +129,8 @@ class Instrumented:
         _pair_nodes(source.ast, instrumented, self._originals)
         instrumented.body = self._transform_body(instrumented.body, loops=[], top_level=True)
         instrumented.set_environment(environment())
-        self.template = environment().from_string(instrumented)
+        with limits.guard():  # jinja2 folds constant expressions while compiling
+            self.template = environment().from_string(instrumented)
 
     # -- AST transform -------------------------------------------------------------------------
     def _transform_body(
@@ -335,7 +337,9 @@ class Instrumented:
             _TEST: test,
         }
         try:
-            text = self.template.render(**variables)
+            text = limits.render_template(self.template, **variables)
+        except RenderError:
+            raise  # RenderLimitExceeded keeps its message
         except Exception as error:  # the original decides whether this conversation is valid
             if type(error).__name__ == "TemplateError":
                 raise TemplateRejected(f"template rejected the conversation: {error}") from None
