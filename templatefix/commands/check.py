@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -36,18 +37,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--original", metavar="ORIG", help="the unmarked template(s) SOURCE was made from")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     parser.add_argument("--tokenizer", metavar="DIR", help="also check token masks with this fast tokenizer")
-    add_policy_arguments(parser)
+    add_policy_arguments(parser, trailing_whitespace_default=None)
     parser.set_defaults(handler=run)
 
 
-def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
-    """The SPEC §6 policy options, shared by commands that judge or place spans."""
+def add_policy_arguments(
+    parser: argparse.ArgumentParser, trailing_whitespace_default: str | None = "out"
+) -> None:
+    """The SPEC §6 policy options, shared by commands that judge or place spans.
+
+    ``trailing_whitespace_default=None`` (for ``check``) accepts either: SPEC rule 2 allows the
+    whitespace after the end-of-turn text in or out of the span.
+    """
     group = parser.add_argument_group("policy (SPEC §6; default first)")
     group.add_argument("--turns", choices=("all", "last"), default="all")
     group.add_argument(
         "--reasoning", choices=("trained", "not_trained", "final_channel_only"), default="trained"
     )
-    group.add_argument("--trailing-whitespace", choices=("out", "in"), default="out")
+    group.add_argument(
+        "--trailing-whitespace",
+        choices=("out", "in"),
+        default=trailing_whitespace_default,
+        help="whitespace after the end-of-turn text"
+        + ("" if trailing_whitespace_default else " (default: either is accepted, as SPEC rule 2 allows)"),
+    )
     group.add_argument("--tool-calls", choices=("trained", "not_trained"), default="trained")
 
 
@@ -55,7 +68,7 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
     return Policy(
         turns=args.turns,
         reasoning=args.reasoning,
-        trailing_whitespace=args.trailing_whitespace,
+        trailing_whitespace=args.trailing_whitespace or "out",
         tool_calls=args.tool_calls,
     )
 
@@ -75,9 +88,7 @@ def _templates(spec: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
     return templates, dict(source.templates.special_tokens)
 
 
-def _pair_originals(
-    patched: list[tuple[str, str]], original_spec: str | None
-) -> list[str | None]:
+def _pair_originals(patched: list[tuple[str, str]], original_spec: str | None) -> list[str | None]:
     """The original for each patched template: the only one, or the one at the same position."""
     if original_spec is None:
         return [None] * len(patched)
@@ -100,12 +111,29 @@ def run(args: argparse.Namespace) -> int:
     originals = _pair_originals(patched, args.original)
     tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
     reports = []
+    either_whitespace = args.trailing_whitespace is None
     for (label, template), original in zip(patched, originals, strict=True):
         try:
             report = verify(
-                template, original, policy=policy, special_tokens=special_tokens or None,
-                tokenizer=tokenizer, name=label,
+                template,
+                original,
+                policy=policy,
+                special_tokens=special_tokens or None,
+                tokenizer=tokenizer,
+                name=label,
             )
+            if either_whitespace and not report.verified:
+                # SPEC rule 2: trailing whitespace may also be in the span
+                inside = verify(
+                    template,
+                    original,
+                    policy=dataclasses.replace(policy, trailing_whitespace="in"),
+                    special_tokens=special_tokens or None,
+                    tokenizer=tokenizer,
+                    name=label,
+                )
+                if inside.verified:
+                    report = inside
         except TemplatefixError as error:
             # name which template is broken; keep the error's own exit code (2: bad input)
             raise type(error)(f"{label}: {error}") from None

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from templatefix.commands.check import add_policy_arguments, policy_from_args
 from templatefix.errors import NotVerifiedError, SourceError, TemplatefixError
 from templatefix.output import (
     REPORT_FILE,
@@ -91,13 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="show what would be written and committed (files, message, PR text); do nothing",
     )
-    policy = parser.add_argument_group("policy (what gets trained)")
-    policy.add_argument("--turns", choices=("all", "last"), default="all")
-    policy.add_argument(
-        "--reasoning", choices=("trained", "not_trained", "final_channel_only"), default="trained"
-    )
-    policy.add_argument("--trailing-whitespace", choices=("out", "in"), default="out")
-    policy.add_argument("--tool-calls", choices=("trained", "not_trained"), default="trained")
+    add_policy_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -169,12 +164,7 @@ def patch_entries(source: LoadedSource, policy: Policy, *, only_default: bool = 
 
 def run(args: argparse.Namespace) -> int:
     _check_flags(args)
-    policy = Policy(
-        turns=args.turns,
-        reasoning=args.reasoning,
-        trailing_whitespace=args.trailing_whitespace,
-        tool_calls=args.tool_calls,
-    )
+    policy = policy_from_args(args)
     _quiet_hub()
     source = load_source(args.source, revision=args.revision)
     if args.in_place and not source.is_local:
