@@ -111,3 +111,18 @@ def test_bad_original_is_bad_input(tmp_path, capsys):
     patched, original = write(tmp_path / "p.jinja", CORRECT), write(tmp_path / "o.jinja", "{{ x")
     code, _, err = run(capsys, str(patched), "--original", str(original))
     assert code == 2 and "invalid Jinja" in err
+
+
+def test_trailing_whitespace_in_or_out_is_accepted_unless_a_policy_is_given(tmp_path, capsys):
+    # SPEC rule 2 allows the newline after <|im_end|> in or out of the span.
+    marked_with_newline = (
+        "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' }}"
+        "{% if m.role == 'assistant' %}{% generation %}{{ m.content + '<|im_end|>\\n' }}{% endgeneration %}"
+        "{% else %}{{ m.content + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    source = write(tmp_path / "t.jinja", marked_with_newline)
+    assert run(capsys, str(source))[0] == 0
+    assert run(capsys, str(source), "--trailing-whitespace", "in")[0] == 0
+    code, out, _ = run(capsys, str(source), "--trailing-whitespace", "out")
+    assert code == 1 and "whitespace" in out
