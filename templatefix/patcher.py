@@ -27,7 +27,6 @@ from __future__ import annotations
 import difflib
 import itertools
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from templatefix.policy import Policy
 from templatefix.source import Edit, TemplateSource, Token
 from templatefix.trace import Atom, Instrumented, Trace, instrumented_for
 
+_LOG = logging.getLogger(__name__)
 _GENERATION_TAG = re.compile(r"\{%[-+]?\s*(?:end)?generation\s*[-+]?%\}")
 
 
@@ -564,23 +564,9 @@ def _classify(unit: _Unit, instrumented: Instrumented, atom: Atom) -> None:
         unit.label = "out"
     else:
         condition = _find_condition(unit.observations, instrumented.source, instrumented, atom)
-        if condition is None and os.environ.get("TEMPLATEFIX_DEBUG"):
-            for o in unit.observations:
-                print(
-                    "DEBUG",
-                    o.inside,
-                    {
-                        k: (
-                            v
-                            if k == "loop"
-                            else {kk: str(vv)[:30] for kk, vv in v.items()}
-                            if isinstance(v, dict)
-                            else v
-                        )
-                        for k, v in o.scope.items()
-                    },
-                    o.flags,
-                )
+        if condition is None and _LOG.isEnabledFor(logging.DEBUG):
+            for observation in unit.observations:  # what no condition could separate
+                _LOG.debug("inside=%s scope=%r flags=%r", observation.inside, observation.scope, observation.flags)
         if condition is None:
             raise PatchFailure(
                 _where(instrumented, atom, "no condition on the loop variables separates assistant output in")
