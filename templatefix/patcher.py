@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import logging
 import itertools
 import json
 import re
@@ -566,7 +567,9 @@ def _classify(unit: _Unit, instrumented: Instrumented, atom: Atom) -> None:
         condition = _find_condition(unit.observations, instrumented.source, instrumented, atom)
         if condition is None and _LOG.isEnabledFor(logging.DEBUG):
             for observation in unit.observations:  # what no condition could separate
-                _LOG.debug("inside=%s scope=%r flags=%r", observation.inside, observation.scope, observation.flags)
+                _LOG.debug(
+                    "inside=%s scope=%r flags=%r", observation.inside, observation.scope, observation.flags
+                )
         if condition is None:
             raise PatchFailure(
                 _where(instrumented, atom, "no condition on the loop variables separates assistant output in")
