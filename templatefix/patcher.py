@@ -25,9 +25,9 @@ Example:
 from __future__ import annotations
 
 import difflib
-import logging
 import itertools
 import json
+import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field

@@ -36,8 +36,8 @@ from typing import Any
 from jinja2 import nodes
 from transformers.utils import chat_template_utils as _ctu
 
-from templatefix.errors import RenderError, TemplateRejected
 from templatefix import limits
+from templatefix.errors import RenderError, TemplateRejected
 from templatefix.render import environment, render, template_arguments
 from templatefix.source import TemplateSource
 
