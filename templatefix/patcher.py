@@ -990,7 +990,12 @@ def _literal_slice(source: TemplateSource, node: nodes.Node, lo: int, hi: int | 
     A part that is not a literal but always renders the same text is sliced: ``x[lo:hi]``.
     """
     if not (isinstance(node, nodes.Const) and isinstance(node.value, str)):
-        return f"{_node_text(source, node)}[{lo or ''}:{'' if hi is None else hi}]"  # hi < 0: from the end
+        text = _node_text(source, node)
+        if not isinstance(
+            node, (nodes.Name, nodes.Getattr, nodes.Getitem, nodes.Call)
+        ) and not text.startswith("("):
+            text = f"({text})"  # `x | trim[:3]` would slice the filter's name
+        return f"{text}[{lo or ''}:{'' if hi is None else hi}]"  # hi < 0: from the end
     value: str = node.value
     piece = value[lo:hi]
     start, end = node.tf_span

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -40,7 +41,7 @@ Message = dict[str, Any]
 #: At most this many probes per battery. Each probe costs several renders per assistant turn in
 #: verification (prompt and full render per turn, patched and original), so the battery stays
 #: small; base shapes always fit, flag variants fill the rest.
-MAX_BATTERY = 25
+MAX_BATTERY = 30
 #: At most this many values probed per flag (beyond "not passed", which every base shape covers).
 MAX_VALUES_PER_FLAG = 4
 
@@ -580,6 +581,50 @@ def template_reads(template: str) -> frozenset[str]:
     return frozenset(meta.find_undeclared_variables(_parse(template)))
 
 
+#: Seeds of the random conversations added to every battery (SPEC §4: random conversations
+#: too), chosen for variety: parts, parallel calls, reasoning before calls, empty answers.
+RANDOM_SEEDS = (3, 9, 12, 14, 18)
+
+
+def random_conversation(seed: int) -> Probe:
+    """A random but reproducible conversation: optional system, 1–3 turns mixing plain answers,
+    reasoning, parallel tool calls with results, list-of-parts content and empty answers.
+
+    Example:
+        >>> random_conversation(3) == random_conversation(3)
+        True
+    """
+    rng = random.Random(seed)
+    words = WordSource(start=300 + 37 * seed)
+    messages: list[Message] = [_system(words)] if rng.random() < 0.5 else []
+    tools: list[dict[str, Any]] = []
+    for _ in range(rng.randint(1, 3)):
+        user = _user(words)
+        if rng.random() < 0.2:
+            user["content"] = [{"type": "text", "text": user["content"]}]
+        messages.append(user)
+        if rng.random() < 0.35:
+            calls = []
+            for _ in range(rng.randint(1, 2)):
+                name = rng.choice(("search_", "fetch_", "lookup_")) + words()
+                tools.append(tool_schema(name, words))
+                calls.append(tool_call(name, words))
+            call_message: Message = {
+                "role": "assistant",
+                "content": words() if rng.random() < 0.4 else "",
+                "tool_calls": calls,
+            }
+            if rng.random() < 0.4:
+                call_message["reasoning_content"] = words()
+            messages.append(call_message)
+            messages.extend(tool_result(call, words) for call in calls)
+        answer = _assistant(words, reasoning=rng.random() < 0.4)
+        if rng.random() < 0.15:
+            answer["content"] = ""
+        messages.append(answer)
+    return Probe(f"random-{seed}", tuple(messages), {"tools": tools} if tools else {})
+
+
 def probe_battery(template: str, *, limit: int = MAX_BATTERY) -> list[Probe]:
     """The probe conversations for ``template`` (SPEC §4), at most ``limit`` of them.
 
@@ -595,6 +640,7 @@ def probe_battery(template: str, *, limit: int = MAX_BATTERY) -> list[Probe]:
     battery = [make_probe(shape) for shape in _BASE_SHAPES]
     if "documents" in template_reads(template):
         battery.append(make_probe("documents"))
+    battery.extend(random_conversation(seed) for seed in RANDOM_SEEDS)
     variants = [(flag, value) for flag, values in find_flags(template).items() for value in values]
     for shape in FLAG_SHAPES:
         for flag, value in variants:

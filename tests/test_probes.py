@@ -12,6 +12,7 @@ from templatefix.errors import TemplateSyntaxError
 from templatefix.probes import (
     FLAG_SHAPES,
     MAX_BATTERY,
+    RANDOM_SEEDS,
     SHAPES,
     Probe,
     accepts,
@@ -19,6 +20,7 @@ from templatefix.probes import (
     find_flags,
     make_probe,
     probe_battery,
+    random_conversation,
     random_probes,
     template_reads,
     tools_for,
@@ -148,7 +150,17 @@ def test_accepts_tells_rejection_from_rendering() -> None:
 
 def test_battery_of_a_flagless_template_is_the_base_shapes() -> None:
     battery = probe_battery("{% for m in messages %}{{ m.content }}{% endfor %}")
-    assert [probe.name for probe in battery] == [s for s in SHAPES if s != "documents"]
+    randoms = [f"random-{seed}" for seed in RANDOM_SEEDS]
+    assert [probe.name for probe in battery] == [s for s in SHAPES if s != "documents"] + randoms
+
+
+def test_random_conversations_are_reproducible_and_varied() -> None:
+    probes = [random_conversation(seed) for seed in RANDOM_SEEDS]
+    assert probes == [random_conversation(seed) for seed in RANDOM_SEEDS]
+    messages = [m for p in probes for m in p.messages]
+    assert any(len(m.get("tool_calls") or []) == 2 for m in messages)
+    assert any(m.get("reasoning_content") and m.get("tool_calls") for m in messages)
+    assert all(p.texts() and len(set(p.texts())) == len(p.texts()) for p in probes)
 
 
 def test_battery_adds_documents_only_when_read() -> None:
@@ -169,7 +181,7 @@ def _switches(count: int) -> str:
 
 
 def test_battery_cap_keeps_every_flag_value_that_fits() -> None:
-    fitting = (MAX_BATTERY - (len(SHAPES) - 1)) // 2  # two values per boolean switch
+    fitting = (MAX_BATTERY - (len(SHAPES) - 1) - len(RANDOM_SEEDS)) // 2  # two values per switch
     battery = probe_battery(_switches(fitting))
     probed = {(key, value) for p in battery for key, value in p.kwargs.items() if key.startswith("flag")}
     assert probed == {(f"flag{i}", value) for i in range(fitting) for value in (True, False)}
@@ -177,7 +189,7 @@ def test_battery_cap_keeps_every_flag_value_that_fits() -> None:
 
 
 def test_corpus_batteries_stay_within_bounds(corpus_templates: list[tuple[str, str]]) -> None:
-    base = len(SHAPES) - 1
+    base = len(SHAPES) - 1 + len(RANDOM_SEEDS)
     for name, text in corpus_templates:
         battery = probe_battery(text)
         assert base <= len(battery) <= MAX_BATTERY, name
