@@ -185,7 +185,7 @@ def _render_bounded(
     tool_schemas = _ctu._plain_template_data(tool_schemas)
     documents = _ctu._plain_template_data(documents)
     arguments = _ctu._plain_template_data(arguments)
-    chat = _ctu._plain_template_data(list(messages))
+    chat = _ctu._plain_template_data(drop_none_values(messages))
     for message in chat:
         if not isinstance(message, dict):
             raise TypeError(
@@ -229,6 +229,21 @@ def render(
         **template_kwargs,
     )
     return text
+
+
+def drop_none_values(messages: Sequence[Any]) -> list[Any]:
+    """What ``apply_chat_template`` does first: drop message keys whose value is None.
+
+    (OpenAI-style ``content=None`` / ``tool_calls=None`` would otherwise render as "None".)
+
+    Example:
+        >>> drop_none_values([{"role": "assistant", "content": None, "tool_calls": []}])
+        [{'role': 'assistant', 'tool_calls': []}]
+    """
+    return [
+        {k: v for k, v in message.items() if v is not None} if isinstance(message, Mapping) else message
+        for message in messages
+    ]
 
 
 def merge_spans(spans: Sequence[Span]) -> list[Span]:

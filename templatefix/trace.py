@@ -38,7 +38,7 @@ from transformers.utils import chat_template_utils as _ctu
 
 from templatefix import limits
 from templatefix.errors import RenderError, TemplateRejected
-from templatefix.render import environment, render, template_arguments
+from templatefix.render import drop_none_values, environment, render, template_arguments
 from templatefix.source import TemplateSource
 
 _EMIT = "__templatefix_emit__"
@@ -322,7 +322,7 @@ class Instrumented:
             loop_ends.append((loop_id, position[0]))
             return ""
 
-        chat = _ctu._alias_reasoning_fields(_ctu._plain_template_data(list(messages)))
+        chat = _ctu._alias_reasoning_fields(_ctu._plain_template_data(drop_none_values(messages)))
         arguments = _ctu._plain_template_data(template_arguments(special_tokens, **template_kwargs))
         variables = {
             "messages": chat,
@@ -393,7 +393,7 @@ def message_regions(
         special_tokens=special_tokens,
         **template_kwargs,
     )
-    chat = _ctu._alias_reasoning_fields(_ctu._plain_template_data(list(messages)))
+    chat = _ctu._alias_reasoning_fields(_ctu._plain_template_data(drop_none_values(messages)))
     regions: list[tuple[int, int] | None] = [None] * len(chat)
     for loop_id in range(len(instrumented.loops)):
         bounds = iteration_bounds(result, loop_id)

@@ -108,3 +108,20 @@ def test_random_conversations_render_like_transformers(probe: Probe, load_tokeni
     template = (REFERENCE_DIR / "chatml.jinja").read_text(encoding="utf-8")
     assert compare(template, probe, load_tokenizer("qwen3"), False)
     compare(template, probe, load_tokenizer("qwen3"), True)
+
+
+def test_none_valued_keys_are_dropped_as_transformers_does(qwen3: Any) -> None:
+    # OpenAI-style messages carry content=None next to tool calls; apply_chat_template drops such keys.
+    template = (Path(__file__).resolve().parent.parent / "templates" / "chatml.jinja").read_text(
+        encoding="utf-8"
+    )
+    call = {"id": "call00001", "type": "function", "function": {"name": "f", "arguments": {"q": "x"}}}
+    messages = [
+        {"role": "user", "content": "hi", "name": None},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "done", "tool_call_id": "call00001"},
+        {"role": "assistant", "content": "ok", "tool_calls": None},
+    ]
+    expected = qwen3.apply_chat_template(messages, chat_template=template, tokenize=False)
+    assert render(template, messages, special_tokens=qwen3.special_tokens_map) == expected
+    assert "None" not in expected
