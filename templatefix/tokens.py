@@ -21,6 +21,7 @@ lists so that ``templatefix.audit`` can run them on batches without calling tran
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -501,19 +502,22 @@ def require_fast(tokenizer: Any) -> None:
 
 
 def load_fast_tokenizer(path: str | Path) -> Any:
-    """Load a local tokenizer directory with ``AutoTokenizer``; one-line errors if missing or slow.
+    """Load a tokenizer (a local directory, or a Hub id such as ``Qwen/Qwen3-8B``) with
+    ``AutoTokenizer``; one-line errors if missing or slow.
 
     Example:
         >>> load_fast_tokenizer("/nonexistent")  # doctest: +SKIP
         SourceError: tokenizer directory not found: /nonexistent
     """
     directory = Path(path)
-    if not directory.is_dir():
+    is_hub_id = not directory.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)) is not None
+    if not directory.is_dir() and not is_hub_id:
         raise SourceError(f"tokenizer directory not found: {path} (give a local tokenizer directory)")
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        # A Hub id goes through huggingface_hub (HF_TOKEN, HF_ENDPOINT, offline mode honoured).
+        tokenizer = AutoTokenizer.from_pretrained(str(path) if is_hub_id else str(directory))
     except Exception as error:  # noqa: BLE001 - any load failure is a bad source
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SourceError(f"cannot load tokenizer from {path}: {message}") from None
