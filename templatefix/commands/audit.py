@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("data", metavar="DATA",
                         help="JSONL file, or a local datasets directory (save_to_disk)")
-    parser.add_argument("--tokenizer", required=True, metavar="DIR", help="local tokenizer directory (fast)")
+    parser.add_argument(
+        "--tokenizer", required=True, metavar="DIR_OR_ID", help="fast tokenizer: local directory or Hub id"
+    )
     parser.add_argument("--template", metavar="PATCHED",
                         help="chat template to use (.jinja, model dir, tokenizer_config.json); "
                         "default: the tokenizer's own")

@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("source", metavar="SOURCE",
                         help=".jinja file, model directory or tokenizer_config.json")
-    parser.add_argument("--tokenizer", required=True, metavar="DIR", help="local tokenizer directory (fast)")
+    parser.add_argument(
+        "--tokenizer", required=True, metavar="DIR_OR_ID", help="fast tokenizer: local directory or Hub id"
+    )
     parser.add_argument("--conversation", metavar="FILE.json",
                         help="JSON list of messages, or {\"messages\": [...], \"tools\": [...], ...}; "
                         "default: a built-in example with a system message, a tool call and reasoning")
