@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--original", metavar="ORIG", help="the unmarked template(s) SOURCE was made from")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     parser.add_argument(
-        "--tokenizer", metavar="DIR_OR_ID", help="also check token masks with this fast tokenizer (dir or Hub id)"
+        "--tokenizer", metavar="DIR_OR_ID", help="also check token masks with this fast tokenizer"
     )
     add_policy_arguments(parser, trailing_whitespace_default=None)
     parser.set_defaults(handler=run)
