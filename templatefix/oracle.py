@@ -519,6 +519,11 @@ def _place_by_shape(
     # that starts "<tool_call>" share "<", which is the model's output, not the header.
     header = markup_boundary(generation_prompt, common_prefix_length(generation_prompt, full[region_start:]))
     start = region_start + header
+    # Nor inside the message's own words: a prompt ending "...user" and an answer "uniform..."
+    # share a "u" by chance.
+    own_starts = [text_start for text_start, _ in texts if text_start >= region_start]
+    if own_starts:
+        start = min(start, min(own_starts))
 
     last_text_end = max((end for _, end in texts if end <= next_text), default=start)
     located_by = "trace"

@@ -114,6 +114,7 @@ class Trace:
     emissions: list[Emission]
     iterations: list[Iteration]
     loop_ends: list[tuple[int, int]] = field(default_factory=list)  # (loop id, offset)
+    messages: list[Any] = field(default_factory=list)  # the message objects the template saw
 
 
 class Instrumented:
@@ -344,7 +345,7 @@ class Instrumented:
             if type(error).__name__ == "TemplateError":
                 raise TemplateRejected(f"template rejected the conversation: {error}") from None
             raise RenderError(f"template error: {type(error).__name__}: {error}") from None
-        return Trace(text, emissions, iterations, loop_ends)
+        return Trace(text, emissions, iterations, loop_ends, chat)
 
 
 def flatten_chain(node: nodes.Node) -> tuple[list[nodes.Node], list[str]]:
@@ -393,16 +394,20 @@ def message_regions(
         special_tokens=special_tokens,
         **template_kwargs,
     )
-    chat = _ctu._alias_reasoning_fields(_ctu._plain_template_data(drop_none_values(messages)))
+    chat = result.messages
     regions: list[tuple[int, int] | None] = [None] * len(chat)
     for loop_id in range(len(instrumented.loops)):
-        bounds = iteration_bounds(result, loop_id)
-        for item, start, end in bounds:
-            for index, message in enumerate(chat):
-                if isinstance(item, dict) and item == message:
-                    current = regions[index]
-                    if current is None or (current[1] - current[0]) < (end - start):
-                        regions[index] = (start, end)
+        for item, start, end in iteration_bounds(result, loop_id):
+            # The very object the template was given; equal copies only when that is unambiguous
+            # (two empty assistant messages are equal but are different turns).
+            matches = [i for i, message in enumerate(chat) if item is message]
+            if not matches and isinstance(item, dict):
+                equal = [i for i, message in enumerate(chat) if item == message]
+                matches = equal if len(equal) == 1 else []
+            for index in matches:
+                current = regions[index]
+                if current is None or (current[1] - current[0]) < (end - start):
+                    regions[index] = (start, end)
     return result.text, regions
 
 
