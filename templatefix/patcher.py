@@ -777,6 +777,7 @@ def _write(source: TemplateSource, instrumented: Instrumented, units: list[_Unit
     for unit in units:
         by_atom.setdefault(unit.atom, []).append(unit)
     _fill_silent_atoms(instrumented, by_atom)
+    _fill_boundary_atoms(instrumented, by_atom)
     edits: list[Edit] = []
     markers: list[_Marker] = []
     for atom_id, atom_units in sorted(by_atom.items()):
@@ -809,6 +810,65 @@ def _fill_silent_atoms(instrumented: Instrumented, by_atom: dict[int, list[_Unit
             after = [u.label for u in by_atom.get(following.id, []) if u.label != "none"]
             if before and after and before[-1] == "in" and after[0] == "in":
                 by_atom[atom.id] = [_Unit(atom.id, -1, label="in")]
+
+
+def _fill_boundary_atoms(instrumented: Instrumented, by_atom: dict[int, list[_Unit]]) -> None:
+    """An output never seen producing text, right where the header ends (outside before it,
+    inside after it), is the model's: the span starts where the generation prompt ends.
+
+    Neighbours are found in source order, in the same output tag first, then among the
+    statements around it (``{{ header }}`` … ``{{ content }}`` … ``{% for call %}``).
+    """
+    parents: dict[int, tuple[list[nodes.Node], int]] = {}
+
+    def walk(body: list[nodes.Node]) -> None:
+        for index, node in enumerate(body):
+            parents[id(node)] = (body, index)
+            for name in ("body", "else_"):
+                children = getattr(node, name, None)
+                if isinstance(children, list) and not isinstance(node, (nodes.Macro, nodes.CallBlock)):
+                    walk(children)
+            for branch in getattr(node, "elif_", None) or []:
+                walk(branch.body)
+
+    walk(instrumented.source.ast.body)
+    atoms_in: dict[int, list[Atom]] = {}
+    for atom in instrumented.atoms:
+        atoms_in.setdefault(id(atom.output), []).append(atom)
+
+    def labels(atoms: list[Atom]) -> list[str]:
+        found = []
+        for atom in sorted(atoms, key=lambda a: a.id):
+            found.extend(u.label for u in by_atom.get(atom.id, []) if u.label != "none")
+        return found
+
+    def subtree_atoms(node: nodes.Node) -> list[Atom]:
+        outputs = [node] if isinstance(node, nodes.Output) else list(node.find_all(nodes.Output))
+        return [atom for output in outputs for atom in atoms_in.get(id(output), [])]
+
+    def neighbour(atom: Atom, step: int) -> str | None:
+        siblings = atoms_in[id(atom.output)]
+        position = siblings.index(atom)
+        near = siblings[:position] if step < 0 else siblings[position + 1 :]
+        found = labels(near)
+        if found:
+            return found[-1] if step < 0 else found[0]
+        if id(atom.output) not in parents:
+            return None
+        body, index = parents[id(atom.output)]
+        index += step
+        while 0 <= index < len(body):
+            found = labels(subtree_atoms(body[index]))
+            if found:
+                return found[-1] if step < 0 else found[0]
+            index += step
+        return None
+
+    for atom in instrumented.atoms:
+        if any(u.label != "none" for u in by_atom.get(atom.id, [])):
+            continue
+        if neighbour(atom, -1) == "out" and neighbour(atom, 1) == "in":
+            by_atom[atom.id] = [_Unit(atom.id, -1, label="in")]
 
 
 def _write_literal(
