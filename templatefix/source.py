@@ -102,6 +102,10 @@ class TemplateSource:
 
     def token_at(self, offset: int) -> Token:
         """The token that contains ``offset`` (the one starting there if on a boundary)."""
+        return self.tokens[self.token_index_at(offset)]
+
+    def token_index_at(self, offset: int) -> int:
+        """Index of ``token_at(offset)`` (binary search over token starts)."""
         low, high = 0, len(self.tokens) - 1
         while low < high:
             middle = (low + high + 1) // 2
@@ -109,10 +113,7 @@ class TemplateSource:
                 low = middle
             else:
                 high = middle - 1
-        return self.tokens[low]
-
-    def token_index_at(self, offset: int) -> int:
-        return self.tokens.index(self.token_at(offset))
+        return low
 
     def apply(self, edits: Iterable[Edit]) -> str:
         """Return the text with ``edits`` applied; untouched characters stay byte-identical.
@@ -190,10 +191,6 @@ def _align_tokens(text: str) -> list[Token]:
     return tokens
 
 
-class _IndexedStream(TokenStream):
-    """A TokenStream whose tokens carry their index into ``TemplateSource.tokens`` as ``lineno``."""
-
-
 class _OffsetParser(Parser):
     """jinja2's parser, recording for each node the range of source tokens it consumed."""
 
@@ -216,7 +213,8 @@ class _OffsetParser(Parser):
                 pointer += 1
         parser.previous_significant = previous
         triples = [(i, t.kind, _lexer_value(t)) for i, t in enumerate(source.tokens) if t.kind != "gap"]
-        parser.stream = _IndexedStream(env.lexer.wrap(iter(triples), None, None), None, None)
+        # tokens carry their index into ``source.tokens`` as ``lineno``
+        parser.stream = TokenStream(env.lexer.wrap(iter(triples), None, None), None, None)
         template = parser.parse()
         _finish_spans(template, source)
         return template

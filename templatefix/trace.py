@@ -38,7 +38,7 @@ from transformers.utils import chat_template_utils as _ctu
 
 from templatefix import limits
 from templatefix.errors import RenderError, TemplateRejected
-from templatefix.render import drop_none_values, environment, render, template_arguments
+from templatefix.render import drop_none_values, environment, template_arguments
 from templatefix.source import TemplateSource
 
 _EMIT = "__templatefix_emit__"
@@ -436,15 +436,6 @@ def instrumented_for(source: TemplateSource) -> Instrumented:
             _CACHE.clear()
         cached = _CACHE[source.text] = Instrumented(source)
     return cached
-
-
-def check_trace(source: TemplateSource, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Trace:
-    """Trace and assert the instrumented render equals the plain render (used by tests)."""
-    result = instrumented_for(source).trace(messages, **kwargs)
-    expected = render(source.text, messages, **kwargs)
-    if result.text != expected:
-        raise AssertionError("instrumented render differs from the plain render")
-    return result
 
 
 def _role_of(item: Any) -> str | None:
