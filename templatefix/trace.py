@@ -125,7 +125,7 @@ class Instrumented:
         self.atoms: list[Atom] = []
         self.loops: list[nodes.For] = []
         self.ifs: list[IfChain] = []
-        instrumented = copy.deepcopy(source.ast)
+        instrumented = copy_tree(source.ast)
         self._originals: dict[int, nodes.Node] = {}
         _pair_nodes(source.ast, instrumented, self._originals)
         instrumented.body = self._transform_body(instrumented.body, loops=[], top_level=True)
@@ -212,7 +212,7 @@ class Instrumented:
                 # `{% set x = a + b %}{{ x }}`: x is a+b here, so report (and later split) a and b.
                 assign = assigned[child.name]
                 inlined = self._originals[id(assign.node)]
-                child = copy.deepcopy(assign.node)
+                child = copy_tree(assign.node)
             parts, operators = flatten_chain(inlined if inlined is not None else original_child)
             atom = Atom(len(self.atoms), original_child, original_output, parts, operators, loops, inlined)
             self.atoms.append(atom)
@@ -346,6 +346,20 @@ class Instrumented:
                 raise TemplateRejected(f"template rejected the conversation: {error}") from None
             raise RenderError(f"template error: {type(error).__name__}: {error}") from None
         return Trace(text, emissions, iterations, loop_ends, chat)
+
+
+def copy_tree(node: nodes.Node) -> nodes.Node:
+    """A deep copy of a jinja2 AST that shares, never copies, the environment its nodes point at.
+
+    Parsed nodes keep a reference to their environment; copying it would copy transformers'
+    generation extension (and whatever state it holds, e.g. a ``ContextVar``, which cannot be copied).
+    """
+    shared = {
+        id(env): env
+        for n in (node, *node.find_all(nodes.Node))
+        if (env := n.__dict__.get("environment")) is not None
+    }
+    return copy.deepcopy(node, memo=shared)
 
 
 def flatten_chain(node: nodes.Node) -> tuple[list[nodes.Node], list[str]]:
