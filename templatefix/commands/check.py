@@ -10,6 +10,13 @@ Exit status: 0 when every template is verified, 1 when one is not, 2 on bad inpu
 Example:
     $ templatefix check patched.jinja --original original.jinja --turns last
     $ templatefix check ./my-model --json
+    $ templatefix check Qwen/Qwen2.5-7B-Instruct --engines   # what a templatefix PR would do
+
+``--engines`` also renders the original and the marked template in every inference engine
+installed here (``templatefix.engines``: transformers, plain jinja2, minijinja,
+@huggingface/jinja) and says, per engine, whether the two render identically. A SOURCE without
+markers is patched first, so the check covers the patch templatefix would make; without
+``--original`` the original is SOURCE with its markers stripped.
 """
 
 from __future__ import annotations
@@ -32,12 +39,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "what the model generates. Exit 0 verified, 1 not verified, 2 bad input.",
     )
     parser.add_argument(
-        "source", metavar="SOURCE", help=".jinja file, tokenizer_config.json or model directory"
+        "source",
+        metavar="SOURCE",
+        help=".jinja file, tokenizer_config.json, model directory, or Hub repo id (owner/name)",
     )
+    parser.add_argument("--revision", help="Hub branch, tag or commit (Hub SOURCE only)")
     parser.add_argument("--original", metavar="ORIG", help="the unmarked template(s) SOURCE was made from")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     parser.add_argument(
         "--tokenizer", metavar="DIR_OR_ID", help="also check token masks with this fast tokenizer"
+    )
+    parser.add_argument(
+        "--engines",
+        action="store_true",
+        help="also render original and marked template in every inference engine installed here "
+        "(an unmarked SOURCE is patched first)",
     )
     add_policy_arguments(parser, trailing_whitespace_default=None)
     parser.set_defaults(handler=run)
@@ -75,11 +91,11 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
     )
 
 
-def _templates(spec: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
+def _templates(spec: str, revision: str | None = None) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """``([(label, template)], special tokens)`` for SOURCE; empty templates are bad input."""
     from templatefix.sources import load_source
 
-    source = load_source(spec)
+    source = load_source(spec, revision=revision)
     entries = [entry for entry in source.templates if entry.effective] or list(source.templates)
     templates = []
     for entry in entries:
@@ -109,12 +125,16 @@ def run(args: argparse.Namespace) -> int:
     from templatefix.verify import verify
 
     policy = policy_from_args(args)
-    patched, special_tokens = _templates(args.source)
+    patched, special_tokens = _templates(args.source, args.revision)
     originals = _pair_originals(patched, args.original)
     tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
     reports = []
+    engine_results: list[list[Any]] = []
     either_whitespace = args.trailing_whitespace is None
     for (label, template), original in zip(patched, originals, strict=True):
+        if args.engines:
+            template, original, results = _engine_check(template, original, policy, special_tokens)
+            engine_results.append(results)
         try:
             report = verify(
                 template,
@@ -146,17 +166,43 @@ def run(args: argparse.Namespace) -> int:
             "verified": all(report.verified for report in reports),
             "templates": [report.to_json() for report in reports],
         }
+        for entry, results in zip(payload["templates"], engine_results, strict=False):
+            entry["engines"] = [result.to_json() for result in results]
         json.dump(payload, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
         from rich.console import Console
 
+        from templatefix.engines import print_engines
         from templatefix.report import print_report
 
         console = Console()
-        for report in reports:
+        for index, report in enumerate(reports):
             print_report(report, console)
+            if engine_results:
+                print_engines(engine_results[index], console, f"{report.template_name}: inference engines")
     return 0 if all(report.verified for report in reports) else 1
+
+
+def _engine_check(
+    template: str, original: str | None, policy: Policy, special_tokens: dict[str, str]
+) -> tuple[str, str | None, list[Any]]:
+    """``(marked template, original to verify against, engine results)`` for ``check --engines``.
+
+    An unmarked template is patched first (the check then covers the patch templatefix makes,
+    verified against the template itself); without an original the engines compare the marked
+    template with its markers stripped.
+    """
+    import templatefix
+    from templatefix.engines import check_engines
+    from templatefix.patcher import strip_generation_markers
+    from templatefix.verify import has_generation_markers
+
+    if not has_generation_markers(template) and original is None:
+        original = template
+        template = templatefix.patch_template(template, policy=policy).patched
+    baseline = original if original is not None else strip_generation_markers(template)
+    return template, original, check_engines(baseline, template, special_tokens=special_tokens or None)
 
 
 def _load_tokenizer(path: str) -> Any:
