@@ -55,8 +55,8 @@ def main() -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers loads
     from transformers import AutoTokenizer
 
-    from templatefix.audit import AuditOptions, audit_rows, open_rows
     from templatefix.commands.audit import resolve_template
+    from templatefix.data.audit import AuditOptions, audit_rows, open_rows
 
     tokenizer_dir = args.tokenizer or (
         os.path.join(os.environ["TEMPLATEFIX_TOKENIZERS"], "qwen3")

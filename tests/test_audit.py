@@ -9,16 +9,9 @@ from typing import Any
 
 import pytest
 
-from templatefix.audit import (
-    AuditOptions,
-    RowError,
-    audit_rows,
-    conversation_of,
-    expand_row,
-    open_rows,
-    shape_of,
-)
 from templatefix.cli import main
+from templatefix.data.audit import AuditOptions, audit_rows, open_rows, shape_of
+from templatefix.data.rows import RowError, conversation_of, expand_row
 
 CHATML = (
     "{%- for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}{% generation %}"

@@ -449,7 +449,7 @@ def test_in_place_never_overwrites_a_different_backup(
 def test_expand_turns_failure_keeps_the_previous_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tokenizer_path: str
 ) -> None:
-    import templatefix.audit
+    import templatefix.data.audit
 
     template = write(tmp_path / "chatml.jinja", CHATML)
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
@@ -460,7 +460,7 @@ def test_expand_turns_failure_keeps_the_previous_file(
     def interrupted(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(templatefix.audit, "audit_rows", interrupted)
+    monkeypatch.setattr(templatefix.data.audit, "audit_rows", interrupted)
     argv = ["audit", data, "--tokenizer", tokenizer_path, "--template", template]
     code, _, err = run_cli(capsys, *argv, "--expand-turns", str(out), "--force", "--workers", "1")
     assert code == 130 and "interrupted" in err

@@ -19,7 +19,8 @@ pytest.importorskip("torch")
 pytest.importorskip("trl")
 pytest.importorskip("datasets")
 
-from templatefix.audit import AuditOptions, audit_rows, expand_row  # noqa: E402
+from templatefix.data.audit import AuditOptions, audit_rows  # noqa: E402
+from templatefix.data.rows import expand_row  # noqa: E402
 from templatefix.render import render  # noqa: E402
 
 pytestmark = [pytest.mark.trl, pytest.mark.corpus, pytest.mark.tokenizers]

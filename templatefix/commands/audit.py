@@ -9,14 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from templatefix.errors import SourceError, TemplatefixError
-
-_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,34 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def resolve_template(template_source: str | None, tokenizer: Any) -> tuple[str, list[str], list[str]]:
-    """``(template, notes, warnings)``: the template to audit with, patched when it has no markers."""
-    from templatefix.patcher import patch_template
+def resolve_template(
+    template_source: str | None, tokenizer: Any, policy: Any = None
+) -> tuple[str, list[str], list[str]]:
+    """``(template, notes, warnings)``: the template to audit with (``--template`` or the
+    tokenizer's), patched when it has no markers."""
+    from templatefix.data.resolve import resolve_template as resolve
     from templatefix.show import load_template_source
 
-    notes: list[str] = []
-    warnings: list[str] = []
-    if template_source:
-        template, _ = load_template_source(template_source)
-    else:
-        template = getattr(tokenizer, "chat_template", None)
-        if isinstance(template, dict):
-            template = template.get("default")
-        if not isinstance(template, str):
-            raise SourceError("the tokenizer has no chat template: pass --template")
-    if not _MARKER.search(template):
-        result = patch_template(template)
-        if not _MARKER.search(result.patched):
-            reasons = "; ".join(result.reasons) or "no markers added"
-            raise TemplatefixError(f"the template has no {{% generation %}} markers and patching failed "
-                                   f"({reasons}): every mask would be empty")
-        template = result.patched
-        if result.verified:
-            notes.append("the template had no {% generation %} markers: patched and verified")
-        else:
-            reasons = "; ".join(result.reasons) or "unknown reason"
-            warnings.append(f"the template had no markers; the patch is NOT verified ({reasons})")
-    return template, notes, warnings
+    text = load_template_source(template_source)[0] if template_source else None
+    resolved = resolve(text, tokenizer, policy)
+    return resolved.template, resolved.notes, resolved.warnings
 
 
 class _AtomicLines:
@@ -108,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from templatefix.audit import AuditOptions, audit_rows, open_rows
+    from templatefix.data.audit import AuditOptions, audit_rows, open_rows
     from templatefix.tokens import load_fast_tokenizer
 
     if args.workers < 1:
@@ -165,7 +145,7 @@ def print_summary(result: Any, console: Any, out: Path | None = None) -> None:
     """The human summary: one row per category with counts, first indices and a sample message."""
     from rich.table import Table
 
-    from templatefix.audit import CATEGORIES
+    from templatefix.data.audit import CATEGORIES
 
     rate = result.tokens / result.seconds if result.seconds else 0.0
     table = Table(title=f"{result.examples} examples, {result.trained_tokens} / {result.tokens} tokens "

@@ -1,14 +1,15 @@
 """Audit a training set against a patched template (``templatefix audit``).
 
-For every example it computes the mask TRL will train with (transformers' ``assistant_masks``,
-replayed from the tokenizer's offsets so that tokenizing can be batched) and reports, with example
-indices:
+For every example it renders with the spans, tokenizes in batches, computes the mask the spans
+mean (a token is trained iff it lies inside a span; ``trained_tokens`` counts these), compares it
+with the mask transformers would compute, and reports, with example indices:
 
 - ``bad_row``: rows without ``messages`` (or ``prompt``/``completion``), or unreadable rows;
 - ``template_error``: the template raised or refused the conversation;
 - ``empty_mask``: nothing trained;
 - ``truncated``: ``--max-length`` truncation leaves no trained token (TRL drops such examples);
-- ``token_issue``: the mask disagrees with the spans (SPEC §5, see ``templatefix.tokens``);
+- ``token_issue``: transformers' own ``assistant_masks`` would disagree with the spans (SPEC §5,
+  see ``templatefix.tokens``); the dataset transforms give the exact mask instead;
 - ``rewritten``: a trained earlier turn is rendered differently from what the model generated
   (SPEC §3), so training teaches text the model never produced;
 - ``mismatch``: the template's generation prompt disagrees with its own training render.
@@ -36,13 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from templatefix.data.rows import RowError, completion_start, conversation_of, expand_row, parse_row
 from templatefix.errors import SourceError, TemplatefixError
 from templatefix.render import merge_spans, render, render_with_spans
 from templatefix.tokens import (
     OffsetIndex,
     diagnose,
     expected_token_ranges,
-    normalize_messages,
+    mask_from_ranges,
+    require_fast,
     special_tokens_of,
     transformers_token_ranges,
     union_ranges,
@@ -62,10 +65,6 @@ CATEGORIES: dict[str, str] = {
 MAX_INDICES = 100_000
 MAX_MESSAGES = 20
 CHUNK_SIZE = 256
-
-
-class RowError(TemplatefixError):
-    """A row has no usable conversation."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +101,15 @@ class ChunkResult:
     history_checked: int = 0
     findings: list[tuple[str, int, str]] = field(default_factory=list)
     expanded: list[str] = field(default_factory=list)
+
+    def add_example(self, index: int, audit: ExampleAudit) -> None:
+        """Count one example's audit under its dataset index."""
+        self.examples += 1
+        self.tokens += audit.tokens
+        self.trained_tokens += audit.trained
+        self.history_checked += audit.history_checked
+        self.findings.extend((category, index, message) for category, message in audit.findings.items())
+        self.expanded.extend(json.dumps(row, ensure_ascii=False) for row in audit.expanded)
 
 
 @dataclass
@@ -171,92 +179,6 @@ class AuditResult:
                 for name in CATEGORIES
             },
         }
-
-
-# --------------------------------------------------------------------------- rows
-
-
-def conversation_of(row: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``(messages, template kwargs)`` of a dataset row, the way TRL's SFTTrainer reads it:
-    ``messages`` (or conversational ``prompt`` + ``completion``), ``tools`` (a list or a JSON
-    string) and ``chat_template_kwargs``.
-
-    Example:
-        >>> conversation_of({"prompt": [{"role": "user", "content": "a"}],
-        ...                  "completion": [{"role": "assistant", "content": "b"}]})[0][1]
-        {'role': 'assistant', 'content': 'b'}
-    """
-    if not isinstance(row, Mapping):
-        raise RowError(f"row is a {type(row).__name__}, not an object with a 'messages' column")
-    if row.get("messages") is not None:
-        messages = row["messages"]
-    elif row.get("prompt") is not None and row.get("completion") is not None:
-        prompt, completion = row["prompt"], row["completion"]
-        if not isinstance(prompt, list) or not isinstance(completion, list):
-            raise RowError("prompt/completion are plain text, not lists of messages: nothing to mask by turn")
-        messages = prompt + completion
-    else:
-        columns = ", ".join(sorted(map(str, row))) or "none"
-        raise RowError(f"no 'messages' column (nor 'prompt' + 'completion'); columns: {columns}")
-    if not isinstance(messages, list) or not messages:
-        raise RowError("'messages' is empty or not a list")
-    if not all(isinstance(m, Mapping) and "role" in m for m in messages):
-        raise RowError("'messages' holds an item that is not a message with a 'role'")
-    kwargs: dict[str, Any] = {}
-    tools = row.get("tools")
-    if isinstance(tools, str):
-        try:
-            tools = json.loads(tools)
-        except json.JSONDecodeError:
-            raise RowError("'tools' is a string but not valid JSON") from None
-    if tools is not None:
-        kwargs["tools"] = tools
-    extra = row.get("chat_template_kwargs")
-    if isinstance(extra, Mapping):
-        kwargs.update(extra)
-    return normalize_messages(messages), kwargs
-
-
-def completion_start(row: Any) -> int | None:
-    """For a conversational prompt/completion row, the index of the first completion message
-    (TRL trains only the completion there); ``None`` for other rows.
-
-    Example:
-        >>> completion_start({"prompt": [{"role": "user", "content": "a"}], "completion": []})
-        1
-    """
-    if isinstance(row, Mapping) and row.get("messages") is None and isinstance(row.get("prompt"), list):
-        return len(row["prompt"])
-    return None
-
-
-def _clip(ranges: list[tuple[int, int]], first: int) -> list[tuple[int, int]]:
-    return [(max(start, first), end) for start, end in ranges if end > first]
-
-
-def expand_row(row: Mapping[str, Any], messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """SPEC §3's exact alternative: one prompt/completion example per assistant turn.
-
-    Each keeps the messages before the turn as ``prompt`` and the turn as ``completion``, so TRL
-    trains only that turn, rendered exactly as generated (``tools`` and ``chat_template_kwargs``
-    are kept). A first message that is an assistant turn has no prompt and is skipped.
-
-    Example:
-        >>> [len(r["prompt"]) for r in expand_row({}, [{"role": "user", "content": "a"},
-        ...     {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
-        ...     {"role": "assistant", "content": "d"}])]
-        [1, 3]
-    """
-    rows = []
-    for index, message in enumerate(messages):
-        if message.get("role") != "assistant" or index == 0:
-            continue
-        expanded: dict[str, Any] = {"prompt": list(messages[:index]), "completion": [message]}
-        for key in ("tools", "chat_template_kwargs"):
-            if row.get(key) is not None:
-                expanded[key] = row[key]
-        rows.append(expanded)
-    return rows
 
 
 # --------------------------------------------------------------------------- history
@@ -354,20 +276,174 @@ def history_verdicts(
 
 
 @dataclass
-class _State:
+class AuditState:
+    """What auditing needs, built once per process: the marked template, the tokenizer, the
+    options, and the history verdict per conversation shape (filled as examples come)."""
+
     template: str
     tokenizer: Any
     options: AuditOptions
     special_tokens: dict[str, Any]
     shapes: dict[tuple, list[tuple[int, str]]] = field(default_factory=dict)
 
+    @classmethod
+    def build(cls, template: str, tokenizer: Any, options: AuditOptions | None = None) -> AuditState:
+        require_fast(tokenizer)
+        return cls(template, tokenizer, options or AuditOptions(), special_tokens_of(tokenizer))
 
-_STATE: _State | None = None
+
+@dataclass
+class ExampleAudit:
+    """The audit of one example.
+
+    Attributes:
+        findings: first message per finding category (``CATEGORIES``) that applies.
+        input_ids: the tokens (only when asked for; empty when the row could not be rendered).
+        assistant_masks: 1 on exactly the tokens inside the spans (clipped to the completion of
+            prompt/completion rows): the mask the spans mean, for ``SFTTrainer``.
+        tokens / trained: token count and trained-token count.
+        history_checked: the history was rendered for this example (not reused from its shape).
+        expanded: one prompt/completion row per assistant turn (``AuditOptions.expand_turns``).
+    """
+
+    findings: dict[str, str] = field(default_factory=dict)
+    input_ids: list[int] = field(default_factory=list)
+    assistant_masks: list[int] = field(default_factory=list)
+    tokens: int = 0
+    trained: int = 0
+    history_checked: bool = False
+    expanded: list[dict[str, Any]] = field(default_factory=list)
+
+    def flag(self, category: str, message: str) -> None:
+        self.findings.setdefault(category, message)
 
 
-def _set_state(template: str, tokenizer: Any, options: AuditOptions) -> _State:
+@dataclass
+class _Rendered:
+    audit: ExampleAudit
+    messages: list[dict[str, Any]]
+    kwargs: dict[str, Any]
+    text: str
+    spans: list[tuple[int, int]]
+    completion: int | None
+
+
+def audit_examples(
+    rows: Sequence[Any], state: AuditState, *, with_tokens: bool = False
+) -> list[ExampleAudit]:
+    """Audit a batch of rows (mappings, or JSON lines as ``str``), one ``ExampleAudit`` each.
+
+    This is the one code path behind ``templatefix audit`` and the dataset transforms
+    (``templatefix.data.transforms``). The texts are tokenized in one batched call.
+
+    Args:
+        rows: the batch.
+        state: from ``AuditState.build``.
+        with_tokens: also fill ``input_ids`` and ``assistant_masks``.
+    """
+    audits = [ExampleAudit() for _ in rows]
+    pending: list[_Rendered] = []
+    for audit, row in zip(audits, rows, strict=True):
+        try:
+            row = parse_row(row)
+            messages, kwargs = conversation_of(row)
+        except RowError as error:
+            audit.flag("bad_row", str(error))
+            continue
+        if state.options.expand_turns:
+            audit.expanded = expand_row(row, messages)
+        try:
+            text, spans = render_with_spans(
+                state.template, messages, special_tokens=state.special_tokens, **kwargs
+            )
+        except TemplatefixError as error:
+            audit.flag("template_error", str(error))
+            continue
+        pending.append(_Rendered(audit, messages, kwargs, text, spans, completion_start(row)))
+    if pending:
+        backend = state.tokenizer.backend_tokenizer
+        encodings = backend.encode_batch([item.text for item in pending], add_special_tokens=False)
+        for item, encoding in zip(pending, encodings, strict=True):
+            _audit_tokens(item, encoding, state, with_tokens)
+    return audits
+
+
+def _audit_tokens(item: _Rendered, encoding: Any, state: AuditState, with_tokens: bool) -> None:
+    audit, text, spans = item.audit, item.text, item.spans
+    offsets = encoding.offsets
+    token_index = OffsetIndex(offsets)
+    merged = merge_spans(spans)
+    actual = union_ranges(transformers_token_ranges(token_index, spans))
+    expected = expected_token_ranges(token_index, merged)
+    if item.completion is not None:  # TRL trains only the completion of prompt/completion rows
+        first = _completion_token(state, item.messages[: item.completion], item.kwargs, text, token_index)
+        actual, expected = _clip(actual, first), _clip(expected, first)
+    audit.tokens = len(offsets)
+    audit.trained = sum(end - start for start, end in expected)
+    if with_tokens:
+        audit.input_ids = list(encoding.ids)
+        audit.assistant_masks = mask_from_ranges(expected, len(offsets))
+    if actual != expected:
+        issues = diagnose(text, spans, offsets)
+        if issues:
+            more = f" (+{len(issues) - 1} more)" if len(issues) > 1 else ""
+            audit.flag("token_issue", issues[0].message + more)
+    max_length = state.options.max_length
+    if audit.trained == 0:
+        audit.flag("empty_mask", "no token is trained (no span, or spans lost)")
+    elif max_length is not None and expected[0][0] >= max_length:
+        audit.flag(
+            "truncated",
+            f"first trained token is #{expected[0][0]}, past --max-length {max_length} "
+            f"({len(offsets)} tokens)",
+        )
+    if state.options.history != "off" and merged:
+        _audit_history(item, merged, state)
+
+
+def _audit_history(item: _Rendered, merged: list[tuple[int, int]], state: AuditState) -> None:
+    key = shape_of(item.messages, item.kwargs) if state.options.history == "shape" else None
+    verdicts = state.shapes.get(key) if key is not None else None
+    if verdicts is None:
+        verdicts = history_verdicts(
+            state.template, item.messages, item.text, merged, state.special_tokens, item.kwargs
+        )
+        item.audit.history_checked = True
+        if key is not None:
+            state.shapes[key] = verdicts
+    for message_index, kind in verdicts:
+        if item.completion is not None and message_index < item.completion:
+            continue
+        if kind == "rewritten":
+            note = (
+                f"assistant message {message_index} is rendered differently from what the model "
+                f"generated; train the last turn only or use --expand-turns"
+            )
+        else:
+            note = (
+                f"assistant message {message_index}: the render after the generation prompt does "
+                f"not start with that prompt; its span cannot be exact"
+            )
+        item.audit.flag(kind, note)
+
+
+def audit_chunk(rows: Sequence[tuple[int, Any]], state: AuditState | None = None) -> ChunkResult:
+    """Audit one batch of ``(index, row)``; a row may be a mapping or a JSON line (``str``)."""
+    state = state or _STATE
+    if state is None:
+        raise TemplatefixError("audit_chunk needs a state (AuditState.build)")
+    result = ChunkResult()
+    for (index, _), audit in zip(rows, audit_examples([row for _, row in rows], state), strict=True):
+        result.add_example(index, audit)
+    return result
+
+
+_STATE: AuditState | None = None
+
+
+def _set_state(template: str, tokenizer: Any, options: AuditOptions) -> AuditState:
     global _STATE
-    _STATE = _State(template, tokenizer, options, special_tokens_of(tokenizer))
+    _STATE = AuditState.build(template, tokenizer, options)
     return _STATE
 
 
@@ -378,99 +454,16 @@ def _init_spawned(template: str, tokenizer_path: str, options: AuditOptions) -> 
     _set_state(template, AutoTokenizer.from_pretrained(tokenizer_path), options)
 
 
-def audit_chunk(rows: Sequence[tuple[int, Any]], state: _State | None = None) -> ChunkResult:
-    """Audit one batch of ``(index, row)``; a row may be a mapping or a JSON line (``str``)."""
-    state = state or _STATE
-    assert state is not None, "audit_chunk needs a state (call _set_state first)"
-    result = ChunkResult()
-    pending: list[
-        tuple[int, list[dict[str, Any]], dict[str, Any], str, list[tuple[int, int]], int | None]
-    ] = []
-    for index, row in rows:
-        result.examples += 1
-        try:
-            if isinstance(row, str):
-                try:
-                    row = json.loads(row)
-                except json.JSONDecodeError as error:
-                    raise RowError(f"invalid JSON: {error.msg} at column {error.colno}") from None
-            messages, kwargs = conversation_of(row)
-        except RowError as error:
-            result.findings.append(("bad_row", index, str(error)))
-            continue
-        if state.options.expand_turns:
-            result.expanded.extend(json.dumps(r, ensure_ascii=False) for r in expand_row(row, messages))
-        try:
-            text, spans = render_with_spans(
-                state.template, messages, special_tokens=state.special_tokens, **kwargs
-            )
-        except TemplatefixError as error:
-            result.findings.append(("template_error", index, str(error)))
-            continue
-        pending.append((index, messages, kwargs, text, spans, completion_start(row)))
-    if not pending:
-        return result
-
-    backend = state.tokenizer.backend_tokenizer
-    encodings = backend.encode_batch([item[3] for item in pending], add_special_tokens=False)
-    max_length = state.options.max_length
-    for (index, messages, kwargs, text, spans, completion), encoding in zip(pending, encodings, strict=True):
-        offsets = encoding.offsets
-        token_index = OffsetIndex(offsets)
-        merged = merge_spans(spans)
-        actual = union_ranges(transformers_token_ranges(token_index, spans))
-        expected = expected_token_ranges(token_index, merged)
-        if completion is not None:  # TRL trains only the completion of prompt/completion rows
-            first = _completion_token(state, messages[:completion], kwargs, text, token_index)
-            actual, expected = _clip(actual, first), _clip(expected, first)
-        trained = sum(end - start for start, end in actual)
-        result.tokens += len(offsets)
-        result.trained_tokens += trained
-        if actual != expected:
-            issues = diagnose(text, spans, offsets)
-            if issues:
-                more = f" (+{len(issues) - 1} more)" if len(issues) > 1 else ""
-                result.findings.append(("token_issue", index, issues[0].message + more))
-        if trained == 0:
-            result.findings.append(("empty_mask", index, "no token is trained (no span, or spans lost)"))
-        elif max_length is not None and actual[0][0] >= max_length:
-            result.findings.append(
-                (
-                    "truncated",
-                    index,
-                    f"first trained token is #{actual[0][0]}, past --max-length {max_length} "
-                    f"({len(offsets)} tokens)",
-                )
-            )
-        if state.options.history != "off" and merged:
-            key = shape_of(messages, kwargs) if state.options.history == "shape" else None
-            verdicts = state.shapes.get(key) if key is not None else None
-            if verdicts is None:
-                verdicts = history_verdicts(
-                    state.template, messages, text, merged, state.special_tokens, kwargs
-                )
-                result.history_checked += 1
-                if key is not None:
-                    state.shapes[key] = verdicts
-            for message_index, kind in verdicts:
-                if completion is not None and message_index < completion:
-                    continue
-                if kind == "rewritten":
-                    note = (
-                        f"assistant message {message_index} is rendered differently from what the model "
-                        f"generated; train the last turn only or use --expand-turns"
-                    )
-                else:
-                    note = (
-                        f"assistant message {message_index}: the render after the generation prompt does "
-                        f"not start with that prompt; its span cannot be exact"
-                    )
-                result.findings.append((kind, index, note))
-    return result
+def _clip(ranges: list[tuple[int, int]], first: int) -> list[tuple[int, int]]:
+    return [(max(start, first), end) for start, end in ranges if end > first]
 
 
 def _completion_token(
-    state: _State, prompt: list[dict[str, Any]], kwargs: dict[str, Any], text: str, token_index: OffsetIndex
+    state: AuditState,
+    prompt: list[dict[str, Any]],
+    kwargs: dict[str, Any],
+    text: str,
+    token_index: OffsetIndex,
 ) -> int:
     """First token of the completion: where the prompt's render (with generation prompt) stops
     matching the full render, as TRL's common-prefix rule finds it."""
@@ -519,7 +512,7 @@ def audit_rows(
     result = AuditResult()
     chunks = _chunks(rows, options.chunk_size)
     if workers <= 1:
-        state = _State(template, tokenizer, options, special_tokens_of(tokenizer))
+        state = AuditState.build(template, tokenizer, options)
         for chunk in chunks:
             done = audit_chunk(chunk, state)
             result.add(done)
