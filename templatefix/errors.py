@@ -37,3 +37,11 @@ class NotVerifiedError(TemplatefixError):
     """A patch could not be verified against SPEC.md."""
 
     exit_code = 1
+
+
+class OutputError(TemplatefixError):
+    """An output cannot be written as asked (it would overwrite something, or the layout forbids it)."""
+
+
+class PushError(TemplatefixError):
+    """Pushing to the Hub failed, or was refused before anything was committed."""

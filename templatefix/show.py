@@ -202,40 +202,6 @@ def _group_start(ends: list[int | None], number: int) -> int:
 # --------------------------------------------------------------------------- inputs
 
 
-def load_template_source(spec: str) -> tuple[str, str]:
-    """``(template, description)`` from a ``.jinja`` file, a model directory or a
-    ``tokenizer_config.json`` (via ``templatefix.sources`` when available)."""
-    try:
-        from templatefix.sources import load_source
-    except ImportError:  # pragma: no cover - the sources module is optional here
-        load_source = None
-    if load_source is not None:
-        source = load_source(spec)
-        entry = source.templates.default or next((e for e in source.templates if e.effective), None)
-        if entry is None:
-            raise SourceError(f"{spec}: no chat template found")
-        return entry.template, f"{source.describe()} ({entry.label})" if hasattr(entry, "label") else spec
-    path = Path(spec)
-    if path.is_dir():
-        if (path / "chat_template.jinja").is_file():
-            path = path / "chat_template.jinja"
-        elif (path / "tokenizer_config.json").is_file():
-            path = path / "tokenizer_config.json"
-        else:
-            raise SourceError(f"{spec}: no chat_template.jinja or tokenizer_config.json")
-    if not path.is_file():
-        raise SourceError(f"{spec}: no such file or directory")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        template = json.loads(text).get("chat_template")
-        if isinstance(template, list):
-            template = next((t["template"] for t in template if t.get("name") == "default"), None)
-        if not isinstance(template, str):
-            raise SourceError(f"{spec}: has no chat_template")
-        return template, spec
-    return text, spec
-
-
 def load_conversation(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Read a conversation file: a JSON list of messages, or an object with ``messages`` (and
     optionally ``tools``, ``documents`` and other template arguments).

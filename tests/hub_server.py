@@ -1,9 +1,12 @@
 """A loopback Hugging Face Hub for tests: a real HTTP server on 127.0.0.1.
 
 It implements the subset of the Hub API that ``huggingface_hub`` uses for ``model_info``,
-``list_repo_tree``/``list_repo_files``, ``hf_hub_download`` (``HEAD``/``GET`` on ``resolve``),
-``create_commit`` (``preupload`` + NDJSON ``commit``, with ``create_pr=1``) and discussion details.
-Every request is recorded; failures (401, 404, dropped connection) can be injected per request.
+``list_repo_tree``/``list_repo_files``, ``hf_hub_download``/``snapshot_download`` (``HEAD``/``GET``
+on ``resolve``), ``create_commit`` (``preupload`` + NDJSON ``commit``, with ``create_pr=1`` and
+``parentCommit``), ``get_repo_discussions`` (paged, filtered by type and status) and
+``get_discussion_details``. Repos can be gated (file downloads refused with ``GatedRepo``) or have
+discussions disabled (listing and pull requests refused with 403). Every request is recorded;
+failures (401, 403, 404, dropped connection) can be injected per request.
 
 Example:
     >>> hub = FakeHub()
@@ -65,6 +68,18 @@ class Commit:
 
 
 @dataclass
+class FakeDiscussion:
+    """A discussion or pull request; its description is the first comment."""
+
+    num: int
+    title: str
+    description: str
+    status: str = "open"  # "open", "closed", "merged", "draft"
+    is_pull_request: bool = True
+    author: str = "someone"
+
+
+@dataclass
 class FakeRepo:
     repo_id: str
     files: dict[str, bytes]
@@ -73,6 +88,29 @@ class FakeRepo:
     sizes: dict[str, int] = field(default_factory=dict)  # declared sizes (e.g. huge weights)
     refs: dict[str, str] = field(default_factory=dict)
     snapshots: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    gated: bool = False  # metadata is public, files are refused (GatedRepo)
+    discussions_disabled: bool = False
+    discussions: list[FakeDiscussion] = field(default_factory=list)
+
+    def add_discussion(
+        self,
+        title: str,
+        description: str,
+        *,
+        status: str = "open",
+        is_pull_request: bool = True,
+        author: str = "someone",
+    ) -> FakeDiscussion:
+        """Add a discussion (by default an open pull request) numbered after the existing ones."""
+        discussion = FakeDiscussion(
+            len(self.discussions) + 1, title, description, status, is_pull_request, author
+        )
+        self.discussions.append(discussion)
+        return discussion
+
+    def head(self, branch: str = "main") -> dict[str, bytes]:
+        """The files on ``branch`` now."""
+        return self.snapshots[self.refs[branch]]
 
 
 @dataclass
@@ -109,10 +147,20 @@ class FakeHub:
         *,
         private: bool = False,
         sizes: dict[str, int] | None = None,
+        gated: bool = False,
+        discussions_disabled: bool = False,
     ) -> FakeRepo:
         """Create ``repo_id`` with ``files`` on ``main``. ``sizes`` declares sizes for listing only."""
         sha = self._new_sha(repo_id)
-        repo = FakeRepo(repo_id, dict(files), sha, private, dict(sizes or {}))
+        repo = FakeRepo(
+            repo_id,
+            dict(files),
+            sha,
+            private,
+            dict(sizes or {}),
+            gated=gated,
+            discussions_disabled=discussions_disabled,
+        )
         repo.refs["main"] = sha
         repo.snapshots[sha] = dict(files)
         self.repos[repo_id] = repo
@@ -175,6 +223,10 @@ _RESOLVE = re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 _PREUPLOAD = re.compile(rf"^/api/models/{_REPO}/preupload/(?P<rev>[^/]+)$")
 _COMMIT = re.compile(rf"^/api/models/{_REPO}/commit/(?P<rev>[^/]+)$")
 _DISCUSSION = re.compile(rf"^/api/models/{_REPO}/discussions/(?P<num>\d+)$")
+_DISCUSSIONS = re.compile(rf"^/api/models/{_REPO}/discussions$")
+#: Discussions per page of ``GET .../discussions`` (the Hub pages them; small to test paging).
+PAGE_SIZE = 3
+DISABLED = "Discussions are disabled for this repo"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -331,6 +383,14 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self._repo(m["repo"], request, head)
             if repo is None:
                 return
+            if repo.gated:
+                return self._error(
+                    403,
+                    "GatedRepo",
+                    f"Access to model {repo.repo_id} is restricted and you are not in the "
+                    "authorized list. Visit the repo page to ask for access.",
+                    head,
+                )
             snap = self._snapshot(repo, m["rev"], head)
             if snap is None:
                 return
@@ -383,6 +443,17 @@ class _Handler(BaseHTTPRequestHandler):
             parent, files = snap
             lines = [json.loads(line) for line in request.body.splitlines() if line.strip()]
             header = next(item["value"] for item in lines if item["key"] == "header")
+            create_pr = request.query.get("create_pr") == ["1"]
+            if create_pr and repo.discussions_disabled:
+                return self._error(403, None, DISABLED, head)
+            wanted_parent = header.get("parentCommit")
+            if wanted_parent:
+                if create_pr and wanted_parent in repo.snapshots:
+                    parent, files = wanted_parent, repo.snapshots[wanted_parent]
+                elif wanted_parent != parent:
+                    return self._error(
+                        412, None, "A commit has happened since. Please refresh and try again."
+                    )
             new_files = dict(files)
             changed: dict[str, bytes] = {}
             for item in lines:
@@ -395,7 +466,6 @@ class _Handler(BaseHTTPRequestHandler):
             with fake._lock:
                 oid = fake._new_sha(repo.repo_id + "commit")
                 repo.snapshots[oid] = new_files
-                create_pr = request.query.get("create_pr") == ["1"]
                 base = f"http://127.0.0.1:{self.server.server_address[1]}/{repo.repo_id}"
                 commit = Commit(
                     repo.repo_id,
@@ -407,9 +477,10 @@ class _Handler(BaseHTTPRequestHandler):
                     create_pr,
                 )
                 if create_pr:
-                    commit.pr_num = 1 + sum(
-                        1 for c in fake.commits if c.repo_id == repo.repo_id and c.create_pr
+                    pr = repo.add_discussion(
+                        header["summary"], header.get("description", ""), author="templatefix-test"
                     )
+                    commit.pr_num = pr.num
                     repo.refs[f"refs/pr/{commit.pr_num}"] = oid
                 else:
                     repo.refs[unquote(m["rev"])] = oid
@@ -417,35 +488,55 @@ class _Handler(BaseHTTPRequestHandler):
             result = {"commitUrl": f"{base}/commit/{oid}", "commitOid": oid, "success": True}
             result["pullRequestUrl"] = f"{base}/discussions/{commit.pr_num}" if create_pr else None
             return self._json(200, result)
+        if method == "GET" and (m := _DISCUSSIONS.match(path)):
+            repo = self._repo(m["repo"], request, head)
+            if repo is None:
+                return
+            if repo.discussions_disabled:
+                return self._error(403, None, DISABLED, head)
+            wanted_type = (request.query.get("type") or ["all"])[0]
+            wanted_status = (request.query.get("status") or ["all"])[0]
+            page = int((request.query.get("p") or ["0"])[0])
+            selected = [
+                d
+                for d in reversed(repo.discussions)  # newest first, as the Hub lists them
+                if wanted_type in ("all", "pull_request" if d.is_pull_request else "discussion")
+                and wanted_status in ("all", d.status)
+            ]
+            start = page * PAGE_SIZE
+            return self._json(
+                200,
+                {
+                    "discussions": [_discussion_json(repo, d) for d in selected[start : start + PAGE_SIZE]],
+                    "count": len(selected),
+                    "start": start,
+                    "numClosedDiscussions": sum(d.status != "open" for d in repo.discussions),
+                },
+            )
         if method == "GET" and (m := _DISCUSSION.match(path)):
             repo = self._repo(m["repo"], request, head)
             if repo is None:
                 return
             num = int(m["num"])
-            commit = next((c for c in fake.commits if c.repo_id == repo.repo_id and c.pr_num == num), None)
-            if commit is None:
+            discussion = next((d for d in repo.discussions if d.num == num), None)
+            if discussion is None:
                 return self._error(404, None, "Discussion not found", head)
             return self._json(
                 200,
                 {
-                    "num": num,
-                    "title": commit.summary,
-                    "status": "open",
-                    "isPullRequest": True,
-                    "createdAt": "2025-08-08T00:00:00.000Z",
-                    "author": {"name": "templatefix"},
+                    **_discussion_json(repo, discussion),
                     "events": [
                         {
-                            "id": "1",
+                            "id": f"{num}-1",
                             "type": "comment",
                             "createdAt": "2025-08-08T00:00:00.000Z",
-                            "author": {"name": "templatefix"},
+                            "author": {"name": discussion.author},
                             "data": {
                                 "latest": {
-                                    "raw": commit.description,
+                                    "raw": discussion.description,
                                     "html": "",
                                     "updatedAt": "2025-08-08T00:00:00.000Z",
-                                    "author": {"name": "templatefix"},
+                                    "author": {"name": discussion.author},
                                 },
                                 "numEdits": 0,
                                 "editors": [],
@@ -460,19 +551,35 @@ class _Handler(BaseHTTPRequestHandler):
                     "filesWithConflicts": [],
                     "target": {},
                     "changes": {"base": "refs/heads/main"},
-                    "repo": {"name": repo.repo_id, "type": "model"},
                     "diff": "",
-                    "pinned": False,
-                    "locked": False,
                     "collection": "discussions",
-                    "isReport": False,
                 },
             )
+        if method == "POST" and path == "/api/validate-yaml":  # README.md front matter check
+            return self._json(200, {"errors": [], "warnings": []})
         if method == "GET" and path == "/api/whoami-v2":
             if request.authorization is None:
                 return self._error(401, None, "Invalid credentials in Authorization header", head)
             return self._json(200, {"type": "user", "name": "templatefix-test", "auth": {}})
         return self._error(404, None, f"no route for {method} {path}", head)
+
+
+def _discussion_json(repo: FakeRepo, discussion: FakeDiscussion) -> dict[str, Any]:
+    return {
+        "num": discussion.num,
+        "title": discussion.title,
+        "status": discussion.status,
+        "isPullRequest": discussion.is_pull_request,
+        "createdAt": "2025-08-08T00:00:00.000Z",
+        "author": {"name": discussion.author},
+        "repo": {"name": repo.repo_id, "type": "model"},
+        "pinned": False,
+        "locked": False,
+        "isReport": False,
+        "topReactions": [],
+        "numComments": 1,
+        "numReactionUsers": 0,
+    }
 
 
 # ---- pytest glue -------------------------------------------------------------------------------
@@ -481,8 +588,25 @@ TEST_TOKEN = "hf_templatefixTESTtoken0123456789"
 
 
 def hub_environment(monkeypatch: Any, tmp_path: Any, url: str, token: str | None = TEST_TOKEN) -> None:
-    """Point huggingface_hub at ``url`` with a private cache under ``tmp_path``; online mode."""
+    """Point huggingface_hub at ``url`` with a private cache under ``tmp_path``; online mode.
+
+    huggingface_hub reads its ``HF_*`` variables once, when it is imported, into
+    ``huggingface_hub.constants``; templatefix leaves them to it. So this sets both: the
+    environment (for subprocesses) and the constants of the already-imported huggingface_hub.
+    The token is read by huggingface_hub at call time, from the environment.
+    """
     home = tmp_path / "hf-home"
+    hub_constants(
+        monkeypatch,
+        ENDPOINT=url,
+        HF_HOME=str(home),
+        HF_HUB_CACHE=str(home / "hub"),
+        HF_HUB_OFFLINE=False,
+        HF_HUB_DISABLE_TELEMETRY=True,
+        HF_HUB_ETAG_TIMEOUT=5,
+        HF_HUB_DISABLE_XET=True,
+    )
+    _reset_sessions()
     monkeypatch.setenv("HF_ENDPOINT", url)
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
@@ -496,3 +620,48 @@ def hub_environment(monkeypatch: Any, tmp_path: Any, url: str, token: str | None
         monkeypatch.delenv("HF_TOKEN", raising=False)
     else:
         monkeypatch.setenv("HF_TOKEN", token)
+
+
+def hub_offline(monkeypatch: Any, offline: bool) -> None:
+    """Switch huggingface_hub's offline mode (``HF_HUB_OFFLINE``) for this process and its children."""
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub_constants(monkeypatch, HF_HUB_OFFLINE=offline)
+    _reset_sessions()
+
+
+def _reset_sessions() -> None:
+    """huggingface_hub < 1.0 decides offline mode when it creates a thread's HTTP session."""
+    from huggingface_hub import utils
+
+    reset = getattr(utils, "reset_sessions", None)
+    if reset is not None:
+        reset()
+
+
+def hub_constants(monkeypatch: Any, **values: Any) -> None:
+    """Set ``huggingface_hub.constants`` values, and the copies modules made of them at import."""
+    import importlib
+
+    from huggingface_hub import constants
+
+    if "ENDPOINT" in values:
+        values["HUGGINGFACE_CO_URL_TEMPLATE"] = (
+            values["ENDPOINT"] + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+    modules = [constants]
+    for name in (
+        "huggingface_hub.file_download",
+        "huggingface_hub.hf_api",
+        "huggingface_hub._snapshot_download",
+    ):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:  # pragma: no cover - layout differs between releases
+            continue
+    for module in modules:
+        for key, value in values.items():
+            if module is constants or hasattr(module, key):
+                monkeypatch.setattr(module, key, value, raising=False)

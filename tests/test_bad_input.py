@@ -369,7 +369,7 @@ def test_interrupted_write_keeps_the_previous_file(
 ) -> None:
     import os
 
-    from templatefix.output import atomic_write
+    from templatefix.io.files import atomic_write
 
     target = tmp_path / "chat_template.jinja"
     target.write_bytes(b"previous")

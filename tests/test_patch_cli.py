@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hub_server import TEST_TOKEN, FakeHub, hub_environment
+from hub_server import TEST_TOKEN, FakeHub, hub_environment, hub_offline
 
-from templatefix import patcher
+import templatefix
+from templatefix import PatchResult
 from templatefix.cli import main
-from templatefix.patcher import PatchResult
+from templatefix.commands.propose import unified_diff
 from templatefix.policy import Policy
 
 TINY = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
@@ -43,7 +44,7 @@ def fake_patch_template(template: str, *, policy: Policy | None = None, **kwargs
         verified=verified,
         report=None,
         reasons=reasons,
-        diff=patcher.unified_diff(template, patched),
+        diff=unified_diff(template, patched, "chat_template.jinja"),
         changed=patched != template,
         policy=policy,
     )
@@ -51,7 +52,7 @@ def fake_patch_template(template: str, *, policy: Policy | None = None, **kwargs
 
 @pytest.fixture
 def fake_patcher(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(patcher, "patch_template", fake_patch_template)
+    monkeypatch.setattr(templatefix, "patch_template", fake_patch_template)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -248,12 +249,12 @@ def test_hub_to_directory(
 def test_dry_run_pr_equals_real_pr(
     fake_patcher: None, hub: FakeHub, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run(capsys, "org/tiny", "--create-pr", "--dry-run", "--json")
+    code, out, _ = run(capsys, "org/tiny", "--create-pr", "--dry-run", "--json", "--as-default")
     assert code == 0
     planned = json.loads(out)["push"]
-    assert hub.commits == [] and planned["pushed"] is False
+    assert hub.commits == [] and planned["pushed"] is False and planned["status"] == "would open"
     assert planned["files"] == ["chat_template.jinja"]
-    code, out, _ = run(capsys, "org/tiny", "--create-pr", "--json")
+    code, out, _ = run(capsys, "org/tiny", "--create-pr", "--json", "--as-default")
     assert code == 0
     (commit,) = hub.commits
     assert commit.create_pr and commit.files == {"chat_template.jinja": TINY_PATCHED.encode()}
@@ -270,7 +271,9 @@ def test_dry_run_text_output(fake_patcher: None, hub: FakeHub, capsys: pytest.Ca
     code, out, _ = run(capsys, "org/tiny", "--create-pr", "--dry-run")
     assert code == 0
     assert "dry run: would open a pull request on org/tiny (base main) with 1 file(s):" in out
-    assert "title: Add {% generation %} markers" in out
+    assert "  additional_chat_templates/training.jinja (" in out
+    assert "title: Add a 'training' chat template with {% generation %} markers" in out
+    assert "jinja2 (plain)" in out and "inference engines" in out
     assert "«" in out and "assistant_only_loss" in out
     assert hub.commits == []
 
@@ -348,12 +351,12 @@ def test_offline_cli(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_offline(monkeypatch, True)
     code, _, err = run(capsys, "org/tiny")
     assert code == 2 and "HF_HUB_OFFLINE is set" in err
-    monkeypatch.delenv("HF_HUB_OFFLINE")
+    hub_offline(monkeypatch, False)
     assert run(capsys, "org/tiny")[0] == 0
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_offline(monkeypatch, True)
     before = len(hub.requests)
     assert run(capsys, "org/tiny", "-o", str(tmp_path / "out"))[0] == 0
     assert len(hub.requests) == before

@@ -1,4 +1,5 @@
-"""SOURCE resolution and reading (templatefix.sources) and layout-preserving output (templatefix.output)."""
+"""SOURCE resolution and reading (templatefix.io.sources, templatefix.io.layout) and layout-preserving,
+atomic output (templatefix.io.layout, templatefix.io.files)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from templatefix.errors import SourceError
-from templatefix.output import (
-    OutputError,
+from templatefix.errors import OutputError, SourceError
+from templatefix.io.files import write_files, write_in_place
+from templatefix.io.layout import (
     json_member_span,
     named_template_files,
     patched_files,
-    write_files,
-    write_in_place,
+    read_directory,
+    template_files_in,
 )
-from templatefix.sources import classify_source, load_source, read_directory, template_files_in
+from templatefix.io.sources import classify_source, load_source, load_template
 
 CHATML = (
     "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}"
@@ -246,3 +247,16 @@ def test_write_in_place_keeps_backups(tmp_path: Path) -> None:
     write_in_place(tmp_path, {"chat_template.jinja": b"newer"}, backup=False)
     assert (tmp_path / "chat_template.jinja").read_bytes() == b"newer"
     assert (tmp_path / "chat_template.jinja.bak").read_bytes() == b"old\r\n"
+
+
+def test_load_template_is_the_one_loader_for_show_and_audit(tmp_path: Path) -> None:
+    items = [{"name": "tool_use", "template": "{{ 'tools' }}"}, {"name": "default", "template": CHATML}]
+    _write(tmp_path / "tokenizer_config.json", json.dumps({"chat_template": items}))
+    loaded = load_template(str(tmp_path))
+    assert loaded.text == CHATML and loaded.entry.label == "tokenizer_config.json[chat_template][default]"
+    assert loaded.describe() == f"{tmp_path} (tokenizer_config.json[chat_template][default])"
+    assert load_template(str(tmp_path), name="tool_use").text == "{{ 'tools' }}"
+    with pytest.raises(SourceError, match="no template named 'training' \\(it has: default, tool_use\\)"):
+        load_template(str(tmp_path), name="training")
+    _write(tmp_path / "chat_template.jinja", "{{ 'file wins' }}")  # transformers prefers the file
+    assert load_template(str(tmp_path)).text == "{{ 'file wins' }}"

@@ -7,9 +7,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -53,35 +53,11 @@ def resolve_template(
     """``(template, notes, warnings)``: the template to audit with (``--template`` or the
     tokenizer's), patched when it has no markers."""
     from templatefix.data.resolve import resolve_template as resolve
-    from templatefix.show import load_template_source
+    from templatefix.io.sources import load_template
 
-    text = load_template_source(template_source)[0] if template_source else None
+    text = load_template(template_source).text if template_source else None
     resolved = resolve(text, tokenizer, policy)
     return resolved.template, resolved.notes, resolved.warnings
-
-
-class _AtomicLines:
-    """Write lines to a temporary file next to ``path``; ``commit`` renames it into place."""
-
-    def __init__(self, path: Path) -> None:
-        directory = path.resolve().parent
-        if not directory.is_dir():
-            raise SourceError(f"{path}: directory {directory} does not exist")
-        handle, self.temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-        self.stream = os.fdopen(handle, "w", encoding="utf-8")
-        self.path = path
-
-    def write(self, lines: list[str]) -> None:
-        for line in lines:
-            self.stream.write(line + "\n")
-
-    def commit(self) -> None:
-        self.stream.close()
-        os.replace(self.temporary, self.path)
-
-    def discard(self) -> None:
-        self.stream.close()
-        Path(self.temporary).unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from templatefix.data.audit import AuditOptions, audit_rows, open_rows
+    from templatefix.io.files import atomic_stream
     from templatefix.tokens import load_fast_tokenizer
 
     if args.workers < 1:
@@ -107,29 +84,23 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"[cyan]note:[/] {note}")
     rows, total = open_rows(args.data, args.split)
     options = AuditOptions(max_length=args.max_length, history=args.history, expand_turns=out is not None)
-    writer = _AtomicLines(out) if out is not None else None
-
     progress = Progress(
         TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=err, auto_refresh=False, disable=not err.is_terminal, transient=True,
     )
     task = progress.add_task("audit", total=total)
 
-    def on_chunk(chunk: Any) -> None:
-        if writer is not None:
-            writer.write(chunk.expanded)
-        progress.update(task, advance=chunk.examples)
-        progress.refresh()
+    with contextlib.ExitStack() as stack:  # --expand-turns: replaces OUT only when the audit finishes
+        writer = stack.enter_context(atomic_stream(out, require_folder=True)) if out is not None else None
 
-    try:
+        def on_chunk(chunk: Any) -> None:
+            if writer is not None:
+                writer.writelines(line + "\n" for line in chunk.expanded)
+            progress.update(task, advance=chunk.examples)
+            progress.refresh()
+
         with progress:
             result = audit_rows(rows, template, tokenizer, options, workers=args.workers, on_chunk=on_chunk)
-    except BaseException:
-        if writer is not None:
-            writer.discard()
-        raise
-    if writer is not None:
-        writer.commit()
     result.notes[:0] = notes + [f"WARNING: {w}" for w in warnings]
     if args.json:
         data = result.to_json()

@@ -93,7 +93,7 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
 
 def _templates(spec: str, revision: str | None = None) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """``([(label, template)], special tokens)`` for SOURCE; empty templates are bad input."""
-    from templatefix.sources import load_source
+    from templatefix.io.sources import load_source
 
     source = load_source(spec, revision=revision)
     entries = [entry for entry in source.templates if entry.effective] or list(source.templates)

@@ -9,9 +9,16 @@ Examples:
     templatefix patch Qwen/Qwen2.5-7B-Instruct -o out/      # out/tokenizer_config.json + report
     templatefix patch ./my-model --in-place                 # keeps *.bak copies
     templatefix patch openai/gpt-oss-20b --create-pr --dry-run
+    templatefix patch --from-file repos.txt --create-pr      # many repos: progress and summary
+
+Every changed template is also rendered in each inference engine installed here
+(``templatefix.engines``). With ``--create-pr``, when an engine reads the original default
+template but fails on the patched one, the patch is proposed as the named template ``training``
+and the default stays (``--as-default`` replaces the default anyway). An earlier templatefix PR
+for the same original template, open or closed, is not opened again (``--force`` does).
 
 Exit status: 0 when every template is verified, 1 when one is not (or was refused for that
-reason), 2 for bad input.
+reason), 2 for bad input. With several SOURCEs: 0 when no repo failed, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -20,26 +27,15 @@ import argparse
 import json
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from templatefix.commands.check import add_policy_arguments, policy_from_args
-from templatefix.errors import NotVerifiedError, SourceError, TemplatefixError
-from templatefix.output import (
-    REPORT_FILE,
-    OutputError,
-    TemplateOutcome,
-    named_template_files,
-    patched_files,
-    plan_writes,
-    pull_request_text,
-    report_bytes,
-    write_files,
-    write_in_place,
-)
+from templatefix.commands.propose import Proposal, RepoPatch, prepare, propose
+from templatefix.errors import NotVerifiedError, OutputError, PushError, TemplatefixError
+from templatefix.io.files import REPORT_FILE, plan_writes, report_bytes, write_files, write_in_place
+from templatefix.io.sources import LoadedSource, load_source
 from templatefix.policy import Policy
-from templatefix.sources import LoadedSource, TemplateEntry, load_source
 
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -49,16 +45,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "patch",
         help="add verified {% generation %} markers to a template, model directory or Hub repo",
         description="Add verified {% generation %} markers to every chat template SOURCE holds. "
-        "Without -o, --in-place or --push-to nothing is written: the verdict and the diff are shown.",
+        "Without -o, --in-place or --push-to nothing is written: the verdict and the diff are shown. "
+        "Several SOURCEs (or --from-file) with --create-pr or --dry-run propose the patch to many repos.",
         epilog="examples:\n"
         + __doc__.split("Examples:\n")[1].split("\n\n")[0]
-        + "\n\nexit status: 0 all verified, 1 a template is not verified, 2 bad input",
+        + "\n\nexit status: 0 all verified, 1 a template is not verified (several SOURCEs: a repo failed), "
+        "2 bad input",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "source",
         metavar="SOURCE",
+        nargs="*",
         help=".jinja file, tokenizer_config.json, model directory, or Hub repo id (owner/name)",
+    )
+    parser.add_argument(
+        "--from-file", metavar="FILE", help="also read SOURCEs from FILE, one per line (# starts a comment)"
     )
     parser.add_argument("--revision", help="Hub branch, tag or commit (Hub SOURCE only)")
     out = parser.add_argument_group("output")
@@ -76,11 +78,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="add the patched template as named template NAME; leave the default untouched",
     )
+    out.add_argument(
+        "--as-default",
+        action="store_true",
+        help="with --create-pr: replace the default template even when an inference engine fails on it",
+    )
+    out.add_argument(
+        "--no-engines", action="store_true", help="skip the inference-engine check (templatefix.engines)"
+    )
     out.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
     out.add_argument(
         "--force",
         action="store_true",
-        help="write/push templates that failed verification; overwrite differing files in OUT",
+        help="write/push templates that failed verification; overwrite differing files in OUT; "
+        "open a PR even when an earlier templatefix PR exists",
     )
     hub = parser.add_argument_group("Hub")
     hub.add_argument("--push-to", metavar="REPO", help="commit the patched files to this Hub repo")
@@ -96,77 +107,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-@dataclass
-class PatchedEntry:
-    """A template of the source and its patch result."""
-
-    entry: TemplateEntry
-    result: Any  # templatefix.patcher.PatchResult
-
-    @property
-    def diff(self) -> str:
-        from templatefix import patcher
-
-        if self.result.patched == self.entry.template:
-            return ""
-        return patcher.unified_diff(self.entry.template, self.result.patched, self.entry.label)
-
-    def outcome(self) -> TemplateOutcome:
-        return TemplateOutcome(
-            label=self.entry.label,
-            name=self.entry.name,
-            verified=bool(self.result.verified),
-            changed=self.result.patched != self.entry.template,
-            reasons=tuple(str(r) for r in self.result.reasons),
-            diff=self.diff,
-            patched=self.result.patched,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        data = self.result.to_json() if hasattr(self.result, "to_json") else {}
-        data.update(
-            {
-                "label": self.entry.label,
-                "name": self.entry.name,
-                "path": self.entry.path,
-                "kind": self.entry.kind,
-                "effective": self.entry.effective,
-                "verified": bool(self.result.verified),
-                "changed": self.result.patched != self.entry.template,
-                "reasons": [str(r) for r in self.result.reasons],
-                "diff": self.diff,
-            }
-        )
-        return data
-
-
-def patch_entries(source: LoadedSource, policy: Policy, *, only_default: bool = False) -> list[PatchedEntry]:
-    """Patch each template of ``source`` (identical texts are patched once)."""
-    from templatefix import patcher
-
-    entries = list(source.templates)
-    if only_default:
-        default = source.templates.default
-        entries = [default] if default is not None else []
-    cache: dict[str, Any] = {}
-    patched = []
-    for entry in entries:
-        if not entry.template.strip():  # bad input, as in `check`: not a template that fails
-            raise SourceError(f"{entry.label}: the template is empty")
-        if entry.template not in cache:
-            try:
-                cache[entry.template] = patcher.patch_template(entry.template, policy=policy)
-            except TemplatefixError as error:  # name the template, as `check` does
-                raise type(error)(f"{entry.label}: {error}") from None
-        patched.append(PatchedEntry(entry, cache[entry.template]))
-    return patched
-
-
 def run(args: argparse.Namespace) -> int:
+    specs = list(args.source or [])
+    if args.from_file:
+        specs += read_repo_list(Path(args.from_file))
+    if not specs:
+        raise TemplatefixError(
+            "give a SOURCE (a .jinja file, a model directory or a Hub repo id), or --from-file"
+        )
+    if args.as_default and args.as_named:
+        raise TemplatefixError("use either --as-named NAME or --as-default, not both")
+    if len(specs) > 1 or args.from_file:
+        from templatefix.commands.batch import run_batch
+
+        return run_batch(specs, args)
+    return run_one(specs[0], args)
+
+
+def read_repo_list(path: Path) -> list[str]:
+    """SOURCEs from a file: one per line; blank lines and ``#`` comments are skipped.
+
+    Example:
+        >>> import tempfile
+        >>> name = Path(tempfile.mkdtemp()) / "repos.txt"
+        >>> _ = name.write_text("# models\\norg/a\\n\\norg/b  # second\\n")
+        >>> read_repo_list(name)
+        ['org/a', 'org/b']
+    """
+    from templatefix.errors import SourceError
+    from templatefix.io.layout import read_text
+
+    try:
+        text = read_text(path)
+    except SourceError as error:
+        raise SourceError(f"--from-file: {error}") from None
+    specs = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    specs = [spec for spec in specs if spec]
+    if not specs:
+        raise SourceError(f"--from-file {path}: no SOURCE in it")
+    return specs
+
+
+def run_one(spec: str, args: argparse.Namespace) -> int:
+    """``templatefix patch SOURCE``: one source."""
     _check_flags(args)
     policy = policy_from_args(args)
-    _quiet_hub()
-    source = load_source(args.source, revision=args.revision)
+    quiet_hub()
+    source = load_source(spec, revision=args.revision)
     if args.in_place and not source.is_local:
         raise TemplatefixError(
             "--in-place needs a local SOURCE; for a Hub repo use -o DIR or --push-to/--create-pr"
@@ -174,44 +161,34 @@ def run(args: argparse.Namespace) -> int:
     push_target = args.push_to or (source.repo_id if args.create_pr else None)
     if args.create_pr and push_target is None:
         raise TemplatefixError("--create-pr needs --push-to REPO when SOURCE is local")
-
-    patched = patch_entries(source, policy, only_default=bool(args.as_named))
-    if not patched:
-        raise TemplatefixError(f"{args.source}: no default template to use with --as-named")
-    all_verified = all(p.result.verified for p in patched)
-    accepted = [p for p in patched if p.result.verified or args.force]
-    refused = [
-        p for p in patched if not (p.result.verified or args.force) and p.result.patched != p.entry.template
-    ]
-
-    if args.as_named:
-        default = patched[0]
-        files = dict(source.templates.files)
-        if default in accepted:
-            files.update(
-                named_template_files(
-                    source.templates, args.as_named, default.result.patched, force=args.force
-                )
-            )
-    else:
-        files = patched_files(source.templates, {p.entry.label: p.result.patched for p in accepted})
-    changed = {path: data for path, data in files.items() if source.templates.files.get(path) != data}
+    repo = prepare(
+        source,
+        policy,
+        as_named=args.as_named,
+        as_default=args.as_default,
+        create_pr=bool(args.create_pr),
+        engines=not args.no_engines,
+        force=args.force,
+    )
+    files, changed = repo.files, repo.changed
     to_stdout = args.output == "-"
     console = _console(sys.stderr if (to_stdout or args.json) else sys.stdout)
 
     report: dict[str, Any] = {
         "source": source.to_json(),
         "policy": policy.to_dict(),
-        "verified": all_verified,
-        "templates": [p.to_json() for p in patched],
+        "verified": repo.verified,
+        "templates": [p.to_json() for p in repo.patched],
+        "as_named": repo.as_named,
+        "named_because": repo.named_because,
         "changed_files": sorted(changed),
-        "refused": [p.entry.label for p in refused],
+        "refused": [p.entry.label for p in repo.refused],
         "dry_run": bool(args.dry_run),
         "written": [],
         "push": None,
     }
     if not args.json:
-        _print_verdicts(console, source, patched, refused, args)
+        _print_verdicts(console, repo, args)
 
     # ---- local outputs ---------------------------------------------------------------------
     if args.output is not None:
@@ -234,13 +211,13 @@ def run(args: argparse.Namespace) -> int:
 
     # ---- push ------------------------------------------------------------------------------
     if push_target is not None:
-        report["push"] = _push(push_target, source, patched, changed, policy, args, console, all_verified)
+        report["push"] = _push(push_target, repo, policy, args, console)
 
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
     elif args.output is None and not args.in_place and push_target is None and changed:
         console.print("nothing written: use -o OUT, --in-place or --push-to to write the patch", style="dim")
-    return 0 if all_verified else 1
+    return 0 if repo.verified else 1
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -250,9 +227,11 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise TemplatefixError("--no-backup only applies to --in-place")
     if args.output == "-" and args.json:
         raise TemplatefixError("-o - and --json both write to stdout; pick one")
+    if args.as_default and not args.create_pr:
+        raise TemplatefixError("--as-default only applies to --create-pr (other outputs replace the default)")
 
 
-def _quiet_hub() -> None:
+def quiet_hub() -> None:
     """No progress bars or retry chatter from huggingface_hub: errors are reported in one line."""
     try:
         from huggingface_hub.utils import disable_progress_bars, logging
@@ -275,15 +254,11 @@ def _console(file: Any) -> Any:
     return Console(file=file, highlight=False, soft_wrap=True)
 
 
-def _print_verdicts(
-    console: Any,
-    source: LoadedSource,
-    patched: list[PatchedEntry],
-    refused: list[PatchedEntry],
-    args: argparse.Namespace,
-) -> None:
-    console.print(f"[bold]{escape(source.describe())}[/bold]: {len(patched)} template(s)")
-    for item in patched:
+def _print_verdicts(console: Any, repo: RepoPatch, args: argparse.Namespace) -> None:
+    from templatefix.engines import print_engines
+
+    console.print(f"[bold]{escape(repo.source.describe())}[/bold]: {len(repo.patched)} template(s)")
+    for item in repo.patched:
         outcome = item.outcome()
         shadow = "" if item.entry.effective else " (shadowed: transformers ignores this copy)"
         if outcome.verified:
@@ -301,21 +276,35 @@ def _print_verdicts(
                 "(or its generation prompt disagrees with its training render); e.g.",
             )
             console.print(f"      - {flags[0]}", markup=False)
-        if item in refused:
+        if item in repo.refused:
             console.print(
                 "      not written: failed verification (use --force to write it anyway)", style="yellow"
             )
-    if args.output == "-":
-        return
-    for item in patched:
-        diff = item.diff
-        if not diff:
-            continue
-        for line in diff.splitlines():
-            style = "green" if line.startswith("+") else "red" if line.startswith("-") else None
-            if line.startswith(("+++", "---", "@@")):
-                style = "cyan"
-            console.print(line, style=style, markup=False)
+    if args.output != "-":
+        for item in repo.patched:
+            for line in item.diff.splitlines():
+                style = "green" if line.startswith("+") else "red" if line.startswith("-") else None
+                if line.startswith(("+++", "---", "@@")):
+                    style = "cyan"
+                console.print(line, style=style, markup=False)
+    for item in repo.patched:
+        if item.engines:
+            print_engines(item.engines, console, f"{item.entry.label}: inference engines")
+    breaking = sorted({r.engine for item in repo.patched for r in item.engines if r.breaks})
+    if repo.named_because:
+        console.print(
+            f"{', '.join(repo.named_because)} fail on the patched default template: proposing it as the "
+            f"named template '{repo.as_named}' (--as-default replaces the default anyway)",
+            style="yellow",
+            markup=False,
+        )
+    elif breaking and not repo.as_named:
+        console.print(
+            f"{', '.join(breaking)} fail on the patched template; "
+            "--as-named training keeps the default as it is",
+            style="yellow",
+            markup=False,
+        )
 
 
 def _write_stdout(source: LoadedSource, files: dict[str, bytes]) -> None:
@@ -372,67 +361,41 @@ def _write_output(
 
 
 def _push(
-    repo_id: str,
-    source: LoadedSource,
-    patched: list[PatchedEntry],
-    changed: dict[str, bytes],
-    policy: Policy,
-    args: argparse.Namespace,
-    console: Any,
-    all_verified: bool,
-) -> dict[str, Any] | None:
-    from templatefix import __version__
-    from templatefix.hub import PushPlan, push
-
-    if not all_verified and not args.force:
-        if args.dry_run:
-            if not args.json:
-                console.print(
-                    f"dry run: would not push to {repo_id}: not every template is verified "
-                    "(--force overrides)",
-                    style="yellow",
-                )
-            return {"repo_id": repo_id, "pushed": False, "blocked": True}
-        raise NotVerifiedError(
-            f"not pushed to {repo_id}: some templates failed verification (see above); "
-            "fix them or use --force"
-        )
-    if not changed:
-        if not args.json:
-            console.print(f"nothing to push to {repo_id}: no file changed", markup=False)
-        return None
-    title, description = pull_request_text(
-        [p.outcome() for p in patched],
-        sorted(changed),
-        source=source.describe(),
-        policy=policy.to_dict(),
-        special_tokens=source.templates.special_tokens,
-        as_named=args.as_named,
-        version=__version__,
-    )
-    same_repo = source.repo_id == repo_id
+    repo_id: str, repo: RepoPatch, policy: Policy, args: argparse.Namespace, console: Any
+) -> dict[str, Any]:
+    same_repo = repo.source.repo_id == repo_id
     branch = args.revision if (same_repo and args.revision and not _COMMIT_SHA.match(args.revision)) else None
-    plan = PushPlan(
-        repo_id,
-        dict(changed),
-        title,
-        description,
-        create_pr=args.create_pr,
-        revision=branch,
-        parent_commit=source.commit if same_repo and not args.create_pr else None,
+    proposal = propose(
+        repo_id, repo, policy, create_pr=args.create_pr, dry_run=args.dry_run, force=args.force, branch=branch
     )
-    if args.dry_run:
+    data = {**proposal.to_json(), "blocked": proposal.status == "not verified"}
+    if proposal.status == "error":
+        raise PushError(proposal.message)
+    if proposal.status == "not verified":
+        if not args.dry_run:
+            raise NotVerifiedError(
+                f"not pushed to {repo_id}: some templates failed verification (see above); "
+                "fix them or use --force"
+            )
         if not args.json:
-            _print_plan(console, plan)
-        return {**plan.to_json(), "pushed": False, "blocked": False}
-    push(plan)
+            console.print(
+                f"dry run: would not push to {repo_id}: not every template is verified (--force overrides)",
+                style="yellow",
+                markup=False,
+            )
+        return data
     if not args.json:
-        where = plan.result.get("pr_url") or plan.result.get("commit_url")
-        console.print(f"pushed to {repo_id}: {where}", markup=False)
-    return {**plan.to_json(), "pushed": True, "blocked": False}
+        if proposal.status in ("would open", "would commit"):
+            _print_plan(console, proposal)
+        elif proposal.status in ("opened", "committed"):
+            console.print(f"pushed to {repo_id}: {proposal.url}", markup=False)
+        else:
+            console.print(proposal.message, markup=False)
+    return data
 
 
-def _print_plan(console: Any, plan: Any) -> None:
+def _print_plan(console: Any, proposal: Proposal) -> None:
+    plan = proposal.plan
     what = "open a pull request on" if plan.create_pr else "commit to"
     base = plan.revision or "main"
     console.print(

@@ -36,13 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from templatefix.io.files import atomic_write
+    from templatefix.io.sources import load_template
     from templatefix.patcher import patch_template
     from templatefix.show import (
         GENERATION_TAG,
         build_view,
         example_variants,
         load_conversation,
-        load_template_source,
         render_html,
         render_terminal,
     )
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.html and Path(args.html).exists() and not args.force:
         raise SourceError(f"{args.html} exists: pass --force to overwrite it")
-    template, described = load_template_source(args.source)
+    loaded = load_template(args.source)
+    template, described = loaded.text, loaded.describe()
     tokenizer = load_fast_tokenizer(args.tokenizer)
 
     notes: list[str] = []
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     view.warnings[:0] = warnings
     render_terminal(view, Console(highlight=False))
     if args.html:
-        _write_atomic(Path(args.html), render_html(view))
+        atomic_write(Path(args.html), render_html(view), require_folder=True)
         Console(stderr=True).print(f"wrote {args.html}")
     return 1 if warnings else 0
 
@@ -99,20 +101,3 @@ def _has_markers(template: str, tag: str) -> bool:
     import re
 
     return re.search(r"\{%-?\s*generation\s*-?%\}", template) is not None or tag in template
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    directory = path.resolve().parent
-    if not directory.is_dir():
-        raise SourceError(f"{path}: directory {directory} does not exist")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -85,7 +85,7 @@ class EngineResult:
             return f"identical ({self.compared} renders)"
         if self.status == "not available":
             return f"not available: {self.detail}"
-        where = f" [{self.where}]" if self.where else ""
+        where = f" [{self.where}]" if self.where else (" on every render" if self.status == "fails" else "")
         return f"{self.status}{where}: {self.detail}"
 
     def to_json(self) -> dict[str, Any]:
@@ -150,6 +150,9 @@ def compare(
     base = {"engine": engine.name, "used_by": engine.used_by, "version": version}
     pairs = list(zip(contexts, original, patched, strict=True))
     readable = [(c, o, p) for c, o, p in pairs if o.ok]
+    errors = {after.error for _, _, after in readable if not after.ok}
+    if readable and len(errors) == 1 and all(not after.ok for _, _, after in readable):
+        return EngineResult(**base, status="fails", detail=errors.pop() or "", compared=len(readable))
     for context, _, after in readable:
         if not after.ok:
             return EngineResult(

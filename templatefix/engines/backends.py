@@ -125,6 +125,15 @@ def _first_line(error: BaseException | str) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _jinja2_error(error: BaseException) -> str:
+    """jinja2's message in one short line: its first sentence, and the line for a syntax error."""
+    import jinja2
+
+    if isinstance(error, jinja2.TemplateSyntaxError):
+        return f"{error.message.split('. ')[0] if error.message else 'syntax error'} (line {error.lineno})"
+    return _first_line(error)
+
+
 def _installed(distribution: str) -> str:
     try:
         return metadata.version(distribution)
@@ -206,14 +215,14 @@ class PlainJinja2(Engine):
                 with limits.guard():
                     compiled = environment.from_string(template)
             except Exception as error:  # noqa: BLE001 - untrusted templates: any failure is the answer
-                results.append([Rendered(error=_first_line(error)) for _ in contexts])
+                results.append([Rendered(error=_jinja2_error(error)) for _ in contexts])
                 continue
             row = []
             for values in variables:
                 try:
                     row.append(Rendered(text=limits.render_template(compiled, **values)))
                 except Exception as error:  # noqa: BLE001
-                    row.append(Rendered(error=_first_line(error)))
+                    row.append(Rendered(error=_jinja2_error(error)))
             results.append(row)
         return results
 

@@ -1,8 +1,6 @@
-"""Where chat templates live, read exactly as transformers reads them.
+"""Where a model repo keeps its chat templates, read and written back byte-exact.
 
-A SOURCE is a Hub repo id (``owner/name``), a local model directory, a ``tokenizer_config.json``
-(or a processor's ``chat_template.json``), or a single ``.jinja`` file. Inside a model directory
-transformers looks for templates in four places, and so do we:
+Inside a model directory transformers looks for templates in four places, and so do we:
 
 - ``chat_template.jinja``: the default template;
 - ``additional_chat_templates/<name>.jinja``: named templates;
@@ -10,28 +8,28 @@ transformers looks for templates in four places, and so do we:
   ``{"name": ..., "template": ...}``; transformers ignores it when either of the files above exists;
 - a processor's legacy ``chat_template.json``: ``{"chat_template": ...}``.
 
-Files are read byte-exact (``newline=""``: CRLF stays CRLF), so a patch never changes a byte the
-user did not ask to change.
+Files are read byte-exact (``newline=""``: CRLF stays CRLF). Written back, a template from
+``chat_template.jinja`` goes to ``chat_template.jinja``; one from ``tokenizer_config.json`` goes
+back into that file's ``chat_template`` value, and only that value's bytes change (the rest of the
+JSON, its key order, indentation and escapes are kept).
 
 Example:
-    >>> from templatefix.sources import load_source
-    >>> source = load_source("path/to/Qwen2.5-7B-Instruct")  # doctest: +SKIP
-    >>> [(entry.label, entry.kind) for entry in source.templates]  # doctest: +SKIP
-    [('tokenizer_config.json[chat_template]', 'tokenizer_config')]
-    >>> source.templates.default.template[:30]  # doctest: +SKIP
-    "{%- if tools %}\\n    {{- '<|im_st"
+    >>> entry = TemplateEntry("default", "{{ x }}", "chat_template.jinja", "chat_template_jinja")
+    >>> files = patched_files(TemplateSet([entry], {"chat_template.jinja": b"{{ x }}"}),
+    ...                       {"chat_template.jinja": "{% generation %}{{ x }}{% endgeneration %}"})
+    >>> files["chat_template.jinja"]
+    b'{% generation %}{{ x }}{% endgeneration %}'
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from templatefix.errors import SourceError
+from templatefix.errors import OutputError, SourceError
 
 #: The default template file (transformers' ``CHAT_TEMPLATE_FILE``).
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -41,6 +39,14 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 #: A processor's legacy template file (transformers' ``LEGACY_PROCESSOR_CHAT_TEMPLATE_FILE``).
 PROCESSOR_TEMPLATE_FILE = "chat_template.json"
 
+#: ``allow_patterns`` for ``snapshot_download``: every file that can hold a chat template.
+TEMPLATE_PATTERNS: tuple[str, ...] = (
+    CHAT_TEMPLATE_FILE,
+    f"{CHAT_TEMPLATE_DIR}/*.jinja",
+    TOKENIZER_CONFIG_FILE,
+    PROCESSOR_TEMPLATE_FILE,
+)
+
 LayoutKind = Literal[
     "chat_template_jinja",  # <root>/chat_template.jinja
     "additional_jinja",  # <root>/additional_chat_templates/<name>.jinja
@@ -49,9 +55,6 @@ LayoutKind = Literal[
     "processor_json",  # chat_template.json, "chat_template": "<string>" (or a list)
     "jinja_file",  # a standalone .jinja file given as SOURCE
 ]
-SourceKind = Literal["hub", "directory", "file"]
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 @dataclass(frozen=True)
@@ -119,127 +122,6 @@ class TemplateSet:
         if list(templates) == ["default"]:
             return templates["default"]
         return templates
-
-
-@dataclass
-class LoadedSource:
-    """A SOURCE, resolved and read.
-
-    Attributes:
-        spec: the SOURCE as the user wrote it.
-        kind: ``"hub"``, ``"directory"`` or ``"file"``.
-        root: the local directory the entries' paths are relative to (for the Hub, the snapshot
-            folder in the cache; never written to).
-        templates: what was found.
-        repo_id, revision, commit: for Hub sources, the repo, the requested revision and the
-            commit it resolved to.
-    """
-
-    spec: str
-    kind: SourceKind
-    root: Path
-    templates: TemplateSet
-    repo_id: str | None = None
-    revision: str | None = None
-    commit: str | None = None
-
-    @property
-    def is_local(self) -> bool:
-        return self.kind != "hub"
-
-    def describe(self) -> str:
-        """One line naming the source, e.g. ``Qwen/Qwen2.5-7B-Instruct@a09a354``."""
-        if self.kind == "hub":
-            return f"{self.repo_id}@{(self.commit or self.revision or 'main')[:7]}"
-        return self.spec
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec,
-            "kind": self.kind,
-            "repo_id": self.repo_id,
-            "revision": self.revision,
-            "commit": self.commit,
-        }
-
-
-def classify_source(spec: str) -> tuple[Literal["path", "hub"], str]:
-    """Decide whether ``spec`` is a local path or a Hub repo id.
-
-    An existing path always wins. Otherwise ``owner/name`` is a repo id. Anything else (including a
-    path-looking string that does not exist) is a one-line ``SourceError``.
-
-    Example:
-        >>> classify_source("Qwen/Qwen2.5-7B-Instruct")
-        ('hub', 'Qwen/Qwen2.5-7B-Instruct')
-        >>> classify_source("no-such-thing.jinja")
-        Traceback (most recent call last):
-        ...
-        templatefix.errors.SourceError: no-such-thing.jinja: no such file or directory
-    """
-    if not spec or not spec.strip():
-        raise SourceError(
-            "empty SOURCE: give a .jinja file, a model directory, a tokenizer_config.json "
-            "or a Hub repo id like owner/name"
-        )
-    path = Path(spec).expanduser()
-    if path.exists():
-        return "path", str(path)
-    looks_like_path = (
-        spec.startswith((".", "/", "~", "\\"))
-        or spec.endswith((".jinja", ".json", "/"))
-        or "\\" in spec
-        or spec.count("/") > 1
-    )
-    if not looks_like_path and _REPO_ID.match(spec) and ".." not in spec and "--" not in spec:
-        return "hub", spec
-    if looks_like_path or "/" in spec:
-        raise SourceError(f"{spec}: no such file or directory")
-    raise SourceError(f"{spec}: not a file, a directory, or a Hub repo id (owner/name)")
-
-
-def load_source(spec: str, *, revision: str | None = None, token: str | None = None) -> LoadedSource:
-    """Resolve and read SOURCE. Hub ids are fetched (small files only) through ``templatefix.hub``.
-
-    Raises:
-        SourceError: the source does not exist, cannot be read, or holds no chat template.
-    """
-    kind, value = classify_source(spec)
-    if kind == "hub":
-        from templatefix.hub import fetch_source
-
-        return fetch_source(value, revision=revision, token=token, spec=spec)
-    if revision is not None:
-        raise SourceError(f"--revision applies to Hub repo ids, not to the local path {spec}")
-    return load_local(Path(value), spec=spec)
-
-
-def load_local(path: Path, *, spec: str | None = None) -> LoadedSource:
-    """Read a local directory, ``tokenizer_config.json``, ``chat_template.json`` or ``.jinja`` file."""
-    spec = spec if spec is not None else str(path)
-    if path.is_dir():
-        templates = read_directory(path)
-        if not templates.entries:
-            raise SourceError(
-                f"{spec}: no chat template found (looked for {CHAT_TEMPLATE_FILE}, "
-                f"{CHAT_TEMPLATE_DIR}/*.jinja, the chat_template key of {TOKENIZER_CONFIG_FILE}, "
-                f"and {PROCESSOR_TEMPLATE_FILE})"
-            )
-        return LoadedSource(spec, "directory", path, templates)
-    if not path.is_file():
-        raise SourceError(f"{spec}: not a regular file or directory")
-    name = path.name
-    if name.endswith(".json"):
-        kind: LayoutKind = "processor_json" if name == PROCESSOR_TEMPLATE_FILE else "tokenizer_config"
-        templates = read_files(path.parent, [name], json_kind=kind)
-        if not templates.entries:
-            raise SourceError(f"{spec}: has no chat_template key")
-    else:
-        text = read_text(path)
-        templates = TemplateSet(
-            [TemplateEntry("default", text, name, "jinja_file")], {name: path.read_bytes()}
-        )
-    return LoadedSource(spec, "file", path.parent, templates)
 
 
 def template_files_in(names: list[str]) -> list[str]:
@@ -381,3 +263,154 @@ def _file_order(name: str) -> tuple[int, str]:
     if name == PROCESSOR_TEMPLATE_FILE:
         return (3, name)
     return (2, name)
+
+
+# ---- writing back ------------------------------------------------------------------------
+
+
+def patched_files(templates: TemplateSet, patched: Mapping[str, str]) -> dict[str, bytes]:
+    """New bytes for every file of ``templates``, with ``patched`` (``entry.label -> text``) applied.
+
+    Files whose templates are unchanged come back byte-identical.
+    """
+    out = dict(templates.files)
+    by_file: dict[str, list[TemplateEntry]] = {}
+    for entry in templates.entries:
+        by_file.setdefault(entry.path, []).append(entry)
+    for path, entries in by_file.items():
+        changes = {
+            e.label: patched[e.label]
+            for e in entries
+            if e.label in patched and patched[e.label] != e.template
+        }
+        if not changes:
+            continue
+        if entries[0].kind in ("chat_template_jinja", "additional_jinja", "jinja_file"):
+            out[path] = changes[entries[0].label].encode("utf-8")
+        else:
+            out[path] = _replace_json_templates(out[path], entries, changes)
+    return out
+
+
+def named_template_files(
+    templates: TemplateSet, name: str, patched_default: str, *, force: bool = False
+) -> dict[str, bytes]:
+    """Files adding ``patched_default`` as the named template ``name``; the default stays untouched.
+
+    Next to ``chat_template.jinja`` it becomes ``additional_chat_templates/<name>.jinja``; a
+    template kept in ``tokenizer_config.json`` becomes a list ``[{"name": "default", ...},
+    {"name": <name>, ...}]`` (or gains an entry).
+    """
+    if not name or "/" in name or name != name.strip() or name == "default":
+        raise OutputError(f"--as-named {name!r}: give a plain name other than 'default', e.g. 'training'")
+    default = templates.default
+    if default is None:
+        raise OutputError("--as-named: the source has no default template to copy")
+    existing = {e.name: e for e in templates.entries if e.effective}
+    if name in existing and existing[name].template != patched_default and not force:
+        raise OutputError(
+            f"--as-named {name}: a template named {name!r} already exists "
+            f"({existing[name].label}); use --force to replace it"
+        )
+    if default.kind == "jinja_file":
+        raise OutputError(
+            "--as-named needs a model directory, a tokenizer_config.json or a Hub repo, "
+            "not a lone .jinja file"
+        )
+    if default.kind == "processor_json":
+        raise OutputError(
+            "--as-named: transformers cannot load a legacy chat_template.json together with "
+            f"{CHAT_TEMPLATE_DIR}/; convert it to {CHAT_TEMPLATE_FILE} first"
+        )
+    if default.kind in ("chat_template_jinja", "additional_jinja"):
+        return {f"{CHAT_TEMPLATE_DIR}/{name}.jinja": patched_default.encode("utf-8")}
+    raw = templates.files[default.path]
+    entries = [e for e in templates.entries if e.path == default.path]
+    items = [{"name": e.name, "template": e.template} for e in entries if e.name != name]
+    items.append({"name": name, "template": patched_default})
+    return {default.path: _replace_json_value(raw, "chat_template", items)}
+
+
+def _replace_json_templates(
+    raw: bytes, entries: Sequence[TemplateEntry], changes: Mapping[str, str]
+) -> bytes:
+    if entries[0].kind in ("tokenizer_config", "processor_json"):
+        return _replace_json_value(raw, "chat_template", changes[entries[0].label])
+    text = raw.decode("utf-8")
+    data = json.loads(text)
+    value = data["chat_template"]
+    if isinstance(value, dict):
+        new_value: Any = {k: changes.get(_label_for(entries, k), v) for k, v in value.items()}
+    else:
+        new_value = [
+            {**item, "template": changes.get(_label_for(entries, item["name"]), item["template"])}
+            for item in value
+        ]
+    return _replace_json_value(raw, "chat_template", new_value)
+
+
+def _label_for(entries: Sequence[TemplateEntry], name: str) -> str:
+    return next(e.label for e in entries if e.name == name)
+
+
+def _replace_json_value(raw: bytes, key: str, value: Any) -> bytes:
+    """``raw`` JSON with the top-level ``key``'s value replaced; every other byte is kept."""
+    text = raw.decode("utf-8")
+    start, end = json_member_span(text, key)
+    old_literal = text[start:end]
+    ensure_ascii = "\\u" in old_literal and not any(ord(c) > 127 for c in old_literal)
+    line_start = text.rfind("\n", 0, start) + 1
+    indent = len(text[line_start:start]) - len(text[line_start:start].lstrip(" "))
+    step = _indent_step(text)
+    if isinstance(value, str) or step is None:
+        literal = json.dumps(value, ensure_ascii=ensure_ascii)
+    else:
+        literal = json.dumps(value, ensure_ascii=ensure_ascii, indent=step)
+        literal = literal.replace("\n", "\n" + " " * indent)
+    newline = "\r\n" if "\r\n" in text else "\n"
+    literal = literal.replace("\n", newline) if newline != "\n" and not isinstance(value, str) else literal
+    return (text[:start] + literal + text[end:]).encode("utf-8")
+
+
+def json_member_span(text: str, key: str) -> tuple[int, int]:
+    """Character range of the top-level ``key``'s value in the JSON object ``text``.
+
+    Example:
+        >>> json_member_span('{"a": 1, "chat_template": "x"}', "chat_template")
+        (26, 29)
+    """
+    decoder = json.JSONDecoder()
+    scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
+    i = _skip_ws(text, 0)
+    if text[i : i + 1] != "{":
+        raise OutputError("expected a JSON object")
+    i += 1
+    while True:
+        i = _skip_ws(text, i)
+        if text[i] == "}":
+            break
+        name, i = scanstring(text, i + 1)
+        i = _skip_ws(text, i)
+        i = _skip_ws(text, i + 1)  # past ':'
+        _, end = decoder.raw_decode(text, i)
+        if name == key:
+            return i, end
+        i = _skip_ws(text, end)
+        if text[i] == ",":
+            i += 1
+    raise OutputError(f"no {key!r} in the JSON object")
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _indent_step(text: str) -> int | None:
+    """The file's indentation step (spaces), or ``None`` for compact JSON."""
+    for line in text.splitlines()[1:]:
+        stripped = line.lstrip(" ")
+        if stripped and len(line) > len(stripped):
+            return len(line) - len(stripped)
+    return None
