@@ -1,0 +1,401 @@
+"""Judge a patched template against its original on one conversation, from SPEC rules 1-3 alone.
+
+Notation: ``O(k, g)`` is the ORIGINAL template's render of the first ``k`` messages with
+``add_generation_prompt=g``; ``Q(k, g)`` is the PATCHED template's render with its spans (the
+union of its ``{% generation %}`` ranges). Nothing else is consulted: no trace, no oracle.
+
+Rule 1 (render unchanged). For every ``k`` in ``0..n`` and both ``g``: if ``O(k, g)`` renders,
+``Q(k, g)`` renders the same text. A conversation whose full render ``O(n, False)`` raises is
+skipped (the original rejects it); a prefix the original rejects is left out.
+
+Turns. For an assistant message ``j``: ``P = O(j, True)``, ``F = O(j+1, False)``. If ``F`` does
+not start with ``P`` the turn is a *mismatch* and is not judged. Else ``G = F[len(P):]``; a
+whitespace-only ``G`` owes nothing (*empty*). When ``G`` ends with text written only because an
+assistant could come next (the original's render of ``M[:j+1]`` followed by a user message
+departs from ``G`` before ``G`` ends), a *core* is ``G`` cut at or before that departure such
+that the cut-off text also ends ``P`` or ``O(j, False)``: the next assistant header, "the same
+markup that ends P". Renders cannot tell a header from end-of-turn text written the same way
+before every message (Cohere's ``<|END_OF_TURN_TOKEN|>`` closes user and assistant turns alike,
+and its header follows), so every such cut is a core: the judge's one leniency beyond SPEC.
+
+Judged renders. Every render ``X = Q(k, g)`` whose text equals ``O(k, g)`` is judged, for all
+``k`` and ``g``: ``X = Q(j+1, False)`` gives rule 2 for turn ``j``, ``X = Q(n, False)`` rule 3,
+``X = Q(k, True)`` the prompts. In ``X``, turn ``j < k`` is *prefix-preserving* when ``X``
+starts with ``P + G`` or ``P + core``; its window runs from ``len(P)`` over the longest of these
+``X`` holds, and the spans inside it must be exactly one range starting at ``len(P)`` and
+ending at the end of ``G``, of a core, or of either without its trailing whitespace. These
+allowances (trailing whitespace in or out; stopping before the next header) are the only
+slack. An owed turn that is not prefix-preserving in ``X`` (history rewritten, e.g. Qwen3
+dropping old reasoning) has no window there and is counted, not judged.
+
+No span outside an assistant's output. In ``X`` no span may touch:
+- the text of a non-assistant message ``m``: ``[len(O(m)), len(O(m+1)))`` whenever ``X`` starts
+  with both renders (``O(0)`` counts as empty, so text before the first message is included);
+- the header of a turn ``j`` when ``X`` starts with ``P``: from where ``P`` and ``O(j, False)``
+  part to ``len(P)`` (the role header and generation prompt the model does not write);
+- in ``X = Q(k, True)``, the generation prompt at its end;
+- any occurrence in ``X`` of a system, user or tool text (each carries a tag unique to its
+  message, so an occurrence is that message's text wherever the template moved it).
+Windows of judged and empty turns are taken out of these regions (the window rule decides
+there). Why not compare the spans before ``len(P)`` with ``Q(j, True)``'s? Both are renders of
+the same prompt text, but that would only prove the patch consistent with itself; checking each
+region against the original's prefix renders proves it right.
+
+Not covered: the output region of a rewritten or mismatching turn is free (only the forbidden
+regions above bind there), and a header of such a turn is protected only when ``X`` starts with
+its ``P``. Policies other than the default (all turns, reasoning and tool calls trained) are not
+judged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from independent.conversations import Conversation
+from independent.render import Rendered, render_spans, render_text
+
+Range = tuple[int, int]
+
+#: Longest trailing next-assistant header considered.
+HEADER_MAX = 200
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One wrong thing in one render: the rule, the render, the turn and the first wrong edge."""
+
+    rule: str  # "render" (rule 1), "span" (a window's range), "outside" (a span on forbidden text)
+    render: str  # e.g. "M[:4] agp=False"
+    training: bool  # the render is one users train on: agp=False, ending with an assistant message
+    turn: int | None  # message index of the assistant turn, when one is concerned
+    detail: str  # expected vs actual and the text around the first wrong edge
+    edge: int = -1  # offset in that render of the first wrong edge
+    expected: Range | None = None  # for "span": the expected range (trailing whitespace out)
+    actual: tuple[Range, ...] = ()  # for "span": the spans found in the window; "outside": the span
+
+    def __str__(self) -> str:
+        turn = f" turn {self.turn}" if self.turn is not None else ""
+        kind = "" if self.training or self.rule == "render" else " (prompt render)"
+        return f"[{self.rule}] {self.render}{turn}{kind}: {self.detail}"
+
+
+@dataclass
+class Verdict:
+    """The judge's result for one conversation."""
+
+    skipped: bool = False  # the original template rejects the conversation
+    failures: list[Failure] = field(default_factory=list)
+    owed: int = 0  # turns judged by rule 2 (F starts with P, G not whitespace)
+    empty: int = 0  # whitespace-only G: nothing owed
+    mismatch: int = 0  # F does not start with P (or a prefix does not render)
+    history_judged: int = 0  # earlier owed turns judged again in the full render (rule 3)
+    history_rewritten: int = 0  # earlier owed turns not prefix-preserving in the full render
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def training_failures(self) -> list[Failure]:
+        """Failures in renders users train on, and every rule 1 failure."""
+        return [f for f in self.failures if f.training or f.rule == "render"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What the original's prefix renders say about assistant message ``index``."""
+
+    index: int
+    prompt: str  # P
+    header_start: int  # where P and O(index, False) part: the header/generation prompt starts
+    kind: str  # "owed", "empty", "mismatch"
+    output: str = ""  # G
+    cores: tuple[str, ...] = ()  # G without a trailing next-assistant header (every way to cut it)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    limit = min(len(a), len(b))
+    i = 0
+    while i < limit and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _context(text: str, at: int, width: int = 25) -> str:
+    return f"{text[max(0, at - width):at]!r} | {text[at:at + width]!r}"
+
+
+class Judge:
+    """Renders both templates on one conversation (each render once) and judges every render."""
+
+    def __init__(self, original: str, patched: str, conversation: Conversation) -> None:
+        self.original = original
+        self.patched = patched
+        self.messages = conversation.messages
+        self.kwargs = conversation.kwargs
+        self._orig: dict[tuple[int, bool], str | None] = {}
+        self._patched: dict[tuple[int, bool], Rendered | Exception] = {}
+
+    def orig(self, k: int, prompt: bool) -> str | None:
+        """``O(k, prompt)``, or None when the original raises."""
+        key = (k, prompt)
+        if key not in self._orig:
+            try:
+                self._orig[key] = render_text(self.original, self.messages[:k], prompt, self.kwargs)
+            except Exception:  # templates are arbitrary code: any failure is a rejection
+                self._orig[key] = None
+        return self._orig[key]
+
+    def patched_render(self, k: int, prompt: bool) -> Rendered | Exception:
+        key = (k, prompt)
+        if key not in self._patched:
+            try:
+                self._patched[key] = render_spans(self.patched, self.messages[:k], prompt, self.kwargs)
+            except Exception as error:
+                self._patched[key] = error
+        return self._patched[key]
+
+    def _where(self, k: int, prompt: bool) -> tuple[str, bool]:
+        """The render's name and whether users train on it (no prompt, last message an assistant's)."""
+        training = not prompt and k > 0 and self.messages[k - 1].get("role") == "assistant"
+        return f"M[:{k}] agp={prompt}", training
+
+    # -- turns -----------------------------------------------------------------------------
+
+    def turn(self, j: int) -> Turn:
+        prompt, before, full = self.orig(j, True), self.orig(j, False), self.orig(j + 1, False)
+        if prompt is None or full is None or not full.startswith(prompt):
+            return Turn(j, prompt or "", len(prompt or ""), "mismatch")
+        header_start = _common_prefix(before, prompt) if before is not None else len(prompt)
+        output = full[len(prompt):]
+        if not output.strip():
+            return Turn(j, prompt, header_start, "empty", output)
+        return Turn(j, prompt, header_start, "owed", output, self._cores(j, prompt, header_start, output))
+
+    def _cores(self, j: int, prompt: str, header_start: int, output: str) -> tuple[str, ...]:
+        """Every way to cut a next-assistant header off the end of ``output`` (see the module docstring)."""
+        followed = self.messages[: j + 1] + [{"role": "user", "content": "next z9q"}]
+        try:
+            by_user = render_text(self.original, followed, False, self.kwargs)
+        except Exception:
+            return ()
+        if not by_user.startswith(prompt):
+            return ()
+        shared = _common_prefix(output, by_user[len(prompt):])
+        if shared >= len(output):
+            return ()  # nothing in G is specific to an assistant coming next: no header was written
+        ends = (prompt, prompt[:header_start])
+        return tuple(
+            output[:cut]
+            for cut in range(max(1, len(output) - HEADER_MAX), shared + 1)
+            if output[cut:].strip() and output[:cut].strip() and any(e.endswith(output[cut:]) for e in ends)
+        )
+
+    # -- one render ------------------------------------------------------------------------
+
+    def judge_render(self, k: int, prompt: bool, turns: dict[int, Turn], verdict: Verdict) -> None:
+        """Judge ``Q(k, prompt)`` (already known to equal ``O(k, prompt)``)."""
+        rendered = self.patched_render(k, prompt)
+        assert isinstance(rendered, Rendered)
+        text, spans = rendered.text, rendered.spans
+        where = self._where(k, prompt)
+        windows: list[tuple[Turn, Range, set[int]]] = []
+        free: list[Range] = []
+        for j in (j for j in turns if j < k):
+            turn = turns[j]
+            if turn.kind == "mismatch" or not text.startswith(turn.prompt):
+                continue
+            base = len(turn.prompt)
+            if turn.kind == "empty":
+                if text.startswith(turn.output, base):
+                    free.append((base, base + len(turn.output)))
+                continue
+            window = self._window(turn, text)
+            if window is None:
+                if k == len(self.messages) and not prompt and j < k - 1:
+                    verdict.history_rewritten += 1
+                continue
+            if k == len(self.messages) and not prompt and j < k - 1:
+                verdict.history_judged += 1
+            windows.append((turn, window[0], window[1]))
+        for turn, (lo, hi), ends in windows:
+            self._check_window(text, spans, turn, lo, hi, ends, where, verdict)
+        forbidden = self._forbidden(k, prompt, text, turns)
+        taken = free + [window for _, window, _ in windows]
+        self._check_forbidden(text, spans, forbidden, taken, where, verdict)
+
+    @staticmethod
+    def _window(turn: Turn, text: str) -> tuple[Range, set[int]] | None:
+        base = len(turn.prompt)
+        ends: set[int] = set()
+        hi = None
+        full = text.startswith(turn.output, base)
+        for candidate in (turn.output, *turn.cores):
+            if (full and candidate is not turn.output) or text.startswith(candidate, base):
+                ends |= {base + len(candidate), base + len(candidate.rstrip())}
+                hi = max(hi or 0, base + len(candidate))
+        if hi is None:
+            return None
+        return (base, hi), ends
+
+    @staticmethod
+    def _check_window(
+        text: str, spans: tuple[Range, ...], turn: Turn, lo: int, hi: int, ends: set[int],
+        where: tuple[str, bool], verdict: Verdict,
+    ) -> None:
+        inside = [(max(s, lo), min(e, hi)) for s, e in spans if s < hi and e > lo]
+        early = [s for s, e in spans if s < lo < e]  # a span running into the output from before it
+        if not early and len(inside) == 1 and inside[0][0] == lo and inside[0][1] in ends:
+            return
+        expected_end = min(ends)
+        expected = f"expected [{lo}, {expected_end}) (ends allowed {sorted(ends)}), actual {inside}"
+        if early:
+            edge, what = early[0], f"span starts at {early[0]}, before the output at {lo}"
+            inside[0] = (early[0], inside[0][1])
+        elif not inside:
+            edge, what = lo, "no span where the turn's output starts"
+        elif inside[0][0] != lo:
+            edge, what = min(lo, inside[0][0]), f"span starts at {inside[0][0]}, not {lo}"
+        elif len(inside) > 1:
+            edge, what = inside[0][1], f"span stops at {inside[0][1]} and resumes at {inside[1][0]}"
+        else:
+            edge, what = inside[0][1], f"span ends at {inside[0][1]}, not in {sorted(ends)}"
+        detail = f"{what}; {expected}; at {_context(text, edge)}"
+        verdict.failures.append(
+            Failure("span", *where, turn.index, detail, edge, (lo, expected_end), tuple(inside))
+        )
+
+    def _forbidden(self, k: int, prompt: bool, text: str, turns: dict[int, Turn]) -> list[tuple[Range, str]]:
+        regions: list[tuple[Range, str]] = []
+
+        def boundary(m: int) -> int | None:
+            if m == 0:
+                return 0
+            before = self.orig(m, False)
+            return len(before) if before is not None and text.startswith(before) else None
+
+        for m in range(k):
+            message = self.messages[m]
+            if message.get("role") == "assistant":
+                turn = turns.get(m)
+                if turn is not None and turn.prompt and text.startswith(turn.prompt):
+                    regions.append(((turn.header_start, len(turn.prompt)), f"header of turn {m}"))
+                continue
+            lo, hi = boundary(m), boundary(m + 1)
+            if lo is not None and hi is not None and lo < hi:
+                regions.append(((lo, hi), f"message {m} ({message.get('role')})"))
+            for piece in _texts(message):
+                start = text.find(piece)
+                while start >= 0:
+                    what = f"text of message {m} ({message.get('role')})"
+                    regions.append(((start, start + len(piece)), what))
+                    start = text.find(piece, start + 1)
+        if prompt:
+            before = self.orig(k, False)
+            if before is not None:
+                regions.append(((_common_prefix(before, text), len(text)), "generation prompt"))
+        return regions
+
+    @staticmethod
+    def _check_forbidden(
+        text: str, spans: tuple[Range, ...], forbidden: list[tuple[Range, str]], taken: list[Range],
+        where: tuple[str, bool], verdict: Verdict,
+    ) -> None:
+        hits: list[tuple[int, str, Range]] = []
+        for (lo, hi), what in forbidden:
+            for s, e in spans:
+                a, b = max(s, lo), min(e, hi)
+                for t_lo, t_hi in sorted(taken):  # the window rule decides inside windows
+                    if a < b and t_lo <= a < t_hi:
+                        a = t_hi
+                    if a < b and t_lo < b <= t_hi:
+                        b = t_lo
+                if a < b:
+                    hits.append((a, what, (s, e)))
+        if hits:
+            at, what, span = min(hits)
+            verdict.failures.append(
+                Failure(
+                    "outside", *where, None, f"span {list(span)} covers {what} at {at}: {_context(text, at)}",
+                    at, None, (span,),
+                )
+            )
+
+    # -- the whole conversation ------------------------------------------------------------
+
+    def run(self) -> Verdict:
+        verdict = Verdict()
+        n = len(self.messages)
+        if self.orig(n, False) is None:
+            return Verdict(skipped=True)
+        same: list[tuple[int, bool]] = []
+        for k in range(n + 1):
+            for prompt in (False, True):
+                expected = self.orig(k, prompt)
+                if expected is None:
+                    continue
+                actual = self.patched_render(k, prompt)
+                where = self._where(k, prompt)
+                if isinstance(actual, Exception):
+                    detail = f"patched raises {type(actual).__name__}: {str(actual)[:200]}"
+                    verdict.failures.append(Failure("render", *where, None, detail))
+                elif actual.text != expected:
+                    at = _common_prefix(actual.text, expected)
+                    detail = (
+                        f"text differs at {at}: original {_context(expected, at)}, "
+                        f"patched {_context(actual.text, at)}"
+                    )
+                    verdict.failures.append(Failure("render", *where, None, detail, at))
+                else:
+                    same.append((k, prompt))
+        turns = {j: self.turn(j) for j, m in enumerate(self.messages) if m.get("role") == "assistant"}
+        for turn in turns.values():
+            if turn.kind == "owed":
+                verdict.owed += 1
+            elif turn.kind == "empty":
+                verdict.empty += 1
+            else:
+                verdict.mismatch += 1
+        # Rule 2 renders first (so the first failure is the simplest), then the rest.
+        order = sorted(same, key=lambda kp: (kp[1], kp[0] - 1 not in turns, kp[0]))
+        for k, prompt in order:
+            self.judge_render(k, prompt, turns, verdict)
+        return verdict
+
+
+def _texts(message: dict[str, Any]) -> list[str]:
+    """The tagged texts of a non-assistant message, stripped (templates often trim)."""
+    content = message.get("content")
+    pieces = [content] if isinstance(content, str) else [p.get("text", "") for p in content or []]
+    out = []
+    for piece in pieces:
+        stripped = piece.strip()
+        out.append(stripped)
+        try:  # a JSON tool result may be re-serialized; its inner text is still tagged
+            inner = json.loads(stripped)
+        except ValueError:
+            continue
+        if isinstance(inner, dict):
+            out += [str(v).strip() for v in inner.values() if isinstance(v, str)]
+    return [p for p in out if len(p) >= 4]
+
+
+def judge(original: str, patched: str, conversation: Conversation) -> Verdict:
+    """SPEC rules 1-3 for ``patched`` against ``original`` on ``conversation``.
+
+    Example:
+        >>> chatml = ("{% for m in messages %}<|im_start|>{{ m.role }}\\n{{ m.content }}<|im_end|>\\n"
+        ...           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\\n{% endif %}")
+        >>> turns = [{"role": "user", "content": "hi u1q"}, {"role": "assistant", "content": "yo"}]
+        >>> judge(chatml, chatml, Conversation(turns)).failures[0].detail.startswith("no span")
+        True
+    """
+    return Judge(original, patched, conversation).run()
+
+
+def describe(failure: Failure, conversation: Conversation) -> str:
+    """A failure with the conversation as JSON, for test output and findings."""
+    return f"{failure}\nconversation: {json.dumps(conversation.to_json(), ensure_ascii=False)}"
+
