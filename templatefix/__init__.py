@@ -19,26 +19,42 @@ Example:
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-from templatefix.errors import NotVerifiedError, TemplatefixError  # noqa: E402
-from templatefix.io.sources import load_source  # noqa: E402
-from templatefix.oracle import ProbeExpectation, TurnExpectation, expected_turns  # noqa: E402
-from templatefix.patcher import PatchResult, patch_named_templates, patch_template  # noqa: E402
-from templatefix.policy import Policy  # noqa: E402
-from templatefix.probes import Probe, find_flags, probe_battery  # noqa: E402
-from templatefix.report import Report, print_report  # noqa: E402
-from templatefix.tokenizer_patch import patch_tokenizer  # noqa: E402
-from templatefix.tokens import TokenIssue, check_token_masks  # noqa: E402
-from templatefix.verify import verify  # noqa: E402
+from templatefix.errors import (
+    InternalError,
+    NotVerifiedError,
+    OutputError,
+    PushError,
+    RenderError,
+    RenderLimitExceeded,
+    SourceError,
+    TemplatefixError,
+    TemplateRejected,
+    TemplateSyntaxError,
+    UnsupportedTransformersError,
+)
+from templatefix.io.sources import load_source
+from templatefix.oracle import ProbeExpectation, TurnExpectation, expected_turns
+from templatefix.patcher import PatchResult, patch_named_templates, patch_template
+from templatefix.policy import Policy
+from templatefix.probes import Probe, find_flags, probe_battery
+from templatefix.report import Report, print_report
+from templatefix.tokenizer_patch import patch_tokenizer
+from templatefix.tokens import TokenIssue, check_token_masks
+from templatefix.verify import verify
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "InternalError",
     "NotVerifiedError",
+    "OutputError",
+    "PushError",
+    "RenderError",
+    "RenderLimitExceeded",
+    "SourceError",
+    "TemplateRejected",
+    "TemplateSyntaxError",
+    "UnsupportedTransformersError",
     "PatchResult",
     "Policy",
     "Probe",

@@ -45,3 +45,13 @@ class OutputError(TemplatefixError):
 
 class PushError(TemplatefixError):
     """Pushing to the Hub failed, or was refused before anything was committed."""
+
+
+class UnsupportedTransformersError(TemplatefixError):
+    """The installed transformers lacks chat-template machinery templatefix relies on."""
+
+
+class InternalError(TemplatefixError):
+    """templatefix disagreed with itself: a bug in templatefix, never in the user's input."""
+
+    exit_code = 3

@@ -4,8 +4,9 @@ transformers compiles chat templates in an ``ImmutableSandboxedEnvironment`` wit
 ``lstrip_blocks``, ``loopcontrols``, the ``generation`` tag, its own ``tojson``, ``raise_exception``,
 ``strftime_now``, ``dict`` and ``namespace``; it converts inputs to plain data and aliases the
 reasoning fields (``reasoning_content`` / ``thinking`` / ``reasoning``). We call that machinery
-itself (``transformers.utils.chat_template_utils``) instead of re-creating it, so any behaviour
-transformers has, we have. Every compile and render is bounded in time and output size
+itself (through ``templatefix.environment``, the one module that touches transformers' internals)
+instead of re-creating it, so any behaviour the installed transformers has, we have. Every compile
+and render is bounded in time and output size
 (``templatefix.limits``); a template past a bound raises ``RenderLimitExceeded``.
 
 Example:
@@ -18,13 +19,12 @@ Example:
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jinja2
-from transformers.utils import chat_template_utils as _ctu
 
+from templatefix import environment as hf_environment
 from templatefix import limits
 from templatefix.errors import RenderError, RenderLimitExceeded, TemplateRejected, TemplateSyntaxError
 
@@ -54,7 +54,7 @@ def environment() -> jinja2.Environment:
         >>> environment().from_string("{{ messages | length }}").render(messages=[1, 2])
         '2'
     """
-    return limits.install(_ctu._cached_compile_jinja_template("").environment)
+    return limits.install(hf_environment.new_environment())
 
 
 @functools.lru_cache(maxsize=256)
@@ -159,49 +159,16 @@ def _render_bounded(
 ) -> tuple[str, list[Span]]:
     """``render_jinja_template(conversations=[messages], return_assistant_tokens_mask=True)``.
 
-    The same steps in the same order (tool schemas, document check, ``_plain_template_data``,
-    message check, ``_alias_reasoning_fields``, ``_render_with_assistant_indices``), with each
-    yielded block counted against the output limit. ``tests/test_render.py`` holds it to
-    ``apply_chat_template`` byte for byte.
+    The inputs are prepared as the installed ``apply_chat_template`` prepares them
+    (``templatefix.environment.prepare_inputs``), then rendered inside transformers' span tracker,
+    with each yielded block counted against the output limit. ``tests/test_render.py`` holds it
+    to ``apply_chat_template`` byte for byte.
     """
-    tool_schemas: list[Any] | None = None
-    if tools is not None:
-        tool_schemas = []
-        for tool in tools:
-            if isinstance(tool, dict):
-                tool_schemas.append(tool)
-            elif inspect.isfunction(tool) or inspect.ismethod(tool):
-                tool_schemas.append(_ctu.get_json_schema(tool))
-            else:
-                raise ValueError(
-                    "Tools should either be a JSON schema, or a callable function with type hints "
-                    "and a docstring suitable for auto-conversion to a schema."
-                )
-    if documents is not None:
-        documents = list(documents)
-        for document in documents:
-            if not isinstance(document, dict):
-                raise TypeError("Documents should be a list of dicts with 'title' and 'text' keys!")
-    tool_schemas = _ctu._plain_template_data(tool_schemas)
-    documents = _ctu._plain_template_data(documents)
-    arguments = _ctu._plain_template_data(arguments)
-    chat = _ctu._plain_template_data(drop_none_values(messages))
-    for message in chat:
-        if not isinstance(message, dict):
-            raise TypeError(
-                f"Chat messages should be dicts, dataclasses or pydantic models, but got {message!r}."
-            )
-    chat = _ctu._alias_reasoning_fields(chat)
+    inputs = hf_environment.prepare_inputs(messages, tools, documents, arguments)
     blocks: list[str] = []
     indices: list[Span] = []
-    with compiled.environment.activate_tracker(blocks, indices):
-        for block in compiled.generate(
-            messages=chat,
-            tools=tool_schemas,
-            documents=documents,
-            add_generation_prompt=add_generation_prompt,
-            **arguments,
-        ):
+    with hf_environment.tracking(compiled.environment, blocks, indices):
+        for block in compiled.generate(**inputs.variables(add_generation_prompt)):
             blocks.append(block)
             limits.count_output(len(block))
         text = "".join(blocks)
@@ -229,21 +196,6 @@ def render(
         **template_kwargs,
     )
     return text
-
-
-def drop_none_values(messages: Sequence[Any]) -> list[Any]:
-    """What ``apply_chat_template`` does first: drop message keys whose value is None.
-
-    (OpenAI-style ``content=None`` / ``tool_calls=None`` would otherwise render as "None".)
-
-    Example:
-        >>> drop_none_values([{"role": "assistant", "content": None, "tool_calls": []}])
-        [{'role': 'assistant', 'tool_calls': []}]
-    """
-    return [
-        {k: v for k, v in message.items() if v is not None} if isinstance(message, Mapping) else message
-        for message in messages
-    ]
 
 
 def merge_spans(spans: Sequence[Span]) -> list[Span]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from templatefix.environment import MaskRule, mask_rule
 from templatefix.errors import SourceError
 from templatefix.render import Span, merge_spans, render_with_spans
 
@@ -128,16 +129,32 @@ class OffsetIndex:
         return None
 
 
-def transformers_token_ranges(index: OffsetIndex, raw_spans: Sequence[Span]) -> list[TokenRange]:
+def transformers_token_ranges(
+    index: OffsetIndex, raw_spans: Sequence[Span], rule: MaskRule | None = None
+) -> list[TokenRange]:
     """The token ranges ``apply_chat_template`` sets to 1, replaying its loop exactly.
 
     Takes the *raw* spans in recorded order (transformers does not merge them). Ranges may
-    overlap; use ``union_ranges`` to normalise.
+    overlap; use ``union_ranges`` to normalise. ``rule`` is the installed transformers' rule
+    (``templatefix.environment.mask_rule()``) unless given:
+
+    - ``"char_to_token"``: each span's first and last characters are mapped to tokens; a span
+      whose first character no token covers stops the loop (it and every later span are
+      dropped); one whose last character no token covers (or that ends in token 0) is masked to
+      the end of the sequence.
+    - ``"overlap"``: every token that overlaps a span, in one pass over tokens and spans.
 
     Example:
-        >>> transformers_token_ranges(OffsetIndex([(0, 2), (2, 3), (3, 6)]), [(2, 6)])
+        >>> index = OffsetIndex([(0, 2), (2, 3), (3, 6)])
+        >>> transformers_token_ranges(index, [(2, 6)], "char_to_token")
         [(1, 3)]
+        >>> transformers_token_ranges(OffsetIndex([(0, 1), (2, 3)]), [(1, 3)], "char_to_token")
+        []
+        >>> transformers_token_ranges(OffsetIndex([(0, 1), (2, 3)]), [(1, 3)], "overlap")
+        [(1, 2)]
     """
+    if (rule or mask_rule()) == "overlap":
+        return _overlap_ranges(index, raw_spans)
     ranges: list[TokenRange] = []
     count = len(index)
     for start_char, end_char in raw_spans:
@@ -146,6 +163,22 @@ def transformers_token_ranges(index: OffsetIndex, raw_spans: Sequence[Span]) -> 
             break
         end_token = index.char_to_token(end_char - 1)
         ranges.append((start_token, end_token + 1 if end_token else count))
+    return ranges
+
+
+def _overlap_ranges(index: OffsetIndex, raw_spans: Sequence[Span]) -> list[TokenRange]:
+    ranges: list[TokenRange] = []
+    span = 0
+    for token, (token_start, token_end) in enumerate(index.offsets):
+        while span < len(raw_spans) and token_start >= raw_spans[span][1]:
+            span += 1
+        if span == len(raw_spans):
+            break
+        if token_end > raw_spans[span][0]:
+            if ranges and ranges[-1][1] == token:
+                ranges[-1] = (ranges[-1][0], token + 1)
+            else:
+                ranges.append((token, token + 1))
     return ranges
 
 
@@ -269,8 +302,9 @@ def diagnose(
         start, end = offsets[token]
         return text[start:end]
 
-    # Replay transformers' loop on the raw spans to name the lossy cases.
-    for start_char, end_char in raw_spans:
+    # Replay transformers' char_to_token loop on the raw spans to name its lossy cases (the
+    # overlap rule has none: it never drops a span nor masks to the end).
+    for start_char, end_char in raw_spans if mask_rule() == "char_to_token" else ():
         if end_char <= start_char:
             continue  # empty spans are handled by the mismatch pass (they rarely matter)
         start_token = index.char_to_token(start_char)

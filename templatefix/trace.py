@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jinja2 import nodes
-from transformers.utils import chat_template_utils as _ctu
 
+from templatefix import environment as hf_environment
 from templatefix import limits
 from templatefix.errors import RenderError, TemplateRejected
-from templatefix.render import drop_none_values, environment, template_arguments
+from templatefix.render import environment, template_arguments
 from templatefix.source import TemplateSource
 
 _EMIT = "__templatefix_emit__"
@@ -140,7 +140,7 @@ class Instrumented:
         result: list[nodes.Node] = []
         assigned: dict[str, nodes.Assign] = {}  # `{% set x = ... %}` directly followed by outputs
         for node in body:
-            if _is_generation_block(node):
+            if hf_environment.is_generation_block(node):
                 assigned.clear()
                 result.extend(self._transform_body(node.body, loops, top_level))
                 continue
@@ -323,14 +323,12 @@ class Instrumented:
             loop_ends.append((loop_id, position[0]))
             return ""
 
-        chat = _ctu._alias_reasoning_fields(_ctu._plain_template_data(drop_none_values(messages)))
-        arguments = _ctu._plain_template_data(template_arguments(special_tokens, **template_kwargs))
+        inputs = hf_environment.prepare_inputs(
+            messages, tools, documents, template_arguments(special_tokens, **template_kwargs)
+        )
+        chat = inputs.messages
         variables = {
-            "messages": chat,
-            "tools": _ctu._plain_template_data(list(tools) if tools is not None else None),
-            "documents": _ctu._plain_template_data(list(documents) if documents is not None else None),
-            "add_generation_prompt": add_generation_prompt,
-            **arguments,
+            **inputs.variables(add_generation_prompt),
             _EMIT: emit,
             _PART: part,
             _ITERATION: iteration,
@@ -460,15 +458,6 @@ def _pair_nodes(original: nodes.Node, duplicate: nodes.Node, mapping: dict[int, 
     mapping[id(duplicate)] = original
     for a, b in zip(original.iter_child_nodes(), duplicate.iter_child_nodes(), strict=True):
         _pair_nodes(a, b, mapping)
-
-
-def _is_generation_block(node: nodes.Node) -> bool:
-    return (
-        isinstance(node, nodes.CallBlock)
-        and isinstance(node.call, nodes.Call)
-        and isinstance(node.call.node, nodes.ExtensionAttribute)
-        and node.call.node.name == "_generation_support"
-    )
 
 
 def _call(name: str, *args: nodes.Node) -> nodes.Call:

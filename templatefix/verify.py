@@ -23,15 +23,16 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from templatefix.errors import RenderError, RenderLimitExceeded, TemplateSyntaxError
 from templatefix.oracle import ProbeExpectation, TurnExpectation, expected_turns
 from templatefix.policy import Policy
+from templatefix.probes import probe_battery
 from templatefix.render import Span, compile_template, environment, merge_spans, render, render_with_spans
 from templatefix.report import EdgeDiff, ProbeResult, Report, TurnResult, context
+from templatefix.tokens import check_token_masks
 
 ALTERNATIVES = (
     "honest alternatives: train the last turn only (--turns last), or split the conversation "
@@ -59,9 +60,8 @@ def has_generation_markers(template: str) -> bool:
 
 
 def default_probes(template: str) -> list[Any]:
-    """Engineer A's ``probe_battery`` (SPEC §4)."""
-    probes = importlib.import_module("templatefix.probes")
-    return list(probes.probe_battery(template))
+    """The probe battery for ``template`` (SPEC §4): ``templatefix.probes.probe_battery``."""
+    return list(probe_battery(template))
 
 
 def verify(
@@ -105,7 +105,7 @@ def verify(
     if not has_generation_markers(template):
         report.errors.append("no {% generation %} markers: nothing would be trained")
         return report
-    token_check = _token_check() if tokenizer is not None else None
+    token_check = check_token_masks if tokenizer is not None else None
     if tokenizer is not None and special_tokens is None:
         # apply_chat_template passes the tokenizer's special tokens; render as it does
         special_tokens = dict(tokenizer.special_tokens_map)
@@ -317,15 +317,6 @@ def _flags(result: ProbeResult) -> list[str]:
                 f"template's own render of this turn, so no span can be exact; {ALTERNATIVES}"
             )
     return flags
-
-
-def _token_check() -> Any:
-    """``templatefix.tokens.check_token_masks`` when engineer C's module is present."""
-    try:
-        tokens = importlib.import_module("templatefix.tokens")
-    except ImportError:
-        return None
-    return getattr(tokens, "check_token_masks", None)
 
 
 def _check_tokens(

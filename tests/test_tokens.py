@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from templatefix.environment import mask_rule
 from templatefix.errors import TemplatefixError, TemplateRejected
 from templatefix.render import render_with_spans
 from templatefix.tokens import (
@@ -62,32 +63,73 @@ def test_clean_template_has_no_issue(word_tokenizer: Any) -> None:
     assert check_token_masks(CLEAN, word_tokenizer, TWO_TURNS) == []
 
 
+def real_mask(tokenizer: Any, template: str, messages: list) -> list[int]:
+    out = tokenizer.apply_chat_template(
+        messages, chat_template=template, return_dict=True, return_assistant_tokens_mask=True
+    )
+    return list(out["assistant_masks"])
+
+
 def test_span_starting_on_dropped_whitespace(word_tokenizer: Any) -> None:
     template = CLEAN.replace("{{ m.role }} {% if", "{{ m.role }}{% if").replace(
         "{% generation %}{{ m.content }}", "{% generation %} {{ m.content }}"
     )
     issues = check_token_masks(template, word_tokenizer, TWO_TURNS)
-    assert kinds(issues) == [START_UNMAPPED]
-    assert "every later" in issues[0].message and "whitespace" in issues[0].message
-    assert str(issues[0]).startswith("start_unmapped: span at chars")
-    # transformers really trains nothing here
-    out = word_tokenizer.apply_chat_template(
-        TWO_TURNS, chat_template=template, return_dict=True, return_assistant_tokens_mask=True
-    )
-    assert sum(out["assistant_masks"]) == 0
+    if mask_rule() == "char_to_token":
+        assert kinds(issues) == [START_UNMAPPED]
+        assert "every later" in issues[0].message and "whitespace" in issues[0].message
+        assert str(issues[0]).startswith("start_unmapped: span at chars")
+        # transformers really trains nothing here
+        assert sum(real_mask(word_tokenizer, template, TWO_TURNS)) == 0
+    else:
+        # the overlap rule trains every token the span touches: nothing is lost
+        assert issues == []
+        assert sum(real_mask(word_tokenizer, template, TWO_TURNS)) == 5  # hello world <eot>, hello <eot>
 
 
 def test_span_ending_on_dropped_whitespace(word_tokenizer: Any) -> None:
     template = "hi {% generation %}hello {% endgeneration %}world hi user"
     issues = check_token_masks(template, word_tokenizer, USER)
-    assert kinds(issues) == [END_UNMAPPED]
-    assert "end of the sequence (3 extra tokens" in issues[0].message
+    if mask_rule() == "char_to_token":
+        assert kinds(issues) == [END_UNMAPPED]
+        assert "end of the sequence (3 extra tokens" in issues[0].message
+        assert real_mask(word_tokenizer, template, USER) == [0, 1, 1, 1, 1]
+    else:
+        assert issues == []
+        assert real_mask(word_tokenizer, template, USER) == [0, 1, 0, 0, 0]
 
 
 def test_span_ending_in_token_zero(word_tokenizer: Any) -> None:
-    issues = check_token_masks("{% generation %}hello{% endgeneration %} world hi", word_tokenizer, USER)
-    assert kinds(issues) == [END_AT_TOKEN_ZERO]
-    assert issues[0].token_index == 0
+    # (the empty dynamic output first: transformers 4.x records no span for a block that opens
+    # before anything has been rendered)
+    template = "{{ messages[0].content[:0] }}{% generation %}hello{% endgeneration %} world hi"
+    issues = check_token_masks(template, word_tokenizer, USER)
+    if mask_rule() == "char_to_token":
+        assert kinds(issues) == [END_AT_TOKEN_ZERO]
+        assert issues[0].token_index == 0
+        assert real_mask(word_tokenizer, template, USER) == [1, 1, 1]
+    else:
+        assert issues == []
+        assert real_mask(word_tokenizer, template, USER) == [1, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        CLEAN,
+        "hi {% generation %}hello {% endgeneration %}world hi user",
+        "{% generation %}hello{% endgeneration %} world hi",
+        "hi X{% generation %}Y hello{% endgeneration %} world {% generation %} hi{% endgeneration %} X",
+        "{% for m in messages %} {% generation %} {{ m.content }} {% endgeneration %}{% endfor %}",
+    ],
+)
+def test_replayed_mask_equals_transformers_synthetic(word_tokenizer: Any, template: str) -> None:
+    """The replay of the installed transformers' rule gives its exact ``assistant_masks``."""
+    text, spans = render_with_spans(template, TWO_TURNS, special_tokens=word_tokenizer.special_tokens_map)
+    encoding = word_tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    index = OffsetIndex(encoding["offset_mapping"])
+    replay = mask_from_ranges(transformers_token_ranges(index, spans), len(index))
+    assert replay == real_mask(word_tokenizer, template, TWO_TURNS)
 
 
 def test_straddling_token(word_tokenizer: Any) -> None:
@@ -113,7 +155,8 @@ def test_probe_objects_and_kwargs(word_tokenizer: Any) -> None:
         kwargs = {"flag": True}
 
     template = "hi {% if flag %}{% generation %}hello {% endgeneration %}{% endif %}world"
-    assert kinds(check_token_masks(template, word_tokenizer, Probe())) == [END_UNMAPPED]
+    expected = [END_UNMAPPED] if mask_rule() == "char_to_token" else []
+    assert kinds(check_token_masks(template, word_tokenizer, Probe())) == expected
     assert check_token_masks(template, word_tokenizer, Probe(), flag=False) == []
 
 
@@ -129,7 +172,10 @@ def test_range_helpers() -> None:
     index = OffsetIndex([(0, 2), (2, 3), (3, 6), (6, 6), (6, 8)])
     assert expected_token_ranges(index, [(2, 8)]) == [(1, 5)]
     assert expected_token_ranges(index, [(1, 8)]) == [(1, 5)]
-    assert transformers_token_ranges(index, [(1, 8)]) == [(0, 5)]
+    assert transformers_token_ranges(index, [(1, 8)], "char_to_token") == [(0, 5)]
+    assert transformers_token_ranges(index, [(1, 8)], "overlap") == [(0, 5)]
+    assert transformers_token_ranges(OffsetIndex([(0, 1), (2, 3)]), [(1, 3)], "char_to_token") == []
+    assert transformers_token_ranges(OffsetIndex([(0, 1), (2, 3)]), [(1, 3)], "overlap") == [(1, 2)]
     assert union_ranges([(3, 4), (0, 1), (1, 2)]) == [(0, 2), (3, 4)]
     assert mask_from_ranges([(0, 2), (3, 4)], 5) == [1, 1, 0, 1, 0]
 

@@ -34,7 +34,7 @@ from templatefix.policy import Policy
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "check",
-        help="verify a template's {% generation %} markers against SPEC.md",
+        help="verify a template's {%% generation %%} markers against SPEC.md",
         description="Verify {% generation %} markers: rendering unchanged (with --original), spans exactly "
         "what the model generates. Exit 0 verified, 1 not verified, 2 bad input.",
     )

@@ -43,7 +43,7 @@ _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "patch",
-        help="add verified {% generation %} markers to a template, model directory or Hub repo",
+        help="add verified {%% generation %%} markers to a template, model directory or Hub repo",
         description="Add verified {% generation %} markers to every chat template SOURCE holds. "
         "Without -o, --in-place or --push-to nothing is written: the verdict and the diff are shown. "
         "Several SOURCEs (or --from-file) with --create-pr or --dry-run propose the patch to many repos.",
@@ -191,7 +191,17 @@ def run_one(spec: str, args: argparse.Namespace) -> int:
         _print_verdicts(console, repo, args)
 
     # ---- local outputs ---------------------------------------------------------------------
-    if args.output is not None:
+    writes_locally = args.output is not None or args.in_place
+    if writes_locally and not repo.verified and not args.force:
+        failed = [p.entry.label for p in repo.patched if not p.result.verified]
+        report["not_written"] = f"not verified: {', '.join(failed)}"
+        console.print(
+            f"nothing written: {len(failed)} template(s) failed verification ({', '.join(failed)}); "
+            "use --force to write anyway",
+            style="yellow",
+            markup=False,
+        )
+    elif args.output is not None:
         if to_stdout:
             _write_stdout(source, files)
         else:

@@ -73,18 +73,14 @@ class RenderContext:
     def variables(self) -> dict[str, Any]:
         """Every variable, as JSON-plain data (what an engine outside Python receives).
 
-        ``None`` message fields are dropped first, as ``apply_chat_template`` does.
+        Inputs are prepared as the installed ``apply_chat_template`` prepares them (``None``
+        message fields dropped, reasoning aliased, when it does so).
         """
-        from templatefix.render import drop_none_values
+        from templatefix.environment import prepare_inputs
 
-        variables: dict[str, Any] = dict(self.special_tokens)
-        variables.update(self.kwargs)
-        variables.update(
-            messages=drop_none_values(self.messages),
-            tools=self.tools,
-            documents=self.documents,
-            add_generation_prompt=self.add_generation_prompt,
-        )
+        arguments = {**self.special_tokens, **self.kwargs}
+        inputs = prepare_inputs(self.messages, self.tools, self.documents, arguments)
+        variables = inputs.variables(self.add_generation_prompt)
         return json.loads(json.dumps(variables, default=str))
 
 
