@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 from templatefix.errors import (
-    InternalError,
     NotVerifiedError,
     OutputError,
     PushError,
@@ -45,7 +44,6 @@ from templatefix.verify import verify
 __version__ = "0.1.0"
 
 __all__ = [
-    "InternalError",
     "NotVerifiedError",
     "OutputError",
     "PushError",

@@ -49,9 +49,3 @@ class PushError(TemplatefixError):
 
 class UnsupportedTransformersError(TemplatefixError):
     """The installed transformers lacks chat-template machinery templatefix relies on."""
-
-
-class InternalError(TemplatefixError):
-    """templatefix disagreed with itself: a bug in templatefix, never in the user's input."""
-
-    exit_code = 3
