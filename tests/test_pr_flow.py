@@ -347,7 +347,10 @@ def test_readme_recipe_trains_with_the_named_template(
     original = (TEMPLATES / "chatml.jinja").read_text(encoding="utf-8")
     (model / "chat_template.jinja").write_text(original, encoding="utf-8", newline="")
     before = AutoTokenizer.from_pretrained(model)
-    assert main(["patch", str(model), "--as-named", "training", "--in-place", "--no-backup", "--no-engines"]) == 0
+    assert (
+        main(["patch", str(model), "--as-named", "training", "--in-place", "--no-backup", "--no-engines"])
+        == 0
+    )
     capsys.readouterr()
     tokenizer = AutoTokenizer.from_pretrained(model)
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]
