@@ -190,9 +190,13 @@ def prepare(
         from templatefix.engines import check_engines
 
         tokens = source.templates.special_tokens or None
+        checked: dict[tuple[str, str], list[Any]] = {}  # a shadowed copy is often the same text
         for item in patched:
             if item.changed and (item.result.verified or force):
-                item.engines = check_engines(item.entry.template, item.result.patched, special_tokens=tokens)
+                pair = (item.entry.template, item.result.patched)
+                if pair not in checked:
+                    checked[pair] = check_engines(*pair, special_tokens=tokens)
+                item.engines = checked[pair]
     named_because: list[str] = []
     default = next((p for p in patched if p.entry.effective and p.entry.name == "default"), None)
     if create_pr and not as_named and not as_default and default is not None and default.changed:
