@@ -173,6 +173,9 @@ def test_named_by_default_when_an_engine_breaks_and_as_default(
     data = json.loads(out)
     assert code == 0, err
     assert data["as_named"] == "training" and "jinja2 (plain)" in data["named_because"]
+    engines = {e["engine"]: e["status"] for e in data["templates"][0]["engines"]}
+    assert set(engines) == {"transformers", "jinja2 (plain)", "minijinja", "@huggingface/jinja"}
+    assert engines["jinja2 (plain)"] == "fails"
     assert data["push"]["files"] == [TRAINING] and "**Why a named template.**" in data["push"]["description"]
     code, out, err = run(capsys, "org/tiny", "--create-pr", "--dry-run", "--json", "--as-default")
     data = json.loads(out)

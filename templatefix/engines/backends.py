@@ -247,26 +247,25 @@ class MiniJinja(Engine):
         def raise_exception(message: str) -> None:
             raise minijinja.TemplateError(str(message))
 
-        environment = minijinja.Environment()
-        environment.trim_blocks = True
-        environment.lstrip_blocks = True
-        environment.pycompat = True
-        environment.fuel = MINIJINJA_FUEL
-        environment.add_function("raise_exception", raise_exception)
-        environment.add_function("strftime_now", _strftime_now)
         variables = [context.variables() for context in contexts]
         results = []
-        for index, template in enumerate(templates):
-            name = f"template{index + 1}"
+        for template in templates:
+            environment = minijinja.Environment()  # one per template: errors name "chat_template:<line>"
+            environment.trim_blocks = True
+            environment.lstrip_blocks = True
+            environment.pycompat = True
+            environment.fuel = MINIJINJA_FUEL
+            environment.add_function("raise_exception", raise_exception)
+            environment.add_function("strftime_now", _strftime_now)
             try:
-                environment.add_template(name, template)
+                environment.add_template("chat_template", template)
             except Exception as error:  # noqa: BLE001
                 results.append([Rendered(error=_first_line(error)) for _ in contexts])
                 continue
             row = []
             for values in variables:
                 try:
-                    row.append(Rendered(text=environment.render_template(name, **values)))
+                    row.append(Rendered(text=environment.render_template("chat_template", **values)))
                 except Exception as error:  # noqa: BLE001
                     row.append(Rendered(error=_first_line(error)))
             results.append(row)

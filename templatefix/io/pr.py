@@ -313,9 +313,10 @@ def pull_request_text(
         ]
     diffs = [o.diff for o in changed if o.diff]
     if diffs:
+        heading = f"### Diff (the `{as_named}` template against the default)" if as_named else "### Diff"
         lines += [
             "",
-            "### Diff",
+            heading,
             "",
             *_fenced("".join(d if d.endswith("\n") else d + "\n" for d in diffs), "diff"),
         ]
