@@ -153,3 +153,18 @@ def test_check_engines_on_unmarked_source_patches_first(capsys: pytest.CaptureFi
     assert code == 0 and data["verified"] is True
     engines = {e["engine"]: e["status"] for e in data["templates"][0]["engines"]}
     assert engines["transformers"] == "identical" and engines["jinja2 (plain)"] == "fails"
+
+
+def test_a_crashing_engine_never_stops_the_others() -> None:
+    class Broken(PlainJinja2):
+        name = "broken"
+
+        def render(self, templates: object, contexts: object) -> list:
+            raise ValueError("corrupt install\nsecond line")
+
+    results = check_engines(ORIGINAL, MARKED, engines=[Broken(), Transformers()])
+    assert [(r.engine, r.status) for r in results] == [
+        ("broken", "not available"),
+        ("transformers", "identical"),
+    ]
+    assert results[0].detail == "the engine crashed: ValueError: corrupt install"

@@ -220,6 +220,10 @@ def check_engines(
         except RenderError as error:
             results.append(EngineResult(engine.name, engine.used_by, "not available", detail=str(error)))
             continue
+        except Exception as error:  # noqa: BLE001 - a broken engine install never stops the others
+            detail = f"the engine crashed: {type(error).__name__}: {error}".splitlines()[0]
+            results.append(EngineResult(engine.name, engine.used_by, "not available", detail=detail))
+            continue
         results.append(compare(engine, before, after, contexts, version))
     return results
 
