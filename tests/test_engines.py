@@ -168,3 +168,16 @@ def test_a_crashing_engine_never_stops_the_others() -> None:
         ("transformers", "identical"),
     ]
     assert results[0].detail == "the engine crashed: ValueError: corrupt install"
+
+
+def test_check_engines_without_original_strips_the_markers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marked = tmp_path / "marked.jinja"
+    marked.write_text(MARKED.replace("{% if m.role", "{%- if m.role"), encoding="utf-8")
+    code = main(["check", str(marked), "--engines", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    engines = {e["engine"]: e for e in data["templates"][0]["engines"]}
+    assert engines["transformers"]["status"] == "identical" and engines["transformers"]["compared"] > 10
+    assert engines["jinja2 (plain)"]["status"] == "fails"
+    assert code == (0 if data["verified"] else 1)
