@@ -49,3 +49,17 @@ class PushError(TemplatefixError):
 
 class UnsupportedTransformersError(TemplatefixError):
     """The installed transformers lacks chat-template machinery templatefix relies on."""
+
+
+class PatchFailure(TemplatefixError):
+    """The patcher cannot place markers exactly; the message says where and why."""
+
+
+class InternalDisagreement(RuntimeError):
+    """Two parts of templatefix disagree about the same render: a bug in templatefix, never in the input.
+
+    Raised, for example, when the instrumented trace of a conversation does not produce the text
+    that the plain render produced. Nothing falls back to another algorithm when this happens.
+    """
+
+    exit_code: int = 3

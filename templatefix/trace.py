@@ -84,13 +84,32 @@ class Atom:
         return isinstance(self.node, nodes.TemplateData)
 
 
+@dataclass(frozen=True)
+class LoopState:
+    """The innermost ``loop`` object at an emission: its flags and its neighbours' roles."""
+
+    index0: int
+    first: bool
+    last: bool
+    previous_role: str | None
+    next_role: str | None
+
+
 @dataclass
 class Emission:
     """Characters ``[start, end)`` of the render came from ``atom``.
 
-    ``part_ranges`` gives each part's range when the parts' texts join to the whole (always for
-    ``~``; for ``+`` only when the operands were strings); otherwise ``None``. ``scope`` holds the
-    enclosing loops' targets and the innermost ``loop`` object's flags.
+    Attributes:
+        atom: the atom's index in ``Instrumented.atoms``.
+        start: first character in the render.
+        end: one past the last character.
+        part_ranges: each part's range (relative to ``start``) when the parts' texts join to the
+            whole (always for ``~``; for ``+`` only when the operands were strings), else ``None``.
+        scope: the enclosing loops' targets by name (``message``, ``tool_call``…).
+        loop: the innermost loop's state, ``None`` outside any loop.
+        branches: for each top-level if/elif chain decided in the current iteration, the index of
+            the branch taken (``len(tests)`` when none was).
+        final: the names in ``scope`` that hold the conversation's last message.
     """
 
     atom: int
@@ -98,6 +117,9 @@ class Emission:
     end: int
     part_ranges: list[tuple[int, int]] | None
     scope: dict[str, Any]
+    loop: LoopState | None = None
+    branches: dict[int, int] = field(default_factory=dict)
+    final: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -285,21 +307,19 @@ class Instrumented:
                 for part in parts:
                     ranges.append((cursor, cursor + len(part)))
                     cursor += len(part)
-            snapshot = {k: v for k, v in scope.items() if k != "loop"}
-            snapshot["__branches__"] = dict(taken)
+            variables = {k: v for k, v in scope.items() if k != "loop"}
             # which loop variables hold the conversation's final message (for "last turn only")
-            snapshot["__final__"] = {k for k, v in scope.items() if chat and v is chat[-1]}
+            final = frozenset(k for k, v in variables.items() if chat and v is chat[-1])
+            state = None
             if "loop" in scope:
                 loop = scope["loop"]
-                snapshot["loop"] = {
-                    "index0": loop.index0,
-                    "first": loop.first,
-                    "last": loop.last,
-                    "previous_role": _role_of(loop.previtem),
-                    "next_role": _role_of(loop.nextitem),
-                }
-            emissions.append(Emission(atom_id, position[0], position[0] + len(text), ranges, snapshot))
+                state = LoopState(
+                    loop.index0, loop.first, loop.last, _role_of(loop.previtem), _role_of(loop.nextitem)
+                )
+            start = position[0]
             position[0] += len(text)
+            branches = dict(taken)
+            emissions.append(Emission(atom_id, start, position[0], ranges, variables, state, branches, final))
             return value
 
         def part(atom_id: int, index: int, value: Any) -> Any:

@@ -66,4 +66,4 @@ def test_if_branches_taken_are_recorded() -> None:
     instrumented = instrumented_for(TemplateSource.parse(template))
     traced = instrumented.trace([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
     dots = [e for e in traced.emissions if traced.text[e.start : e.end] == "."]
-    assert [e.scope["__branches__"][0] for e in dots] == [0, 1]
+    assert [e.branches[0] for e in dots] == [0, 1]

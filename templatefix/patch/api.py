@@ -1,0 +1,210 @@
+"""The patcher's entry points: exact ``{% generation %}`` markers on any chat template.
+
+How the assistant output is found (no family knowledge, no regex on the source):
+
+1. Parse the template into a lossless source model (``templatefix.source``).
+2. Observe (``templatefix.patch.observe``): render the probe conversations through the
+   instrumented template (``templatefix.trace``); every top-level output (literal text,
+   ``{{ expression }}``, and each operand of a ``+``/``~`` chain) reports the characters it
+   produced, with the loop variables in scope. The oracle (``templatefix.oracle``) says where
+   each assistant turn's span must be, so every produced character is inside or outside.
+3. Label (``templatefix.patch.label``): each output unit is always inside, always outside, or
+   inside under a condition (``templatefix.patch.conditions``) on the loop variables, e.g. for a
+   shared ``'<|im_start|>' + role + '\\n' + content`` expression; a boundary inside a string
+   literal or literal text splits it there.
+4. Write (``templatefix.patch.writer``): the markers at the matching source offsets, around whole
+   ``{{ }}`` tags, between operands of a split expression, or inside literal text, with a role
+   branch (``{% if %}``) where a condition is needed. Whitespace control is carried over so the
+   render is unchanged.
+5. Verify the result with the verifier (``templatefix.verify``); ``verified`` is its verdict.
+
+Example:
+    >>> result = patch_template(open("templates/chatml.jinja").read())  # doctest: +SKIP
+    >>> result.verified  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from templatefix.errors import PatchFailure, RenderError, RenderLimitExceeded
+from templatefix.patch.label import resolve_units
+from templatefix.patch.observe import observe
+from templatefix.patch.strip import has_markers, strip_generation_markers
+from templatefix.patch.writer import write
+from templatefix.policy import Policy
+from templatefix.source import TemplateSource
+from templatefix.trace import instrumented_for
+
+
+@dataclass
+class PatchResult:
+    """What ``patch_template`` returns.
+
+    Attributes:
+        original: the input template, byte for byte.
+        patched: the patched template (equal to ``original`` when nothing could be done).
+        verified: the verifier's verdict on ``patched`` against SPEC.md (never assumed).
+        report: the verifier's ``Report`` for ``patched`` (``None`` if it could not run).
+        reasons: human-readable reasons for anything not exact (empty when verified and exact).
+        diff: unified diff from ``original`` to ``patched``.
+        changed: whether ``patched`` differs from ``original``.
+        policy: the policy the spans were computed for.
+        flags: turns the report flags (rewritten history, mismatching generation prompt).
+    """
+
+    original: str
+    patched: str
+    verified: bool
+    report: Any
+    reasons: list[str] = field(default_factory=list)
+    diff: str = ""
+    changed: bool = False
+    policy: Policy = field(default_factory=Policy)
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``exact``, ``flagged`` (verified, with rewritten/mismatch turns) or ``refused``."""
+        if not self.verified:
+            return "refused"
+        return "flagged" if self.flags else "exact"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "verified": self.verified,
+            "changed": self.changed,
+            "reasons": self.reasons,
+            "flags": self.flags,
+            "policy": self.policy.to_dict(),
+            "diff": self.diff,
+            "report": self.report.to_json() if hasattr(self.report, "to_json") else None,
+        }
+
+
+def unified_diff(before: str, after: str, name: str = "chat_template.jinja") -> str:
+    """A unified diff of two template texts (line endings kept)."""
+    return "".join(
+        difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{name}", f"b/{name}")
+    )
+
+
+
+def patch_template(
+    template: str,
+    *,
+    policy: Policy | None = None,
+    probes: Sequence[Any] | None = None,
+    special_tokens: Mapping[str, Any] | None = None,
+    **policy_kwargs: Any,
+) -> PatchResult:
+    """Insert exact ``{% generation %}`` markers into ``template`` and verify them.
+
+    A template that already has markers is verified as it is and kept when exact; otherwise its
+    markers are removed and placed again. Nothing is ever reported verified unless the verifier
+    says so.
+
+    Args:
+        template: the chat template source.
+        policy: what to train (SPEC §6); or give its fields as keyword arguments.
+        probes: probe conversations (default: ``probes.probe_battery(template)``).
+        special_tokens: values for ``bos_token`` etc. (default: placeholders).
+
+    Raises:
+        TemplateSyntaxError: the template is not valid Jinja.
+
+    Example:
+        >>> result = patch_template(open("templates/chatml.jinja").read())  # doctest: +SKIP
+        >>> print(result.diff)  # doctest: +SKIP
+    """
+    from templatefix.probes import probe_battery
+    from templatefix.verify import verify
+
+    policy = policy or Policy.from_kwargs(**policy_kwargs)
+    TemplateSource.parse(template)  # syntax errors surface here, with line and column
+    unmarked = strip_generation_markers(template) if has_markers(template) else template
+    probe_list = list(probes) if probes is not None else probe_battery(unmarked)
+
+    def finish(patched: str, reasons: list[str]) -> PatchResult:
+        report = verify(
+            patched, original=template, policy=policy, probes=probe_list, special_tokens=special_tokens
+        )
+        verified = bool(report.verified)
+        all_reasons = list(reasons)
+        if not verified:
+            all_reasons.extend(r for r in report.failures() if r not in all_reasons)
+        flags = list(getattr(report, "flags", []) or [])
+        return PatchResult(
+            original=template,
+            patched=patched,
+            verified=verified,
+            report=report,
+            reasons=all_reasons,
+            diff=unified_diff(template, patched),
+            changed=patched != template,
+            policy=policy,
+            flags=[str(f) for f in flags],
+        )
+
+    if unmarked is not template:
+        as_is = finish(template, [])
+        if as_is.verified:
+            return as_is
+    try:
+        patched = place_markers(unmarked, probe_list, policy, special_tokens)
+    except RenderLimitExceeded:
+        raise  # a bound was hit: say so, never pass it off as a template rejecting a probe
+    except (PatchFailure, RenderError) as failure:
+        result = finish(template if unmarked is template else unmarked, [str(failure)])
+        if unmarked is not template:
+            result.patched = template
+            result.changed = False
+            result.diff = ""
+            result.verified = False
+        return result
+    return finish(patched, [])
+
+
+def patch_named_templates(
+    templates: Mapping[str, str] | Sequence[Mapping[str, str]], **kwargs: Any
+) -> dict[str, PatchResult]:
+    """Patch each named template (``{"default": ..., "tool_use": ...}`` or ``[{"name", "template"}]``)."""
+    items: Iterable[tuple[str, str]]
+    if isinstance(templates, Mapping):
+        items = templates.items()
+    else:
+        items = ((entry["name"], entry["template"]) for entry in templates)
+    return {name: patch_template(text, **kwargs) for name, text in items}
+
+
+def place_markers(
+    template: str,
+    probes: Sequence[Any],
+    policy: Policy,
+    special_tokens: Mapping[str, Any] | None = None,
+) -> str:
+    """Return ``template`` with generation markers placed from the probes' behaviour.
+
+    Raises:
+        PatchFailure: some boundary cannot be expressed in the template's structure, or the
+            probes show no assistant output to mark.
+        InternalDisagreement: the instrumented trace disagrees with the plain render.
+    """
+    source = TemplateSource.parse(template)
+    instrumented = instrumented_for(source)
+    seen = observe(template, instrumented, probes, policy, special_tokens)
+    if not seen.samples:
+        raise PatchFailure("the template rejects every probe conversation, so nothing can be checked")
+    if not seen.saw_turn:
+        raise PatchFailure("no probe conversation renders an assistant turn")
+    if not seen.saw_assistant_text:
+        raise PatchFailure("the template never renders what the assistant says: no assistant output to mark")
+    units = resolve_units(instrumented, seen.records)
+    if not any(unit.label in ("in", "cond") for unit in units):
+        raise PatchFailure("no template output produces assistant text")
+    return write(source, instrumented, units)

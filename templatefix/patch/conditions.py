@@ -1,0 +1,273 @@
+"""Stage 3: the condition under which a shared output is assistant output.
+
+A unit that is inside a span in some emissions and outside in others (``'<|im_start|>' + role +
+'\\n' + content`` is inside only for assistant messages) needs a Jinja test, written into a role
+branch, that holds on exactly its inside emissions. The test is built from what the template
+itself can see at that output: its loop variables, the ``loop`` object, its own if/elif tests in
+the same iteration, and the template flags.
+
+Example:
+    >>> from templatefix.source import TemplateSource
+    >>> from templatefix.trace import Emission
+    >>> def seen(role, inside):
+    ...     return Observation(inside, Emission(0, 0, 1, None, {"m": {"role": role}}), {})
+    >>> find_condition([seen("user", False), seen("assistant", True)], TemplateSource.parse("x"))
+    "m.role == 'assistant'"
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import nodes
+
+from templatefix.source import TemplateSource
+from templatefix.trace import Atom, Emission, Instrumented, LoopState
+
+#: Unique literals tried in pairs (``a and b``, ``a or b``): at most 256·255/2 = 32,640 pairs.
+PAIR_LITERALS = 256
+#: Unique literals tried in threes (four shapes, each operand first): C(48, 3) = 17,296 triples.
+TRIPLE_LITERALS = 48
+#: Unique literals tried as ``a and (b or c or d)``: 24 · C(23, 3) = 42,504 combinations.
+GUARD_LITERALS = 24
+
+
+@dataclass
+class Observation:
+    """One emission of a unit: inside a span or not, and what the template could see there."""
+
+    inside: bool
+    emission: Emission
+    flags: dict[str, Any]
+
+    @property
+    def scope(self) -> dict[str, Any]:
+        """The enclosing loops' targets by name."""
+        return self.emission.scope
+
+    @property
+    def loop(self) -> LoopState | None:
+        """The innermost loop's state (``None`` outside loops)."""
+        return self.emission.loop
+
+
+Test = Callable[[Observation], bool]
+
+
+def find_condition(
+    observations: list[Observation],
+    source: TemplateSource,
+    instrumented: Instrumented | None = None,
+    atom: Atom | None = None,
+) -> str | None:
+    """The simplest test that is true exactly on the inside observations, or ``None``.
+
+    Building blocks (*features*), most telling first:
+
+    1. ``x.role == 'assistant'`` for each loop variable ``x`` that has a ``role``;
+    2. the template's own if/elif tests in the atom's innermost loop, as "one of the first j
+       branches of this chain was taken" (``T0 or … or Tj``), nearest chain first;
+    3. every other identifier key of each loop variable (``x.tool_calls``…), truthy;
+    4. ``x is sameas messages[-1]`` for each loop variable;
+    5. ``loop.last``, ``loop.first``, and the previous/next item's role;
+    6. each flag: ``f``, ``f is false``, ``f is defined``, and ``f == "value"`` per value seen;
+    7. last, if/elif chains in enclosing loops, which only correlate.
+
+    Each feature gives two *literals*, itself and its negation. Every literal is evaluated on the
+    observations as a bit mask, and only the first (simplest) literal of each distinct mask is
+    kept, so there are at most ``2 · features`` and at most ``2 ** len(observations)`` literals.
+    The search, stopping at the first match:
+
+    - one literal;
+    - two literals joined by ``and`` / ``or``, among the first :data:`PAIR_LITERALS`;
+    - three literals as ``a or b or c``, ``a and b and c``, ``x and (y or z)``,
+      ``x or (y and z)``, among the first :data:`TRIPLE_LITERALS`;
+    - a guard and three alternatives, ``a and (b or c or d)``, among the first
+      :data:`GUARD_LITERALS`.
+
+    So at most about 92,000 mask combinations are tried whatever the template. At the bound
+    (nothing matched) the answer is ``None``: the caller refuses the patch and names the output
+    (``PatchFailure``); no condition is ever guessed.
+
+    Args:
+        observations: the unit's emissions, inside or outside.
+        source: the template (its preferred quote character is used in the test).
+        instrumented: the instrumented template (its if/elif chains); optional.
+        atom: the output the unit belongs to (which chains may be re-evaluated there).
+
+    Returns:
+        The Jinja test's source text, or ``None`` when no combination within the bounds fits.
+    """
+    target = sum(1 << i for i, o in enumerate(observations) if o.inside)
+    unique = _literals(_features(observations, source, instrumented, atom), observations)
+    for text, mask in unique:
+        if mask == target:
+            return text
+    for (text_a, a), (text_b, b) in itertools.combinations(unique[:PAIR_LITERALS], 2):
+        if a & b == target:
+            return f"{_group(text_a)} and {_group(text_b)}"
+        if a | b == target:
+            return f"{_group(text_a)} or {_group(text_b)}"
+    for (text_a, a), (text_b, b), (text_c, c) in itertools.combinations(unique[:TRIPLE_LITERALS], 3):
+        if a | b | c == target:
+            return f"{_group(text_a)} or {_group(text_b)} or {_group(text_c)}"
+        if a & b & c == target:
+            return f"{_group(text_a)} and {_group(text_b)} and {_group(text_c)}"
+        for first, second, third, x, y, z in (
+            (text_a, text_b, text_c, a, b, c),
+            (text_b, text_a, text_c, b, a, c),
+            (text_c, text_a, text_b, c, a, b),
+        ):
+            if x & (y | z) == target:
+                return f"{_group(first)} and ({_group(second)} or {_group(third)})"
+            if x | (y & z) == target:
+                return f"{_group(first)} or ({_group(second)} and {_group(third)})"
+    # A guard on one side, three alternatives on the other ("last turn" and "not the first call").
+    small = unique[:GUARD_LITERALS]
+    for index, (text_a, a) in enumerate(small):
+        for (text_b, b), (text_c, c), (text_d, d) in itertools.combinations(
+            small[:index] + small[index + 1 :], 3
+        ):
+            if a & (b | c | d) == target:
+                return f"{_group(text_a)} and ({_group(text_b)} or {_group(text_c)} or {_group(text_d)})"
+    return None
+
+
+def _literals(features: list[tuple[str, Test]], observations: list[Observation]) -> list[tuple[str, int]]:
+    """Each feature and its negation as ``(text, mask)``, the first text of each mask only."""
+    full = (1 << len(observations)) - 1
+    literals: list[tuple[str, int]] = []
+    for text, test in features:
+        mask = sum(1 << i for i, o in enumerate(observations) if test(o))
+        literals.append((text, mask))
+        literals.append((f"not {text}" if " " not in text else f"not ({text})", full & ~mask))
+    seen_masks: set[int] = set()
+    unique = []
+    for text, mask in literals:
+        if mask not in seen_masks:
+            seen_masks.add(mask)
+            unique.append((text, mask))
+    return unique
+
+
+def _features(
+    observations: list[Observation],
+    source: TemplateSource,
+    instrumented: Instrumented | None,
+    atom: Atom | None,
+) -> list[tuple[str, Test]]:
+    """The building blocks, in the order of :func:`find_condition`'s docstring."""
+    quote = _preferred_quote(source)
+    features: list[tuple[str, Test]] = []
+    names: dict[str, set[str]] = {}
+    for observation in observations:
+        for name, value in observation.scope.items():
+            if isinstance(value, dict):
+                names.setdefault(name, set()).update(
+                    k for k in value if isinstance(k, str) and k.isidentifier()
+                )
+    for name, keys in sorted(names.items()):
+        if "role" in keys:
+            features.append(
+                (
+                    f"{name}.role == {quote}assistant{quote}",
+                    lambda o, n=name: _get(o.scope, n, "role") == "assistant",
+                )
+            )
+    local_branches: list[tuple[str, Test]] = []
+    remote_branches: list[tuple[str, Test]] = []
+    if instrumented is not None:
+        # The template's own tests in this iteration say best what it does.
+        local_branches, remote_branches = _branch_features(observations, instrumented, atom)
+        features.extend(local_branches)
+    for name, keys in sorted(names.items()):
+        for key in sorted(keys - {"role"}):
+            features.append((f"{name}.{key}", lambda o, n=name, k=key: bool(_get(o.scope, n, k))))
+    for name in sorted(names):
+        features.append((f"{name} is sameas messages[-1]", lambda o, n=name: n in o.emission.final))
+    if any(o.loop is not None for o in observations):
+        features.append(("loop.last", lambda o: o.loop is not None and o.loop.last))
+        features.append(("loop.first", lambda o: o.loop is not None and o.loop.first))
+        for side, key in (("previtem", "previous_role"), ("nextitem", "next_role")):
+            roles = sorted({r for o in observations if o.loop is not None and (r := getattr(o.loop, key))})
+            for role in roles:
+                features.append(
+                    (
+                        f"(loop.{side} is defined and loop.{side}.role == {quote}{role}{quote})",
+                        lambda o, k=key, r=role: o.loop is not None and getattr(o.loop, k) == r,
+                    )
+                )
+    flag_values: dict[str, set[Any]] = {}
+    for observation in observations:
+        for key, value in observation.flags.items():
+            if key.isidentifier() and isinstance(value, (bool, str, int)):
+                flag_values.setdefault(key, set()).add(value)
+    for flag, seen in sorted(flag_values.items()):
+        # Templates test flags as `f`, `f is false` (defined and false) or `f == value`.
+        features.append((flag, lambda o, f=flag: bool(o.flags.get(f))))
+        features.append((f"{flag} is false", lambda o, f=flag: o.flags.get(f, None) is False))
+        features.append((f"{flag} is defined", lambda o, f=flag: f in o.flags))
+        for value in sorted(v for v in seen if isinstance(v, str)):
+            literal = json.dumps(value)
+            features.append((f"{flag} == {literal}", lambda o, f=flag, v=value: o.flags.get(f) == v))
+    features.extend(remote_branches)
+    return features
+
+
+def _branch_features(
+    observations: list[Observation], instrumented: Instrumented, atom: Atom | None
+) -> tuple[list[tuple[str, Test]], list[tuple[str, Test]]]:
+    """ "One of branches 0..j of if-chain k was taken", written as the chain's own tests.
+
+    Returns (chains inside the atom's innermost loop, nearest first; all other chains).
+    """
+    local: list[tuple[str, Test]] = []
+    remote: list[tuple[str, Test]] = []
+    common: set[int] | None = None
+    for observation in observations:
+        keys = set(observation.emission.branches)
+        common = keys if common is None else common & keys
+    source = instrumented.source
+    innermost = atom.loops[-1] if atom is not None and atom.loops else None
+    atom_loops = atom.loops if atom is not None else []
+    for chain_id in sorted(common or (), reverse=True):
+        chain = instrumented.ifs[chain_id]
+        # The test is re-evaluated where the atom is: its names must mean the same there. So the
+        # chain must be in the atom's loop or one enclosing it, and may only use `loop` if it is
+        # the same loop.
+        enclosing = len(chain.loops) <= len(atom_loops) and all(
+            a is b for a, b in zip(chain.loops, atom_loops, strict=False)
+        )
+        uses_loop = any(n.name == "loop" for test in chain.tests for n in test.find_all(nodes.Name))
+        if not enclosing or (uses_loop and len(chain.loops) != len(atom_loops)):
+            continue
+        near = innermost is not None and bool(chain.loops) and chain.loops[-1] is innermost
+        texts = []
+        for j, test in enumerate(chain.tests):
+            start, end = test.tf_span
+            texts.append(_group(" ".join(source.text[start:end].split())))
+            text = " or ".join(texts)
+            feature: tuple[str, Test] = (text, lambda o, k=chain_id, j=j: o.emission.branches[k] <= j)
+            (local if near else remote).append(feature)
+    return local, remote
+
+
+def _group(text: str) -> str:
+    if text.startswith("(") and text.endswith(")") and text.count("(") == 1:
+        return text
+    return f"({text})" if " or " in text or " and " in text or " if " in text else text
+
+
+def _get(scope: dict[str, Any], name: str, key: str) -> Any:
+    value = scope.get(name)
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def _preferred_quote(source: TemplateSource) -> str:
+    double = sum(1 for t in source.tokens if t.kind == "string" and t.text.startswith('"'))
+    single = sum(1 for t in source.tokens if t.kind == "string" and t.text.startswith("'"))
+    return '"' if double > single else "'"

@@ -1,0 +1,339 @@
+"""Stage 4: write the markers into the template source.
+
+Each atom's labelled units become edits at source offsets: markers around whole ``{{ }}`` tags or
+runs of literal text; a chain split into one tag per run of equally-labelled operands; literal
+text cut where a span edge falls inside it; and a role branch (``{% if cond %}{% generation %}…
+{% endgeneration %}{% else %}…{% endif %}``) where a unit is inside only under a condition.
+Whitespace control (``-``, ``+``, ``trim_blocks``, ``lstrip_blocks``) is carried over so that the
+patched template renders byte-identically.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+
+from jinja2 import nodes
+
+from templatefix.patch.label import Unit, fill_boundary_atoms, fill_none, fill_silent_atoms, part_node
+from templatefix.source import Edit, TemplateSource, Token
+from templatefix.trace import Atom, Instrumented
+
+
+@dataclass
+class Marker:
+    """A ``generation``/``endgeneration`` tag to insert at a source offset."""
+
+    offset: int
+    opening: bool
+    order: int
+
+
+def write(source: TemplateSource, instrumented: Instrumented, units: list[Unit]) -> str:
+    """The template text with markers placed as ``units`` say (outputs never seen filled in first).
+
+    Args:
+        source: the unmarked template.
+        instrumented: its instrumented form (the atoms the units refer to).
+        units: every labelled unit (``templatefix.patch.label.resolve_units``).
+
+    Returns:
+        The patched template text.
+    """
+    by_atom: dict[int, list[Unit]] = {}
+    for unit in units:
+        by_atom.setdefault(unit.atom, []).append(unit)
+    fill_silent_atoms(instrumented, by_atom)
+    fill_boundary_atoms(instrumented, by_atom)
+    edits: list[Edit] = []
+    markers: list[Marker] = []
+    for atom_id, atom_units in sorted(by_atom.items()):
+        atom = instrumented.atoms[atom_id]
+        labels = {u.label for u in atom_units} - {"none"}
+        if not labels or labels == {"out"}:
+            continue
+        if atom.is_literal:
+            _write_literal(source, instrumented, atom, atom_units, markers, edits)
+        else:
+            _write_expression(source, instrumented, atom, atom_units, markers, edits)
+    markers = _cancel_adjacent(source, markers)
+    for marker in markers:
+        edits.append(Edit(marker.offset, marker.offset, _marker_text(source, marker), marker.order))
+    return source.apply(edits)
+
+
+def _write_literal(
+    source: TemplateSource,
+    instrumented: Instrumented,
+    atom: Atom,
+    units: list[Unit],
+    markers: list[Marker],
+    edits: list[Edit],
+) -> None:
+    token = source.token_at(atom.node.tf_span[0])
+    fill_none(units)
+    for (label, condition), run in itertools.groupby(units, key=lambda u: (u.label, u.condition)):
+        run_units = list(run)
+        start = _data_offset(token, run_units[0].lo)
+        end = _data_offset(token, run_units[-1].hi)
+        if label == "in":
+            markers.append(Marker(start, True, 1))
+            markers.append(Marker(_skip_gaps(source, end), False, 0))
+        elif label == "cond":
+            # Literal text that is assistant output only sometimes: branch on the condition, with
+            # the text as a string expression in both branches.
+            text = json.dumps(atom.node.data[run_units[0].lo : run_units[-1].hi], ensure_ascii=False)
+            left = "+" if _needs_lstrip_guard(source, start) else ""
+            right = "+" if _needs_trim_guard(source, end) else ""
+            # Whitespace the lexer strips after the text (lstrip_blocks) would render once a tag
+            # separates it from its stripping tag; it never rendered, so it goes.
+            edits.append(
+                Edit(start, _skip_gaps(source, end), _branch(condition, f"{{{{ {text} }}}}", left, right))
+            )
+
+
+def _branch(condition: str, tag: str, left: str = "", right: str = "") -> str:
+    """``tag`` inside generation markers when ``condition`` holds, plain otherwise."""
+    return (
+        f"{{%{left} if {condition} %}}{{% generation %}}{tag}{{% endgeneration %}}"
+        f"{{% else %}}{tag}{{% endif {right}%}}"
+    )
+
+
+def _skip_gaps(source: TemplateSource, offset: int) -> int:
+    """Move past whitespace the lexer drops before a tag, so a new tag lands next to that tag.
+
+    (The final newline jinja drops at the end of a template is followed by no tag: stay before it.)
+    """
+    position = offset
+    while position < len(source.text):
+        token = source.token_at(position)
+        if token.kind != "gap" or token.start != position:
+            break
+        position = token.end
+    if position >= len(source.text):
+        return offset
+    return position
+
+
+def _data_offset(token: Token, value_offset: int | None) -> int:
+    """Source offset of a character offset in a literal-text token's (normalised) value."""
+    if value_offset is None:
+        return token.end
+    count = 0
+    index = 0
+    text = token.text
+    while count < value_offset and index < len(text):
+        index += 2 if text.startswith("\r\n", index) else 1
+        count += 1
+    return token.start + index
+
+
+def _write_expression(
+    source: TemplateSource,
+    instrumented: Instrumented,
+    atom: Atom,
+    units: list[Unit],
+    markers: list[Marker],
+    edits: list[Edit],
+) -> None:
+    begin, end = _tag_tokens(source, atom.node)
+    fill_none(units)
+    open_start = source.tokens[begin].start
+    close_end = source.tokens[end].start + len(source.tokens[end].text.rstrip())
+    if all(u.label == "in" for u in units):
+        markers.append(Marker(open_start, True, 1))
+        markers.append(Marker(source.tokens[end].end, False, 0))
+        return
+    # The tag is split into one tag per run of equally-labelled parts; whitespace control of the
+    # original tag goes on whatever tag ends up outermost, so the render is unchanged.
+    left_mod = source.tokens[begin].text[2:3] if source.tokens[begin].text[2:3] in "-+" else ""
+    right_mod = "-" if source.tokens[end].text.startswith("-") else ""
+    block_left = "-" if left_mod == "-" else ("+" if _needs_lstrip_guard(source, open_start) else "")
+    block_right = "-" if right_mod == "-" else ("+" if _needs_trim_guard(source, close_end) else "")
+    runs = [(key, list(run)) for key, run in itertools.groupby(units, key=lambda u: (u.label, u.condition))]
+    pieces = []
+    for index, ((label, condition), run) in enumerate(runs):
+        first, last = index == 0, index == len(runs) - 1
+        expression = _run_expression(source, atom, run)
+        plain = f"{{{{{left_mod if first else ''} {expression} {right_mod if last else ''}}}}}"
+        if label == "out":
+            pieces.append(plain)
+        elif label == "in" and (first or last):
+            # Outer markers go in as separate tags, so they can merge with a neighbour's.
+            if first:
+                markers.append(Marker(open_start, True, 1))
+            else:
+                pieces.append("{% generation %}")
+            pieces.append(plain)
+            if last:
+                markers.append(Marker(source.tokens[end].end, False, 0))
+            else:
+                pieces.append("{% endgeneration %}")
+        elif label == "in":
+            pieces.append(f"{{% generation %}}{{{{ {expression} }}}}{{% endgeneration %}}")
+        else:
+            tag = f"{{{{ {expression} }}}}"
+            pieces.append(_branch(condition, tag, block_left if first else "", block_right if last else ""))
+    edits.append(Edit(open_start, close_end, "".join(pieces)))
+
+
+def _run_expression(source: TemplateSource, atom: Atom, run: list[Unit]) -> str:
+    merged: list[Unit] = []
+    for unit in run:  # neighbouring slices of one literal read better as one literal
+        if merged and merged[-1].part == unit.part and merged[-1].hi == unit.lo:
+            merged[-1] = Unit(unit.atom, unit.part, merged[-1].lo, unit.hi)
+        else:
+            merged.append(unit)
+    run = merged
+    if len(run) == 1 and run[0].part < 0 and run[0].lo == 0 and run[0].hi is None:
+        start, end = part_node(atom, -1).tf_span
+        return source.text[start:end]  # the whole expression in a tag of its own
+    texts: list[str] = []
+    for position, unit in enumerate(run):
+        node = part_node(atom, unit.part)
+        if unit.lo == 0 and unit.hi is None:
+            text = _node_text(source, node)
+        else:
+            text = _literal_slice(source, node, unit.lo, unit.hi)
+        if position:
+            previous = run[position - 1]
+            operator = "+" if previous.part == unit.part else atom.operators[unit.part - 1]
+            texts.append(f" {operator} ")
+        texts.append(text)
+    return "".join(texts)
+
+
+_PRIMARY = (
+    nodes.Name,
+    nodes.Const,
+    nodes.Getattr,
+    nodes.Getitem,
+    nodes.Call,
+    nodes.Filter,
+    nodes.List,
+    nodes.Dict,
+)
+
+
+def _node_text(source: TemplateSource, node: nodes.Node) -> str:
+    start, end = node.tf_span
+    text = source.text[start:end]
+    if isinstance(node, _PRIMARY) or (text.startswith("(") and text.endswith(")")):
+        return text
+    return f"({text})"
+
+
+def _literal_slice(source: TemplateSource, node: nodes.Node, lo: int, hi: int | None) -> str:
+    """A string literal for ``value[lo:hi]``, cut from the original literal's bytes when possible.
+
+    A part that is not a literal but always renders the same text is sliced: ``x[lo:hi]``.
+    """
+    if not (isinstance(node, nodes.Const) and isinstance(node.value, str)):
+        text = _node_text(source, node)
+        if not isinstance(
+            node, (nodes.Name, nodes.Getattr, nodes.Getitem, nodes.Call)
+        ) and not text.startswith("("):
+            text = f"({text})"  # `x | trim[:3]` would slice the filter's name
+        return f"{text}[{lo or ''}:{'' if hi is None else hi}]"  # hi < 0: from the end
+    value: str = node.value
+    piece = value[lo:hi]
+    start, end = node.tf_span
+    raw = source.text[start:end]
+    quote = raw[:1]
+    if len(raw) >= 2 and raw[-1] == quote and quote in "'\"":
+        body = raw[1:-1]
+        raw_lo = _raw_index(body, value, lo)
+        raw_hi = len(body) if hi is None else _raw_index(body, value, hi)
+        if raw_lo is not None and raw_hi is not None:
+            return f"{quote}{body[raw_lo:raw_hi]}{quote}"
+    return json.dumps(piece, ensure_ascii=False)
+
+
+def _decode(body: str) -> str | None:
+    try:
+        return body.encode("ascii", "backslashreplace").decode("unicode-escape")
+    except UnicodeDecodeError:
+        return None
+
+
+def _raw_index(body: str, value: str, offset: int) -> int | None:
+    """Index into a literal's source body whose decoded prefix is ``value[:offset]``."""
+    for index in range(len(body) + 1):
+        decoded = _decode(body[:index])
+        if decoded is not None and decoded == value[:offset]:
+            return index
+    return None
+
+
+def _tag_tokens(source: TemplateSource, node: nodes.Node) -> tuple[int, int]:
+    """Indices of the ``{{`` and ``}}`` tokens around an output expression."""
+    start, end = node.tf_span
+    begin = source.token_index_at(start)
+    while begin > 0 and source.tokens[begin].kind != "variable_begin":
+        begin -= 1
+    close = source.token_index_at(max(end - 1, start))
+    while close < len(source.tokens) - 1 and source.tokens[close].kind != "variable_end":
+        close += 1
+    return begin, close
+
+
+def _needs_lstrip_guard(source: TemplateSource, offset: int) -> bool:
+    """A block tag at ``offset`` would strip the spaces before it on its line (lstrip_blocks)."""
+    line_start = source.text.rfind("\n", 0, offset) + 1
+    prefix = source.text[line_start:offset]
+    return bool(prefix) and not prefix.strip(" \t")
+
+
+def _needs_trim_guard(source: TemplateSource, offset: int) -> bool:
+    """A block tag ending at ``offset`` would eat a newline that renders today (trim_blocks).
+
+    A newline the lexer already drops (a gap before a ``{%-``) needs no guard.
+    """
+    if not source.text.startswith(("\n", "\r"), offset):
+        return False
+    token = source.token_at(offset)
+    return not (token.kind == "gap" and token.start == offset)
+
+
+def _marker_text(source: TemplateSource, marker: Marker) -> str:
+    """The tag text, with whitespace control that keeps the render unchanged."""
+    keyword = "generation" if marker.opening else "endgeneration"
+    token = source.token_at(marker.offset) if marker.offset < len(source.text) else None
+    at_tag = token is not None and token.start == marker.offset
+    modifier = token.text[2:3] if at_tag and token.text[2:3] in "-+" else ""
+    if at_tag and token.kind in ("block_begin", "comment_begin"):
+        # Right before a tag that strips (or keeps) the whitespace before it: do as it does, so
+        # the whitespace is treated the same whichever of the two tags comes first.
+        left = modifier
+    elif at_tag and token.kind == "variable_begin" and modifier == "-":
+        left = "-"
+    else:
+        left = "+" if _needs_lstrip_guard(source, marker.offset) else ""
+    right = "+" if _needs_trim_guard(source, marker.offset) else ""
+    return f"{{%{left} {keyword} {right}%}}"
+
+
+def _cancel_adjacent(source: TemplateSource, markers: list[Marker]) -> list[Marker]:
+    """Drop an ``endgeneration`` immediately followed by a ``generation`` (only stripped space between)."""
+    ordered = sorted(markers, key=lambda m: (m.offset, m.order))
+    result: list[Marker] = []
+    for marker in ordered:
+        if marker.opening and result and not result[-1].opening:
+            between = source.text[result[-1].offset : marker.offset]
+            if not between or _is_gap(source, result[-1].offset, marker.offset):
+                result.pop()
+                continue
+        result.append(marker)
+    return result
+
+
+def _is_gap(source: TemplateSource, start: int, end: int) -> bool:
+    position = start
+    while position < end:
+        token = source.token_at(position)
+        if token.kind != "gap" or token.start != position:
+            return False
+        position = token.end
+    return position == end
