@@ -20,8 +20,10 @@ Example:
 from __future__ import annotations
 
 from templatefix.errors import (
+    InternalDisagreement,
     NotVerifiedError,
     OutputError,
+    PatchFailure,
     PushError,
     RenderError,
     RenderLimitExceeded,
@@ -44,8 +46,10 @@ from templatefix.verify import verify
 __version__ = "0.1.0"
 
 __all__ = [
+    "InternalDisagreement",
     "NotVerifiedError",
     "OutputError",
+    "PatchFailure",
     "PushError",
     "RenderError",
     "RenderLimitExceeded",

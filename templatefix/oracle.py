@@ -19,9 +19,10 @@ For the assistant message at index ``i``::
 * ``F`` does not start with ``P``: **mismatch** (the generation prompt disagrees with the
   training render, e.g. QwQ's ``<think>\\n``). The span is placed by the rewritten shape.
 
-Where a turn's text ends in ``R`` comes from ``templatefix.trace.message_regions`` when that
-module exists; otherwise from the probe's unique texts: the end-of-turn text seen in ``F``, or
-else the start of the next message (its first text minus its header as rendered in a prefix).
+Where a turn's text ends in ``R`` comes from ``templatefix.trace.message_regions`` (the loop
+iteration that rendered the message); for a message no loop iteration rendered alone, from the
+probe's unique texts: the end-of-turn text seen in ``F``, or else the start of the next message
+(its first text minus its header as rendered in a prefix).
 
 Policies (SPEC §6) shape the expected span:
 
@@ -48,12 +49,14 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from templatefix.errors import InternalDisagreement, RenderError, RenderLimitExceeded
 from templatefix.policy import Policy
 from templatefix.render import Span, render
+from templatefix.trace import message_regions
 
 TurnKind = Literal["exact", "rewritten", "mismatch"]
 
@@ -280,24 +283,37 @@ class _Renderer:
 
 def _trace_regions(
     template: str, probe: ProbeLike, special_tokens: Mapping[str, Any] | None, full_text: str
-) -> list[Span | None] | None:
-    """Per-message regions of ``R`` from ``templatefix.trace`` when the lead's module provides them."""
-    try:
-        from templatefix import trace  # noqa: PLC0415 - optional, may not exist yet
-    except ImportError:
-        return None
-    message_regions: Callable[..., Any] | None = getattr(trace, "message_regions", None)
-    if message_regions is None:
-        return None
+) -> list[Span | None]:
+    """Per-message regions of ``R`` (``full_text``) from the instrumented trace.
+
+    Raises:
+        RenderLimitExceeded: the trace went past a render bound.
+        InternalDisagreement: the trace fails on, or renders differently, a conversation that the
+            plain render produced ``full_text`` for (a bug in the instrumentation, never a reason
+            to answer by another method).
+    """
     try:
         text, regions = message_regions(
             template, list(probe.messages), add_generation_prompt=False,
             special_tokens=special_tokens, **dict(probe.kwargs),
         )
-    except Exception:  # the trace is an aid; the fallback below still answers
-        return None
-    if text != full_text or len(regions) != len(probe.messages):
-        return None
+    except RenderLimitExceeded:
+        raise
+    except RenderError as error:
+        raise InternalDisagreement(
+            f"the instrumented trace fails on a conversation the template renders ({probe.name}): {error}"
+        ) from error
+    if text != full_text:
+        offset = common_prefix_length(text, full_text)
+        raise InternalDisagreement(
+            f"the instrumented trace renders {probe.name} differently from the template, "
+            f"from offset {offset}: {text[offset:offset + 30]!r} vs {full_text[offset:offset + 30]!r}"
+        )
+    if len(regions) != len(probe.messages):
+        raise InternalDisagreement(
+            f"the instrumented trace saw {len(regions)} messages in {probe.name}, "
+            f"which has {len(probe.messages)}"
+        )
     return [tuple(region) if region is not None else None for region in regions]
 
 

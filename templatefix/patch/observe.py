@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from templatefix.errors import RenderError, RenderLimitExceeded
+from templatefix.errors import InternalDisagreement, RenderError, RenderLimitExceeded
 from templatefix.policy import Policy
 from templatefix.trace import Emission, Instrumented, Trace
 
@@ -109,7 +109,7 @@ def observe(
     Raises:
         RenderLimitExceeded: a render went past its bound.
         InternalDisagreement: the trace of a conversation the template accepts fails, or differs
-            from the plain render (a bug in the instrumentation).
+            from the plain render (a bug in the instrumentation); such a sample is never dropped.
     """
     from templatefix.oracle import expected_turns
 
@@ -118,15 +118,11 @@ def observe(
         for sample in samples(probe):
             try:
                 expectation = expected_turns(template, sample, policy, special_tokens)
-                traced = instrumented.trace(
-                    sample.messages, special_tokens=special_tokens, **dict(sample.kwargs)
-                )
             except RenderLimitExceeded:
                 raise
             except RenderError:
-                continue
-            if traced.text != expectation.text:
-                continue
+                continue  # the original refuses this conversation: nothing to observe
+            traced = trace_agreeing(instrumented, sample, expectation.text, special_tokens)
             spans = [t.span for t in expectation.turns if t.span and t.span[1] > t.span[0]]
             seen.saw_turn = seen.saw_turn or bool(expectation.turns)
             seen.saw_assistant_text = seen.saw_assistant_text or spans_hold_assistant_text(
@@ -135,6 +131,30 @@ def observe(
             seen.samples += 1
             record_emissions(instrumented, traced, spans, dict(sample.kwargs), seen.records)
     return seen
+
+
+def trace_agreeing(
+    instrumented: Instrumented, sample: Sample, text: str, special_tokens: Mapping[str, Any] | None
+) -> Trace:
+    """The instrumented trace of ``sample``, which must render ``text`` as the plain render did.
+
+    Raises:
+        RenderLimitExceeded: the trace went past a render bound.
+        InternalDisagreement: the trace fails or renders other text.
+    """
+    try:
+        traced = instrumented.trace(sample.messages, special_tokens=special_tokens, **dict(sample.kwargs))
+    except RenderLimitExceeded:
+        raise
+    except RenderError as error:
+        raise InternalDisagreement(
+            f"the instrumented trace fails on {sample.name}, which the template renders: {error}"
+        ) from error
+    if traced.text != text:
+        raise InternalDisagreement(
+            f"the instrumented trace renders {sample.name} differently from the template"
+        )
+    return traced
 
 
 def spans_hold_assistant_text(text: str, spans: list[tuple[int, int]], sample: Sample) -> bool:
