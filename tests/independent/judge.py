@@ -31,9 +31,10 @@ dropping old reasoning) has no window there and is counted, not judged.
 No span outside an assistant's output. In ``X`` no span may touch:
 - the text of a non-assistant message ``m``: ``[len(O(m)), len(O(m+1)))`` whenever ``X`` starts
   with both renders (``O(0)`` counts as empty, so text before the first message is included);
-- the header of a turn ``j`` when ``X`` starts with ``P``: from where ``P`` and ``O(j, False)``
-  part to ``len(P)`` (the role header and generation prompt the model does not write);
-- in ``X = Q(k, True)``, the generation prompt at its end;
+- the generation prompt of a turn ``j`` when ``X`` starts with ``P``: ``[len(O(j, False)),
+  len(P))``, when ``P`` extends ``O(j, False)`` (a prompt render that rewrites history, as
+  gpt-oss's does for a conversation ending with an assistant, leaves it unknown);
+- in ``X = Q(k, True)``, the generation prompt at its end, when ``X`` extends ``O(k, False)``;
 - any occurrence in ``X`` of a system, user or tool text (each carries a tag unique to its
   message, so an occurrence is that message's text wherever the template moved it).
 Windows of judged and empty turns are taken out of these regions (the window rule decides
@@ -109,7 +110,7 @@ class Turn:
 
     index: int
     prompt: str  # P
-    header_start: int  # where P and O(index, False) part: the header/generation prompt starts
+    header_start: int | None  # len(O(index, False)) when P extends it: where the generation prompt starts
     kind: str  # "owed", "empty", "mismatch"
     output: str = ""  # G
     cores: tuple[str, ...] = ()  # G without a trailing next-assistant header (every way to cut it)
@@ -167,14 +168,16 @@ class Judge:
     def turn(self, j: int) -> Turn:
         prompt, before, full = self.orig(j, True), self.orig(j, False), self.orig(j + 1, False)
         if prompt is None or full is None or not full.startswith(prompt):
-            return Turn(j, prompt or "", len(prompt or ""), "mismatch")
-        header_start = _common_prefix(before, prompt) if before is not None else len(prompt)
+            return Turn(j, prompt or "", None, "mismatch")
+        # The header is what the prompt appends to the render without it; when that render is not a
+        # prefix (the prompt render rewrites history), the header is not known.
+        header_start = len(before) if before is not None and prompt.startswith(before) else None
         output = full[len(prompt):]
         if not output.strip():
             return Turn(j, prompt, header_start, "empty", output)
         return Turn(j, prompt, header_start, "owed", output, self._cores(j, prompt, header_start, output))
 
-    def _cores(self, j: int, prompt: str, header_start: int, output: str) -> tuple[str, ...]:
+    def _cores(self, j: int, prompt: str, header_start: int | None, output: str) -> tuple[str, ...]:
         """Every way to cut a next-assistant header off the end of ``output`` (see the module docstring)."""
         followed = self.messages[: j + 1] + [{"role": "user", "content": "next z9q"}]
         try:
@@ -186,7 +189,7 @@ class Judge:
         shared = _common_prefix(output, by_user[len(prompt):])
         if shared >= len(output):
             return ()  # nothing in G is specific to an assistant coming next: no header was written
-        ends = (prompt, prompt[:header_start])
+        ends = (prompt, prompt[:header_start]) if header_start is not None else (prompt,)
         return tuple(
             output[:cut]
             for cut in range(max(1, len(output) - HEADER_MAX), shared + 1)
@@ -250,10 +253,11 @@ class Judge:
         if not early and len(inside) == 1 and inside[0][0] == lo and inside[0][1] in ends:
             return
         expected_end = min(ends)
+        if early:
+            inside[0] = (early[0], inside[0][1])
         expected = f"expected [{lo}, {expected_end}) (ends allowed {sorted(ends)}), actual {inside}"
         if early:
             edge, what = early[0], f"span starts at {early[0]}, before the output at {lo}"
-            inside[0] = (early[0], inside[0][1])
         elif not inside:
             edge, what = lo, "no span where the turn's output starts"
         elif inside[0][0] != lo:
@@ -280,7 +284,7 @@ class Judge:
             message = self.messages[m]
             if message.get("role") == "assistant":
                 turn = turns.get(m)
-                if turn is not None and turn.prompt and text.startswith(turn.prompt):
+                if turn is not None and turn.header_start is not None and text.startswith(turn.prompt):
                     regions.append(((turn.header_start, len(turn.prompt)), f"header of turn {m}"))
                 continue
             lo, hi = boundary(m), boundary(m + 1)
@@ -294,8 +298,8 @@ class Judge:
                     start = text.find(piece, start + 1)
         if prompt:
             before = self.orig(k, False)
-            if before is not None:
-                regions.append(((_common_prefix(before, text), len(text)), "generation prompt"))
+            if before is not None and text.startswith(before):  # else the prompt render rewrote history
+                regions.append(((len(before), len(text)), "generation prompt"))
         return regions
 
     @staticmethod
