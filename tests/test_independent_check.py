@@ -223,3 +223,24 @@ def _accepts(template: str, conversation: Conversation) -> bool:
 
 def _explain(name: str, failure: object, conversation: Conversation) -> str:
     return f"{name}: {failure}\nconversation: {json.dumps(conversation.to_json(), ensure_ascii=False)}"
+
+
+def test_back_to_back_outputs_are_not_early() -> None:
+    """Two assistant outputs with nothing between them (a tool message the template drops) merge
+    into one span; neither turn is judged early."""
+    original = (
+        "{% for m in messages %}{% if m.role == 'user' %}[U]{{ m.content }}[/U]"
+        "{% elif m.role == 'assistant' %}{{ m.content }}</s>{% endif %}{% endfor %}"
+    )
+    patched = original.replace("{{ m.content }}</s>", "{% generation %}{{ m.content }}</s>{% endgeneration %}")
+    conversation = Conversation(
+        [
+            {"role": "user", "content": "hi u0q"},
+            {"role": "assistant", "content": "a"},
+            {"role": "tool", "content": "dropped t2q"},
+            {"role": "assistant", "content": "b"},
+        ]
+    )
+    assert judge(original, patched, conversation).failures == []
+    late = patched.replace("{% generation %}{{ m.content }}", "{{ m.content }}{% generation %}")
+    assert [f.turn for f in judge(original, late, conversation).failures if f.rule == "span"][:1] == [1]

@@ -10,7 +10,9 @@ skipped (the original rejects it); a prefix the original rejects is left out.
 
 Turns. For an assistant message ``j``: ``P = O(j, True)``, ``F = O(j+1, False)``. If ``F`` does
 not start with ``P`` the turn is a *mismatch* and is not judged. Else ``G = F[len(P):]``; a
-whitespace-only ``G`` owes nothing (*empty*). When ``G`` ends with text written only because an
+whitespace-only ``G`` owes nothing (*empty*), and so does a ``G`` that is whitespace once a
+next header (below) is cut off: a tool call the template does not render, then the header.
+When ``G`` ends with text written only because an
 assistant could come next (the original's render of ``M[:j+1]`` followed by a user message
 departs from ``G`` before ``G`` ends), a *core* is ``G`` cut at or before that departure such
 that the cut-off text also ends ``P`` or ``O(j, False)``: the next assistant header, "the same
@@ -175,7 +177,10 @@ class Judge:
         output = full[len(prompt):]
         if not output.strip():
             return Turn(j, prompt, header_start, "empty", output)
-        return Turn(j, prompt, header_start, "owed", output, self._cores(j, prompt, header_start, output))
+        cores = self._cores(j, prompt, header_start, output)
+        if any(not core.strip() for core in cores):  # only whitespace before the next header
+            return Turn(j, prompt, header_start, "empty", output)
+        return Turn(j, prompt, header_start, "owed", output, cores)
 
     def _cores(self, j: int, prompt: str, header_start: int | None, output: str) -> tuple[str, ...]:
         """Every way to cut a next-assistant header off the end of ``output`` (see the module docstring)."""
@@ -192,8 +197,8 @@ class Judge:
         ends = (prompt, prompt[:header_start]) if header_start is not None else (prompt,)
         return tuple(
             output[:cut]
-            for cut in range(max(1, len(output) - HEADER_MAX), shared + 1)
-            if output[cut:].strip() and output[:cut].strip() and any(e.endswith(output[cut:]) for e in ends)
+            for cut in range(max(0, len(output) - HEADER_MAX), shared + 1)
+            if output[cut:].strip() and any(e.endswith(output[cut:]) for e in ends)
         )
 
     # -- one render ------------------------------------------------------------------------
@@ -223,10 +228,13 @@ class Judge:
             if k == len(self.messages) and not prompt and j < k - 1:
                 verdict.history_judged += 1
             windows.append((turn, window[0], window[1]))
-        for turn, (lo, hi), ends in windows:
-            self._check_window(text, spans, turn, lo, hi, ends, where, verdict)
-        forbidden = self._forbidden(k, prompt, text, turns)
         taken = free + [window for _, window, _ in windows]
+        for turn, (lo, hi), ends in windows:
+            # A span running into this window from the left is early, unless another turn's window
+            # ends right here (two assistant outputs back to back merge into one span).
+            joined = any(a < lo <= b for a, b in taken if (a, b) != (lo, hi))
+            self._check_window(text, spans, turn, lo, hi, ends, joined, where, verdict)
+        forbidden = self._forbidden(k, prompt, text, turns)
         self._check_forbidden(text, spans, forbidden, taken, where, verdict)
 
     @staticmethod
@@ -245,11 +253,11 @@ class Judge:
 
     @staticmethod
     def _check_window(
-        text: str, spans: tuple[Range, ...], turn: Turn, lo: int, hi: int, ends: set[int],
+        text: str, spans: tuple[Range, ...], turn: Turn, lo: int, hi: int, ends: set[int], joined: bool,
         where: tuple[str, bool], verdict: Verdict,
     ) -> None:
         inside = [(max(s, lo), min(e, hi)) for s, e in spans if s < hi and e > lo]
-        early = [s for s, e in spans if s < lo < e]  # a span running into the output from before it
+        early = [] if joined else [s for s, e in spans if s < lo < e]  # running in from before the output
         if not early and len(inside) == 1 and inside[0][0] == lo and inside[0][1] in ends:
             return
         expected_end = min(ends)
