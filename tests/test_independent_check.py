@@ -232,7 +232,8 @@ def test_back_to_back_outputs_are_not_early() -> None:
         "{% for m in messages %}{% if m.role == 'user' %}[U]{{ m.content }}[/U]"
         "{% elif m.role == 'assistant' %}{{ m.content }}</s>{% endif %}{% endfor %}"
     )
-    patched = original.replace("{{ m.content }}</s>", "{% generation %}{{ m.content }}</s>{% endgeneration %}")
+    marked = "{% generation %}{{ m.content }}</s>{% endgeneration %}"
+    patched = original.replace("{{ m.content }}</s>", marked)
     conversation = Conversation(
         [
             {"role": "user", "content": "hi u0q"},
