@@ -25,6 +25,7 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +83,6 @@ class TokenIssue:
 # --------------------------------------------------------------------------- offsets arithmetic
 
 
-def _is_monotonic(offsets: Offsets) -> bool:
-    previous_start = previous_end = 0
-    for start, end in offsets:
-        if start < previous_start or end < previous_end:
-            return False
-        previous_start, previous_end = start, end
-    return True
-
-
 class OffsetIndex:
     """Fast ``char_to_token`` over a token offset list, matching ``tokenizers`` exactly.
 
@@ -108,9 +100,10 @@ class OffsetIndex:
 
     def __init__(self, offsets: Offsets) -> None:
         self.offsets = offsets
-        self.starts = [start for start, _ in offsets]
-        self.ends = [end for _, end in offsets]
-        self.monotonic = _is_monotonic(offsets)
+        self.starts = list(map(itemgetter(0), offsets))
+        self.ends = list(map(itemgetter(1), offsets))
+        # non-decreasing starts and ends (offsets are never negative); sorting a sorted list is linear
+        self.monotonic = self.starts == sorted(self.starts) and self.ends == sorted(self.ends)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -167,6 +160,9 @@ def transformers_token_ranges(
 
 
 def _overlap_ranges(index: OffsetIndex, raw_spans: Sequence[Span]) -> list[TokenRange]:
+    if index.monotonic:  # tokens overlapping [s, e): end > s and start < e, found by bisection
+        found = ((bisect_right(index.ends, s), bisect_left(index.starts, e)) for s, e in raw_spans)
+        return union_ranges(found)
     ranges: list[TokenRange] = []
     span = 0
     for token, (token_start, token_end) in enumerate(index.offsets):

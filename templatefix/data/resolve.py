@@ -10,6 +10,8 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from templatefix.errors import NotVerifiedError, SourceError, TemplatefixError
@@ -42,9 +44,26 @@ def tokenizer_template(tokenizer: Any) -> str:
         template = getattr(tokenizer.tokenizer, "chat_template", None)
     if isinstance(template, dict):
         template = template.get("default")
+    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    if not isinstance(template, str) and str(folder) not in ("", ".") and folder.is_dir():
+        # a processor folder keeps its template beside the tokenizer (chat_template.json/.jinja)
+        from templatefix.io.sources import load_template
+
+        try:
+            template = load_template(str(folder)).text
+        except SourceError:
+            template = None
     if not isinstance(template, str):
         raise SourceError("the tokenizer has no chat template: pass a template")
     return template
+
+
+@lru_cache(maxsize=16)
+def _patched(template: str, policy: Policy) -> Any:
+    """The patch of ``template`` (the same template is patched once per process)."""
+    from templatefix.patcher import patch_template
+
+    return patch_template(template, policy=policy)
 
 
 def resolve_template(
@@ -63,12 +82,12 @@ def resolve_template(
         TemplatefixError: the template has no markers and the patcher could not add any.
         NotVerifiedError: ``strict`` and the patch is not verified.
     """
-    from templatefix.patcher import has_markers, patch_template
+    from templatefix.patcher import has_markers
 
     text = tokenizer_template(tokenizer) if template is None else template
     if has_markers(text):
         return ResolvedTemplate(text)
-    result = patch_template(text, policy=policy or Policy())
+    result = _patched(text, policy or Policy())
     if not has_markers(result.patched):
         reasons = "; ".join(result.reasons) or "no markers added"
         raise TemplatefixError(
