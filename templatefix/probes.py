@@ -95,9 +95,10 @@ class Probe:
     def texts(self) -> list[str]:
         """Every non-empty text this probe puts into the conversation (for locating messages).
 
-        Tool-call arguments given as a JSON string count by their values.
+        Texts are stripped (contents may carry whitespace at their edges). Tool-call arguments
+        given as a JSON string count by their values.
         """
-        return [text for text in _texts(self.messages) if text]
+        return [text.strip() for text in _texts(self.messages) if text.strip()]
 
 
 def _texts(value: Any) -> Iterator[str]:
@@ -108,6 +109,8 @@ def _texts(value: Any) -> Iterator[str]:
         for key, item in value.items():
             if key == "arguments" and isinstance(item, str):
                 yield from _texts(json.loads(item))
+            elif isinstance(item, int) and not isinstance(item, bool):
+                yield str(item)
             elif key not in ("role", "type", "tool_call_id", "id", "name"):
                 yield from _texts(item)
     elif isinstance(value, (list, tuple)):
@@ -133,6 +136,12 @@ class WordSource:
         index = self._next
         self._next += 1
         return f"{_WORDS[index % len(_WORDS)]}{101 + index % 899}"
+
+    def number(self) -> int:
+        """A distinct five-digit number (for arguments that are not text)."""
+        index = self._next
+        self._next += 1
+        return 90000 + index % 10000
 
     def call_id(self) -> str:
         """A tool-call id: 9 alphanumeric characters (Mistral's templates require exactly that)."""
@@ -262,6 +271,32 @@ def _tool_calls_parallel(words: WordSource) -> tuple[list[Message], dict[str, An
     return messages, {"tools": tools}
 
 
+def _tool_calls_no_id(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """A call without ``id`` and a result without ``tool_call_id`` (both are optional)."""
+    messages, kwargs = _tool_calls(words)
+    for message in messages:
+        message.pop("tool_call_id", None)
+        for call in message.get("tool_calls") or ():
+            call.pop("id", None)
+    return messages, kwargs
+
+
+def _tool_calls_two_arguments(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """Text and one call with two arguments: separators between arguments must be trained."""
+    messages, kwargs = _tool_calls(words)
+    messages[1]["content"] = words()
+    messages[1]["tool_calls"][0]["function"]["arguments"] = {"query": words(), "scope": words()}
+    return messages, kwargs
+
+
+def _tool_calls_parallel_string_arguments(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """Two calls, two arguments each, given as JSON strings, then another turn."""
+    messages, kwargs = _tool_calls_multi(words)
+    for call in messages[2]["tool_calls"]:
+        call["function"]["arguments"] = json.dumps({"query": words(), "scope": words()})
+    return messages, kwargs
+
+
 def _reasoning(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     return [_user(words), _assistant(words, reasoning=True)], {}
 
@@ -300,6 +335,26 @@ def _reasoning_tool_calls(words: WordSource) -> tuple[list[Message], dict[str, A
     return messages, {"tools": tools}
 
 
+def _reasoning_some_turns(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """Reasoning in the first and third turns, none in the second and the last."""
+    messages = [_system(words)]
+    for turn in range(4):
+        messages += [_user(words), _assistant(words, reasoning=turn % 2 == 0)]
+    return messages, {}
+
+
+def _whitespace_content(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """Contents with leading and trailing whitespace and newlines, on every role."""
+    messages = [
+        {"role": "system", "content": f"  {words()}\n"},
+        {"role": "user", "content": f"\n{words()}  "},
+        {"role": "assistant", "content": f"\n\n{words()}\n"},
+        {"role": "user", "content": f" {words()}\n\n"},
+        {"role": "assistant", "content": f"  {words()} \n", "reasoning_content": f"\n{words()}\n"},
+    ]
+    return messages, {}
+
+
 def _content_parts(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     def parts() -> list[dict[str, str]]:
         return [{"type": "text", "text": words()}]
@@ -332,14 +387,21 @@ _BASE_SHAPES = {
     "tool_calls_string_arguments": _tool_calls_string_arguments,
     "tool_calls_multi": _tool_calls_multi,
     "tool_calls_parallel": _tool_calls_parallel,
+    "tool_calls_no_id": _tool_calls_no_id,
+    "tool_calls_two_arguments": _tool_calls_two_arguments,
+    "tool_calls_parallel_string_arguments": _tool_calls_parallel_string_arguments,
     "reasoning": _reasoning,
     "reasoning_multi_turn": _reasoning_multi_turn,
+    "reasoning_some_turns": _reasoning_some_turns,
     "reasoning_tool_calls": _reasoning_tool_calls,
     "content_parts": _content_parts,
     "empty_content": _empty_content,
+    "whitespace_content": _whitespace_content,
 }
+#: The base shapes' builders by name (``templatefix.derive`` varies them).
+BASE_SHAPE_BUILDERS = _BASE_SHAPES
 #: Shapes repeated under each flag value, most telling first (history rewriting, prompt changes).
-FLAG_SHAPES = ("reasoning_multi_turn", "reasoning_tool_calls", "system_multi_turn")
+FLAG_SHAPES = ("reasoning_multi_turn", "reasoning_some_turns", "reasoning_tool_calls", "system_multi_turn")
 
 
 def make_probe(shape: str, extra_kwargs: Mapping[str, Any] | None = None, name: str | None = None) -> Probe:
@@ -625,8 +687,33 @@ def random_conversation(seed: int) -> Probe:
     return Probe(f"random-{seed}", tuple(messages), {"tools": tools} if tools else {})
 
 
-def probe_battery(template: str, *, limit: int = MAX_BATTERY) -> list[Probe]:
-    """The probe conversations for ``template`` (SPEC §4), at most ``limit`` of them.
+def probe_battery(template: str, *, limit: int = MAX_BATTERY, search: bool = True) -> list[Probe]:
+    """The probe conversations for ``template`` (SPEC §4).
+
+    First the fixed battery (:func:`fixed_battery`, at most ``limit`` probes); then, with
+    ``search``, the conversations derived from what the template reads
+    (``templatefix.derive``) that reach an output or branch outcome the others do not
+    (``templatefix.coverage.search``, within its budget). Cached per template.
+
+    Raises:
+        TemplateSyntaxError: the template is not valid Jinja.
+        RenderLimitExceeded: a render hit a bound.
+    """
+    return list(_battery(template, limit, search))
+
+
+@lru_cache(maxsize=64)
+def _battery(template: str, limit: int, search: bool) -> tuple[Probe, ...]:
+    from templatefix import coverage, derive
+
+    battery = fixed_battery(template, limit=limit)
+    if search:
+        battery += coverage.search(template, battery, derive.candidates(template))
+    return tuple(battery)
+
+
+def fixed_battery(template: str, *, limit: int = MAX_BATTERY) -> list[Probe]:
+    """The probe conversations every template gets (SPEC §4), at most ``limit`` of them.
 
     First the base shapes (plus ``documents`` if the template reads ``documents``) with no flags
     passed; then, for every flag value from :func:`find_flags`, the shapes in

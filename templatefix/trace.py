@@ -15,6 +15,13 @@ which is the atom. (transformers' ``generation`` offsets are only right in the t
 so those are also the only places markers may go.) Existing ``{% generation %}`` blocks are made
 transparent.
 
+Coverage hooks reach further: every output of the template that writes text (literal text or
+``{{ expression }}``, at top level or inside macros, ``{% set %}`` blocks and nested loops) is an
+:class:`OutputSite`, and every ``{% if %}`` chain and ``a if c else b`` anywhere is a
+:class:`BranchSite`. A trace records which outputs wrote text and which branch outcomes were
+taken; :meth:`Instrumented.cover` records coverage alone (cheaper, for searching probe
+conversations).
+
 The instrumented template renders byte-identically to the original: the hooks return their
 argument unchanged and record on the side. ``trace`` checks this on every call.
 
@@ -46,6 +53,101 @@ _PART = "__templatefix_part__"
 _ITERATION = "__templatefix_iteration__"
 _LOOP_END = "__templatefix_loop_end__"
 _TEST = "__templatefix_test__"
+_COVER = "__templatefix_cover__"
+_BRANCH = "__templatefix_branch__"
+
+
+@dataclass(frozen=True)
+class OutputSite:
+    """One output of the template anywhere in it: literal text or a ``{{ expression }}``.
+
+    Attributes:
+        id: index in ``Sites.outputs`` (source order).
+        node: the output's node in ``TemplateSource.ast``.
+        line: its line in the template.
+        literal: literal text (``TemplateData``), as opposed to an expression.
+        raises: the expression is a ``raise_exception(...)`` call: it never writes text.
+        macro: the macro it is in (``None`` outside macros).
+    """
+
+    id: int
+    node: nodes.Node
+    line: int
+    literal: bool
+    raises: bool
+    macro: str | None
+
+
+@dataclass(frozen=True)
+class BranchSite:
+    """An ``{% if %}…{% elif %}…{% else %}`` chain or a conditional expression.
+
+    Outcome ``i < count`` is "test ``i`` was true"; outcome ``count`` is "no test was true" (the
+    ``else`` branch, or nothing).
+    """
+
+    id: int
+    node: nodes.Node
+    line: int
+    count: int
+
+
+class Sites:
+    """Every output and branch of a template, numbered in source order.
+
+    Example:
+        >>> sites = Sites(TemplateSource.parse("{% macro m() %}x{% endmacro %}\\n{{ m() if a else 'y' }}"))
+        >>> [(site.line, site.literal, site.macro) for site in sites.outputs]
+        [(1, True, 'm'), (2, False, None)]
+        >>> [site.count for site in sites.branches]
+        [1]
+    """
+
+    def __init__(self, source: TemplateSource) -> None:
+        self.source = source
+        self.outputs: list[OutputSite] = []
+        self.branches: list[BranchSite] = []
+        self.output_ids: dict[int, int] = {}  # id(original node) -> site id
+        self.branch_ids: dict[int, int] = {}
+        self._visit(source.ast, None)
+
+    def _line(self, node: nodes.Node) -> int:
+        span = getattr(node, "tf_span", None)
+        return self.source.line_of(span[0]) if span is not None else 0
+
+    def _visit(self, node: nodes.Node, macro: str | None) -> None:
+        if isinstance(node, nodes.Macro):
+            macro = node.name
+        if isinstance(node, nodes.Output):
+            for child in node.nodes:
+                raises = (
+                    isinstance(child, nodes.Call)
+                    and isinstance(child.node, nodes.Name)
+                    and child.node.name == "raise_exception"
+                )
+                literal = isinstance(child, nodes.TemplateData)
+                site = OutputSite(len(self.outputs), child, self._line(child), literal, raises, macro)
+                self.output_ids[id(child)] = site.id
+                self.outputs.append(site)
+        if isinstance(node, nodes.If):
+            self._branch(node, 1 + len(node.elif_))
+        elif isinstance(node, nodes.CondExpr):
+            self._branch(node, 1)
+        elifs = {id(branch) for branch in node.elif_} if isinstance(node, nodes.If) else set()
+        for child in node.iter_child_nodes():
+            if id(child) in elifs:
+                self._visit_elif(child, macro)
+            else:
+                self._visit(child, macro)
+
+    def _visit_elif(self, node: nodes.If, macro: str | None) -> None:
+        for child in node.iter_child_nodes():
+            self._visit(child, macro)
+
+    def _branch(self, node: nodes.Node, count: int) -> None:
+        site = BranchSite(len(self.branches), node, self._line(node), count)
+        self.branch_ids[id(node)] = site.id
+        self.branches.append(site)
 
 
 @dataclass
@@ -137,6 +239,17 @@ class Trace:
     iterations: list[Iteration]
     loop_ends: list[tuple[int, int]] = field(default_factory=list)  # (loop id, offset)
     messages: list[Any] = field(default_factory=list)  # the message objects the template saw
+    covered: set[int] = field(default_factory=set)  # output sites that wrote text
+    outcomes: set[tuple[int, int]] = field(default_factory=set)  # (branch site, outcome) taken
+
+
+@dataclass
+class CoverageTrace:
+    """What :meth:`Instrumented.cover` saw: the text, the outputs that wrote text, the outcomes."""
+
+    text: str
+    covered: set[int]
+    outcomes: set[tuple[int, int]]
 
 
 class Instrumented:
@@ -147,9 +260,11 @@ class Instrumented:
         self.atoms: list[Atom] = []
         self.loops: list[nodes.For] = []
         self.ifs: list[IfChain] = []
+        self.sites = Sites(source)
         instrumented = copy_tree(source.ast)
         self._originals: dict[int, nodes.Node] = {}
         _pair_nodes(source.ast, instrumented, self._originals)
+        _cover_conditional_expressions(instrumented, self._originals, self.sites)
         instrumented.body = self._transform_body(instrumented.body, loops=[], top_level=True)
         instrumented.set_environment(environment())
         with limits.guard():  # jinja2 folds constant expressions while compiling
@@ -169,6 +284,8 @@ class Instrumented:
             if isinstance(node, nodes.Output):
                 if top_level:
                     self._instrument_output(node, loops, assigned)
+                else:
+                    _cover_output(node, self._originals, self.sites)
                 result.append(node)
                 continue
             assigned.clear()
@@ -200,6 +317,8 @@ class Instrumented:
         inner_top = top_level and transparent
         if isinstance(node, nodes.If) and top_level:
             self._instrument_if(node, loops)
+        if isinstance(node, nodes.If):
+            _cover_if(node, self._originals, self.sites)
         for name in ("body", "else_", "elif_"):
             children = getattr(node, name, None)
             if isinstance(children, list):
@@ -247,6 +366,8 @@ class Instrumented:
             value = child
             if len(parts) > 1:
                 value = self._wrap_parts(child, atom.id)
+            site = self.sites.output_ids[id(original_child)]
+            value = _call(_COVER, nodes.Const(site), value)
             new_children.append(_call(_EMIT, nodes.Const(atom.id), value, nodes.Dict(scope_pairs)))
         output.nodes = new_children
         output.set_lineno(output.lineno)
@@ -343,27 +464,149 @@ class Instrumented:
             loop_ends.append((loop_id, position[0]))
             return ""
 
-        inputs = hf_environment.prepare_inputs(
-            messages, tools, documents, template_arguments(special_tokens, **template_kwargs)
+        covered: set[int] = set()
+        outcomes: set[tuple[int, int]] = set()
+        chat, variables = _variables(
+            messages, add_generation_prompt, tools, documents, special_tokens, template_kwargs
         )
-        chat = inputs.messages
-        variables = {
-            **inputs.variables(add_generation_prompt),
-            _EMIT: emit,
-            _PART: part,
-            _ITERATION: iteration,
-            _LOOP_END: loop_end,
-            _TEST: test,
-        }
-        try:
-            text = limits.render_template(self.template, **variables)
-        except RenderError:
-            raise  # RenderLimitExceeded keeps its message
-        except Exception as error:  # the original decides whether this conversation is valid
-            if type(error).__name__ == "TemplateError":
-                raise TemplateRejected(f"template rejected the conversation: {error}") from None
-            raise RenderError(f"template error: {type(error).__name__}: {error}") from None
-        return Trace(text, emissions, iterations, loop_ends, chat)
+        variables.update(
+            {
+                _EMIT: emit,
+                _PART: part,
+                _ITERATION: iteration,
+                _LOOP_END: loop_end,
+                _TEST: test,
+                **_coverage_hooks(covered, outcomes),
+            }
+        )
+        text = _render(self.template, variables)
+        return Trace(text, emissions, iterations, loop_ends, chat, covered, outcomes)
+
+    def cover(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        documents: Sequence[Mapping[str, Any]] | None = None,
+        special_tokens: Mapping[str, Any] | None = None,
+        **template_kwargs: Any,
+    ) -> CoverageTrace:
+        """Render with the coverage hooks only: which outputs wrote text, which outcomes were taken.
+
+        The text equals ``render(...)`` of the original template.
+
+        Raises:
+            TemplateRejected: the template called ``raise_exception``.
+            RenderError: any other failure while rendering.
+        """
+        covered: set[int] = set()
+        outcomes: set[tuple[int, int]] = set()
+        _, variables = _variables(
+            messages, add_generation_prompt, tools, documents, special_tokens, template_kwargs
+        )
+        variables.update(
+            {
+                _EMIT: _emit_value,
+                _PART: _last_value,
+                _ITERATION: _nothing,
+                _LOOP_END: _nothing,
+                _TEST: _last_value,
+                **_coverage_hooks(covered, outcomes),
+            }
+        )
+        text = _render(self.template, variables)
+        return CoverageTrace(text, covered, outcomes)
+
+
+def _variables(
+    messages: Sequence[Mapping[str, Any]],
+    add_generation_prompt: bool,
+    tools: Sequence[Mapping[str, Any]] | None,
+    documents: Sequence[Mapping[str, Any]] | None,
+    special_tokens: Mapping[str, Any] | None,
+    template_kwargs: Mapping[str, Any],
+) -> tuple[list[Any], dict[str, Any]]:
+    """The message objects and the variables a render gets, prepared as transformers does."""
+    inputs = hf_environment.prepare_inputs(
+        messages, tools, documents, template_arguments(special_tokens, **template_kwargs)
+    )
+    return inputs.messages, dict(inputs.variables(add_generation_prompt))
+
+
+def _render(template: Any, variables: dict[str, Any]) -> str:
+    try:
+        return limits.render_template(template, **variables)
+    except RenderError:
+        raise  # RenderLimitExceeded keeps its message
+    except Exception as error:  # the original decides whether this conversation is valid
+        if type(error).__name__ == "TemplateError":
+            raise TemplateRejected(f"template rejected the conversation: {error}") from None
+        raise RenderError(f"template error: {type(error).__name__}: {error}") from None
+
+
+def _emit_value(atom_id: int, value: Any, scope: Any) -> Any:
+    """An ``emit`` hook that records nothing."""
+    return value
+
+
+def _last_value(*arguments: Any) -> Any:
+    """A ``part``/``test`` hook that records nothing: the value is the last argument."""
+    return arguments[-1]
+
+
+def _nothing(*arguments: Any) -> str:
+    return ""
+
+
+def _coverage_hooks(covered: set[int], outcomes: set[tuple[int, int]]) -> dict[str, Any]:
+    """The two coverage hooks, recording into ``covered`` and ``outcomes``."""
+
+    def cover(site: int, value: Any) -> Any:
+        if site not in covered and str(value):
+            covered.add(site)
+        return value
+
+    def branch(site: int, index: int, count: int, value: Any) -> Any:
+        if value:
+            outcomes.add((site, index))
+        elif index == count - 1:
+            outcomes.add((site, count))
+        return value
+
+    return {_COVER: cover, _BRANCH: branch}
+
+
+def _cover_output(output: nodes.Output, originals: dict[int, nodes.Node], sites: Sites) -> None:
+    """Wrap each child of a (copied) ``Output`` in the coverage hook."""
+    children = []
+    for child in output.nodes:
+        original = originals.get(id(child))
+        site = sites.output_ids.get(id(original)) if original is not None else None
+        children.append(child if site is None else _call(_COVER, nodes.Const(site), child))
+    output.nodes = children
+
+
+def _cover_if(node: nodes.If, originals: dict[int, nodes.Node], sites: Sites) -> None:
+    """Wrap each test of a (copied) if/elif chain in the branch hook."""
+    site = sites.branch_ids.get(id(originals.get(id(node))))
+    if site is None:
+        return
+    branches = [node, *node.elif_]
+    for index, branch in enumerate(branches):
+        branch.test = _call(
+            _BRANCH, nodes.Const(site), nodes.Const(index), nodes.Const(len(branches)), branch.test
+        ).set_lineno(node.lineno)
+
+
+def _cover_conditional_expressions(tree: nodes.Node, originals: dict[int, nodes.Node], sites: Sites) -> None:
+    """Wrap the test of every ``a if c else b`` in the (copied) tree in the branch hook."""
+    for node in list(tree.find_all(nodes.CondExpr)):
+        site = sites.branch_ids.get(id(originals.get(id(node))))
+        if site is not None:
+            node.test = _call(
+                _BRANCH, nodes.Const(site), nodes.Const(0), nodes.Const(1), node.test
+            ).set_lineno(node.lineno)
 
 
 def copy_tree(node: nodes.Node) -> nodes.Node:

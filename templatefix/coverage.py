@@ -1,0 +1,369 @@
+"""Which outputs of a template the probe conversations reach, and a search that reaches more.
+
+SPEC §4: a patch is verified only if the probes reached every output of the template that writes
+text while rendering a conversation. :func:`measure` renders each probe with the coverage hooks
+of ``templatefix.trace`` (its full render, and its last prompt render with
+``add_generation_prompt=True``) and lists every output with its status:
+
+- ``reached``: some probe render wrote text through it;
+- ``unreached``: no probe did. This is unverified code: the patch may be wrong there;
+- ``refusal``: it never writes text into a render: a ``raise_exception(...)`` call, or an output
+  in a block that always calls ``raise_exception`` (the render fails there, whatever is written);
+- ``uncalled-macro``: it is in a macro the template never calls;
+- ``empty-conversation``: only a render of an empty ``messages`` list writes it (no turn to
+  train, so no conversation reaches it).
+
+Only ``unreached`` counts against coverage; the other classes are proven from the AST or from a
+render, never assumed, and are listed too.
+
+:func:`search` extends a probe list: it renders candidate conversations one by one and keeps
+those that reach an output or a branch outcome (an ``{% if %}`` chain's branch, a conditional
+expression's side) no kept probe reached, until every output is reached, :data:`PATIENCE`
+candidates in a row bring nothing new, or the budget runs out: :data:`SEARCH_CANDIDATES`
+candidates, :data:`SEARCH_CHARACTERS` characters rendered (the cost of a render grows with its
+length, so this bounds the time and stays deterministic), :data:`SEARCH_KEEP` probes kept.
+Candidates come in a fixed order, so the search is deterministic. :data:`SEARCH_SECONDS` is a
+safety net only a machine many times slower than usual reaches.
+
+Example:
+    >>> from templatefix.probes import make_probe
+    >>> template = ("{% for m in messages %}{% if m.name is defined %}[{{ m.name }}]{% endif %}"
+    ...             "{{ m.content }}{% endfor %}")
+    >>> coverage = measure(template, [make_probe("single_turn")])
+    >>> [(o.line, o.expression, o.status) for o in coverage.unreached]
+    [(1, '"["', 'unreached'), (1, '{{ m.name }}', 'unreached'), (1, '"]"', 'unreached')]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+from jinja2 import nodes
+
+from templatefix.errors import RenderError, RenderLimitExceeded
+from templatefix.source import TemplateSource
+from templatefix.trace import Instrumented, OutputSite, instrumented_for
+
+OutputStatus = Literal["reached", "unreached", "refusal", "uncalled-macro", "empty-conversation"]
+
+#: Search budget: candidates rendered, characters rendered, probes kept, and a wall-clock safety
+#: net. The defaults keep patch plus full verification within the cost goal
+#: (``benchmarks/bench_patch.py``).
+SEARCH_CANDIDATES = 120
+SEARCH_CHARACTERS = 600_000
+SEARCH_KEEP = 10
+SEARCH_SECONDS = 3.0
+#: The search stops after this many candidates in a row that reach nothing new.
+PATIENCE = 40
+
+Feature = tuple[str, int, int]  # ("out", site, 0) or ("branch", site, outcome)
+
+
+@dataclass(frozen=True)
+class OutputCoverage:
+    """One output of the template and whether the probes reached it.
+
+    Attributes:
+        line: its line in the template.
+        expression: ``{{ expression }}`` as written, or the literal text (quoted, shortened).
+        status: see the module docstring.
+        macro: the macro it is in, if any.
+    """
+
+    line: int
+    expression: str
+    status: OutputStatus
+    macro: str | None = None
+
+    def describe(self) -> str:
+        where = f" in macro {self.macro}" if self.macro else ""
+        return f"line {self.line}{where}: {self.expression}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.line, "expression": self.expression, "status": self.status, "macro": self.macro}
+
+
+@dataclass
+class Coverage:
+    """Every output of a template that can write text, and which the probes reached.
+
+    Attributes:
+        outputs: one entry per output, in source order.
+        branch_outcomes: branch outcomes the probes took, out of ``branch_outcomes_total``
+            (informational: some outcomes no conversation can take).
+    """
+
+    outputs: list[OutputCoverage] = field(default_factory=list)
+    branch_outcomes: int = 0
+    branch_outcomes_total: int = 0
+
+    @property
+    def reached(self) -> list[OutputCoverage]:
+        return [o for o in self.outputs if o.status == "reached"]
+
+    @property
+    def unreached(self) -> list[OutputCoverage]:
+        """The outputs no probe reached: unverified code."""
+        return [o for o in self.outputs if o.status == "unreached"]
+
+    @property
+    def excluded(self) -> list[OutputCoverage]:
+        """Outputs that write no text into a conversation's render (see the module docstring)."""
+        return [o for o in self.outputs if o.status not in ("reached", "unreached")]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every output that writes text was reached."""
+        return not self.unreached
+
+    @property
+    def fraction(self) -> float:
+        """Reached outputs over outputs that write text (1.0 when there are none)."""
+        total = len(self.reached) + len(self.unreached)
+        return len(self.reached) / total if total else 1.0
+
+    def summary(self) -> str:
+        total = len(self.reached) + len(self.unreached)
+        return f"{len(self.reached)}/{total} outputs reached" + (
+            f", {len(self.unreached)} unreached (unverified code)" if self.unreached else ""
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "complete": self.complete,
+            "fraction": round(self.fraction, 4),
+            "reached": len(self.reached),
+            "unreached": [o.to_json() for o in self.unreached],
+            "excluded": [o.to_json() for o in self.excluded],
+            "branch_outcomes": self.branch_outcomes,
+            "branch_outcomes_total": self.branch_outcomes_total,
+        }
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=16)
+def _instrumented(template: str) -> Instrumented:
+    return instrumented_for(TemplateSource.parse(template))
+
+
+def probe_features(
+    template: str, probe: Any, special_tokens: Mapping[str, Any] | None = None
+) -> frozenset[Feature] | None:
+    """What ``probe`` reaches in ``template``: outputs that wrote text, branch outcomes taken.
+
+    Renders the full conversation and, when it has an assistant turn after the first message,
+    the prompt before its last assistant turn with ``add_generation_prompt=True``. ``None`` when
+    the template rejects the conversation. Cached.
+
+    Raises:
+        RenderLimitExceeded: a render hit a bound.
+    """
+    return _probe_run(template, probe, special_tokens)[0]
+
+
+def _probe_run(
+    template: str, probe: Any, special_tokens: Mapping[str, Any] | None = None
+) -> tuple[frozenset[Feature] | None, int]:
+    """The probe's features and the characters its renders wrote (the cost of measuring it)."""
+    key = json.dumps(
+        [list(probe.messages), dict(probe.kwargs), dict(special_tokens or {})], sort_keys=True, default=str
+    )
+    return _features(template, key)
+
+
+@lru_cache(maxsize=4096)
+def _features(template: str, key: str) -> tuple[frozenset[Feature] | None, int]:
+    messages, kwargs, special_tokens = json.loads(key)
+    instrumented = _instrumented(template)
+    renders = [(messages, False)]
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=0)
+    if last > 0:
+        renders.append((messages[:last], True))
+    features: set[Feature] = set()
+    characters = 0
+    for conversation, prompt in renders:
+        try:
+            traced = instrumented.cover(
+                conversation, add_generation_prompt=prompt, special_tokens=special_tokens or None, **kwargs
+            )
+        except RenderLimitExceeded:
+            raise
+        except RenderError:
+            return None, characters
+        characters += len(traced.text)
+        features.update(("out", site, 0) for site in traced.covered)
+        features.update(("branch", site, outcome) for site, outcome in traced.outcomes)
+    return frozenset(features), characters
+
+
+def measure(
+    template: str, probes: Iterable[Any], special_tokens: Mapping[str, Any] | None = None
+) -> Coverage:
+    """The coverage of ``template``'s outputs by ``probes`` (see the module docstring).
+
+    Raises:
+        TemplateSyntaxError: the template is not valid Jinja.
+        RenderLimitExceeded: a render hit a bound.
+    """
+    instrumented = _instrumented(template)
+    source = instrumented.source
+    features: set[Feature] = set()
+    for probe in probes:
+        features |= probe_features(template, probe, special_tokens) or frozenset()
+    covered = {site for kind, site, _ in features if kind == "out"}
+    not_text = _never_writes(source.ast, instrumented)
+    uncovered = [
+        site.id for site in instrumented.sites.outputs if site.id not in covered and site.id not in not_text
+    ]
+    empty = _reached_by_empty_conversation(instrumented, special_tokens) if uncovered else set()
+    outputs = []
+    for site in instrumented.sites.outputs:
+        if site.id in covered:
+            status: OutputStatus = "reached"
+        elif site.id in not_text:
+            status = not_text[site.id]
+        elif site.id in empty:
+            status = "empty-conversation"
+        else:
+            status = "unreached"
+        outputs.append(OutputCoverage(site.line, _expression(source, site), status, site.macro))
+    total = sum(branch.count + 1 for branch in instrumented.sites.branches)
+    taken = sum(1 for kind, _, _ in features if kind == "branch")
+    return Coverage(outputs, taken, total)
+
+
+def _reached_by_empty_conversation(
+    instrumented: Instrumented, special_tokens: Mapping[str, Any] | None
+) -> set[int]:
+    reached: set[int] = set()
+    for prompt in (False, True):
+        try:
+            traced = instrumented.cover([], add_generation_prompt=prompt, special_tokens=special_tokens)
+            reached |= traced.covered
+        except RenderLimitExceeded:
+            raise
+        except RenderError:
+            continue
+    return reached
+
+
+def _never_writes(tree: nodes.Template, instrumented: Instrumented) -> dict[int, OutputStatus]:
+    """Outputs that cannot write text into a render: refusals, and outputs in uncalled macros."""
+    sites = instrumented.sites
+    result: dict[int, OutputStatus] = {}
+    called = {node.node.name for node in tree.find_all(nodes.Call) if isinstance(node.node, nodes.Name)}
+    called |= {node.name for node in tree.find_all(nodes.Name) if node.ctx == "load"}  # passed around
+    for site in sites.outputs:
+        if site.raises:
+            result[site.id] = "refusal"
+        elif site.macro is not None and site.macro not in called:
+            result[site.id] = "uncalled-macro"
+        elif _is_empty_constant(site.node):
+            result[site.id] = "refusal"
+    for body in _bodies(tree):
+        if any(_refuses(statement) for statement in body):
+            for statement in body:
+                for output in [statement, *statement.find_all(nodes.Output)]:
+                    if isinstance(output, nodes.Output):
+                        for child in output.nodes:
+                            site_id = sites.output_ids.get(id(child))
+                            if site_id is not None:
+                                result[site_id] = "refusal"
+    return result
+
+
+def _is_empty_constant(node: nodes.Node) -> bool:
+    literal = isinstance(node, nodes.TemplateData)
+    return isinstance(node, nodes.Const) and node.value in ("", None) and not literal
+
+
+def _refuses(statement: nodes.Node) -> bool:
+    """A statement that always calls ``raise_exception``: ``{{ raise_exception(...) }}``."""
+    return isinstance(statement, nodes.Output) and any(
+        isinstance(child, nodes.Call)
+        and isinstance(child.node, nodes.Name)
+        and child.node.name == "raise_exception"
+        for child in statement.nodes
+    )
+
+
+def _bodies(node: nodes.Node) -> Iterable[list[nodes.Node]]:
+    """Every statement list in the tree (template body, if/for/macro bodies, else branches)."""
+    for name in ("body", "else_"):
+        body = getattr(node, name, None)
+        if isinstance(body, list):
+            yield body
+    for child in node.iter_child_nodes():
+        yield from _bodies(child)
+
+
+def _expression(source: TemplateSource, site: OutputSite) -> str:
+    """How an output reads in the template: ``{{ expr }}`` or the quoted literal text."""
+    if site.literal:
+        text = site.node.data
+        return json.dumps(text if len(text) <= 60 else text[:28] + "…" + text[-28:], ensure_ascii=False)
+    span = getattr(site.node, "tf_span", None)
+    if span is None:
+        return "{{ … }}"
+    text = " ".join(source.text[span[0] : span[1]].split())
+    return "{{ " + (text if len(text) <= 80 else text[:38] + "…" + text[-38:]) + " }}"
+
+
+# --- searching ---------------------------------------------------------------------------------
+
+
+def output_sites(template: str) -> int:
+    """How many outputs ``template`` has (all of them, text-writing or not)."""
+    return len(_instrumented(template).sites.outputs)
+
+
+def search(
+    template: str,
+    probes: Sequence[Any],
+    candidates: Iterable[Any],
+    *,
+    max_candidates: int = SEARCH_CANDIDATES,
+    characters: int = SEARCH_CHARACTERS,
+    keep: int = SEARCH_KEEP,
+    patience: int = PATIENCE,
+    seconds: float = SEARCH_SECONDS,
+) -> list[Any]:
+    """The candidates that reach an output or branch outcome ``probes`` and earlier keeps do not.
+
+    Candidates the template rejects are skipped. Stops when every output is reached, after
+    ``patience`` candidates in a row with nothing new, or when a budget runs out.
+
+    Raises:
+        RenderLimitExceeded: a render hit a bound.
+    """
+    instrumented = _instrumented(template)
+    not_text = set(_never_writes(instrumented.source.ast, instrumented))
+    wanted = {site.id for site in instrumented.sites.outputs} - not_text
+    seen: set[Feature] = set()
+    for probe in probes:
+        seen |= probe_features(template, probe) or frozenset()
+    started = time.perf_counter()  # the budget is for the candidates; ``probes`` are measured anyway
+    kept: list[Any] = []
+    dry = spent = 0
+    for count, candidate in enumerate(candidates):
+        reached = {site for kind, site, _ in seen if kind == "out"}
+        if wanted <= reached or count >= max_candidates or len(kept) >= keep or dry >= patience:
+            break
+        if spent > characters or time.perf_counter() - started > seconds:
+            break
+        features, cost = _probe_run(template, candidate)
+        spent += cost
+        if features is None or features <= seen:
+            dry += 1
+            continue
+        seen |= features
+        kept.append(candidate)
+        dry = 0
+    return kept
