@@ -1,7 +1,20 @@
 """What `verify` found: dataclasses, a stable JSON form, one-line failures and a rich view.
 
 JSON (``Report.to_json``) and the rich view (``print_report``) are built from the same fields:
-the table shows each probe's turns with their verdicts, the lines under it are ``failures()``.
+the table shows each probe's turns with their verdicts, the lines under it are ``failures()``,
+then the outputs no probe reached (``Report.coverage``).
+
+A report's ``status`` (SPEC §4):
+
+- ``verified``: every probe the original accepts passes rules 1–3, and the probes reached every
+  output of the template that writes text (``verified`` is True only here);
+- ``unverified-code``: every probe passes, but some outputs were reached by no probe; the patch
+  may be wrong there, and the report names each (line, expression). ``passed`` is True,
+  ``verified`` False;
+- ``failed``: some probe fails, or the template could not be checked.
+
+The commands exit with :data:`EXIT_CODES`: 0 verified, 1 failed, 4 unverified code (2 is bad
+input, 3 an internal error).
 
 Example:
     >>> report = Report(template_name="t.jinja", policy={"turns": "all"}, errors=["no markers"])
@@ -19,6 +32,24 @@ from typing import Any, Literal
 Span = tuple[int, int]
 TurnVerdict = Literal["exact", "rewritten", "mismatch", "wrong", "untrained"]
 ProbeStatus = Literal["passed", "failed", "skipped"]
+ReportStatus = Literal["verified", "unverified-code", "failed"]
+
+#: Exit status of ``templatefix check``/``patch``/``corpus`` by report status (2 is bad input,
+#: 3 an internal error).
+EXIT_CODES: dict[str, int] = {"verified": 0, "failed": 1, "unverified-code": 4}
+
+
+def exit_code(statuses: list[str]) -> int:
+    """The exit status for several templates: the worst one (failed, then unverified code).
+
+    Example:
+        >>> exit_code(["verified", "unverified-code"]), exit_code(["unverified-code", "failed"])
+        (4, 1)
+    """
+    for status in ("failed", "unverified-code"):
+        if status in statuses:
+            return EXIT_CODES[status]
+    return 0
 
 #: How far each side of an offset `context` shows.
 CONTEXT_CHARS = 20
@@ -194,6 +225,8 @@ class Report:
         flags: turns that pass but deserve attention (rewritten history, mismatching prompt),
             with the honest alternatives.
         render_compared: whether rule 1 was checked (it needs the original template).
+        coverage: which outputs of the (original) template the probes reached
+            (``templatefix.coverage.Coverage``; ``None`` when not measured).
     """
 
     template_name: str
@@ -202,16 +235,35 @@ class Report:
     errors: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     render_compared: bool = False
+    coverage: Any = None
 
     @property
     def checked(self) -> list[ProbeResult]:
         return [probe for probe in self.probes if probe.status != "skipped"]
 
     @property
-    def verified(self) -> bool:
-        """True only if every probe the original accepts passes rules 1–3 and one was checked."""
+    def passed(self) -> bool:
+        """True if every probe the original accepts passes rules 1–3 and one was checked."""
         checked = self.checked
         return not self.errors and bool(checked) and all(p.status == "passed" for p in checked)
+
+    @property
+    def verified(self) -> bool:
+        """True only if the probes all pass and they reached every output that writes text."""
+        return self.passed and self.coverage is not None and self.coverage.complete
+
+    @property
+    def status(self) -> ReportStatus:
+        """``verified``, ``unverified-code`` (passed, some outputs unreached) or ``failed``."""
+        if not self.passed:
+            return "failed"
+        return "verified" if self.verified else "unverified-code"
+
+    def unverified_code(self) -> list[str]:
+        """One line per output no probe reached: ``line N: expression``."""
+        if self.coverage is None:
+            return ["coverage was not measured"] if self.passed else []
+        return [output.describe() for output in self.coverage.unreached]
 
     def failures(self) -> list[str]:
         """Every failure, one line each, prefixed with the template name."""
@@ -239,15 +291,22 @@ class Report:
         )
         verdicts = ("exact", "rewritten", "mismatch", "untrained", "wrong")
         turns = ", ".join(f"{counts[v]} {v}" for v in verdicts if v in counts)
-        verdict = "VERIFIED" if self.verified else "NOT VERIFIED"
+        verdict = {
+            "verified": "VERIFIED",
+            "unverified-code": "PASSED, NOT VERIFIED: UNVERIFIED CODE",
+            "failed": "NOT VERIFIED",
+        }[self.status]
         rule1 = "" if self.render_compared else "; render not compared (no original given)"
-        return f"{self.template_name}: {verdict} — probes: {probes}; turns: {turns or 'none'}{rule1}"
+        reached = f"; coverage: {self.coverage.summary()}" if self.coverage is not None else ""
+        return f"{self.template_name}: {verdict} — probes: {probes}; turns: {turns or 'none'}{reached}{rule1}"
 
     def to_json(self) -> dict[str, Any]:
         """A stable, JSON-serialisable dict (keys in a fixed order)."""
         return {
             "template": self.template_name,
+            "status": self.status,
             "verified": self.verified,
+            "passed": self.passed,
             "summary": self.summary(),
             "policy": dict(self.policy),
             "render_compared": self.render_compared,
@@ -255,6 +314,8 @@ class Report:
             "errors": list(self.errors),
             "flags": list(self.flags),
             "failures": self.failures(),
+            "unverified_code": self.unverified_code(),
+            "coverage": self.coverage.to_json() if self.coverage is not None else None,
             "probes": [probe.to_json() for probe in self.probes],
         }
 
@@ -294,5 +355,11 @@ def print_report(report: Report, console: Any) -> None:
         console.print(Text("Flags:", style="bold yellow"))
         for line in report.flags:
             console.print(Text("  " + line))
-    style = "bold green" if report.verified else "bold red"
+    unreached = report.unverified_code()
+    if unreached:
+        title = "Unverified code (outputs no probe reached; the patch may be wrong there):"
+        console.print(Text(title, style="bold yellow"))
+        for line in unreached:
+            console.print(Text("  " + line))
+    style = {"verified": "bold green", "unverified-code": "bold yellow", "failed": "bold red"}[report.status]
     console.print(Text(report.summary(), style=style))

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, TypeVar
 
 from templatefix.errors import NotVerifiedError, TemplatefixError
@@ -44,8 +45,11 @@ def patch_tokenizer(
         policy: a ``Policy``; or give its fields as keyword arguments (``turns="last"``...).
         force: set templates even if they could not be verified.
 
+    A template that passes every probe but has outputs no probe reached (status
+    ``unverified-code``) is set, with a warning naming those outputs.
+
     Raises:
-        NotVerifiedError: a template could not be verified (nothing is changed), unless ``force``.
+        NotVerifiedError: a template fails verification (nothing is changed), unless ``force``.
         TemplatefixError: the object has no chat template.
     """
     policy = policy or Policy.from_kwargs(**policy_kwargs)
@@ -99,7 +103,17 @@ def _named(value: Any) -> dict[str, str]:
 
 
 def _require_verified(results: dict[str, Any], force: bool) -> None:
-    failed = {name: r for name, r in results.items() if not r.verified}
+    """Refuse templates that fail a probe; warn about ones with unverified code (SPEC §4)."""
+    for name, result in results.items():
+        if getattr(result, "passed", False) and not result.verified:
+            unreached = result.unverified_code
+            warnings.warn(
+                f"chat template {name!r} passes every probe but is NOT verified: no probe reached "
+                f"{len(unreached)} output(s) that write text (e.g. {unreached[0] if unreached else '?'}); "
+                "the markers may be wrong there",
+                stacklevel=3,
+            )
+    failed = {name: r for name, r in results.items() if not getattr(r, "passed", r.verified)}
     if failed and not force:
         name, result = next(iter(failed.items()))
         why = result.reasons[0] if result.reasons else "verification failed"

@@ -5,7 +5,10 @@
 * rule 1 — every render the oracle used (each prefix, with and without the generation prompt,
   with the probe's template arguments) must be byte-identical between patched and original;
 * rules 2–3 — the patched template's merged ``{% generation %}`` spans on the full conversation
-  must equal the oracle's expected spans (``templatefix.oracle``), one for one.
+  must equal the oracle's expected spans (``templatefix.oracle``), one for one;
+* SPEC §4 — the probes must reach every output of the original that writes text
+  (``templatefix.coverage``); otherwise the report's status is ``unverified-code`` and it names
+  each output no probe reached.
 
 Turns whose history is rewritten, or whose generation prompt disagrees with the render, pass
 when their span has rule 3's shape, but are listed in ``Report.flags`` with the honest
@@ -26,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from templatefix.coverage import measure
 from templatefix.errors import RenderError, RenderLimitExceeded, TemplateSyntaxError
 from templatefix.oracle import ProbeExpectation, TurnExpectation, expected_turns
 from templatefix.policy import Policy
@@ -109,12 +113,14 @@ def verify(
     if tokenizer is not None and special_tokens is None:
         # apply_chat_template passes the tokenizer's special tokens; render as it does
         special_tokens = dict(tokenizer.special_tokens_map)
-    for probe in probes if probes is not None else default_probes(reference):
+    probe_list = list(probes) if probes is not None else default_probes(reference)
+    for probe in probe_list:
         result = _verify_probe(template, original, reference, probe, policy, special_tokens)
         if token_check is not None and result.status == "passed":
             _check_tokens(result, token_check, template, tokenizer, probe, reference, policy, special_tokens)
         report.probes.append(result)
         report.flags.extend(_flags(result))
+    report.coverage = measure(reference, probe_list, special_tokens)
     return report
 
 

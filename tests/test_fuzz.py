@@ -192,7 +192,7 @@ def check_one(template: str, extra: Sequence[Sequence[Mapping[str, Any]]] = ()) 
         return "rejected"
     except Exception as error:  # the property: nothing but TemplatefixError escapes
         raise AssertionError(f"patch_template crashed: {type(error).__name__}: {error}") from error
-    if not result.verified:
+    if not result.passed:  # passed: every probe holds (verified also asks for full coverage)
         return "not verified"
     check = cross_check(template, result.patched, extra)
     assert not check.failures, "verified but the cross-check fails:\n" + "\n".join(check.failures[:5])

@@ -262,7 +262,7 @@ def template_for(tokenizer_name: str) -> tuple[str, str]:
     official_path = root / "templates" / official
     if official_path.is_file():
         result = patch_template(official_path.read_text(encoding="utf-8"))
-        if result.verified and "generation" in result.patched:
+        if result.passed and "generation" in result.patched:
             return "patched", result.patched
     return "trl", (root / "templates" / trl).read_text(encoding="utf-8")
 

@@ -88,7 +88,7 @@ def template_for(name: str) -> tuple[str, str, bool]:
         return "no-corpus", "", True
     official, trl_copy, exact = FAMILIES[name]
     result = patch_template((corpus / "templates" / official).read_text(encoding="utf-8"))
-    if result.verified and "generation" in result.patched:
+    if result.passed and "generation" in result.patched:
         return "patched", result.patched, True
     return "trl", (corpus / "templates" / trl_copy).read_text(encoding="utf-8"), exact
 

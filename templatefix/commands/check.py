@@ -5,7 +5,9 @@ in it is checked: ``chat_template.jinja``, ``additional_chat_templates/``, the
 ``chat_template`` key as a string or a list of ``{name, template}``). ``--original`` names the
 unmarked template(s) it was made from; with it, rule 1 (byte-identical renders) is checked too.
 
-Exit status: 0 when every template is verified, 1 when one is not, 2 on bad input.
+Exit status: 0 when every template is verified; 1 when one fails; 4 when none fails but some
+output of a template was reached by no probe (unverified code: SPEC §4 does not call it verified);
+2 on bad input.
 
 Example:
     $ templatefix check patched.jinja --original original.jinja --turns last
@@ -29,6 +31,7 @@ from typing import Any
 
 from templatefix.errors import SourceError, TemplatefixError
 from templatefix.policy import Policy
+from templatefix.report import exit_code
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "check",
         help="verify a template's {%% generation %%} markers against SPEC.md",
         description="Verify {% generation %} markers: rendering unchanged (with --original), spans exactly "
-        "what the model generates. Exit 0 verified, 1 not verified, 2 bad input.",
+        "what the model generates, every output reached by a probe. Exit 0 verified, 1 not verified, "
+        "4 every probe passes but some outputs were never reached (unverified code), 2 bad input.",
     )
     parser.add_argument(
         "source",
@@ -144,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                 tokenizer=tokenizer,
                 name=label,
             )
-            if either_whitespace and not report.verified:
+            if either_whitespace and not report.passed:
                 # SPEC rule 2: trailing whitespace may also be in the span
                 inside = verify(
                     template,
@@ -154,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                     tokenizer=tokenizer,
                     name=label,
                 )
-                if inside.verified:
+                if inside.passed:
                     report = inside
         except TemplatefixError as error:
             # name which template is broken; keep the error's own exit code (2: bad input)
@@ -164,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         payload: dict[str, Any] = {
             "verified": all(report.verified for report in reports),
+            "status": [report.status for report in reports],
             "templates": [report.to_json() for report in reports],
         }
         for entry, results in zip(payload["templates"], engine_results, strict=False):
@@ -181,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
             print_report(report, console)
             if engine_results:
                 print_engines(engine_results[index], console, f"{report.template_name}: inference engines")
-    return 0 if all(report.verified for report in reports) else 1
+    return exit_code([report.status for report in reports])
 
 
 def _engine_check(

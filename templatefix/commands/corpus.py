@@ -3,10 +3,13 @@
 Each ``*.jinja`` file under DIR is patched with the default policy (or the one given) and the
 result is verified. The table says, per template: ``exact`` (verified, every turn exact),
 ``flagged`` (verified; some turns are rewritten history or a mismatching generation prompt, and
-are flagged as SPEC §3 asks), or ``refused`` (not verified, with the reason). Templates are
-processed in parallel across processes.
+are flagged as SPEC §3 asks), ``unverified-code`` (every probe passes, but some outputs of the
+template were reached by no probe; the first is named), or ``refused`` (not verified, with the
+reason), and the share of the template's outputs the probes reached. Templates are processed in
+parallel across processes.
 
-Exit status: 0 when every template was verified, 1 otherwise, 2 on bad input.
+Exit status: 0 when every template was verified, 1 when one was refused or failed, 4 when none
+was but some have unverified code, 2 on bad input.
 
 Example:
     $ templatefix corpus ../shared/corpus --json > corpus.json
@@ -36,10 +39,12 @@ class CorpusRow:
     """One template's outcome."""
 
     name: str
-    status: str  # exact | flagged | refused | error
+    status: str  # exact | flagged | unverified-code | refused | error
     seconds: float
     reason: str = ""
     flags: int = 0
+    coverage: float | None = None  # share of the outputs that write text the probes reached
+    unreached: int = 0  # outputs no probe reached
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,7 +80,12 @@ def patch_one(path: str, root: str, policy: Policy) -> CorpusRow:
     except Exception as error:  # a crash is a finding, not a reason to stop the table
         return CorpusRow(name, "error", time.perf_counter() - started, f"{type(error).__name__}: {error}")
     reason = "" if result.verified else (result.reasons[0] if result.reasons else "not verified")
-    return CorpusRow(name, result.status, time.perf_counter() - started, reason, len(result.flags))
+    coverage = getattr(result.report, "coverage", None)
+    return CorpusRow(
+        name, result.status, time.perf_counter() - started, reason, len(result.flags),
+        coverage.fraction if coverage is not None else None,
+        len(coverage.unreached) if coverage is not None else 0,
+    )
 
 
 def run_corpus(
@@ -101,11 +111,15 @@ def run_corpus(
 def summarize(rows: list[CorpusRow]) -> dict[str, Any]:
     counts = Counter(row.status for row in rows)
     seconds = sorted(row.seconds for row in rows)
+    measured = [row.coverage for row in rows if row.coverage is not None]
     return {
         "total": len(rows),
         "exact": counts.get("exact", 0),
         "flagged": counts.get("flagged", 0),
         "verified": counts.get("exact", 0) + counts.get("flagged", 0),
+        "unverified_code": counts.get("unverified-code", 0),
+        "full_coverage": sum(1 for value in measured if value >= 1.0),
+        "mean_coverage": statistics.mean(measured) if measured else 0.0,
         "refused": counts.get("refused", 0),
         "error": counts.get("error", 0),
         "median_seconds": statistics.median(seconds) if seconds else 0.0,
@@ -122,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         _print_table(rows, totals)
-    return 0 if totals["verified"] == totals["total"] else 1
+    if totals["verified"] == totals["total"]:
+        return 0
+    return 4 if totals["verified"] + totals["unverified_code"] == totals["total"] else 1
 
 
 def _print_table(rows: list[CorpusRow], totals: dict[str, Any]) -> None:
@@ -134,18 +150,26 @@ def _print_table(rows: list[CorpusRow], totals: dict[str, Any]) -> None:
     table.add_column("template", overflow="fold")
     table.add_column("result")
     table.add_column("s", justify="right")
+    table.add_column("coverage", justify="right")
     table.add_column("reason / flags", overflow="fold")
-    colours = {"exact": "green", "flagged": "yellow", "refused": "red", "error": "bold red"}
+    colours = {
+        "exact": "green", "flagged": "yellow", "unverified-code": "magenta", "refused": "red",
+        "error": "bold red",
+    }  # fmt: skip
     for row in rows:
         detail = row.reason if row.reason else (f"{row.flags} turns flagged" if row.flags else "")
+        coverage = "" if row.coverage is None else f"{row.coverage:.0%}"
         table.add_row(
-            row.name, f"[{colours[row.status]}]{row.status}[/]", f"{row.seconds:.2f}", _escape(detail)[:160]
+            row.name, f"[{colours[row.status]}]{row.status}[/]", f"{row.seconds:.2f}", coverage,
+            _escape(detail)[:160],
         )
     console.print(table)
     console.print(
         f"{totals['verified']}/{totals['total']} verified "
         f"({totals['exact']} exact, {totals['flagged']} flagged), "
+        f"{totals['unverified_code']} unverified code, "
         f"{totals['refused']} refused, {totals['error']} errors; "
+        f"{totals['full_coverage']} at full coverage (mean {totals['mean_coverage']:.1%}); "
         f"median {totals['median_seconds']:.2f}s, p95 {totals['p95_seconds']:.2f}s per template"
     )
 

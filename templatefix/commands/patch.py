@@ -18,7 +18,9 @@ and the default stays (``--as-default`` replaces the default anyway). An earlier
 for the same original template, open or closed, is not opened again (``--force`` does).
 
 Exit status: 0 when every template is verified, 1 when one is not (or was refused for that
-reason), 2 for bad input. With several SOURCEs: 0 when no repo failed, 1 otherwise.
+reason), 4 when every probe passes but some output of a template was reached by no probe
+(unverified code: named, and not written without --force), 2 for bad input. With several
+SOURCEs: 0 when no repo failed, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from templatefix.errors import NotVerifiedError, OutputError, PushError, Templat
 from templatefix.io.files import REPORT_FILE, plan_writes, report_bytes, write_files, write_in_place
 from templatefix.io.sources import LoadedSource, load_source
 from templatefix.policy import Policy
+from templatefix.report import exit_code
 
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -50,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
         + __doc__.split("Examples:\n")[1].split("\n\n")[0]
         + "\n\nexit status: 0 all verified, 1 a template is not verified (several SOURCEs: a repo failed), "
-        "2 bad input",
+        "4 every probe passes but some outputs were never reached (unverified code), 2 bad input",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -227,7 +230,14 @@ def run_one(spec: str, args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
     elif args.output is None and not args.in_place and push_target is None and changed:
         console.print("nothing written: use -o OUT, --in-place or --push-to to write the patch", style="dim")
-    return 0 if repo.verified else 1
+    return exit_code([_report_status(p.result) for p in repo.patched])
+
+
+def _report_status(result: Any) -> str:
+    """The report status of a patch result (``verified``, ``unverified-code`` or ``failed``)."""
+    if result.verified:
+        return "verified"
+    return "unverified-code" if getattr(result, "passed", False) else "failed"
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -271,13 +281,22 @@ def _print_verdicts(console: Any, repo: RepoPatch, args: argparse.Namespace) -> 
     for item in repo.patched:
         outcome = item.outcome()
         shadow = "" if item.entry.effective else " (shadowed: transformers ignores this copy)"
+        unverified = _report_status(item.result) == "unverified-code"
         if outcome.verified:
             state = "[green]✓ verified[/green]" + ("" if outcome.changed else " (unchanged)")
+        elif unverified:
+            state = "[yellow]! not verified: every probe passes, but unverified code[/yellow]"
         else:
             state = "[red]✗ not verified[/red]"
         console.print(f"  {state}  {escape(item.entry.label + shadow)}")
-        for reason in outcome.reasons if not outcome.verified else ():
+        for reason in outcome.reasons if not (outcome.verified or unverified) else ():
             console.print(f"      - {reason}", markup=False)
+        if unverified:
+            console.print(
+                "      no probe reached these outputs; the patch may be wrong there:", style="yellow"
+            )
+            for line in item.result.unverified_code:
+                console.print(f"      - {line}", markup=False)
         flags = list(getattr(item.result, "flags", []) or []) if outcome.verified else []
         if flags:
             # SPEC §3: say which turns teach text the model never produced, and the alternatives.

@@ -48,7 +48,9 @@ class PatchResult:
     Attributes:
         original: the input template, byte for byte.
         patched: the patched template (equal to ``original`` when nothing could be done).
-        verified: the verifier's verdict on ``patched`` against SPEC.md (never assumed).
+        verified: the verifier's verdict on ``patched`` against SPEC.md (never assumed): every
+            probe passes rules 1–3 and the probes reached every output that writes text.
+        passed: every probe passes rules 1–3 (``verified`` also asks for full coverage).
         report: the verifier's ``Report`` for ``patched`` (``None`` if it could not run).
         reasons: human-readable reasons for anything not exact (empty when verified and exact).
         diff: unified diff from ``original`` to ``patched``.
@@ -66,18 +68,33 @@ class PatchResult:
     changed: bool = False
     policy: Policy = field(default_factory=Policy)
     flags: list[str] = field(default_factory=list)
+    passed: bool | None = None  # None: same as ``verified`` (a result built without a report)
+
+    def __post_init__(self) -> None:
+        if self.passed is None:
+            self.passed = self.verified
 
     @property
     def status(self) -> str:
-        """``exact``, ``flagged`` (verified, with rewritten/mismatch turns) or ``refused``."""
-        if not self.verified:
+        """``exact``, ``flagged`` (verified, with rewritten/mismatch turns), ``unverified-code``
+        (every probe passes, but some outputs no probe reached) or ``refused``."""
+        if not self.passed:
             return "refused"
+        if not self.verified:
+            return "unverified-code"
         return "flagged" if self.flags else "exact"
+
+    @property
+    def unverified_code(self) -> list[str]:
+        """The outputs no probe reached, ``line N: expression`` (empty at full coverage)."""
+        return self.report.unverified_code() if hasattr(self.report, "unverified_code") else []
 
     def to_json(self) -> dict[str, Any]:
         return {
             "status": self.status,
             "verified": self.verified,
+            "passed": self.passed,
+            "unverified_code": self.unverified_code,
             "changed": self.changed,
             "reasons": self.reasons,
             "flags": self.flags,
@@ -136,8 +153,14 @@ def patch_template(
         )
         verified = bool(report.verified)
         all_reasons = list(reasons)
-        if not verified:
+        if not report.passed:
             all_reasons.extend(r for r in report.failures() if r not in all_reasons)
+        elif not verified:
+            unreached = report.unverified_code()
+            all_reasons.append(
+                f"unverified code: no probe reached {len(unreached)} output(s) that write text "
+                f"(e.g. {unreached[0] if unreached else '?'}); the patch may be wrong there"
+            )
         flags = list(getattr(report, "flags", []) or [])
         return PatchResult(
             original=template,
@@ -149,11 +172,12 @@ def patch_template(
             changed=patched != template,
             policy=policy,
             flags=[str(f) for f in flags],
+            passed=bool(report.passed),
         )
 
     if unmarked is not template:
         as_is = finish(template, [])
-        if as_is.verified:
+        if as_is.passed:
             return as_is
     try:
         patched = place_markers(unmarked, probe_list, policy, special_tokens)
@@ -165,7 +189,7 @@ def patch_template(
             result.patched = template
             result.changed = False
             result.diff = ""
-            result.verified = False
+            result.verified = result.passed = False
         return result
     return finish(patched, [])
 

@@ -1,0 +1,258 @@
+"""Coverage of a template's outputs by the probes (SPEC §4), the reads analysis and the search."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+
+from templatefix.cli import main
+from templatefix.coverage import measure, probe_features, search
+from templatefix.derive import applicable, candidates
+from templatefix.patcher import patch_template
+from templatefix.probes import Probe, fixed_battery, make_probe, probe_battery, random_probes
+from templatefix.reads import MESSAGE, template_reads_of
+from templatefix.render import render
+from templatefix.source import TemplateSource
+from templatefix.trace import instrumented_for
+from templatefix.verify import verify
+
+CALL_ID = (
+    "{% for m in messages %}<|{{ m.role }}|>"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}"
+    "{% if c.id is defined %}[id={{ c.id }}]{% else %}[no-id]{% endif %}"
+    "{% if c.function.arguments is string %}{{ c.function.arguments }}"
+    "{% else %}{{ c.function.arguments | tojson }}{% endif %}{% endfor %}"
+    "{% else %}{{ m.content }}{% endif %}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+# the probes never send this exact content, so the branch stays unreached
+SECRET = (
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n"
+    "{% if m.content == 'open sesame' %}SECRET{% endif %}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def _outputs(template: str, probes: list[Probe]) -> dict[str, str]:
+    return {o.expression: o.status for o in measure(template, probes).outputs}
+
+
+# --- reads ---------------------------------------------------------------------------------------
+
+
+def test_reads_follow_values_through_loops_sets_macros_and_filters() -> None:
+    template = (
+        "{% macro show(call) %}{{ call.function.name }}{% if call.id is defined %}{{ call.id }}{% endif %}"
+        "{% endmacro %}"
+        "{% set last = messages | last %}{% set rest = messages[1:] %}"
+        "{% for m in rest if m.role != 'system' %}"
+        "{% if m.content is none %}{% elif m.content is string %}{{ m.content }}"
+        "{% else %}{% for part in m.content %}{% if part.type == 'image' %}<img>{% endif %}{% endfor %}"
+        "{% endif %}{% for tc in m.tool_calls or [] %}{{ show(tc) }}{% endfor %}"
+        "{% if loop.previtem and loop.previtem.name is defined %}{{ m.get('tool_call_id', '') }}{% endif %}"
+        "{% endfor %}{{ last.reasoning_content }}"
+    )
+    reads = template_reads_of(template)
+    assert {"string", "none"} <= reads.use(MESSAGE + ("content",)).tests
+    assert reads.part_types() == ["image"]
+    assert "system" in reads.roles()
+    assert reads.use(MESSAGE + ("tool_calls", "[]", "id")).tests == {"defined"}
+    assert reads.use(MESSAGE + ("name",)).tests == {"defined"}
+    assert set(reads.fields(MESSAGE)) >= {"content", "role", "tool_calls", "tool_call_id", "name",
+                                          "reasoning_content"}  # fmt: skip
+
+
+def test_variations_apply_only_to_what_the_template_reads() -> None:
+    plain = {
+        v.name for v in applicable(template_reads_of("{% for m in messages %}{{ m.content }}{% endfor %}"))
+    }
+    assert not plain & {"no_call_ids", "names", "part_image", "string_arguments"}
+    rich = {v.name for v in applicable(template_reads_of(CALL_ID))}
+    assert {"no_call_ids", "string_arguments", "two_arguments"} <= rich
+
+
+def test_candidates_are_deterministic_with_distinct_texts() -> None:
+    first = [(p.name, p.messages, p.kwargs) for p in candidates(CALL_ID)]
+    assert first == [(p.name, p.messages, p.kwargs) for p in candidates(CALL_ID)]
+    for name, messages, _ in first:
+        texts = Probe(name, messages).texts()
+        assert len(set(texts)) == len(texts), name
+
+
+# --- trace coverage hooks --------------------------------------------------------------------------
+
+
+NESTED = (
+    "{% macro wrap(x) %}<{{ x }}>{% endmacro %}"
+    "{% for m in messages %}{% set head %}[{{ m.role }}]{% endset %}{{ head }}"
+    "{% for part in (m.content if m.content is not string else [m.content]) %}"
+    "{{ wrap(part.text if part is mapping else part) }}{% endfor %}"
+    "{{ '!' if loop.last else '' }}{% endfor %}"
+)
+
+
+def test_coverage_reaches_into_macros_set_blocks_and_nested_loops() -> None:
+    instrumented = instrumented_for(TemplateSource.parse(NESTED))
+    literal = [site for site in instrumented.sites.outputs if site.literal]
+    assert {site.macro for site in literal} == {"wrap", None}
+    traced = instrumented.cover([{"role": "user", "content": "hi"}])
+    assert traced.text == "[user]<hi>!"
+    assert traced.covered == {site.id for site in instrumented.sites.outputs}
+    assert {(0, 0), (0, 1)} & traced.outcomes  # the conditional expressions report their side
+
+
+@settings(max_examples=40, deadline=None)
+@given(probe=random_probes())
+def test_instrumented_render_is_byte_identical(probe: Probe) -> None:
+    """Property: with every coverage hook in place, the render does not change by one byte."""
+    instrumented = instrumented_for(TemplateSource.parse(NESTED + CALL_ID))
+    for prompt in (False, True):
+        expected = render(NESTED + CALL_ID, probe.messages, add_generation_prompt=prompt, **probe.kwargs)
+        assert (
+            instrumented.cover(probe.messages, add_generation_prompt=prompt, **probe.kwargs).text == expected
+        )
+        assert (
+            instrumented.trace(probe.messages, add_generation_prompt=prompt, **probe.kwargs).text == expected
+        )
+
+
+@settings(max_examples=25, deadline=None)
+@given(probe=random_probes())
+def test_features_are_a_function_of_the_probe(probe: Probe) -> None:
+    """Property: measuring twice (cached or not) gives the same features; more probes never less."""
+    features = probe_features(CALL_ID, probe)
+    assert features == probe_features(CALL_ID, Probe("copy", probe.conversation(), probe.render_kwargs()))
+    alone = measure(CALL_ID, [probe])
+    together = measure(CALL_ID, [probe, make_probe("tool_calls_no_id")])
+    assert len(together.reached) >= len(alone.reached)
+
+
+# --- the search reaches field-specific branches ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "branches"),
+    [
+        (CALL_ID, ['"[id="', '"[no-id]"']),
+        (CALL_ID, ["{{ c.function.arguments }}", "{{ c.function.arguments | tojson }}"]),
+        (
+            "{% for m in messages %}{% if m.name is defined %}({{ m.name }}){% else %}(anon){% endif %}"
+            "{{ m.content }}{% endfor %}",
+            ['"("', '"(anon)"'],
+        ),
+        (
+            "{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}"
+            "{% for p in m.content %}{% if p.type == 'image' %}<image>{% else %}{{ p.text }}{% endif %}"
+            "{% endfor %}{% endif %}{% endfor %}",
+            ['"<image>"', "{{ p.text }}"],
+        ),
+        (
+            "{% for m in messages %}{% if m.role == 'ipython' %}<ipy>{% endif %}{{ m.content }}{% endfor %}",
+            ['"<ipy>"'],
+        ),
+    ],
+    ids=["call-id", "arguments-string", "name", "image-part", "role"],
+)
+def test_battery_reaches_both_sides_of_a_field_test(template: str, branches: list[str]) -> None:
+    statuses = _outputs(template, probe_battery(template))
+    for branch in branches:
+        assert statuses[branch] == "reached", (branch, statuses)
+    assert measure(template, probe_battery(template)).complete
+
+
+def test_search_keeps_only_candidates_that_reach_something_new() -> None:
+    base = [make_probe("single_turn")]
+    kept = search(CALL_ID, base, candidates(CALL_ID))
+    assert kept
+    seen = set(probe_features(CALL_ID, base[0]) or ())
+    for probe in kept:
+        features = probe_features(CALL_ID, probe) or frozenset()
+        assert not features <= seen, probe.name
+        seen |= features
+
+
+# --- coverage in the result --------------------------------------------------------------------------
+
+
+def test_unreached_output_is_named_and_the_patch_is_not_called_verified() -> None:
+    result = patch_template(SECRET)
+    assert result.passed and not result.verified
+    assert result.status == "unverified-code"
+    assert result.unverified_code == ['line 2: "SECRET"']
+    coverage = result.to_json()["report"]["coverage"]
+    assert coverage["unreached"] == [
+        {"line": 2, "expression": '"SECRET"', "status": "unreached", "macro": None}
+    ]
+    assert "UNVERIFIED CODE" in result.report.summary()
+
+
+def test_check_cli_exits_4_and_names_unverified_code(tmp_path: Any, capsys: Any) -> None:
+    patched = tmp_path / "patched.jinja"
+    patched.write_text(patch_template(SECRET).patched, encoding="utf-8")
+    original = tmp_path / "original.jinja"
+    original.write_text(SECRET, encoding="utf-8")
+    code = main(["check", str(patched), "--original", str(original), "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 4
+    assert payload["status"] == ["unverified-code"] and payload["verified"] is False
+    assert payload["templates"][0]["unverified_code"] == ['line 2: "SECRET"']
+
+
+def test_patch_cli_names_unverified_code_writes_it_only_when_forced(tmp_path: Any, capsys: Any) -> None:
+    source = tmp_path / "t.jinja"
+    source.write_text(SECRET, encoding="utf-8")
+    out = tmp_path / "out.jinja"
+    code = main(["patch", str(source), "-o", str(out), "--no-engines"])
+    printed = capsys.readouterr().out
+    assert code == 4 and not out.exists()
+    assert "unverified code" in printed and '"SECRET"' in printed
+    assert main(["patch", str(source), "-o", str(out), "--no-engines", "--force"]) == 4
+    assert out.read_text(encoding="utf-8") == patch_template(SECRET).patched
+
+
+def test_full_coverage_is_verified() -> None:
+    template = SECRET.replace("{% if m.content == 'open sesame' %}SECRET{% endif %}", "")
+    result = patch_template(template)
+    assert result.verified and result.status == "exact" and result.unverified_code == []
+    assert verify(result.patched, template).status == "verified"
+
+
+def test_outputs_no_conversation_writes_are_classified_not_hidden() -> None:
+    template = (
+        "{% macro unused() %}NEVER{% endmacro %}"
+        "{% if not messages %}EMPTY{% endif %}"
+        "{% for m in messages %}{% if m.role not in ['user', 'assistant', 'system', 'tool'] %}"
+        "{{ raise_exception('bad role ' + m.role) }}{{ 'after refusal' }}{% endif %}"
+        "<{{ m.role }}>{{ m.content }}{% endfor %}"
+    )
+    statuses = _outputs(template, fixed_battery(template))
+    assert statuses['"NEVER"'] == "uncalled-macro"
+    assert statuses['"EMPTY"'] == "empty-conversation"
+    assert statuses["{{ raise_exception('bad role ' + m.role) }}"] == "refusal"
+    assert statuses["{{ 'after refusal' }}"] == "refusal"
+    assert measure(template, fixed_battery(template)).complete
+
+
+# --- the corpus --------------------------------------------------------------------------------------
+
+
+@pytest.mark.corpus
+def test_corpus_coverage(corpus_templates: list[tuple[str, str]]) -> None:
+    """The probes' coverage over a sample of the corpus (every fifth template): printed, with floors.
+
+    ``benchmarks/coverage_report.py`` gives the numbers for the whole corpus.
+    """
+    fractions: dict[str, float] = {}
+    for name, text in corpus_templates[::5]:
+        fractions[name] = measure(text, probe_battery(text)).fraction
+    full = sum(1 for value in fractions.values() if value >= 1.0)
+    mean = statistics.mean(fractions.values())
+    print(f"\ncoverage over {len(fractions)} corpus templates: {full} at full coverage, mean {mean:.1%}")
+    for name, value in sorted(fractions.items(), key=lambda item: item[1])[:10]:
+        print(f"  {value:6.1%}  {name}")
+    assert full >= len(fractions) // 2
+    assert mean >= 0.8
