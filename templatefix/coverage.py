@@ -19,7 +19,7 @@ render, never assumed, and are listed too.
 :func:`search` extends a probe list: it renders candidate conversations one by one and keeps
 those that reach an output or a branch outcome (an ``{% if %}`` chain's branch, a conditional
 expression's side) no kept probe reached, until every output is reached, :data:`PATIENCE`
-candidates in a row bring nothing new, or the budget runs out: :data:`SEARCH_CANDIDATES`
+accepted candidates in a row bring nothing new, or the budget runs out: :data:`SEARCH_CANDIDATES`
 candidates, :data:`SEARCH_CHARACTERS` characters rendered (the cost of a render grows with its
 length, so this bounds the time and stays deterministic), :data:`SEARCH_KEEP` probes kept.
 Candidates come in a fixed order, so the search is deterministic. :data:`SEARCH_SECONDS` is a
@@ -54,7 +54,7 @@ OutputStatus = Literal["reached", "unreached", "refusal", "uncalled-macro", "emp
 #: Search budget: candidates rendered, characters rendered, probes kept, and a wall-clock safety
 #: net. The defaults keep patch plus full verification within the cost goal
 #: (``benchmarks/bench_patch.py``).
-SEARCH_CANDIDATES = 120
+SEARCH_CANDIDATES = 200
 SEARCH_CHARACTERS = 600_000
 SEARCH_KEEP = 10
 SEARCH_SECONDS = 3.0
@@ -360,7 +360,9 @@ def search(
             break
         features, cost = _probe_run(template, candidate)
         spent += cost
-        if features is None or features <= seen:
+        if features is None:
+            continue  # rejected: costs little, and says nothing about what is left to reach
+        if features <= seen:
             dry += 1
             continue
         seen |= features

@@ -8,8 +8,10 @@ compares ``role`` with ``'ipython'``, so a variation uses that role. A variation
 when the template reads what it changes.
 
 :func:`candidates` yields, in a fixed order: every applicable variation on each of its carrier
-shapes; then each under every flag value the template reads; then seeded random combinations
-(a carrier, one to three variations, whitespace at the edges of contents, and a flag setting).
+shapes; the tool, content-part and whitespace shapes under every flag value the template reads
+(the fixed battery already has the reasoning shapes under them); every variation under every
+flag value; every pair of variations; then seeded random combinations (a carrier, one to three
+variations, whitespace at the edges of contents, and a flag setting).
 ``templatefix.coverage.search`` keeps those that reach something new.
 
 Example:
@@ -28,7 +30,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from templatefix.probes import BASE_SHAPE_BUILDERS, Message, Probe, WordSource, find_flags, tool_schema
+from templatefix.probes import (
+    BASE_SHAPE_BUILDERS,
+    STANDARD_NAMES,
+    Message,
+    Probe,
+    WordSource,
+    find_flags,
+    template_reads,
+    tool_schema,
+)
 from templatefix.reads import ANY_VALUE, ELEMENT, MESSAGE, Path, Reads, template_reads_of
 
 #: Seeded random combinations tried after the systematic candidates.
@@ -42,6 +53,8 @@ _KNOWN_FIELDS = frozenset(
 _STANDARD_ROLES = frozenset({"system", "user", "assistant", "tool"})
 _TOOL_SHAPES = ("tool_calls", "tool_calls_multi", "reasoning_tool_calls")
 _CHAT_SHAPES = ("system_multi_turn", "multi_turn")
+#: Base shapes tried under every flag value (the fixed battery has the reasoning ones).
+_FLAG_CARRIERS = ("tool_calls", "tool_calls_multi", "content_parts", "whitespace_content")
 
 Change = Callable[[list[Message], dict[str, Any], WordSource], bool]
 
@@ -61,17 +74,29 @@ def candidates(template: str, seed: int = 0) -> Iterator[Probe]:
     Raises:
         TemplateSyntaxError: the template is not valid Jinja.
     """
-    reads = template_reads_of(template)
-    variations = applicable(reads)
-    flag_values = [(flag, value) for flag, values in find_flags(template).items() for value in values]
+    flags = find_flags(template)
+    data = tuple(sorted(template_reads(template) - STANDARD_NAMES - set(flags)))
+    reads = template_reads_of(template, data)
+    variations = applicable(reads, data)
+    flag_values = [(flag, value) for flag, values in flags.items() for value in values]
     for variation in variations:
         for shape in variation.carriers:
             probe = _build(shape, [variation], {})
             if probe is not None:
                 yield probe
     for flag, value in flag_values:
-        for variation in variations:
+        for shape in _FLAG_CARRIERS:
+            probe = _build(shape, [], {flag: value})
+            if probe is not None:
+                yield probe
+    for variation in variations:
+        for flag, value in flag_values:
             probe = _build(variation.carriers[0], [variation], {flag: value})
+            if probe is not None:
+                yield probe
+    for index, first in enumerate(variations):
+        for second in variations[index + 1 :]:
+            probe = _build(first.carriers[0], [first, second], {})
             if probe is not None:
                 yield probe
     rng = random.Random(seed)
@@ -85,8 +110,11 @@ def candidates(template: str, seed: int = 0) -> Iterator[Probe]:
             yield probe
 
 
-def applicable(reads: Reads) -> list[Variation]:
-    """The variations whose change the template reads, in a fixed order."""
+def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
+    """The variations whose change the template reads, in a fixed order.
+
+    ``data``: other names the template reads as data (not flags), given values shaped by the reads.
+    """
     found: list[Variation] = []
     calls = reads.reads(MESSAGE + ("tool_calls",))
     if calls and (reads.reads(_CALL + ("id",)) or reads.reads(MESSAGE + ("tool_call_id",))):
@@ -132,6 +160,13 @@ def applicable(reads: Reads) -> list[Variation]:
             found.append(
                 Variation(f"field_{field_name}", _with_field(field_name, reads), ("multi_turn", "tool_calls"))
             )
+    if "system" in reads.roles():
+        found.append(Variation("late_system", _late_system, ("multi_turn",)))
+    if reads.reads(("documents",)):
+        found.append(Variation("documents", _documents, ("multi_turn", "tool_calls")))
+    for name in data:
+        if reads.reads((name,)) and reads.paths.keys() - {(name,)}:
+            found.append(Variation(f"option_{name}", _with_option(name, reads), ("multi_turn", "tool_calls")))
     found.append(Variation("reasoning_first_only", _reasoning_first_only, ("reasoning_multi_turn",)))
     found.append(Variation("empty_user", _empty_user, ("system_multi_turn",)))
     found.append(_WHITESPACE)
@@ -139,17 +174,19 @@ def applicable(reads: Reads) -> list[Variation]:
 
 
 def _build(shape: str, variations: list[Variation], flags: dict[str, Any]) -> Probe | None:
+    """``shape`` changed by ``variations`` (``None`` if none applies), or plain with ``flags``."""
     words = WordSource(start=500)
     messages, kwargs = BASE_SHAPE_BUILDERS[shape](words)
     names = []
     for variation in variations:
         if variation.change(messages, kwargs, words):
             names.append(variation.name)
-    if not names:
+    if variations and not names:
         return None
     kwargs.update(flags)
     flag_text = "".join(f"[{flag}={value!r}]" for flag, value in flags.items())
-    return Probe(f"{'+'.join(names)}({shape}){flag_text}", tuple(messages), kwargs)
+    name = f"{'+'.join(names)}({shape})" if names else shape
+    return Probe(f"{name}{flag_text}", tuple(messages), kwargs)
 
 
 def _calls(messages: list[Message]) -> list[dict[str, Any]]:
@@ -399,11 +436,11 @@ def _synthesize(path: Path, reads: Reads, words: WordSource, depth: int = 0) -> 
     constants = [c for c in reads.constants(path) if isinstance(c, str)]
     if depth > 3:
         return words()
+    keys = reads.fields(path)
+    if keys:  # a mapping when fields are read (an over-approximated "[]" beside them is ignored)
+        return {key: _synthesize(path + (key,), reads, words, depth + 1) for key in keys}
     if reads.reads(path + (ELEMENT,)):
         return [_synthesize(path + (ELEMENT,), reads, words, depth + 1)]
-    keys = reads.fields(path)
-    if keys:
-        return {key: _synthesize(path + (key,), reads, words, depth + 1) for key in keys}
     if reads.reads(path + (ANY_VALUE,)):
         return {words(): words()}
     if constants:
@@ -418,6 +455,32 @@ def _with_field(field_name: str, reads: Reads) -> Change:
         for message in messages:
             if message["role"] in ("assistant", "tool"):
                 message[field_name] = _synthesize(MESSAGE + (field_name,), reads, words)
+        return True
+
+    return change
+
+
+def _late_system(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
+    """A system message in the middle of the conversation, after the first answer."""
+    for index, message in enumerate(messages):
+        if index and message["role"] == "user":
+            messages.insert(index, {"role": "system", "content": words()})
+            return True
+    return False
+
+
+def _documents(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
+    """Two documents; the second has a field besides ``title`` and ``text``."""
+    kwargs["documents"] = [
+        {"title": words(), "text": words()},
+        {"title": words(), "text": words(), "source": words()},
+    ]
+    return True
+
+
+def _with_option(name: str, reads: Reads) -> Change:
+    def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
+        kwargs[name] = _synthesize((name,), reads, words)
         return True
 
     return change

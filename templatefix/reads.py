@@ -133,14 +133,15 @@ class Reads:
 
 
 @lru_cache(maxsize=64)
-def template_reads_of(template: str) -> Reads:
-    """What ``template`` reads from ``messages``, ``tools`` and ``documents`` (cached).
+def template_reads_of(template: str, extra_roots: tuple[str, ...] = ()) -> Reads:
+    """What ``template`` reads from ``messages``, ``tools``, ``documents`` and ``extra_roots``
+    (other data the caller passes, such as ``knobs``), cached.
 
     Raises:
         TemplateSyntaxError: the template is not valid Jinja.
     """
     tree = compile_template(template).environment.parse(template)
-    walker = _Walker()
+    walker = _Walker(ROOTS + extra_roots)
     for _ in range(4):  # bindings made after a use (loops, macros) need another pass
         before = {name: frozenset(paths) for name, paths in walker.env.items()}
         walker.statements(tree.body)
@@ -152,7 +153,8 @@ def template_reads_of(template: str) -> Reads:
 class _Walker:
     """One flow-insensitive pass over the AST, binding local names to paths and recording uses."""
 
-    def __init__(self) -> None:
+    def __init__(self, roots: tuple[str, ...] = ROOTS) -> None:
+        self.roots = roots
         self.env: dict[str, set[Path]] = {}
         self.uses: dict[Path, FieldUse] = {}
         self.macros: dict[str, nodes.Macro] = {}
@@ -243,7 +245,7 @@ class _Walker:
             if node.ctx != "load":
                 return set()
             paths = set(self.env.get(node.name, ()))
-            if node.name in ROOTS:
+            if node.name in self.roots:
                 paths.add((node.name,))
             return paths
         if isinstance(node, nodes.Getattr):
