@@ -44,10 +44,16 @@ there). Why not compare the spans before ``len(P)`` with ``Q(j, True)``'s? Both 
 the same prompt text, but that would only prove the patch consistent with itself; checking each
 region against the original's prefix renders proves it right.
 
+Failures are marked ``training`` when the render is one users train on (``agp=False``, last
+message an assistant's); the others (a lone user message, prompt renders) are reported apart.
+
 Not covered: the output region of a rewritten or mismatching turn is free (only the forbidden
 regions above bind there), and a header of such a turn is protected only when ``X`` starts with
-its ``P``. Policies other than the default (all turns, reasoning and tool calls trained) are not
-judged.
+its ``P``; message regions are known only where prefix renders nest, elsewhere only the tagged
+texts are protected. Policies other than the default (all turns, reasoning and tool calls
+trained) are not judged, nor tokens (SPEC §5), nor shapes the generator does not draw
+(documents, images, ``thinking`` instead of ``reasoning_content``, consecutive assistant
+messages, names on user messages, flags other than ``enable_thinking``/``reasoning_effort``).
 """
 
 from __future__ import annotations
