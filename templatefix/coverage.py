@@ -148,9 +148,8 @@ class Coverage:
 # --- measuring ---------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=16)
 def _instrumented(template: str) -> Instrumented:
-    return instrumented_for(TemplateSource.parse(template))
+    return instrumented_for(template)
 
 
 def probe_features(
@@ -337,11 +336,12 @@ def search(
 ) -> list[Any]:
     """The candidates that reach an output or branch outcome ``probes`` and earlier keeps do not.
 
-    Candidates the template rejects are skipped. Stops when every output is reached, after
-    ``patience`` candidates in a row with nothing new, or when a budget runs out.
+    Candidates the template rejects, or whose render hits a bound (``templatefix.limits``), are
+    skipped. Stops when every output is reached, after ``patience`` candidates in a row with
+    nothing new, or when a budget runs out.
 
     Raises:
-        RenderLimitExceeded: a render hit a bound.
+        RenderLimitExceeded: a render of one of ``probes`` hit a bound.
     """
     instrumented = _instrumented(template)
     not_text = set(_never_writes(instrumented.source.ast, instrumented))
@@ -358,7 +358,10 @@ def search(
             break
         if spent > characters or time.perf_counter() - started > seconds:
             break
-        features, cost = _probe_run(template, candidate)
+        try:
+            features, cost = _probe_run(template, candidate)
+        except RenderLimitExceeded:
+            continue  # a derived conversation that runs into a bound is dropped, never the patch
         spent += cost
         if features is None:
             continue  # rejected: costs little, and says nothing about what is left to reach

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2 import nodes
+
 from templatefix.probes import (
     BASE_SHAPE_BUILDERS,
     STANDARD_NAMES,
@@ -41,6 +43,7 @@ from templatefix.probes import (
     tool_schema,
 )
 from templatefix.reads import ANY_VALUE, ELEMENT, MESSAGE, Path, Reads, template_reads_of
+from templatefix.render import compile_template
 
 #: Seeded random combinations tried after the systematic candidates.
 RANDOM_COMBINATIONS = 60
@@ -75,7 +78,7 @@ def candidates(template: str, seed: int = 0) -> Iterator[Probe]:
         TemplateSyntaxError: the template is not valid Jinja.
     """
     flags = find_flags(template)
-    data = tuple(sorted(template_reads(template) - STANDARD_NAMES - set(flags)))
+    data = tuple(sorted(template_reads(template) - STANDARD_NAMES - set(flags) - _assigned(template)))
     reads = template_reads_of(template, data)
     variations = applicable(reads, data)
     flag_values = [(flag, value) for flag, values in flags.items() for value in values]
@@ -110,6 +113,15 @@ def candidates(template: str, seed: int = 0) -> Iterator[Probe]:
             yield probe
 
 
+def _assigned(template: str) -> set[str]:
+    """Names the template assigns itself (locals, loop variables, macro parameters)."""
+    tree = compile_template(template).environment.parse(template)
+    names = {node.name for node in tree.find_all(nodes.Name) if node.ctx in ("store", "param")}
+    names |= {node.name for node in tree.find_all(nodes.NSRef)}
+    names |= {node.name for node in tree.find_all(nodes.Macro)}
+    return names
+
+
 def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
     """The variations whose change the template reads, in a fixed order.
 
@@ -137,6 +149,11 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
     if calls or reads.reads(("tools",)):
         found.append(Variation("tools_without_calls", _tools_without_calls, _CHAT_SHAPES))
         found.append(Variation("rich_tools", _rich_tools, ("tool_calls",)))
+        schema_types = _schema_types(_type_names(reads))
+        found.append(Variation("schema_types", schema_types, ("tool_calls", "multi_turn")))
+        found.append(Variation("schema_unions", _schema_unions, ("tool_calls", "multi_turn")))
+        found.append(Variation("schema_minimal", _schema_minimal, ("tool_calls", "multi_turn")))
+        found.append(Variation("tools_from_reads", _tools_from_reads(reads), ("tool_calls", "multi_turn")))
     content = reads.use(_CONTENT)
     if content.tests & {"string", "iterable", "sequence", "mapping"} or reads.reads(_CONTENT + (ELEMENT,)):
         found.append(Variation("parts_everywhere", _parts_everywhere, (*_CHAT_SHAPES, "tool_calls")))
@@ -339,6 +356,107 @@ def _rich_tools(messages: list[Message], kwargs: dict[str, Any], words: WordSour
     return True
 
 
+def _type_names(reads: Reads) -> tuple[str, ...]:
+    """Every constant a ``type`` field of the tool schemas is compared with (``'OBJECT'``…)."""
+    names = {
+        constant
+        for path, use in reads.paths.items()
+        if path[:1] == ("tools",) and path[-1] == "type"
+        for constant in use.constants
+        if isinstance(constant, str)
+    }
+    return tuple(sorted(names))
+
+
+def _tools_from_reads(reads: Reads) -> Change:
+    """One more tool shaped by every field the template reads of a tool (``response``…)."""
+
+    def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
+        tool = _synthesize(("tools", ELEMENT), reads, words)
+        if not isinstance(tool, dict):
+            return False
+        function = tool.get("function")
+        if isinstance(function, dict):
+            function["name"] = "shaped_" + words()
+        kwargs.setdefault("tools", []).append(tool)
+        return True
+
+    return change
+
+
+def _function(
+    name: str, words: WordSource, parameters: dict[str, Any] | None, description: bool = True
+) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name}
+    if description:
+        function["description"] = words()
+    if parameters is not None:
+        function["parameters"] = parameters
+    return {"type": "function", "function": function}
+
+
+def _schema_types(type_names: tuple[str, ...]) -> Change:
+    """A tool whose parameters use every JSON-schema type, as values and as array items, with
+    enums, defaults, nullables, nested objects, and the type names the template compares."""
+
+    def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
+        basic = ("string", "number", "integer", "boolean")
+        properties: dict[str, Any] = {
+            "text": {"type": "string", "description": words()},
+            "choice": {"type": "string", "enum": [words(), words()], "description": words()},
+            "maybe": {"type": "string", "nullable": True},
+            "count": {"type": "integer", "default": 3, "description": words()},
+            "ratio": {"type": "number", "minimum": 0, "maximum": 1},
+            "flag": {"type": "boolean"},
+            "anything": {"type": "array", "nullable": True},
+            "nested": {
+                "type": "object",
+                "description": words(),
+                "properties": {"field": {"type": "string", "description": words()}},
+                "required": ["field"],
+                "additionalProperties": False,
+            },
+            "mapping": {"type": "object", "additionalProperties": {"type": "string"}},
+            "rows": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]},
+            },
+        }
+        for item_type in basic:
+            items = {"type": item_type}
+            properties[f"list_{item_type}"] = {"type": "array", "items": items, "nullable": True}
+        for index, type_name in enumerate(name for name in type_names if name not in basic):
+            properties[f"typed_{index}"] = {"type": type_name, "description": words()}
+        parameters = {"type": "object", "properties": properties, "required": ["text", "nested"]}
+        kwargs.setdefault("tools", []).append(_function("schema_" + words(), words, parameters))
+        return True
+
+    return change
+
+
+def _schema_unions(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
+    """Union types: a list of type names, ``oneOf`` (with descriptions and defaults) and ``anyOf``."""
+    properties = {
+        "either": {"type": ["string", "null"]},
+        "pair": {"type": ["object", "array"]},
+        "one": {"oneOf": [{"type": "string", "description": words()}, {"type": "integer", "default": 1}]},
+        "objects": {"oneOf": [{"type": "object"}, {"type": "object", "properties": {}}]},
+        "any": {"anyOf": [{"type": "string"}, {"type": "number"}], "description": words()},
+    }
+    parameters = {"type": "object", "properties": properties}
+    kwargs.setdefault("tools", []).append(_function("union_" + words(), words, parameters))
+    return True
+
+
+def _schema_minimal(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
+    """Tools with no description, with no parameters, and with empty properties."""
+    tools = kwargs.setdefault("tools", [])
+    tools.append(_function("bare_" + words(), words, None, description=False))
+    empty = {"type": "object", "properties": {}}
+    tools.append(_function("empty_" + words(), words, empty, description=False))
+    return True
+
+
 def _parts(text: str) -> list[dict[str, Any]]:
     return [{"type": "text", "text": text}]
 
@@ -436,6 +554,9 @@ def _synthesize(path: Path, reads: Reads, words: WordSource, depth: int = 0) -> 
     constants = [c for c in reads.constants(path) if isinstance(c, str)]
     if depth > 3:
         return words()
+    element_constants = [c for c in reads.constants(path + (ELEMENT,)) if isinstance(c, str)]
+    if element_constants:  # ``for t in builtin_tools`` + ``t == 'browser'``: a list of those
+        return element_constants
     keys = reads.fields(path)
     if keys:  # a mapping when fields are read (an over-approximated "[]" beside them is ignored)
         return {key: _synthesize(path + (key,), reads, words, depth + 1) for key in keys}
@@ -445,6 +566,8 @@ def _synthesize(path: Path, reads: Reads, words: WordSource, depth: int = 0) -> 
         return {words(): words()}
     if constants:
         return constants[0]
+    if use.contains:  # ``'browser' in builtin_tools``: a list holding what is looked for
+        return sorted(use.contains)
     if use.iterated:
         return [words()]
     return words()

@@ -661,8 +661,7 @@ def message_regions(
         ...                 [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
         ('[a][b]!', [(0, 3), (3, 6)])
     """
-    source = template if isinstance(template, TemplateSource) else TemplateSource.parse(template)
-    instrumented = instrumented_for(source)
+    instrumented = instrumented_for(template)
     result = instrumented.trace(
         messages,
         add_generation_prompt=add_generation_prompt,
@@ -703,13 +702,15 @@ def iteration_bounds(result: Trace, loop_id: int) -> list[tuple[Any, int, int]]:
 _CACHE: dict[str, Instrumented] = {}
 
 
-def instrumented_for(source: TemplateSource) -> Instrumented:
-    """Build (and cache by text) the instrumented template."""
-    cached = _CACHE.get(source.text)
+def instrumented_for(source: TemplateSource | str) -> Instrumented:
+    """Build (and cache by text) the instrumented template; a text is parsed only on a miss."""
+    text = source.text if isinstance(source, TemplateSource) else source
+    cached = _CACHE.get(text)
     if cached is None:
         if len(_CACHE) > 64:
             _CACHE.clear()
-        cached = _CACHE[source.text] = Instrumented(source)
+        parsed = source if isinstance(source, TemplateSource) else TemplateSource.parse(source)
+        cached = _CACHE[text] = Instrumented(parsed)
     return cached
 
 

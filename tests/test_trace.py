@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from templatefix.errors import RenderError
-from templatefix.probes import probe_battery
+from templatefix.probes import fixed_battery
 from templatefix.render import render
 from templatefix.source import TemplateSource
 from templatefix.trace import instrumented_for, message_regions
@@ -14,13 +14,16 @@ def test_instrumented_render_is_identical_on_the_corpus(corpus_templates: list[t
     for name, text in corpus_templates:
         source = TemplateSource.parse(text)
         instrumented = instrumented_for(source)
-        for probe in probe_battery(text)[:4]:
+        for probe in fixed_battery(text)[:4]:
             try:
                 expected = render(text, probe.messages, **dict(probe.kwargs))
             except RenderError:
                 continue
             traced = instrumented.trace(probe.messages, **dict(probe.kwargs))
             assert traced.text == expected, (name, probe.name)
+            covered = instrumented.cover(probe.messages, **dict(probe.kwargs))
+            assert covered.text == expected, (name, probe.name)
+            assert covered.covered == traced.covered and covered.outcomes == traced.outcomes, name
             # the emissions tile the text exactly, in order
             assert "".join(traced.text[e.start : e.end] for e in traced.emissions) == traced.text, name
             for emission in traced.emissions:
