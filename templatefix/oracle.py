@@ -363,7 +363,7 @@ def _is_trained(message: Mapping[str, Any], index: int, last_assistant: int, pol
         return False
     if policy.tool_calls == "not_trained" and message.get("tool_calls"):
         return False
-    return True
+    return policy.trains(message)
 
 
 def _answer_start(text: str, message: Mapping[str, Any], start: int, end: int) -> int:

@@ -836,3 +836,34 @@ def random_probes(**conversation_options: Any) -> SearchStrategy[Probe]:
             "random", tuple(messages), {} if tools_for(messages) is None else {"tools": tools_for(messages)}
         )
     )
+
+
+def train_field_variants(probes: list[Probe], field_name: str) -> list[Probe]:
+    """``probes`` plus, for each probe with an assistant turn, one where a turn is switched off
+    through ``field_name`` (the ``train_field`` policy), so both kinds of turn are probed.
+
+    With one assistant turn it gets ``field_name: false``; with several, the first one gets
+    ``false`` and the others ``true`` (so "the last turn", "the first turn" and "the field is
+    set" are all told apart from "the field is not false").
+
+    Example:
+        >>> probe = Probe("p", ({"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}))
+        >>> train_field_variants([probe], "train")[1].messages[1]["train"]
+        False
+    """
+    variants = list(probes)
+    for probe in probes:
+        assistants = [i for i, m in enumerate(probe.messages) if m.get("role") == "assistant"]
+        if not assistants:
+            continue
+        messages = [dict(m) for m in probe.messages]
+        for position, index in enumerate(assistants):
+            messages[index][field_name] = len(assistants) > 1 and position > 0
+        variants.append(Probe(f"{probe.name}[{field_name}]", tuple(messages), dict(probe.kwargs)))
+    return variants
+
+
+def policy_probes(probes: list[Probe], policy: Any) -> list[Probe]:
+    """The probes a policy needs: ``train_field`` adds :func:`train_field_variants`."""
+    field_name = getattr(policy, "train_field", None)
+    return train_field_variants(probes, field_name) if field_name else list(probes)

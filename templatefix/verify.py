@@ -33,7 +33,7 @@ from templatefix.coverage import measure
 from templatefix.errors import RenderError, RenderLimitExceeded, TemplateSyntaxError
 from templatefix.oracle import ProbeExpectation, TurnExpectation, expected_turns
 from templatefix.policy import Policy
-from templatefix.probes import probe_battery
+from templatefix.probes import policy_probes, probe_battery
 from templatefix.render import Span, compile_template, environment, merge_spans, render, render_with_spans
 from templatefix.report import EdgeDiff, ProbeResult, Report, TurnResult, context
 from templatefix.tokens import check_token_masks
@@ -113,7 +113,7 @@ def verify(
     if tokenizer is not None and special_tokens is None:
         # apply_chat_template passes the tokenizer's special tokens; render as it does
         special_tokens = dict(tokenizer.special_tokens_map)
-    probe_list = list(probes) if probes is not None else default_probes(reference)
+    probe_list = list(probes) if probes is not None else policy_probes(default_probes(reference), policy)
     for probe in probe_list:
         result = _verify_probe(template, original, reference, probe, policy, special_tokens)
         if token_check is not None and result.status == "passed":

@@ -226,3 +226,40 @@ def test_expanded_turns_train_each_final_turn_exactly(
     for row, example in zip(rows, prepared, strict=True):
         expected = generated_texts(template, row["prompt"] + row["completion"], special, only_last=True)
         assert_runs_are_turns(tokenizer, example, expected)
+
+
+@pytest.mark.parametrize("name", ["qwen3", "gemma3"])
+def test_train_field_leaves_the_switched_off_turn_untrained(
+    tokenizers_dir: Path, tmp_path: Path, name: str
+) -> None:
+    """Policy train_field="train": SFTTrainer trains exactly the turns not marked "train": false."""
+    from transformers import AutoTokenizer
+
+    from templatefix import patch_tokenizer
+
+    corpus = _corpus()
+    if corpus is None:
+        pytest.skip("TEMPLATEFIX_CORPUS is unset")
+    official = (corpus / "templates" / FAMILIES[name][0]).read_text(encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizers_dir / name))
+    tokenizer.chat_template = official
+    tokenizer, result = patch_tokenizer(tokenizer, train_field="train")  # raises unless verified
+    messages = [
+        USER,
+        {"role": "assistant", "content": "It is 4."},
+        {"role": "user", "content": "And 3 + 3?"},
+        {"role": "assistant", "content": "7, I think.", "train": False},
+        {"role": "user", "content": "Check again."},
+        {"role": "assistant", "content": "6 — sorry."},
+    ]
+    switched_on = [USER, {"role": "assistant", "content": "4", "train": True}]
+    rows = [{"messages": messages}, {"messages": switched_on}]
+    tokenizer, prepared = prepare(tokenizers_dir, name, result.patched, rows, tmp_path)
+    special = dict(tokenizer.special_tokens_map)
+    every = generated_texts(result.patched, messages, special)
+    assert_runs_are_turns(tokenizer, prepared[0], [every[0], every[2]])
+    assert_runs_are_turns(tokenizer, prepared[1], generated_texts(result.patched, switched_on, special))
+    # the same data with the unpatched-for-the-field template would train the switched-off turn
+    plain = template_for(name)[1]
+    _, default = prepare(tokenizers_dir, name, plain, rows[:1], tmp_path / "default")
+    assert len(trained_runs(default[0])) == 3

@@ -84,15 +84,25 @@ def add_policy_arguments(
         + ("" if trailing_whitespace_default else " (default: either is accepted, as SPEC rule 2 allows)"),
     )
     group.add_argument("--tool-calls", choices=("trained", "not_trained"), default="trained")
+    group.add_argument(
+        "--train-field",
+        metavar="NAME",
+        help="message field that switches a turn's training off when false (e.g. train); absent or true: "
+        "trained",
+    )
 
 
 def policy_from_args(args: argparse.Namespace) -> Policy:
-    return Policy(
-        turns=args.turns,
-        reasoning=args.reasoning,
-        trailing_whitespace=args.trailing_whitespace or "out",
-        tool_calls=args.tool_calls,
-    )
+    try:
+        return Policy(
+            turns=args.turns,
+            reasoning=args.reasoning,
+            trailing_whitespace=args.trailing_whitespace or "out",
+            tool_calls=args.tool_calls,
+            train_field=getattr(args, "train_field", None),
+        )
+    except ValueError as error:
+        raise TemplatefixError(str(error)) from None
 
 
 def _templates(spec: str, revision: str | None = None) -> tuple[list[tuple[str, str]], dict[str, str]]:

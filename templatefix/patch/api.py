@@ -139,13 +139,13 @@ def patch_template(
         >>> result = patch_template(open("templates/chatml.jinja").read())  # doctest: +SKIP
         >>> print(result.diff)  # doctest: +SKIP
     """
-    from templatefix.probes import probe_battery
+    from templatefix.probes import policy_probes, probe_battery
     from templatefix.verify import verify
 
     policy = policy or Policy.from_kwargs(**policy_kwargs)
     TemplateSource.parse(template)  # syntax errors surface here, with line and column
     unmarked = strip_generation_markers(template) if has_markers(template) else template
-    probe_list = list(probes) if probes is not None else probe_battery(unmarked)
+    probe_list = list(probes) if probes is not None else policy_probes(probe_battery(unmarked), policy)
 
     def finish(patched: str, reasons: list[str]) -> PatchResult:
         report = verify(

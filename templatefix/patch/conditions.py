@@ -71,7 +71,8 @@ def find_condition(
     1. ``x.role == 'assistant'`` for each loop variable ``x`` that has a ``role``;
     2. the template's own if/elif tests in the atom's innermost loop, as "one of the first j
        branches of this chain was taken" (``T0 or … or Tj``), nearest chain first;
-    3. every other identifier key of each loop variable (``x.tool_calls``…), truthy;
+    3. every other identifier key of each loop variable (``x.tool_calls``…), truthy; and
+       ``x.key is false`` for keys some message sets to ``false`` (a per-message switch);
     4. ``x is sameas messages[-1]`` for each loop variable;
     5. ``loop.last``, ``loop.first``, and the previous/next item's role;
     6. each flag: ``f``, ``f is false``, ``f is defined``, and ``f == "value"`` per value seen;
@@ -164,11 +165,15 @@ def _features(
     quote = _preferred_quote(source)
     features: list[tuple[str, Test]] = []
     names: dict[str, set[str]] = {}
+    false_keys: dict[str, set[str]] = {}
     for observation in observations:
         for name, value in observation.scope.items():
             if isinstance(value, dict):
                 names.setdefault(name, set()).update(
                     k for k in value if isinstance(k, str) and k.isidentifier()
+                )
+                false_keys.setdefault(name, set()).update(
+                    k for k, v in value.items() if v is False and isinstance(k, str) and k.isidentifier()
                 )
     for name, keys in sorted(names.items()):
         if "role" in keys:
@@ -187,6 +192,10 @@ def _features(
     for name, keys in sorted(names.items()):
         for key in sorted(keys - {"role"}):
             features.append((f"{name}.{key}", lambda o, n=name, k=key: bool(_get(o.scope, n, k))))
+    for name, keys in sorted(false_keys.items()):
+        # a field set to false in some messages (a per-message switch such as "train": false)
+        for key in sorted(keys):
+            features.append((f"{name}.{key} is false", lambda o, n=name, k=key: _get(o.scope, n, k) is False))
     for name in sorted(names):
         features.append((f"{name} is sameas messages[-1]", lambda o, n=name: n in o.emission.final))
     if any(o.loop is not None for o in observations):
