@@ -6,7 +6,8 @@ Usage:
     python benchmarks/crosscheck.py --replay OUT   # re-judge saved failing conversations
 
 Each template is patched with ``templatefix.patch_template`` (default policy). For a verified
-patch, random conversations (``tests/independent/conversations.py``, seeded, the same sequence
+patch (and for one that passed with outputs no probe reached, reported apart), random
+conversations (``tests/independent/conversations.py``, seeded, the same sequence
 for every template) are drawn until ``--per-template`` of them are accepted by the original (at
 most four times as many draws) and each is judged from SPEC rules 1-3 by
 ``tests/independent/judge.py``, which shares no code with templatefix. Prints each wrong
@@ -106,6 +107,8 @@ def main() -> int:
             signal.alarm(0)
         outcomes.append(outcome)
         mark = "WRONG" if outcome.wrong else "PROMPT-WRONG" if outcome.prompt_findings else outcome.status
+        if outcome.status == "unverified-code" and (outcome.wrong or outcome.prompt_findings):
+            mark += "(uc)"
         print(
             f"{mark:>12}  {name}  judged={outcome.judged} skipped={outcome.skipped} owed={outcome.owed} "
             f"rewritten={outcome.history_rewritten} mismatch={outcome.mismatch} "
@@ -126,19 +129,25 @@ def main() -> int:
         ]
         args.json.write_text(json.dumps(records, indent=1, ensure_ascii=False), encoding="utf-8")
         print(f"failing conversations: {args.json}")
-    return 1 if any(o.wrong for o in outcomes) else 0
+    return 1 if any(o.wrong for o in outcomes if o.status == "verified") else 0
 
 
 def _summary(outcomes: list[Outcome], elapsed: float) -> None:
     verified = [o for o in outcomes if o.status == "verified"]
+    partial = [o for o in outcomes if o.status == "unverified-code"]
     judged = [o for o in verified if o.judged]
     wrong = [o for o in verified if o.wrong]
     prompt_wrong = [o for o in verified if not o.wrong and o.prompt_findings]
-    patched = [o for o in outcomes if o.status in ("verified", "not verified")]
+    patched = [o for o in outcomes if o.status in ("verified", "unverified-code", "not verified")]
     print()
     print(f"templates {len(outcomes)}, patched {len(patched)}, verified {len(verified)}, "
           f"judged {len(judged)}, wrong {len(wrong)} (+{len(prompt_wrong)} wrong only in prompt renders)"
           f"  ({elapsed:.0f}s)")
+    if partial:
+        partial_wrong = [o.name for o in partial if o.wrong]
+        print(f"passed with unreached outputs (unverified-code) {len(partial)}: judged too, "
+              f"wrong {len(partial_wrong)}{': ' + ', '.join(partial_wrong) if partial_wrong else ''}")
+
     def total(attribute: str) -> int:
         return sum(getattr(o, attribute) for o in verified)
 

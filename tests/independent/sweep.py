@@ -38,7 +38,8 @@ class Outcome:
     """What happened to one template."""
 
     name: str
-    status: str  # "verified", "not verified", "rejected" (TemplatefixError), "crash"
+    status: str  # "verified", "unverified-code" (passed, coverage incomplete), "not verified",
+    # "rejected" (TemplatefixError), "crash"
     detail: str = ""  # the reason for rejected/crash
     judged: int = 0  # conversations the original accepts, judged
     skipped: int = 0  # conversations the original rejects
@@ -87,7 +88,8 @@ def check_template(
     max_attempts: int | None = None,
     max_findings: int = 3,
 ) -> Outcome:
-    """Patch ``text`` with templatefix and, if it says verified, judge it on random conversations.
+    """Patch ``text`` with templatefix and, if it says verified (or passed with unreached outputs),
+    judge it on random conversations.
 
     Draws ``random_conversation(base_seed), random_conversation(base_seed + 1), ...`` until
     ``per_template`` of them are accepted by the original or ``max_attempts`` (default four times
@@ -102,9 +104,13 @@ def check_template(
         return Outcome(name, "rejected", str(error).splitlines()[0] if str(error) else type(error).__name__)
     except Exception as error:  # anything else escaping patch_template is a crash
         return Outcome(name, "crash", f"{type(error).__name__}: {error}")
-    if not result.verified:
+    if result.verified:
+        outcome = Outcome(name, "verified", patched=result.patched)
+    elif getattr(result, "passed", False):  # every probe passed, but some outputs no probe reached
+        unreached = "; ".join(getattr(result, "unverified_code", []))[:200]
+        outcome = Outcome(name, "unverified-code", unreached, patched=result.patched)
+    else:
         return Outcome(name, "not verified", "; ".join(result.reasons)[:200], patched=result.patched)
-    outcome = Outcome(name, "verified", patched=result.patched)
     attempts = max_attempts if max_attempts is not None else 4 * per_template
     for count, seed in enumerate(seeds(base_seed)):
         if count >= attempts or outcome.judged >= per_template or len(outcome.findings) >= max_findings:
