@@ -167,9 +167,12 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
     if reads.reads(MESSAGE + ("name",)):
         found.append(Variation("names", _names, (*_CHAT_SHAPES[:1], "tool_calls")))
         found.append(Variation("no_tool_name", _no_tool_name, ("tool_calls",)))
-    for role in reads.roles():
+    for compared in reads.roles():
+        # an upper-case constant is compared after ``| upper``: the message says it in lower case
+        role = compared.lower() if compared.isupper() else compared
         if role not in _STANDARD_ROLES:
             found.append(Variation(f"role_{role}", _with_role(role), ("system_multi_turn", "tool_calls")))
+            found.append(Variation(f"added_{role}", _adding_role(role), ("system_multi_turn", "tool_calls")))
     for text in _contained(reads):
         found.append(Variation(f"contains_{text}", _containing(text), ("multi_turn", "reasoning_multi_turn")))
     for field_name in reads.fields(MESSAGE):
@@ -528,6 +531,17 @@ def _with_role(role: str) -> Change:
     return change
 
 
+def _adding_role(role: str) -> Change:
+    """A message with ``role`` added after the system message (or first)."""
+
+    def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
+        position = 1 if messages and messages[0]["role"] == "system" else 0
+        messages.insert(position, {"role": role, "content": words()})
+        return True
+
+    return change
+
+
 def _contained(reads: Reads) -> list[str]:
     texts: set[str] = set()
     for path in (_CONTENT, MESSAGE + ("reasoning_content",)):
@@ -563,7 +577,7 @@ def _synthesize(path: Path, reads: Reads, words: WordSource, depth: int = 0) -> 
     if reads.reads(path + (ELEMENT,)):
         return [_synthesize(path + (ELEMENT,), reads, words, depth + 1)]
     if reads.reads(path + (ANY_VALUE,)):
-        return {words(): words()}
+        return {words(): _synthesize(path + (ANY_VALUE,), reads, words, depth + 1)}
     if constants:
         return constants[0]
     if use.contains:  # ``'browser' in builtin_tools``: a list holding what is looked for

@@ -117,7 +117,7 @@ class Reads:
     def fields(self, prefix: Path) -> list[str]:
         """The keys read directly under ``prefix`` (sorted; ``[]`` and ``*`` excluded)."""
         keys = {p[len(prefix)] for p in self.paths if len(p) > len(prefix) and p[: len(prefix)] == prefix}
-        return sorted(key for key in keys if key not in (ELEMENT, ANY_VALUE) and not key.startswith("@"))
+        return sorted(key for key in keys if key != ELEMENT and not key.startswith(("*", "@")))
 
     def constants(self, path: Path) -> list[Any]:
         """Constants ``path`` is compared with, strings first, sorted (deterministic)."""
@@ -156,6 +156,7 @@ class _Walker:
     def __init__(self, roots: tuple[str, ...] = ROOTS) -> None:
         self.roots = roots
         self.env: dict[str, set[Path]] = {}
+        self.constant_names: dict[str, list[Any]] = {}  # names bound to constant lists
         self.uses: dict[Path, FieldUse] = {}
         self.macros: dict[str, nodes.Macro] = {}
 
@@ -171,6 +172,8 @@ class _Walker:
 
     def _constants(self, paths: set[Path], other: nodes.Node) -> None:
         values = _constant_values(other)
+        if not values and isinstance(other, nodes.Name):
+            values = self.constant_names.get(other.name, [])
         for path in paths:
             self._use(path).constants.update(values)
 
@@ -196,6 +199,7 @@ class _Walker:
             paths = self.expr(node.node)
             if isinstance(node.target, nodes.Name):
                 self._bind(node.target.name, paths)
+                self._constant_binding(node.target.name, node.node)
             elif isinstance(node.target, nodes.NSRef):
                 self._bind(f"{node.target.name}.{node.target.attr}", paths)
         elif isinstance(node, nodes.Macro):
@@ -209,6 +213,16 @@ class _Walker:
                     self.expr(child)
                 else:
                     self.statement(child)
+
+    def _constant_binding(self, name: str, value: nodes.Node) -> None:
+        """``{% set roles = ['user', ...] %}`` and ``namespace(messages=messages, ...)``."""
+        constants = _constant_values(value)
+        if constants:
+            self.constant_names.setdefault(name, []).extend(constants)
+        callee = value.node if isinstance(value, nodes.Call) else None
+        if isinstance(callee, nodes.Name) and callee.name == "namespace":
+            for keyword in value.kwargs:
+                self._bind(f"{name}.{keyword.key}", self.expr(keyword.value))
 
     def _for(self, node: nodes.For) -> None:
         iterated = self.expr(node.iter)

@@ -164,6 +164,21 @@ def test_battery_reaches_both_sides_of_a_field_test(template: str, branches: lis
     assert measure(template, probe_battery(template)).complete
 
 
+def test_roles_from_a_constant_list_through_a_namespace_are_probed() -> None:
+    """A template that accepts only conversations with an extra role, named in a list constant."""
+    template = (
+        "{% set allowed = ['SYSTEM', 'FUNCTIONS', 'USER', 'ASSISTANT'] %}"
+        "{% set ns = namespace(messages=messages) %}"
+        "{% if ns.messages[1]['role'] | upper != 'FUNCTIONS' %}"
+        "{{ raise_exception('functions first') }}{% endif %}"
+        "{% for m in ns.messages %}{% if m.role | upper not in allowed %}"
+        "{{ raise_exception('role') }}{% endif %}"
+        "{{ m.role | upper }}: {{ m.content }}\n{% endfor %}"
+    )
+    assert measure(template, fixed_battery(template)).fraction == 0.0  # the fixed shapes are all refused
+    assert measure(template, probe_battery(template)).complete
+
+
 def test_search_keeps_only_candidates_that_reach_something_new() -> None:
     base = [make_probe("single_turn")]
     kept = search(CALL_ID, base, candidates(CALL_ID))
