@@ -10,7 +10,8 @@ measure; wall clock shows what parallelism buys.
 - ``floor``: render every conversation, then one batched tokenize with offsets (reading each
   encoding's offsets): the least any exact mask needs;
 - ``audit``: ``templatefix.data.audit.audit_rows`` (render with spans, batched tokenize, exact and
-  transformers masks, history once per shape, truncation), with 1 process and with ``--workers``;
+  transformers masks, history once per shape, truncation), with 1 process (tokenizing each chunk
+  on a thread while the next renders) and with ``--workers`` processes;
 - ``transform``: the dataset transform on the same rows in 256-row batches (tokens and masks
   built as columns), 1 process.
 

@@ -341,31 +341,57 @@ def audit_examples(
         state: from ``AuditState.build``.
         with_tokens: also fill ``input_ids`` and ``assistant_masks``.
     """
-    audits = [ExampleAudit() for _ in rows]
-    pending: list[_Rendered] = []
-    for audit, row in zip(audits, rows, strict=True):
-        try:
-            row = parse_row(row)
-            messages, kwargs = conversation_of(row)
-        except RowError as error:
-            audit.flag("bad_row", str(error))
-            continue
-        if state.options.expand_turns:
-            audit.expanded = expand_row(row, messages)
-        try:
-            text, spans = render_with_spans(
-                state.template, messages, special_tokens=state.special_tokens, **kwargs
-            )
-        except TemplatefixError as error:
-            audit.flag("template_error", str(error))
-            continue
-        pending.append(_Rendered(audit, messages, kwargs, text, spans, completion_start(row)))
-    if pending:
-        backend = state.tokenizer.backend_tokenizer
-        encodings = backend.encode_batch([item.text for item in pending], add_special_tokens=False)
-        for item, encoding in zip(pending, encodings, strict=True):
+    batch = RenderedBatch.render(rows, state)
+    return batch.finish(batch.encode(state), state, with_tokens=with_tokens)
+
+
+@dataclass
+class RenderedBatch:
+    """A batch between its three steps: rendered (``render``), tokenized (``encode``, which runs
+    in the tokenizer's native code without the GIL, so it can overlap the next batch's
+    rendering), and audited (``finish``)."""
+
+    audits: list[ExampleAudit]
+    pending: list[_Rendered]
+
+    @classmethod
+    def render(cls, rows: Sequence[Any], state: AuditState) -> RenderedBatch:
+        """Parse and render each row with its spans; bad rows and template errors are flagged."""
+        audits = [ExampleAudit() for _ in rows]
+        pending: list[_Rendered] = []
+        for audit, row in zip(audits, rows, strict=True):
+            try:
+                row = parse_row(row)
+                messages, kwargs = conversation_of(row)
+            except RowError as error:
+                audit.flag("bad_row", str(error))
+                continue
+            if state.options.expand_turns:
+                audit.expanded = expand_row(row, messages)
+            try:
+                text, spans = render_with_spans(
+                    state.template, messages, special_tokens=state.special_tokens, **kwargs
+                )
+            except TemplatefixError as error:
+                audit.flag("template_error", str(error))
+                continue
+            pending.append(_Rendered(audit, messages, kwargs, text, spans, completion_start(row)))
+        return cls(audits, pending)
+
+    def encode(self, state: AuditState) -> list[Any]:
+        """Tokenize the rendered texts in one batch (offsets included)."""
+        if not self.pending:
+            return []
+        texts = [item.text for item in self.pending]
+        return state.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+
+    def finish(
+        self, encodings: list[Any], state: AuditState, *, with_tokens: bool = False
+    ) -> list[ExampleAudit]:
+        """Check masks, truncation and history from the encodings; the audits in row order."""
+        for item, encoding in zip(self.pending, encodings, strict=True):
             _audit_tokens(item, encoding, state, with_tokens)
-    return audits
+        return self.audits
 
 
 def _audit_tokens(item: _Rendered, encoding: Any, state: AuditState, with_tokens: bool) -> None:
@@ -512,9 +538,7 @@ def audit_rows(
     result = AuditResult()
     chunks = _chunks(rows, options.chunk_size)
     if workers <= 1:
-        state = AuditState.build(template, tokenizer, options)
-        for chunk in chunks:
-            done = audit_chunk(chunk, state)
+        for done in _pipelined(chunks, AuditState.build(template, tokenizer, options)):
             result.add(done)
             if on_chunk:
                 on_chunk(done)
@@ -530,6 +554,29 @@ def audit_rows(
             f"check every example with --history all"
         )
     return result
+
+
+def _pipelined(chunks: Iterator[list[tuple[int, Any]]], state: AuditState) -> Iterator[ChunkResult]:
+    """One process: tokenize each chunk on a thread while the next one renders and the previous
+    one is checked (the tokenizer releases the GIL), so tokenizing overlaps the Python work."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def finished(chunk: list[tuple[int, Any]], batch: RenderedBatch, encodings: list[Any]) -> ChunkResult:
+        done = ChunkResult()
+        for (index, _), audit in zip(chunk, batch.finish(encodings, state), strict=True):
+            done.add_example(index, audit)
+        return done
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        previous = None
+        for chunk in chunks:
+            batch = RenderedBatch.render([row for _, row in chunk], state)
+            future = executor.submit(batch.encode, state)
+            if previous is not None:
+                yield finished(previous[0], previous[1], previous[2].result())
+            previous = (chunk, batch, future)
+        if previous is not None:
+            yield finished(previous[0], previous[1], previous[2].result())
 
 
 def _parallel(
