@@ -193,14 +193,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def test_verified_corpus_sample(sampled_template: str, corpus_dir: Path) -> None:
-    """Where templatefix says verified, the independent judge agrees on seeded conversations."""
+    """Where templatefix says verified, the independent judge agrees on seeded conversations.
+
+    A patch that passed every probe but names outputs no probe reached (``unverified-code``) is
+    judged too; a wrong one is reported as an expected failure, since templatefix said so.
+    """
     path = corpus_dir / "templates" / sampled_template
     with open(path, encoding="utf-8", newline="") as handle:
         text = handle.read()
     outcome = check_template(sampled_template, text, CONVERSATIONS_PER_TEMPLATE, max_findings=1)
-    if outcome.status != "verified":
+    if outcome.status not in ("verified", "unverified-code"):
         pytest.skip(f"templatefix does not call it verified ({outcome.status}): nothing is promised")
-    assert outcome.status == "verified" and not outcome.findings, outcome.first_failure()
+    if outcome.status == "unverified-code" and outcome.findings:
+        pytest.xfail(f"wrong where templatefix names unreached outputs: {outcome.first_failure()}")
+    assert not outcome.findings, outcome.first_failure()
 
 
 def test_corpus_sample_is_mostly_judged(corpus_dir: Path) -> None:
