@@ -55,8 +55,8 @@ OutputStatus = Literal["reached", "unreached", "refusal", "uncalled-macro", "emp
 #: net. The defaults keep patch plus full verification within the cost goal
 #: (``benchmarks/bench_patch.py``).
 SEARCH_CANDIDATES = 200
-SEARCH_CHARACTERS = 600_000
-SEARCH_KEEP = 10
+SEARCH_CHARACTERS = 800_000
+SEARCH_KEEP = 12
 SEARCH_SECONDS = 3.0
 #: The search stops after this many candidates in a row that reach nothing new.
 PATIENCE = 40

@@ -82,11 +82,12 @@ def candidates(template: str, seed: int = 0) -> Iterator[Probe]:
     reads = template_reads_of(template, data)
     variations = applicable(reads, data)
     flag_values = [(flag, value) for flag, values in flags.items() for value in values]
-    for variation in variations:
-        for shape in variation.carriers:
-            probe = _build(shape, [variation], {})
-            if probe is not None:
-                yield probe
+    for round_ in range(max((len(v.carriers) for v in variations), default=0)):
+        for variation in variations:  # every variation once before any variation twice
+            if round_ < len(variation.carriers):
+                probe = _build(variation.carriers[round_], [variation], {})
+                if probe is not None:
+                    yield probe
     for flag, value in flag_values:
         for shape in _FLAG_CARRIERS:
             probe = _build(shape, [], {flag: value})
@@ -114,9 +115,10 @@ def candidates(template: str, seed: int = 0) -> Iterator[Probe]:
 
 
 def _assigned(template: str) -> set[str]:
-    """Names the template assigns itself (locals, loop variables, macro parameters)."""
+    """Names the template assigns itself (locals, loop variables, macros)."""
     tree = compile_template(template).environment.parse(template)
-    names = {node.name for node in tree.find_all(nodes.Name) if node.ctx in ("store", "param")}
+    # macro parameters are not excluded: ``knobs`` may be a macro's parameter and a caller's option
+    names = {node.name for node in tree.find_all(nodes.Name) if node.ctx == "store"}
     names |= {node.name for node in tree.find_all(nodes.NSRef)}
     names |= {node.name for node in tree.find_all(nodes.Macro)}
     return names
@@ -146,14 +148,6 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
         found.append(Variation("three_calls", _three_calls, _TOOL_SHAPES[:1]))
         found.append(Variation("two_tool_rounds", _two_tool_rounds, _TOOL_SHAPES[:1]))
         found.append(Variation("no_tool_call_text", _no_content_on_calls, _TOOL_SHAPES))
-    if calls or reads.reads(("tools",)):
-        found.append(Variation("tools_without_calls", _tools_without_calls, _CHAT_SHAPES))
-        found.append(Variation("rich_tools", _rich_tools, ("tool_calls",)))
-        schema_types = _schema_types(_type_names(reads))
-        found.append(Variation("schema_types", schema_types, ("tool_calls", "multi_turn")))
-        found.append(Variation("schema_unions", _schema_unions, ("tool_calls", "multi_turn")))
-        found.append(Variation("schema_minimal", _schema_minimal, ("tool_calls", "multi_turn")))
-        found.append(Variation("tools_from_reads", _tools_from_reads(reads), ("tool_calls", "multi_turn")))
     content = reads.use(_CONTENT)
     if content.tests & {"string", "iterable", "sequence", "mapping"} or reads.reads(_CONTENT + (ELEMENT,)):
         found.append(Variation("parts_everywhere", _parts_everywhere, (*_CHAT_SHAPES, "tool_calls")))
@@ -190,6 +184,15 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
     found.append(Variation("reasoning_first_only", _reasoning_first_only, ("reasoning_multi_turn",)))
     found.append(Variation("empty_user", _empty_user, ("system_multi_turn",)))
     found.append(_WHITESPACE)
+    # tool schemas last: their renders are long, and they only reach the tool definitions
+    if calls or reads.reads(("tools",)):
+        found.append(Variation("tools_without_calls", _tools_without_calls, _CHAT_SHAPES))
+        found.append(Variation("rich_tools", _rich_tools, ("tool_calls",)))
+        schema_types = _schema_types(_type_names(reads))
+        found.append(Variation("schema_types", schema_types, ("tool_calls", "multi_turn")))
+        found.append(Variation("schema_unions", _schema_unions, ("tool_calls", "multi_turn")))
+        found.append(Variation("schema_minimal", _schema_minimal, ("tool_calls", "multi_turn")))
+        found.append(Variation("tools_from_reads", _tools_from_reads(reads), ("tool_calls", "multi_turn")))
     return found
 
 
@@ -329,34 +332,47 @@ def _rich_tools(messages: list[Message], kwargs: dict[str, Any], words: WordSour
                 "name": "plan_" + words(),
                 "parameters": {
                     "type": "object",
-                    "properties": {
-                        "mode": {"type": "string", "enum": [words(), words()], "description": words()},
-                        "count": {"type": "integer"},
-                        "ratio": {"type": "number", "nullable": True},
-                        "tags": {"type": "array", "items": {"type": "string"}},
-                        "rows": {
-                            "type": "array",
-                            "description": words(),
-                            "items": {
-                                "type": "object",
-                                "properties": {"key": {"type": "string", "description": words()}},
-                                "required": ["key"],
+                    "properties": _described(
+                        {
+                            "mode": {"type": "string", "enum": [words(), words()], "description": words()},
+                            "count": {"type": "integer"},
+                            "ratio": {"type": "number", "nullable": True},
+                            "tags": {"type": "array", "items": {"type": "string"}},
+                            "rows": {
+                                "type": "array",
+                                "description": words(),
+                                "items": {
+                                    "type": "object",
+                                    "properties": {"key": {"type": "string", "description": words()}},
+                                    "required": ["key"],
+                                },
                             },
+                            "filter": {
+                                "type": "object",
+                                "description": words(),
+                                "properties": {"field": {"type": "string"}, "level": {"type": "integer"}},
+                                "required": ["field"],
+                            },
+                            "exact": {"type": "boolean", "default": False},
                         },
-                        "filter": {
-                            "type": "object",
-                            "description": words(),
-                            "properties": {"field": {"type": "string"}, "level": {"type": "integer"}},
-                            "required": ["field"],
-                        },
-                        "exact": {"type": "boolean", "default": False},
-                    },
+                        words,
+                    ),
                     "required": ["mode"],
                 },
             },
         }
     )
     return True
+
+
+def _described(properties: dict[str, Any], words: WordSource) -> dict[str, Any]:
+    """Give every property (and nested property) a description: some templates require one."""
+    for spec in properties.values():
+        if isinstance(spec, dict):
+            spec.setdefault("description", words())
+            if isinstance(spec.get("properties"), dict):
+                _described(spec["properties"], words)
+    return properties
 
 
 def _type_names(reads: Reads) -> tuple[str, ...]:
@@ -430,7 +446,11 @@ def _schema_types(type_names: tuple[str, ...]) -> Change:
             properties[f"list_{item_type}"] = {"type": "array", "items": items, "nullable": True}
         for index, type_name in enumerate(name for name in type_names if name not in basic):
             properties[f"typed_{index}"] = {"type": type_name, "description": words()}
-        parameters = {"type": "object", "properties": properties, "required": ["text", "nested"]}
+        parameters = {
+            "type": "object",
+            "properties": _described(properties, words),
+            "required": ["text", "nested"],
+        }
         kwargs.setdefault("tools", []).append(_function("schema_" + words(), words, parameters))
         return True
 
@@ -446,7 +466,7 @@ def _schema_unions(messages: list[Message], kwargs: dict[str, Any], words: WordS
         "objects": {"oneOf": [{"type": "object"}, {"type": "object", "properties": {}}]},
         "any": {"anyOf": [{"type": "string"}, {"type": "number"}], "description": words()},
     }
-    parameters = {"type": "object", "properties": properties}
+    parameters = {"type": "object", "properties": _described(properties, words)}
     kwargs.setdefault("tools", []).append(_function("union_" + words(), words, parameters))
     return True
 
