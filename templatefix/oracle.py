@@ -12,7 +12,9 @@ For the assistant message at index ``i``::
 * ``F`` starts with ``P``: the model's output is ``G = F[len(P):]``. If ``R`` continues after
   ``P`` with ``G`` (trailing whitespace aside) the turn is **exact** and its span is
   ``[len(P), len(P) + len(G.rstrip()))`` (policy ``trailing_whitespace="in"`` adds the whitespace
-  that follows in ``R``, as far as ``G`` had it).
+  that follows in ``R``, as far as ``G`` had it), even where the template writes part of ``G``
+  in the next message's loop iteration. Text that ``F`` has only because the conversation ends
+  there (Phi-3's ``eos_token``) is left out when ``R`` has the next message instead.
 * ``F`` starts with ``P`` but ``R`` renders the turn differently: **rewritten**. The span runs
   from the end of the turn's header (the longest common prefix of the generation prompt and the
   turn's text in ``R``) through its end-of-turn text, holding no text of any other message.
@@ -407,7 +409,12 @@ def _expect_turn(
         generated = final[len(prompt):]
         eot = _end_of_turn_from_generated(generated, message)
         is_last = index == len(renderer.messages) - 1
-        own = generated if is_last else _own_output(renderer, index, prompt, generated, full)
+        if is_last or full.startswith(generated.rstrip(), len(prompt)):
+            # R continues after P with G: all of G is the turn's, whichever loop iteration writes
+            # it (AI21 Jamba ends a turn with <|eom|> when the next message starts).
+            own = generated
+        else:
+            own = _own_output(renderer, index, prompt, generated, full)
         core = own.rstrip()
         if full.startswith(prompt) and full.startswith(core, len(prompt)):
             start = len(prompt)
