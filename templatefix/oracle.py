@@ -93,6 +93,8 @@ class TurnExpectation:
         located_by: how the end was found: ``prefix`` (exact), ``trace``, ``end-of-turn``,
             ``next-message`` or ``end-of-render``.
         note: human explanation for rewritten / mismatch turns.
+        blank: ``G`` is only whitespace (a tool call the template does not render, an empty
+            reply): nothing is owed, so no span or one within ``[start, end_in)`` are both right.
     """
 
     message_index: int
@@ -106,6 +108,7 @@ class TurnExpectation:
     end_of_turn_range: Span | None
     located_by: str
     note: str = ""
+    blank: bool = False
 
     @property
     def span(self) -> Span | None:
@@ -125,6 +128,7 @@ class TurnExpectation:
             "end_of_turn_range": list(self.end_of_turn_range) if self.end_of_turn_range else None,
             "located_by": self.located_by,
             "note": self.note,
+            "blank": self.blank,
         }
 
 
@@ -353,7 +357,7 @@ def expected_turns(
                 message_index=index, kind=turn.kind, trained=trained, start=start,
                 end_out=turn.end_out, end_in=turn.end_in, end=end,
                 end_of_turn=turn.end_of_turn, end_of_turn_range=turn.end_of_turn_range,
-                located_by=turn.located_by, note=turn.note,
+                located_by=turn.located_by, note=turn.note, blank=turn.blank,
             )
         )
     expectation.renders = dict(renderer.renders)
@@ -391,6 +395,7 @@ class _Turn:
     end_of_turn_range: Span | None
     located_by: str
     note: str = ""
+    blank: bool = False
 
 
 def _expect_turn(
@@ -424,7 +429,8 @@ def _expect_turn(
             end_in = end_out + common_prefix_length(trailing, full[end_out:])
             eot_seen = eot if eot and core.endswith(eot) else _end_of_turn_text(core)
             eot_range = (end_out - len(eot_seen), end_out) if eot_seen else None
-            return _Turn("exact", start, end_out, end_in, eot_seen, eot_range, "prefix")
+            blank = not generated.strip()
+            return _Turn("exact", start, end_out, end_in, eot_seen, eot_range, "prefix", blank=blank)
         kind: TurnKind = "rewritten"
         note = "history renders this turn differently from what the model generated"
     else:

@@ -242,6 +242,10 @@ def _judge_turn(
             result.verdict = "untrained"
         return result
 
+    if turn.blank and all(turn.start <= span[0] and span[1] <= turn.end_in for span in touching):
+        result.verdict = turn.kind  # only whitespace was generated: nothing is owed (SPEC §2)
+        result.actual = touching[0] if touching else None
+        return result
     target = next(
         (s for s in expected_merged if s[0] <= turn.start and turn.end <= s[1]), (turn.start, turn.end)
     )

@@ -124,12 +124,15 @@ def observe(
                 continue  # the original refuses this conversation: nothing to observe
             traced = trace_agreeing(instrumented, sample, expectation.text, special_tokens)
             spans = [t.span for t in expectation.turns if t.span and t.span[1] > t.span[0]]
+            # Whitespace a turn generated alone is owed nothing: outputs that wrote only that
+            # are free to be marked or not, so they say nothing about their label.
+            free = [(t.start, t.end_in) for t in expectation.turns if t.blank and t.end_in > t.start]
             seen.saw_turn = seen.saw_turn or bool(expectation.turns)
             seen.saw_assistant_text = seen.saw_assistant_text or spans_hold_assistant_text(
                 expectation.text, spans, sample
             )
             seen.samples += 1
-            record_emissions(instrumented, traced, spans, dict(sample.kwargs), seen.records)
+            record_emissions(instrumented, traced, spans, dict(sample.kwargs), seen.records, free)
     return seen
 
 
@@ -200,11 +203,15 @@ def record_emissions(
     spans: list[tuple[int, int]],
     flags: dict[str, Any],
     records: dict[PartKey, PartRecord],
+    free: Sequence[tuple[int, int]] = (),
 ) -> None:
     """Add each non-empty emission of ``traced`` to ``records``, per part when a span edge cuts
-    a chain (``'<|im_start|>' + role + '\\n' + content``) and the parts' texts are known."""
+    a chain (``'<|im_start|>' + role + '\\n' + content``) and the parts' texts are known.
+    Emissions that lie within a ``free`` range (whitespace a turn generated alone) are left out."""
     for emission in traced.emissions:
         if emission.end == emission.start:
+            continue
+        if any(start <= emission.start and emission.end <= end for start, end in free):
             continue
         atom = instrumented.atoms[emission.atom]
         whole_cuts = label_range(spans, emission.start, emission.end)
