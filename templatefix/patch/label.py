@@ -127,7 +127,8 @@ def _part_units(instrumented: Instrumented, atom: Atom, part: int, record: PartR
     else:
         found = slice_anchors(record)
         if found is None:
-            raise PatchFailure(where(instrumented, atom, "an assistant span edge falls inside"))
+            message = where(instrumented, atom, "an assistant span edge falls inside")
+            raise PatchFailure(f"{message}, at a place that depends on the text: {_edge_examples(record)}")
         anchors = found
     units = []
     bounds: list[int | None] = [0, *anchors, None]
@@ -174,6 +175,19 @@ def slice_anchors(record: PartRecord) -> list[int] | None:
         if positions != sorted(positions) or not cut_text.offsets <= set(positions):
             return None
     return anchors
+
+
+def _edge_examples(record: PartRecord) -> str:
+    """Where span edges cut the part's texts, in words (for a refusal that says why)."""
+    by_offset: dict[int, str] = {}
+    for cut_text in sorted(record.cut_texts, key=lambda c: (sorted(c.offsets), c.text)):
+        offset = min(cut_text.offsets)
+        by_offset.setdefault(
+            offset, f"after {cut_text.text[:offset][-20:]!r} (before {cut_text.text[offset:][:20]!r})"
+        )
+    shown = " or ".join(list(by_offset.values())[:3])
+    cut, total = len({c.text for c in record.cut_texts}), len(record.texts)
+    return f"cut {shown} in {cut} of its {total} texts" + (", not in the others" if cut < total else "")
 
 
 def _classify(unit: Unit, instrumented: Instrumented, atom: Atom) -> None:

@@ -1,0 +1,226 @@
+"""Corpus templates once called verified while wrong, each on the conversation that showed it.
+
+Each case is judged here from first principles (SPEC §2–3), not by the oracle: for assistant
+message ``i``, ``P = render(M[:i], add_generation_prompt=True)`` and ``F = render(M[:i+1])``; when
+``F`` starts with ``P`` and the full render continues after ``P`` with ``G = F[len(P):]``, the
+patched template's span must start at ``len(P)`` and end at the end of ``G`` (trailing whitespace
+in or out). A case the patcher cannot fix must be refused, with a reason naming the output.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from templatefix.patcher import patch_template
+from templatefix.render import merge_spans, render, render_with_spans
+
+
+@dataclass(frozen=True)
+class Case:
+    path: str
+    messages: list[dict[str, Any]]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    turn: int = 1  # the assistant message the fault was seen on
+
+
+def _call(
+    name: str, arguments: dict[str, str], *, as_string: bool = False, id: str | None = "call00001"
+) -> dict:
+    call: dict[str, Any] = {
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments) if as_string else arguments},
+    }
+    if id is not None:
+        call["id"] = id
+    return call
+
+
+def _tools(*names: str) -> list[dict[str, Any]]:
+    properties = {"city": {"type": "string"}, "unit": {"type": "string"}}
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": n,
+                "description": "d",
+                "parameters": {"type": "object", "properties": properties},
+            },
+        }
+        for n in names
+    ]
+
+
+def _user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def _assistant(text: str, **fields: Any) -> dict[str, Any]:
+    return {"role": "assistant", "content": text, **fields}
+
+
+#: A turn that ends the conversation is judged whatever the template does to history (Gemma 4
+#: writes the tool results inside the calling turn).
+TWO_ARGUMENTS = (
+    [
+        _user("weather please"),
+        _assistant("", tool_calls=[_call("get_weather", {"city": "paris", "unit": "celsius"})]),
+    ],
+    {"tools": _tools("get_weather")},
+)
+
+
+def _two_calls(as_string: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    calls = [
+        _call("get_weather", {"city": "paris", "unit": "celsius"}, as_string=as_string, id="call00001"),
+        _call("get_time", {"city": "rome", "unit": "hours"}, as_string=as_string, id="call00002"),
+    ]
+    messages = [
+        _user("weather please"),
+        _assistant("", tool_calls=calls),
+        {"role": "tool", "tool_call_id": "call00001", "name": "get_weather", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call00002", "name": "get_time", "content": "noon"},
+        _assistant("sunny at noon"),
+    ]
+    return messages, {"tools": _tools("get_weather", "get_time")}
+
+
+#: llama.cpp's DeepSeek templates parse string arguments with ``from_json``, which transformers
+#: lacks: they take the arguments as objects, in a final turn (its prompt disagrees with it).
+TWO_STRING_CALLS = _two_calls(as_string=True)
+TWO_OBJECT_CALLS = (_two_calls(as_string=False)[0][:2], _two_calls(as_string=False)[1])
+CALL_WITHOUT_ID = (
+    [
+        _user("weather please"),
+        _assistant("", tool_calls=[_call("get_weather", {"city": "paris"}, id=None)]),
+        {"role": "tool", "name": "get_weather", "content": "sunny"},
+        _assistant("it is sunny"),
+    ],
+    {"tools": _tools("get_weather")},
+)
+PLAIN_TURNS = [_user("hello"), _assistant("first answer"), _user("again"), _assistant("second answer")]
+REASONING_THEN_PLAIN = [
+    _user("hello"),
+    _assistant("first answer", reasoning_content="first thought"),
+    _user("again"),
+    _assistant("second answer"),
+]
+
+FIXED = [
+    Case("qwen/Qwen3.6.jinja", REASONING_THEN_PLAIN, {"enable_thinking": False}, turn=3),
+    *(
+        Case(path, *TWO_ARGUMENTS)
+        for path in (
+            "gemma/gemma-4-31B-it.2026-04-10.jinja",
+            "gemma/gemma-4-31B-it-interleaved.2026-04-10.jinja",
+            "gemma/gemma-4-canonical-2026-07-09.jinja",
+            "gemma/axolotl-gemma4.2026-04-02.jinja",
+            "gemma/axolotl-gemma4.2026-05-27.jinja",
+            "gemma/trl-diffusion_gemma_training.jinja",
+            "other/MiniCPM3-4B.jinja",
+        )
+    ),
+    *(
+        Case(path, *TWO_STRING_CALLS)
+        for path in ("other/functionary-medium-v3.2.jinja", "deepseek/DeepSeek-V3.1.jinja")
+    ),
+    *(
+        Case(path, *TWO_OBJECT_CALLS)
+        for path in (
+            "deepseek/DeepSeek-V3.2.llamacpp.jinja",
+            "deepseek/DeepSeek-V4-Flash-0731.llamacpp.jinja",
+            "deepseek/DeepSeek-V4.llamacpp-2026-06-29.jinja",
+            "deepseek/DeepSeek-V4.llamacpp-2026-07-22.jinja",
+        )
+    ),
+    Case("other/cogito-3b.gguf.jinja", *CALL_WITHOUT_ID),
+    Case("other/AI21-Jamba-Large-1.6.jinja", PLAIN_TURNS),
+    Case("other/axolotl-jamba.jinja", PLAIN_TURNS),
+]
+
+
+def _read(corpus_dir: Path, path: str) -> str:
+    file = corpus_dir / "templates" / path
+    if not file.exists():
+        pytest.skip(f"{path} is not in this corpus")
+    with open(file, encoding="utf-8", newline="") as handle:
+        return handle.read()
+
+
+def _words(message: dict[str, Any]) -> list[str]:
+    """What the model wrote in a turn: content, reasoning, call names and argument values."""
+    words = [message.get("content") or "", message.get("reasoning_content") or ""]
+    for call in message.get("tool_calls") or ():
+        arguments = call["function"]["arguments"]
+        values = json.loads(arguments) if isinstance(arguments, str) else arguments
+        words += [call["function"]["name"], *values.values()]
+    return [word.strip() for word in words if word.strip()]
+
+
+def _judge(original: str, patched: str, case: Case) -> tuple[set[int], list[str]]:
+    """(the assistant turns judged, the problems found).
+
+    A prefix-preserving turn by the prefix rule; the final turn, when its generation prompt
+    disagrees with its render (SPEC §3's mismatch), by its shape: one span holds everything the
+    model wrote in it.
+    """
+    full = render(original, case.messages, **case.kwargs)
+    text, spans = render_with_spans(patched, case.messages, **case.kwargs)
+    assert text == full, "the patched template renders differently"
+    spans = merge_spans(spans)
+    judged: set[int] = set()
+    problems: list[str] = []
+    for index, message in enumerate(case.messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render(original, case.messages[:index], add_generation_prompt=True, **case.kwargs)
+        final = render(original, case.messages[: index + 1], **case.kwargs)
+        generated = final[len(prompt) :]
+        core = generated.rstrip()
+        if final.startswith(prompt) and core and full.startswith(core, len(prompt)):
+            start, end = len(prompt), len(prompt) + len(core)
+            limit = start + len(generated)
+        elif index == len(case.messages) - 1 and not final.startswith(prompt):
+            lower = next(i for i, (a, b) in enumerate(zip(prompt, final, strict=False)) if a != b)
+            found = [(full.find(word, lower), word) for word in _words(message)]
+            assert all(position >= 0 for position, _ in found), found
+            start = min(position for position, _ in found)
+            end = max(position + len(word) for position, word in found)
+            hits = [s for s in spans if s[0] <= start and end <= s[1]]
+            judged.add(index)
+            if not hits:
+                marked = [full[a:b] for a, b in spans if a < end and start < b]
+                problems.append(f"turn {index}: {full[start:end]!r} is not in one span; marked {marked!r}")
+            continue
+        else:
+            continue
+        judged.add(index)
+        hits = [s for s in spans if s[0] < end and start < s[1]]
+        if not (len(hits) == 1 and hits[0][0] == start and end <= hits[0][1] <= limit):
+            shown = [full[a:b] for a, b in hits]
+            problems.append(f"turn {index}: expected {full[start:end]!r}, marked {shown!r}")
+    return judged, problems
+
+
+@pytest.mark.parametrize("case", FIXED, ids=[f"{c.path}" for c in FIXED])
+def test_fixed_corpus_case(corpus_dir: Path, case: Case) -> None:
+    original = _read(corpus_dir, case.path)
+    result = patch_template(original)
+    assert result.verified, result.reasons
+    judged, problems = _judge(original, result.patched, case)
+    assert case.turn in judged, "the conversation no longer shows the case"
+    assert not problems, problems
+
+
+def test_leading_newline_that_completes_the_prompt_is_refused(corpus_dir: Path) -> None:
+    """DeepSeek-R1-Distill's generation prompt ends ``<｜Assistant｜>\\n`` while its render of a turn
+    has ``<｜Assistant｜>`` + content: only content that starts with a newline continues the prompt,
+    so where the span starts depends on the message's first character. No marker can follow that."""
+    original = _read(corpus_dir, "deepseek/DeepSeek-R1-Distill-Qwen-32B.llamacpp-2025-01-30.jinja")
+    result = patch_template(original)
+    assert not result.verified and not result.changed
+    assert "content" in result.reasons[0] and "line 38" in result.reasons[0], result.reasons
