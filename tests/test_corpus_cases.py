@@ -224,3 +224,26 @@ def test_leading_newline_that_completes_the_prompt_is_refused(corpus_dir: Path) 
     result = patch_template(original)
     assert not result.verified and not result.changed
     assert "content" in result.reasons[0] and "line 38" in result.reasons[0], result.reasons
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "nemotron/NVIDIA-Nemotron-3-Ultra.jinja",
+        "nemotron/trl-nemotron_3_super_training.jinja",
+        "nemotron/trl-nemotron_3_ultra_training.jinja",
+    ],
+)
+def test_thinking_prefix_inside_one_content_string_is_refused(corpus_dir: Path, path: str) -> None:
+    """Nemotron 3 writes ``"<think></think>" ~ content`` (or ``"<think>\\n" ~ reasoning ~ …``) as one
+    string, and its prompt ends ``<think></think>`` with thinking off but ``<think>\\n`` with it on:
+    the span starts after ``<think></think>``, ``<think>\\n`` or (turns whose prompt disagrees)
+    ``<think>``, depending on the flag and on whether the turn has reasoning. Once probes combine
+    thinking off with reasoning history no slice of that string can follow it, so the patch is
+    refused, saying where the edges fell, instead of training the prompt's ``</think>``."""
+    original = _read(corpus_dir, path)
+    result = patch_template(original)
+    assert not result.verified and not result.changed
+    reason = result.reasons[0]
+    assert "depends on the text" in reason, reason
+    assert "'<think></think>'" in reason and "'<think>\\n'" in reason, reason
