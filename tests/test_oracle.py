@@ -161,3 +161,18 @@ def test_markup_boundary_never_cuts_a_token():
     assert markup_boundary("x<|end|>", 4) == 1
     assert markup_boundary("x<|end|>", 8) == 8
     assert markup_boundary("plain text", 5) == 5
+
+
+def test_mismatch_header_after_indentation_the_iteration_writes_first() -> None:
+    """The loop writes a newline and indentation before each turn's header; the generation prompt
+    (which ends with an extra newline, so every turn is a mismatch) has no newline before its
+    header. The span still starts after the header, never at the indentation."""
+    template = (
+        "{% for m in messages %}\n\n    {{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>' }}\n"
+        "{% endfor %}{% if add_generation_prompt %}\n    {{ '<|im_start|>assistant\\n' }}\n{% endif %}"
+    )
+    probe = Probe("one", ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}))
+    expectation = expected_turns(template, probe)
+    turn = expectation.turns[0]
+    assert turn.kind == "mismatch"
+    assert expectation.text[turn.start : turn.end] == "yo<|im_end|>"
