@@ -356,15 +356,19 @@ def _whitespace_content(words: WordSource) -> tuple[list[Message], dict[str, Any
 
 
 def _content_parts(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
-    def parts() -> list[dict[str, str]]:
-        return [{"type": "text", "text": words()}]
+    """Contents as lists of text parts: one part, and two in the assistant turns. The system
+    message is a string (templates that add it to a string reject a list there, and would then
+    reject the whole conversation)."""
+
+    def parts(count: int = 1) -> list[dict[str, str]]:
+        return [{"type": "text", "text": words()} for _ in range(count)]
 
     messages = [
-        {"role": "system", "content": parts()},
+        _system(words),
         {"role": "user", "content": parts()},
-        {"role": "assistant", "content": parts()},
+        {"role": "assistant", "content": parts(2)},
         {"role": "user", "content": parts()},
-        {"role": "assistant", "content": parts()},
+        {"role": "assistant", "content": parts(2)},
     ]
     return messages, {}
 
