@@ -262,6 +262,17 @@ def _judge_turn(
     if actual_span == target and len(touching) <= 1:
         result.verdict = turn.kind
         return result
+    if (
+        actual_span is not None
+        and len(touching) <= 1
+        and actual_span[0] == target[0]
+        and target[1] == turn.end
+        and turn.end_out <= actual_span[1] <= turn.end_in
+    ):
+        # Whitespace at the end of what the turn generated is allowed in or out (SPEC §2); the
+        # policy says which the patcher aims for, where the template lets it choose.
+        result.verdict = turn.kind
+        return result
 
     if actual_span is None:
         result.problems.append(

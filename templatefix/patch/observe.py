@@ -17,9 +17,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from jinja2 import nodes
+
 from templatefix.errors import InternalDisagreement, RenderError, RenderLimitExceeded
 from templatefix.policy import Policy
-from templatefix.trace import Emission, Instrumented, Trace
+from templatefix.trace import Atom, Emission, Instrumented, Trace
 
 #: ``(atom id, part index)``; part ``-1`` is the whole atom.
 PartKey = tuple[int, int]
@@ -124,6 +126,8 @@ def observe(
                 continue  # the original refuses this conversation: nothing to observe
             traced = trace_agreeing(instrumented, sample, expectation.text, special_tokens)
             spans = [t.span for t in expectation.turns if t.span and t.span[1] > t.span[0]]
+            # Where a turn may end: its span's end through the whitespace G ends with.
+            ends = {t.end_out: t.end_in for t in expectation.turns if t.span and t.end_in > t.end_out}
             # Whitespace a turn generated alone is owed nothing: outputs that wrote only that
             # are free to be marked or not, so they say nothing about their label.
             free = [(t.start, t.end_in) for t in expectation.turns if t.blank and t.end_in > t.start]
@@ -132,7 +136,7 @@ def observe(
                 expectation.text, spans, sample
             )
             seen.samples += 1
-            record_emissions(instrumented, traced, spans, dict(sample.kwargs), seen.records, free)
+            record_emissions(instrumented, traced, spans, dict(sample.kwargs), seen.records, free, ends)
     return seen
 
 
@@ -204,10 +208,16 @@ def record_emissions(
     flags: dict[str, Any],
     records: dict[PartKey, PartRecord],
     free: Sequence[tuple[int, int]] = (),
+    ends: Mapping[int, int] | None = None,
 ) -> None:
     """Add each non-empty emission of ``traced`` to ``records``, per part when a span edge cuts
     a chain (``'<|im_start|>' + role + '\\n' + content``) and the parts' texts are known.
-    Emissions that lie within a ``free`` range (whitespace a turn generated alone) are left out."""
+    Emissions that lie within a ``free`` range (whitespace a turn generated alone) are left out.
+
+    ``ends`` maps a span end to how far the whitespace that ends the turn reaches. A piece that is
+    not constant text (``{{ message.content }}``) and ends a turn with its own trailing whitespace
+    cannot be cut before that whitespace; SPEC §2 allows it in, so the piece is recorded as
+    inside up to its end."""
     for emission in traced.emissions:
         if emission.end == emission.start:
             continue
@@ -225,10 +235,43 @@ def record_emissions(
                 if hi == lo:
                     continue
                 record = records.setdefault((atom.id, index), PartRecord())
-                _add(record, spans, traced, emission, lo, hi, flags)
+                cuts = _keep_trailing_whitespace(
+                    traced.text,
+                    label_range(spans, emission.start + lo, emission.start + hi),
+                    emission.start + lo,
+                    emission.start + hi,
+                    ends,
+                    _constant(atom, index),
+                )
+                _add(record, spans, traced, emission, lo, hi, flags, cuts)
             continue
         record = records.setdefault((atom.id, -1), PartRecord())
-        _add(record, spans, traced, emission, 0, emission.end - emission.start, flags, whole_cuts)
+        cuts = _keep_trailing_whitespace(
+            traced.text, whole_cuts, emission.start, emission.end, ends, _constant(atom, -1)
+        )
+        _add(record, spans, traced, emission, 0, emission.end - emission.start, flags, cuts)
+
+
+def _constant(atom: Atom, part: int) -> bool:
+    """Whether the piece always renders the same text (literal text or a string constant)."""
+    node = (atom.inlined if atom.inlined is not None else atom.node) if part < 0 else atom.parts[part]
+    return isinstance(node, nodes.TemplateData) or (
+        isinstance(node, nodes.Const) and isinstance(node.value, str)
+    )
+
+
+def _keep_trailing_whitespace(
+    text: str, cuts: list[Cut], start: int, end: int, ends: Mapping[int, int] | None, constant: bool
+) -> list[Cut]:
+    """Drop a final inside→outside cut of a non-constant piece when all that follows it in the
+    piece is whitespace the turn may end with (see ``record_emissions``)."""
+    if constant or not ends or len(cuts) < 2 or cuts[-1].inside or not cuts[-2].inside:
+        return cuts
+    edge = start + cuts[-1].offset
+    reach = ends.get(edge)
+    if reach is None or end > reach or text[edge:end].strip():
+        return cuts
+    return cuts[:-1]
 
 
 def _add(

@@ -1,10 +1,12 @@
-"""SPEC §2: a turn whose generated text G is only whitespace owes nothing."""
+"""SPEC §2 on whitespace: a turn whose generated text G is only whitespace owes nothing; whitespace at
+the end of G may be in the span or out."""
 
 from __future__ import annotations
 
 from templatefix.oracle import expected_turns
 from templatefix.patcher import patch_template
 from templatefix.probes import Probe
+from templatefix.render import merge_spans, render_with_spans
 from templatefix.verify import verify
 
 # The header is written with the user message; a reply is "\n" + content + "</s>", and an empty
@@ -55,3 +57,35 @@ def test_the_patcher_needs_no_condition_for_whitespace_owed_nothing() -> None:
     result = patch_template(TEMPLATE, probes=[EMPTY_REPLY])
     assert result.verified, result.reasons
     assert result.patched.count("{% if") == TEMPLATE.count("{% if")  # no role branch was needed
+
+
+# Qwen1.5's layout: the last message has no end-of-turn text, so a reply's own trailing whitespace
+# ends G, and it is written by the same {{ }} as the reply's words.
+NO_FINAL_END = (
+    "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content }}"
+    "{% if not loop.last %}{{ '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+TRAILING = Probe(
+    "trailing",
+    (
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "two"},
+        {"role": "user", "content": "three"},
+        {"role": "assistant", "content": "four \n"},
+    ),
+)
+
+
+def test_trailing_whitespace_inside_the_reply_may_stay_in_the_span() -> None:
+    result = patch_template(NO_FINAL_END, probes=[TRAILING, EMPTY_REPLY])
+    assert result.verified, result.reasons
+    text, spans = render_with_spans(result.patched, list(TRAILING.messages))
+    assert [text[a:b] for a, b in merge_spans(spans)] == ["two<|im_end|>", "four \n"]
+
+
+def test_a_span_past_the_trailing_whitespace_is_wrong() -> None:
+    marked = NO_FINAL_END.replace("{% if not loop.last %}", "{% if not loop.last %}{% generation %}").replace(
+        "{{ '<|im_end|>\\n' }}{% endif %}", "{{ '<|im_end|>\\n' }}{% endgeneration %}{% endif %}"
+    )
+    assert not verify(marked, NO_FINAL_END, probes=[TRAILING]).verified
