@@ -423,8 +423,15 @@ def _expect_turn(
         core = own.rstrip()
         if full.startswith(prompt) and full.startswith(core, len(prompt)):
             start = len(prompt)
+            header = _next_header_length(renderer, index, core, prompt)
+            if header:
+                # F ends with the next assistant turn's header, the markup P ends with: the span
+                # stops before it (SPEC §2), the end-of-turn text before it stays in.
+                own = core[: len(core) - header]
+                core = own.rstrip()
+                eot = _end_of_turn_text(core)
             end_out = start + len(core)
-            trailing = generated[len(core):]
+            trailing = (own if header else generated)[len(core):]
             trailing = trailing[: len(trailing) - len(trailing.lstrip())]
             end_in = end_out + common_prefix_length(trailing, full[end_out:])
             eot_seen = eot if eot and core.endswith(eot) else _end_of_turn_text(core)
@@ -444,6 +451,31 @@ def _expect_turn(
     )
     eot_seen = full[eot_range[0]:eot_range[1]] if eot_range else eot
     return _Turn(kind, start, end_out, end_in, eot_seen, eot_range, located_by, note)
+
+
+_MARKUP_RUN = re.compile(r"(?:\s*" + _MARKUP + r")+\s*")
+
+
+def _next_header_length(renderer: _Renderer, index: int, core: str, prompt: str) -> int:
+    """Length of the header ``core`` ends with, or 0: the markup the turn's own loop iteration
+    starts with, which ``P`` ends with, written again after the turn for the next one.
+
+    Only whole markup tokens count, and text must remain before them; the iteration's start in
+    ``F`` comes from the trace (only traced when ``core`` and ``P`` end with the same markup).
+    """
+    shared = core[len(core) - common_suffix_length(core, prompt):]
+    if not any(c in "<[" and _MARKUP_RUN.fullmatch(shared, i) for i, c in enumerate(shared)):
+        return 0
+    final = renderer(index + 1, False)
+    regions = _trace_regions(renderer.template, _Prefix(renderer, index + 1), renderer.special_tokens, final)
+    region = regions[index]
+    if region is None or region[0] >= len(prompt):
+        return 0
+    header = prompt[region[0]:]
+    if header.strip() and _MARKUP_RUN.fullmatch(header) and core.endswith(header.rstrip()):
+        rest = core[: len(core) - len(header.rstrip())]
+        return len(header.rstrip()) if rest.strip() else 0
+    return 0
 
 
 def markup_boundary(text: str, offset: int) -> int:

@@ -176,3 +176,27 @@ def test_mismatch_header_after_indentation_the_iteration_writes_first() -> None:
     turn = expectation.turns[0]
     assert turn.kind == "mismatch"
     assert expectation.text[turn.start : turn.end] == "yo<|im_end|>"
+
+
+# Command A's layout: the chatbot header is written after the loop whatever add_generation_prompt
+# says, so F ends with the next assistant turn's header.
+HEADER_AFTER_EVERY_RENDER = (
+    "{% for m in messages %}{% if m.role == 'user' %}<|U|>{{ m.content }}<|EOT|>"
+    "{% else %}<|B|>{{ m.content }}<|EOT|>{% endif %}{% endfor %}<|B|>"
+)
+
+
+def test_span_stops_before_the_next_turns_header_written_after_the_turn() -> None:
+    probe = Probe("one", ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}))
+    expectation = expected_turns(HEADER_AFTER_EVERY_RENDER, probe)
+    turn = expectation.turns[0]
+    assert (turn.kind, expectation.text[turn.start : turn.end]) == ("exact", "yo<|EOT|>")
+
+
+def test_patched_header_after_every_render_marks_nothing_in_a_prompt() -> None:
+    from templatefix.patcher import patch_template
+    from templatefix.render import render_with_spans
+
+    result = patch_template(HEADER_AFTER_EVERY_RENDER)
+    assert result.verified, result.reasons
+    assert render_with_spans(result.patched, [{"role": "user", "content": "hi"}])[1] == []
