@@ -95,6 +95,8 @@ class TurnExpectation:
         note: human explanation for rewritten / mismatch turns.
         blank: ``G`` is only whitespace (a tool call the template does not render, an empty
             reply): nothing is owed, so no span or one within ``[start, end_in)`` are both right.
+        open_end: ``G`` ends with words, not an end-of-turn token: its trailing whitespace is
+            part of the message's own text, so an end anywhere in ``[end_out, end_in]`` is right.
     """
 
     message_index: int
@@ -109,6 +111,7 @@ class TurnExpectation:
     located_by: str
     note: str = ""
     blank: bool = False
+    open_end: bool = False
 
     @property
     def span(self) -> Span | None:
@@ -129,6 +132,7 @@ class TurnExpectation:
             "located_by": self.located_by,
             "note": self.note,
             "blank": self.blank,
+            "open_end": self.open_end,
         }
 
 
@@ -357,7 +361,7 @@ def expected_turns(
                 message_index=index, kind=turn.kind, trained=trained, start=start,
                 end_out=turn.end_out, end_in=turn.end_in, end=end,
                 end_of_turn=turn.end_of_turn, end_of_turn_range=turn.end_of_turn_range,
-                located_by=turn.located_by, note=turn.note, blank=turn.blank,
+                located_by=turn.located_by, note=turn.note, blank=turn.blank, open_end=turn.open_end,
             )
         )
     expectation.renders = dict(renderer.renders)
@@ -396,6 +400,7 @@ class _Turn:
     located_by: str
     note: str = ""
     blank: bool = False
+    open_end: bool = False
 
 
 def _expect_turn(
@@ -437,7 +442,10 @@ def _expect_turn(
             eot_seen = eot if eot and core.endswith(eot) else _end_of_turn_text(core)
             eot_range = (end_out - len(eot_seen), end_out) if eot_seen else None
             blank = not generated.strip()
-            return _Turn("exact", start, end_out, end_in, eot_seen, eot_range, "prefix", blank=blank)
+            open_end = bool(core) and not _TRAILING_MARKUP.search(core)
+            return _Turn(
+                "exact", start, end_out, end_in, eot_seen, eot_range, "prefix", blank=blank, open_end=open_end
+            )
         kind: TurnKind = "rewritten"
         note = "history renders this turn differently from what the model generated"
     else:

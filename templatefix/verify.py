@@ -263,14 +263,15 @@ def _judge_turn(
         result.verdict = turn.kind
         return result
     if (
-        actual_span is not None
+        turn.open_end
+        and actual_span is not None
         and len(touching) <= 1
         and actual_span[0] == target[0]
         and target[1] == turn.end
         and turn.end_out <= actual_span[1] <= turn.end_in
     ):
-        # Whitespace at the end of what the turn generated is allowed in or out (SPEC §2); the
-        # policy says which the patcher aims for, where the template lets it choose.
+        # G ends with the message's own words and their whitespace, no end-of-turn token: that
+        # whitespace is allowed in or out (SPEC §2); the policy says which the patcher aims for.
         result.verdict = turn.kind
         return result
 

@@ -126,8 +126,8 @@ def observe(
                 continue  # the original refuses this conversation: nothing to observe
             traced = trace_agreeing(instrumented, sample, expectation.text, special_tokens)
             spans = [t.span for t in expectation.turns if t.span and t.span[1] > t.span[0]]
-            # Where a turn may end: its span's end through the whitespace G ends with.
-            ends = {t.end_out: t.end_in for t in expectation.turns if t.span and t.end_in > t.end_out}
+            # Where a turn without an end-of-turn token may end: through the whitespace G ends with.
+            ends = {t.end_out: t.end_in for t in expectation.turns if t.span and t.open_end}
             # Whitespace a turn generated alone is owed nothing: outputs that wrote only that
             # are free to be marked or not, so they say nothing about their label.
             free = [(t.start, t.end_in) for t in expectation.turns if t.blank and t.end_in > t.start]
