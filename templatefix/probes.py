@@ -404,8 +404,9 @@ _BASE_SHAPES = {
 }
 #: The base shapes' builders by name (``templatefix.derive`` varies them).
 BASE_SHAPE_BUILDERS = _BASE_SHAPES
-#: Shapes repeated under each flag value, most telling first (history rewriting, prompt changes).
-FLAG_SHAPES = ("reasoning_multi_turn", "reasoning_some_turns", "reasoning_tool_calls", "system_multi_turn")
+#: Shapes repeated under each flag value, most telling first: reasoning in some turns shows history
+#: rewriting and a final turn without reasoning after turns with it (Qwen3.6 with thinking off).
+FLAG_SHAPES = ("reasoning_some_turns", "reasoning_multi_turn", "reasoning_tool_calls", "system_multi_turn")
 
 
 def make_probe(shape: str, extra_kwargs: Mapping[str, Any] | None = None, name: str | None = None) -> Probe:

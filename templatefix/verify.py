@@ -268,10 +268,11 @@ def _judge_turn(
         and len(touching) <= 1
         and actual_span[0] == target[0]
         and target[1] == turn.end
-        and turn.end_out <= actual_span[1] <= turn.end_in
+        and actual_span[1] in (turn.end_out, turn.end_in)
     ):
         # G ends with the message's own words and their whitespace, no end-of-turn token: that
-        # whitespace is allowed in or out (SPEC §2); the policy says which the patcher aims for.
+        # whitespace is allowed in or out, all of it or none (SPEC §2); the policy says which the
+        # patcher aims for.
         result.verdict = turn.kind
         return result
 

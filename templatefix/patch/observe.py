@@ -264,12 +264,12 @@ def _keep_trailing_whitespace(
     text: str, cuts: list[Cut], start: int, end: int, ends: Mapping[int, int] | None, constant: bool
 ) -> list[Cut]:
     """Drop a final inside→outside cut of a non-constant piece when all that follows it in the
-    piece is whitespace the turn may end with (see ``record_emissions``)."""
+    piece is the whitespace the turn may end with, all of it (see ``record_emissions``)."""
     if constant or not ends or len(cuts) < 2 or cuts[-1].inside or not cuts[-2].inside:
         return cuts
     edge = start + cuts[-1].offset
     reach = ends.get(edge)
-    if reach is None or end > reach or text[edge:end].strip():
+    if reach is None or end != reach or text[edge:end].strip():
         return cuts
     return cuts[:-1]
 
