@@ -212,6 +212,8 @@ class Emission:
         branches: for each top-level if/elif chain decided in the current iteration, the index of
             the branch taken (``len(tests)`` when none was).
         final: the names in ``scope`` that hold the conversation's last message.
+        assigned: the truth of each plain value (text, number, flag, none) that a ``{% set %}`` in
+            the innermost loop's body names, as the output sees it (``reasoning_content``).
     """
 
     atom: int
@@ -222,6 +224,7 @@ class Emission:
     loop: LoopState | None = None
     branches: dict[int, int] = field(default_factory=dict)
     final: frozenset[str] = frozenset()
+    assigned: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -363,12 +366,19 @@ class Instrumented:
                     scope_pairs.append(nodes.Pair(nodes.Const(name), nodes.Name(name, "load")))
             if loops:
                 scope_pairs.append(nodes.Pair(nodes.Const("loop"), nodes.Name("loop", "load")))
+            targets = {name for loop in loops for name in _target_names(loop.target)}
+            set_pairs = [
+                nodes.Pair(nodes.Const(name), nodes.Name(name, "load"))
+                for name in sorted(_assigned_names(loops[-1]) - targets if loops else ())
+            ]
             value = child
             if len(parts) > 1:
                 value = self._wrap_parts(child, atom.id)
             site = self.sites.output_ids[id(original_child)]
             value = _call(_COVER, nodes.Const(site), value)
-            new_children.append(_call(_EMIT, nodes.Const(atom.id), value, nodes.Dict(scope_pairs)))
+            new_children.append(
+                _call(_EMIT, nodes.Const(atom.id), value, nodes.Dict(scope_pairs), nodes.Dict(set_pairs))
+            )
         output.nodes = new_children
         output.set_lineno(output.lineno)
 
@@ -419,7 +429,7 @@ class Instrumented:
         taken: dict[int, int] = {}  # if id -> taken branch (len(tests) when none), this iteration
         loop_ifs = self._ifs_by_loop()
 
-        def emit(atom_id: int, value: Any, scope: dict[str, Any]) -> Any:
+        def emit(atom_id: int, value: Any, scope: dict[str, Any], assigned: dict[str, Any]) -> Any:
             text = str(value)
             parts = pending_parts.pop(atom_id, None)
             ranges = None
@@ -440,7 +450,10 @@ class Instrumented:
             start = position[0]
             position[0] += len(text)
             branches = dict(taken)
-            emissions.append(Emission(atom_id, start, position[0], ranges, variables, state, branches, final))
+            truth = {k: bool(v) for k, v in assigned.items() if v is None or isinstance(v, (str, bool, int))}
+            emissions.append(
+                Emission(atom_id, start, position[0], ranges, variables, state, branches, final, truth)
+            )
             return value
 
         def part(atom_id: int, index: int, value: Any) -> Any:
@@ -545,7 +558,7 @@ def _render(template: Any, variables: dict[str, Any]) -> str:
         raise RenderError(f"template error: {type(error).__name__}: {error}") from None
 
 
-def _emit_value(atom_id: int, value: Any, scope: Any) -> Any:
+def _emit_value(atom_id: int, value: Any, scope: Any, assigned: Any) -> Any:
     """An ``emit`` hook that records nothing."""
     return value
 
@@ -712,6 +725,26 @@ def instrumented_for(source: TemplateSource | str) -> Instrumented:
         parsed = source if isinstance(source, TemplateSource) else TemplateSource.parse(source)
         cached = _CACHE[text] = Instrumented(parsed)
     return cached
+
+
+_ASSIGNED: dict[int, frozenset[str]] = {}
+
+
+def _assigned_names(loop: nodes.For) -> frozenset[str]:
+    """Names that ``{% set name = … %}`` assigns in a loop's body (not in macros inside it)."""
+    names = _ASSIGNED.get(id(loop))
+    if names is None:
+        found = set()
+        stack = list(loop.body)
+        while stack:
+            node = stack.pop()
+            if isinstance(node, (nodes.Macro, nodes.CallBlock)):
+                continue
+            if isinstance(node, nodes.Assign) and isinstance(node.target, nodes.Name):
+                found.add(node.target.name)
+            stack.extend(node.iter_child_nodes())
+        names = _ASSIGNED[id(loop)] = frozenset(found - {"loop"})
+    return names
 
 
 def _role_of(item: Any) -> str | None:

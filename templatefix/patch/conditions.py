@@ -72,7 +72,8 @@ def find_condition(
     2. the template's own if/elif tests in the atom's innermost loop, as "one of the first j
        branches of this chain was taken" (``T0 or … or Tj``), nearest chain first;
     3. every other identifier key of each loop variable (``x.tool_calls``…), truthy; and
-       ``x.key is false`` for keys some message sets to ``false`` (a per-message switch);
+       ``x.key is false`` for keys some message sets to ``false`` (a per-message switch); each
+       plain value a ``{% set %}`` in the loop's body names (``reasoning_content``), truthy;
     4. ``x is sameas messages[-1]`` for each loop variable;
     5. ``loop.last``, ``loop.first``, and the previous/next item's role;
     6. each flag: ``f``, ``f is false``, ``f is defined``, and ``f == "value"`` per value seen;
@@ -196,6 +197,8 @@ def _features(
         # a field set to false in some messages (a per-message switch such as "train": false)
         for key in sorted(keys):
             features.append((f"{name}.{key} is false", lambda o, n=name, k=key: _get(o.scope, n, k) is False))
+    for name in sorted({n for o in observations for n in o.emission.assigned}):
+        features.append((name, lambda o, n=name: o.emission.assigned.get(n, False)))
     for name in sorted(names):
         features.append((f"{name} is sameas messages[-1]", lambda o, n=name: n in o.emission.final))
     if any(o.loop is not None for o in observations):
