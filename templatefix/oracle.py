@@ -50,8 +50,11 @@ Example:
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -335,11 +338,44 @@ def expected_turns(
 ) -> ProbeExpectation:
     """Compute where every assistant turn's span must be, from the ORIGINAL template's renders.
 
+    Inside :func:`remembering`, the answer is remembered for the same template, conversation,
+    arguments and policy (the patcher and the verifier both ask for every probe); treat it as
+    read-only.
+
     Raises:
         TemplateRejected / RenderError: the original refuses the conversation or a prefix of it
             (the verifier skips such probes).
     """
     policy = policy or Policy()
+    cache = _REMEMBERED.get()
+    if cache is None:
+        return _expected_turns(template, probe, policy, special_tokens)
+    try:
+        parts = [template, probe.name, list(probe.messages), dict(probe.kwargs)]
+        key = json.dumps([*parts, policy.to_dict(), special_tokens], sort_keys=True)
+    except (TypeError, ValueError):  # arguments that are not plain data: not remembered
+        return _expected_turns(template, probe, policy, special_tokens)
+    if key not in cache:
+        cache[key] = _expected_turns(template, probe, policy, special_tokens)
+    return cache[key]
+
+
+_REMEMBERED: ContextVar[dict[str, ProbeExpectation] | None] = ContextVar("expectations", default=None)
+
+
+@contextmanager
+def remembering() -> Iterator[None]:
+    """Remember :func:`expected_turns` answers until the block ends (one patch and its check)."""
+    token = _REMEMBERED.set({})
+    try:
+        yield
+    finally:
+        _REMEMBERED.reset(token)
+
+
+def _expected_turns(
+    template: str, probe: ProbeLike, policy: Policy, special_tokens: Mapping[str, Any] | None
+) -> ProbeExpectation:
     renderer = _Renderer(template, probe, special_tokens)
     messages = renderer.messages
     full = renderer(len(messages), False)

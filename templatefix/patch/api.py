@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from templatefix.errors import PatchFailure, RenderError, RenderLimitExceeded
+from templatefix.oracle import remembering
 from templatefix.patch.label import resolve_units
 from templatefix.patch.observe import observe
 from templatefix.patch.strip import has_markers, strip_generation_markers
@@ -139,6 +140,17 @@ def patch_template(
         >>> result = patch_template(open("templates/chatml.jinja").read())  # doctest: +SKIP
         >>> print(result.diff)  # doctest: +SKIP
     """
+    with remembering():  # the patcher and the verifier ask the oracle about the same probes
+        return _patch_template(template, policy, probes, special_tokens, policy_kwargs)
+
+
+def _patch_template(
+    template: str,
+    policy: Policy | None,
+    probes: Sequence[Any] | None,
+    special_tokens: Mapping[str, Any] | None,
+    policy_kwargs: Mapping[str, Any],
+) -> PatchResult:
     from templatefix.probes import policy_probes, probe_battery
     from templatefix.verify import verify
 
