@@ -233,8 +233,9 @@ def _tool_calls(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
 
 
 def _tool_calls_string_arguments(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
-    """Like ``tool_calls`` but with arguments as a JSON string, as some templates expect."""
-    messages, kwargs = _tool_calls(words)
+    """Like ``tool_calls_parallel`` (two calls, no text) but with arguments as JSON strings, as
+    some templates expect: what a template writes between two calls must not depend on text."""
+    messages, kwargs = _tool_calls_parallel(words)
     for call in messages[1]["tool_calls"]:
         call["function"]["arguments"] = json.dumps(call["function"]["arguments"])
     return messages, kwargs

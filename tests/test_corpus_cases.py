@@ -112,6 +112,8 @@ REASONING_THEN_PLAIN = [
 
 FIXED = [
     Case("qwen/Qwen3.6.jinja", REASONING_THEN_PLAIN, {"enable_thinking": False}, turn=3),
+    # needs the template's own `{% set reasoning_content %}` in the condition search
+    Case("qwen/Qwen3.5-nothink.jinja", REASONING_THEN_PLAIN, {"enable_thinking": False}, turn=3),
     *(
         Case(path, *TWO_ARGUMENTS)
         for path in (
@@ -210,7 +212,8 @@ def _judge(original: str, patched: str, case: Case) -> tuple[set[int], list[str]
 def test_fixed_corpus_case(corpus_dir: Path, case: Case) -> None:
     original = _read(corpus_dir, case.path)
     result = patch_template(original)
-    assert result.verified, result.reasons
+    # rules 1–3 hold on every probe (full coverage, which "verified" also asks, is not this case's)
+    assert result.passed and result.changed, result.reasons
     judged, problems = _judge(original, result.patched, case)
     assert case.turn in judged, "the conversation no longer shows the case"
     assert not problems, problems
@@ -238,12 +241,14 @@ def test_thinking_prefix_inside_one_content_string_is_refused(corpus_dir: Path, 
     """Nemotron 3 writes ``"<think></think>" ~ content`` (or ``"<think>\\n" ~ reasoning ~ …``) as one
     string, and its prompt ends ``<think></think>`` with thinking off but ``<think>\\n`` with it on:
     the span starts after ``<think></think>``, ``<think>\\n`` or (turns whose prompt disagrees)
-    ``<think>``, depending on the flag and on whether the turn has reasoning. Once probes combine
-    thinking off with reasoning history no slice of that string can follow it, so the patch is
-    refused, saying where the edges fell, instead of training the prompt's ``</think>``."""
+    ``<think>``, depending on the flag and on whether the turn has reasoning (an exclusive-or of
+    the two, for the turns whose prompt disagrees). Once probes combine thinking off with
+    reasoning history no slice of that string and condition can follow it, so the patch is
+    refused, naming the output, instead of training the prompt's ``</think>``."""
     original = _read(corpus_dir, path)
     result = patch_template(original)
     assert not result.verified and not result.changed
     reason = result.reasons[0]
-    assert "depends on the text" in reason, reason
-    assert "'<think></think>'" in reason and "'<think>\\n'" in reason, reason
+    assert "content | default" in reason, reason  # names the output
+    # either no slice of the string can follow the edges, or no condition tells the slices apart
+    assert "depends on the text" in reason or "no condition" in reason, reason
