@@ -278,7 +278,7 @@ class Judge:
             edge, what = min(lo, inside[0][0]), f"span starts at {inside[0][0]}, not {lo}"
         elif len(inside) > 1:
             edge, what = inside[0][1], f"span stops at {inside[0][1]} and resumes at {inside[1][0]}"
-        elif not text[min(ends):inside[0][1]].strip() and inside[0][1] < max(ends):
+        elif min(ends) < inside[0][1] < max(ends) and not text[min(ends):inside[0][1]].strip():
             edge, what = inside[0][1], f"span ends at {inside[0][1]}, partway into the trailing whitespace"
         else:
             edge, what = inside[0][1], f"span ends at {inside[0][1]}, not in {sorted(ends)}"
