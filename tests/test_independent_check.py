@@ -34,9 +34,7 @@ CONVERSATIONS_PER_TEMPLATE = 3
 #: so a fix shows up as XPASS in the summary and the entry can go.
 KNOWN_WRONG = {
     "qwen/Qwen3.6.jinja": "enable_thinking=False after a reasoning turn: span starts in the prompt",
-    "deepseek/DeepSeek-R1.jinja": "content before tool calls is not trained",
     "other/chujiezheng-chatml.jinja": "mismatch turn: the span takes the header",
-    "other/cogito-14b.gguf.jinja": "list-of-parts content: only the last part is trained",
 }
 
 
