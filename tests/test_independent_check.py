@@ -249,3 +249,21 @@ def test_back_to_back_outputs_are_not_early() -> None:
     assert judge(original, patched, conversation).failures == []
     late = patched.replace("{% generation %}{{ m.content }}", "{{ m.content }}{% generation %}")
     assert [f.turn for f in judge(original, late, conversation).failures if f.rule == "span"][:1] == [1]
+
+
+@pytest.mark.parametrize(
+    ("original", "copy"),
+    [
+        ("llama/Meta-Llama-3-8B-Instruct.jinja", "llama/trl-llama3_training.jinja"),
+        ("qwen/Qwen3-Instruct-2507.jinja", "qwen/trl-qwen3_instruct_2507_training.jinja"),
+        ("phi/Phi-3.5-mini-instruct.jinja", "phi/trl-phi3_5_training.jinja"),
+    ],
+)
+def test_trl_copies_spec_calls_exact_pass(original: str, copy: str, corpus_dir: Path) -> None:
+    """TRL's hand-patched copies that SPEC's reference list calls exact pass the judge (it is not
+    stricter than SPEC) on conversations their originals accept."""
+    root = corpus_dir / "templates"
+    first, second = (root / original).read_text(encoding="utf-8"), (root / copy).read_text(encoding="utf-8")
+    verdicts = [judge(first, second, random_conversation(seed)) for seed in range(6)]
+    assert sum(not v.skipped for v in verdicts) >= 3
+    assert [str(f) for v in verdicts for f in v.training_failures] == []

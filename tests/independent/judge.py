@@ -44,8 +44,9 @@ there). Why not compare the spans before ``len(P)`` with ``Q(j, True)``'s? Both 
 the same prompt text, but that would only prove the patch consistent with itself; checking each
 region against the original's prefix renders proves it right.
 
-Failures are marked ``training`` when the render is one users train on (``agp=False``, last
-message an assistant's); the others (a lone user message, prompt renders) are reported apart.
+Span failures are marked ``training`` when the render is one users train on (``agp=False``, last
+message an assistant's), rule 1 failures when the conversation is not empty; the others (a lone
+user message, prompt renders, an empty conversation) are reported apart.
 
 Not covered: the output region of a rewritten or mismatching turn is free (only the forbidden
 regions above bind there), and a header of such a turn is protected only when ``X`` starts with
@@ -77,7 +78,8 @@ class Failure:
 
     rule: str  # "render" (rule 1), "span" (a window's range), "outside" (a span on forbidden text)
     render: str  # e.g. "M[:4] agp=False"
-    training: bool  # the render is one users train on: agp=False, ending with an assistant message
+    training: bool  # spans: a render users train on (agp=False, last message an assistant's);
+    # rule 1: any render of a non-empty conversation (prompts matter at inference)
     turn: int | None  # message index of the assistant turn, when one is concerned
     detail: str  # expected vs actual and the text around the first wrong edge
     edge: int = -1  # offset in that render of the first wrong edge
@@ -86,7 +88,9 @@ class Failure:
 
     def __str__(self) -> str:
         turn = f" turn {self.turn}" if self.turn is not None else ""
-        kind = "" if self.training or self.rule == "render" else " (prompt render)"
+        kind = ""
+        if not self.training:
+            kind = " (empty conversation)" if self.rule == "render" else " (prompt render)"
         return f"[{self.rule}] {self.render}{turn}{kind}: {self.detail}"
 
 
@@ -108,8 +112,8 @@ class Verdict:
 
     @property
     def training_failures(self) -> list[Failure]:
-        """Failures in renders users train on, and every rule 1 failure."""
-        return [f for f in self.failures if f.training or f.rule == "render"]
+        """Failures in renders users train on, and rule 1 failures on any non-empty conversation."""
+        return [f for f in self.failures if f.training]
 
 
 @dataclass(frozen=True)
@@ -360,14 +364,14 @@ class Judge:
                 where = self._where(k, prompt)
                 if isinstance(actual, Exception):
                     detail = f"patched raises {type(actual).__name__}: {str(actual)[:200]}"
-                    verdict.failures.append(Failure("render", *where, None, detail))
+                    verdict.failures.append(Failure("render", where[0], k > 0, None, detail))
                 elif actual.text != expected:
                     at = _common_prefix(actual.text, expected)
                     detail = (
                         f"text differs at {at}: original {_context(expected, at)}, "
                         f"patched {_context(actual.text, at)}"
                     )
-                    verdict.failures.append(Failure("render", *where, None, detail, at))
+                    verdict.failures.append(Failure("render", where[0], k > 0, None, detail, at))
                 else:
                     same.append((k, prompt))
         turns = {j: self.turn(j) for j, m in enumerate(self.messages) if m.get("role") == "assistant"}
