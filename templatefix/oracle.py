@@ -615,9 +615,11 @@ def _place_by_shape(
         region = None
     if region is not None:
         region_start, region_end = region
-        if not common_prefix_length(generation_prompt, full[region_start:region_end]):
+        shared = common_prefix_length(generation_prompt, full[region_start:region_end])
+        if not markup_boundary(generation_prompt, shared):
             # The iteration writes something before the header (a template's indentation and
-            # newlines): the header is where the generation prompt's text is, before the first text.
+            # newlines, the previous turn's end-of-turn token): the header is where the generation
+            # prompt's text is, before the first text.
             first_text = min([start for start, _ in texts if start >= region_start] + [region_end])
             region_start = _header_position(full, generation_prompt, region_start, first_text)
     else:

@@ -140,6 +140,8 @@ FIXED = [
         )
     ),
     Case("other/cogito-3b.gguf.jinja", *CALL_WITHOUT_ID),
+    Case("other/AI21-Jamba-Large-1.6.jinja", PLAIN_TURNS),
+    Case("other/axolotl-jamba.jinja", PLAIN_TURNS),
 ]
 
 
@@ -256,9 +258,9 @@ def test_thinking_prefix_inside_one_content_string_is_refused(corpus_dir: Path, 
 def test_end_of_turn_written_by_the_next_message_is_in_the_expected_span(corpus_dir: Path, path: str) -> None:
     """SPEC §3: Jamba writes ``<|eom|>`` when the next message starts; it is still the turn's.
 
-    The patch itself is refused today: with ``documents`` the template moves its documents block
-    to the last user message, earlier turns are rewritten, and no condition on the loop variables
-    tells the ``<|eom|>`` that ends an assistant turn from the others. The refusal names it."""
+    With ``documents`` the template moves its documents block to the last user message, so
+    earlier turns are rewritten; their span starts after the header, not at the ``<|eom|>`` that
+    ends the message before, which the same iteration writes first."""
     from templatefix.oracle import expected_turns
     from templatefix.probes import Probe
 
@@ -267,5 +269,10 @@ def test_end_of_turn_written_by_the_next_message_is_in_the_expected_span(corpus_
     first = expectation.turns[0]
     assert first.kind == "exact"
     assert expectation.text[first.start : first.end] == " first answer<|eom|>"
-    result = patch_template(original)
-    assert result.passed or "eom_str" in result.reasons[0], result.reasons
+    from templatefix.probes import make_probe
+
+    documents = make_probe("documents").kwargs
+    rewritten = expected_turns(original, Probe("documents", tuple(PLAIN_TURNS), documents))
+    turn = rewritten.turns[0]
+    assert turn.kind == "rewritten"
+    assert rewritten.text[turn.start : turn.end].startswith(" first answer")
