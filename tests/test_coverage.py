@@ -271,3 +271,15 @@ def test_corpus_coverage(corpus_templates: list[tuple[str, str]]) -> None:
         print(f"  {value:6.1%}  {name}")
     assert full >= len(fractions) // 2
     assert mean >= 0.8
+
+
+@pytest.mark.corpus
+def test_qwen3_6_thinking_off_after_a_reasoning_turn_is_probed(corpus_dir: Any) -> None:
+    """Issue #10: with ``enable_thinking=False``, a final turn without reasoning after a turn with
+    reasoning. The battery holds that conversation, so the patch is judged (and placed) on it."""
+    text = (corpus_dir / "templates" / "qwen" / "Qwen3.6.jinja").read_text(encoding="utf-8")
+    names = [probe.name for probe in probe_battery(text)]
+    assert "reasoning_some_turns[enable_thinking=False]" in names
+    probe = make_probe("reasoning_some_turns", {"enable_thinking": False}, name="thinking-off")
+    result = patch_template(text)
+    assert verify(result.patched, text, probes=[probe]).passed, result.reasons
