@@ -233,12 +233,21 @@ def _tool_calls(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
 
 
 def _tool_calls_string_arguments(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
-    """Like ``tool_calls_parallel`` (two calls, no text) but with arguments as JSON strings, as
-    some templates expect: what a template writes between two calls must not depend on text."""
-    messages, kwargs = _tool_calls_parallel(words)
-    for call in messages[1]["tool_calls"]:
+    """Three calls with arguments as JSON strings (as some templates expect), no text and no
+    ``content`` key at all (as OpenAI clients send it): what a template writes before the first,
+    a middle and the last call must not depend on text."""
+    names = ["search_" + words(), "fetch_" + words(), "lookup_" + words()]
+    tools = [tool_schema(name, words) for name in names]
+    calls = [tool_call(name, words) for name in names]
+    for call in calls:
         call["function"]["arguments"] = json.dumps(call["function"]["arguments"])
-    return messages, kwargs
+    messages = [
+        _user(words),
+        {"role": "assistant", "tool_calls": calls},
+        *(tool_result(call, words) for call in calls),
+        _assistant(words),
+    ]
+    return messages, {"tools": tools}
 
 
 def _tool_calls_multi(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
