@@ -32,10 +32,7 @@ CONVERSATIONS_PER_TEMPLATE = 3
 #: Verified templates this judge shows wrong today (details: /work/notes/crosscheck-findings.md
 #: and ``benchmarks/crosscheck.py``). Expected to fail until the patcher is fixed; not strict,
 #: so a fix shows up as XPASS in the summary and the entry can go.
-KNOWN_WRONG = {
-    "qwen/Qwen3.6.jinja": "enable_thinking=False after a reasoning turn: span starts in the prompt",
-    "other/chujiezheng-chatml.jinja": "mismatch turn: the span takes the header",
-}
+KNOWN_WRONG: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
