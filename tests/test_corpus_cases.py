@@ -140,6 +140,8 @@ FIXED = [
         )
     ),
     Case("other/cogito-3b.gguf.jinja", *CALL_WITHOUT_ID),
+    # a list-valued template option that changes only the generation prompt
+    Case("granite/granite-3.3-2b-instruct.gguf.jinja", PLAIN_TURNS, {"controls": ["citations"]}, turn=3),
     Case("other/AI21-Jamba-Large-1.6.jinja", PLAIN_TURNS),
     Case("other/axolotl-jamba.jinja", PLAIN_TURNS),
 ]

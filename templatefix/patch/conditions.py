@@ -76,7 +76,8 @@ def find_condition(
        plain value a ``{% set %}`` in the loop's body names (``reasoning_content``), truthy;
     4. ``x is sameas messages[-1]`` for each loop variable;
     5. ``loop.last``, ``loop.first``, and the previous/next item's role;
-    6. each flag: ``f``, ``f is false``, ``f is defined``, and ``f == "value"`` per value seen;
+    6. each flag: ``f``, ``f is false``, ``f is defined``, and ``f == "value"`` per value seen
+       (a mapping option such as Granite's ``controls`` only as set or not);
     7. last, if/elif chains in enclosing loops, which only correlate.
 
     Each feature gives two *literals*, itself and its negation. Every literal is evaluated on the
@@ -218,6 +219,8 @@ def _features(
         for key, value in observation.flags.items():
             if key.isidentifier() and isinstance(value, (bool, str, int)):
                 flag_values.setdefault(key, set()).add(value)
+            elif key.isidentifier() and key not in ("tools", "documents") and isinstance(value, (dict, list)):
+                flag_values.setdefault(key, set())  # a data option (Granite's `controls`): set or not
     for flag, seen in sorted(flag_values.items()):
         # Templates test flags as `f`, `f is false` (defined and false) or `f == value`.
         features.append((flag, lambda o, f=flag: bool(o.flags.get(f))))
