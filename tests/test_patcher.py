@@ -16,7 +16,9 @@ from templatefix.render import merge_spans, render, render_with_spans
 
 REFERENCE = sorted((Path(__file__).resolve().parent.parent / "templates").glob("*.jinja"))
 
-#: Official templates of the first families: every one must be patched and verified (issue #3).
+#: Official templates of the first families: every one must be patched and pass rules 1–3 on every
+#: probe (issue #3); whether the probes also reach every output (SPEC §4, "verified") is measured
+#: by tests/test_coverage.py and reported per template.
 MUST_VERIFY = [
     "gpt-oss/openai-gpt-oss-20b.2025-08-04.jinja",
     "gpt-oss/openai-gpt-oss-20b.2025-08-05.jinja",
@@ -44,8 +46,8 @@ MUST_VERIFY = [
     "gemma/gemma-4-canonical-2026-07-09.jinja",
 ]
 
-#: Share of the checkable corpus that must come out verified (measured: see CHANGELOG).
-MIN_VERIFIED_SHARE = 0.94
+#: Share of the checkable corpus whose patch must pass rules 1–3 (measured: see CHANGELOG).
+MIN_PASSED_SHARE = 0.94
 
 
 def _read(path: Path) -> str:
@@ -168,9 +170,9 @@ def test_markers_inside_a_macro_are_never_placed_there() -> None:
         "{% for m in messages %}{{ turn(m) }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
     )
     result = patch_template(template)
-    if result.verified:
-        macro_body = result.patched.split("{% endmacro %}")[0]
-        assert "generation" not in macro_body
+    assert result.passed, result.reasons  # markers at the call site instead
+    macro_body = result.patched.split("{% endmacro %}")[0]
+    assert "generation" not in macro_body
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -222,14 +224,14 @@ def test_corpus_acceptance(corpus_dir: Path) -> None:
     by_name = {os.path.relpath(path, root): row for path, *row in [(r[0], *r[1:]) for r in rows]}
     crashes = [name for name, row in by_name.items() if row[0] == "crash"]
     assert not crashes, crashes
-    # verified means rendering is unchanged, checked here without the verifier
+    # a patch that passed renders exactly like the original, checked here without the verifier
     assert not [name for name, row in by_name.items() if row[1] and not row[2]]
     missing = [name for name in MUST_VERIFY if name in by_name and not by_name[name][1]]
     assert not missing, {name: by_name[name][3] for name in missing}
     uncheckable = [name for name, row in by_name.items() if "rejects every probe" in row[3]]
-    verified = sum(1 for row in by_name.values() if row[1])
-    share = verified / (len(by_name) - len(uncheckable))
+    passed = sum(1 for row in by_name.values() if row[1])
+    share = passed / (len(by_name) - len(uncheckable))
     print(
-        f"\ncorpus: {verified}/{len(by_name) - len(uncheckable)} checkable templates verified ({share:.1%})"
+        f"\ncorpus: {passed}/{len(by_name) - len(uncheckable)} checkable templates pass ({share:.1%})"
     )
-    assert share >= MIN_VERIFIED_SHARE
+    assert share >= MIN_PASSED_SHARE
