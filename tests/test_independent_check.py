@@ -29,9 +29,9 @@ REFERENCES = sorted(p.name for p in REFERENCE_DIR.glob("*.jinja"))
 ALWAYS = ("gpt-oss/", "qwen/", "gemma/")
 OTHER_STRIDE = 6
 CONVERSATIONS_PER_TEMPLATE = 3
-#: Verified templates this judge shows wrong today (details: /work/notes/crosscheck-findings.md
-#: and ``benchmarks/crosscheck.py``). Expected to fail until the patcher is fixed; not strict,
-#: so a fix shows up as XPASS in the summary and the entry can go.
+#: Verified templates this judge shows wrong today (details: ``benchmarks/crosscheck.py``).
+#: Expected to fail until the patcher is fixed; not strict, so a fix shows up as XPASS in the
+#: summary and the entry can go.
 KNOWN_WRONG: dict[str, str] = {}
 
 
