@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import meta, nodes
 
+from templatefix.environment import detected_behaviour
 from templatefix.errors import RenderError
 from templatefix.render import compile_template, render
 
@@ -84,6 +85,10 @@ class Probe:
     messages: tuple[Message, ...] = field(hash=False)
     kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
 
+    def __post_init__(self) -> None:
+        if not detected_behaviour().aliases_reasoning:
+            object.__setattr__(self, "messages", tuple(_reasoning_under_both_names(self.messages)))
+
     def conversation(self) -> list[Message]:
         """A deep copy of the messages as a list."""
         return copy.deepcopy(list(self.messages))
@@ -101,12 +106,31 @@ class Probe:
         return [text.strip() for text in _texts(self.messages) if text.strip()]
 
 
+def _reasoning_under_both_names(messages: tuple[Message, ...]) -> Iterator[Message]:
+    """Reasoning given as ``reasoning_content`` and as ``thinking``, as transformers 5 passes it.
+
+    Releases that alias the reasoning fields (``templatefix.environment``) show a template both
+    names whichever one the conversation uses; older ones pass only the one given. Probes give
+    both there, so a template reading either name (gpt-oss reads ``thinking``) is probed alike
+    on every supported release.
+    """
+    for message in messages:
+        if isinstance(message, Mapping):
+            given = [message.get(key) for key in ("reasoning_content", "thinking", "reasoning")]
+            reasoning = next((value for value in given if value is not None), None)
+            if reasoning is not None:
+                message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
+        yield message
+
+
 def _texts(value: Any) -> Iterator[str]:
     """All strings under ``value`` that are message text (not roles, types or keys)."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, Mapping):
         for key, item in value.items():
+            if key == "thinking" and item == value.get("reasoning_content"):
+                continue  # the same reasoning under its alias
             if key == "arguments" and isinstance(item, str):
                 yield from _texts(json.loads(item))
             elif isinstance(item, int) and not isinstance(item, bool):

@@ -245,3 +245,14 @@ def test_reference_chatml_renders_random_conversations(probe: Probe) -> None:
             for word in [content] if isinstance(content, str) else [part["text"] for part in content]:
                 assert word in text
     assert (tools_for(probe.conversation()) is None) == ("tools" not in probe.kwargs)
+
+
+def test_probe_reasoning_reaches_a_template_reading_either_name() -> None:
+    """On every supported transformers, a probe's reasoning is seen as ``thinking`` and as
+    ``reasoning_content`` (5.x aliases them itself; on 4.x the probe gives both)."""
+    from templatefix.probes import Probe
+    from templatefix.render import render
+
+    probe = Probe("p", ({"role": "assistant", "content": "c", "reasoning_content": "r1"},), {})
+    template = "{{ messages[0].thinking }}|{{ messages[0].reasoning_content }}"
+    assert render(template, probe.conversation()) == "r1|r1"
