@@ -84,7 +84,9 @@ END_OUT = (
     _LOOP + "{% if m.role == 'assistant' %}<|im_start|>{{ m.role }}\n{% generation %}{{ m.content }}"
     "{% endgeneration %}<|im_end|>\n" + _USER + _TAIL
 )
-USER_IN = _LOOP + "{% generation %}" + _BODY + "{% endgeneration %}" + _TAIL
+#: (the empty output first: transformers 4.x records no span for a block that opens before
+#: anything has been rendered)
+USER_IN = "{{ bos_token[:0] }}" + _LOOP + "{% generation %}" + _BODY + "{% endgeneration %}" + _TAIL
 TWO_TURNS = Conversation(
     [
         {"role": "user", "content": "first u0q"},
