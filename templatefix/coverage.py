@@ -11,7 +11,9 @@ of ``templatefix.trace`` (its full render, and its last prompt render with
   in a block that always calls ``raise_exception`` (the render fails there, whatever is written);
 - ``uncalled-macro``: it is in a macro the template never calls;
 - ``empty-conversation``: only a render of an empty ``messages`` list writes it (no turn to
-  train, so no conversation reaches it).
+  train, so no conversation reaches it);
+- ``dead-branch``: it is in an ``{% if %}`` whose test is false in every render, proven from the
+  AST (``templatefix.unreachable``: a flag set inside a ``for`` loop is not seen after it).
 
 Only ``unreached`` counts against coverage; the other classes are proven from the AST or from a
 render, never assumed, and are listed too.
@@ -36,9 +38,11 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -48,15 +52,20 @@ from jinja2 import nodes
 from templatefix.errors import RenderError, RenderLimitExceeded
 from templatefix.source import TemplateSource
 from templatefix.trace import Instrumented, OutputSite, instrumented_for
+from templatefix.unreachable import dead_outputs
 
-OutputStatus = Literal["reached", "unreached", "refusal", "uncalled-macro", "empty-conversation"]
+OutputStatus = Literal[
+    "reached", "unreached", "refusal", "uncalled-macro", "empty-conversation", "dead-branch"
+]
 
 #: Search budget: candidates rendered, characters rendered, probes kept, and a wall-clock safety
 #: net. The defaults keep patch plus full verification within the cost goal
 #: (``benchmarks/bench_patch.py``).
-SEARCH_CANDIDATES = 200
-SEARCH_CHARACTERS = 800_000
+SEARCH_CANDIDATES = 300
+SEARCH_CHARACTERS = 3_000_000
 SEARCH_KEEP = 12
+#: At most this many probes kept for reaching a new output (each is verified: it costs).
+SEARCH_KEEP_OUTPUTS = 24
 SEARCH_SECONDS = 3.0
 #: The search stops after this many candidates in a row that reach nothing new.
 PATIENCE = 40
@@ -266,6 +275,10 @@ def _never_writes(tree: nodes.Template, instrumented: Instrumented) -> dict[int,
             result[site.id] = "uncalled-macro"
         elif _is_empty_constant(site.node):
             result[site.id] = "refusal"
+    for node in dead_outputs(tree):
+        site_id = sites.output_ids.get(id(node))
+        if site_id is not None and site_id not in result:
+            result[site_id] = "dead-branch"
     for body in _bodies(tree):
         if any(_refuses(statement) for statement in body):
             for statement in body:
@@ -276,6 +289,28 @@ def _never_writes(tree: nodes.Template, instrumented: Instrumented) -> dict[int,
                             if site_id is not None:
                                 result[site_id] = "refusal"
     return result
+
+
+def _guard_names(instrumented: Instrumented) -> dict[int, frozenset[str]]:
+    """For each output, the names read by the ``if`` tests and conditions enclosing it."""
+    found: dict[int, frozenset[str]] = {}
+
+    def visit(node: nodes.Node, names: frozenset[str]) -> None:
+        if isinstance(node, (nodes.If, nodes.CondExpr)):
+            tested = names | {name.name for name in node.test.find_all(nodes.Name)}
+            if isinstance(node.test, nodes.Name):
+                tested |= {node.test.name}
+            for child in node.iter_child_nodes():
+                visit(child, names if child is node.test else tested)
+            return
+        site = instrumented.sites.output_ids.get(id(node))
+        if site is not None:
+            found[site] = names
+        for child in node.iter_child_nodes():
+            visit(child, names)
+
+    visit(instrumented.source.ast, frozenset())
+    return found
 
 
 def _is_empty_constant(node: nodes.Node) -> bool:
@@ -328,17 +363,27 @@ def search(
     probes: Sequence[Any],
     candidates: Iterable[Any],
     *,
+    mutate: Callable[[Sequence[Any], random.Random, frozenset[str]], Any | None] | None = None,
+    seed: int = 0,
     max_candidates: int = SEARCH_CANDIDATES,
     characters: int = SEARCH_CHARACTERS,
     keep: int = SEARCH_KEEP,
+    keep_outputs: int = SEARCH_KEEP_OUTPUTS,
     patience: int = PATIENCE,
     seconds: float = SEARCH_SECONDS,
 ) -> list[Any]:
     """The candidates that reach an output or branch outcome ``probes`` and earlier keeps do not.
 
-    Candidates the template rejects, or whose render hits a bound (``templatefix.limits``), are
-    skipped. Stops when every output is reached, after ``patience`` candidates in a row with
-    nothing new, or when a budget runs out.
+    With ``mutate``, every other candidate is a mutation of a probe that reached something new
+    (``mutate`` picks among the latest three such candidates half the time, else among all of
+    them and ``probes``; while the template has accepted nothing, among the latest rejected
+    ones, since it may need several changes at once): changes stack on what already got deeper
+    into the template. Candidates that reach only new branch outcomes are returned up to ``keep``
+    of them, but all are mutated further; those that reach a new output are returned, up to
+    ``keep_outputs`` of them. Candidates the template rejects, or whose render hits a bound
+    (``templatefix.limits``), are skipped. Stops when every output is reached, after
+    ``patience`` candidates in a row with nothing new, or when a budget runs out. Deterministic
+    for a given ``seed``.
 
     Raises:
         RenderLimitExceeded: a render of one of ``probes`` hit a bound.
@@ -349,14 +394,41 @@ def search(
     seen: set[Feature] = set()
     for probe in probes:
         seen |= probe_features(template, probe) or frozenset()
+    guards = _guard_names(instrumented)
     started = time.perf_counter()  # the budget is for the candidates; ``probes`` are measured anyway
-    kept: list[Any] = []
-    dry = spent = 0
-    for count, candidate in enumerate(candidates):
+    rng = random.Random(seed)
+    stream = iter(candidates)
+    kept: list[Any] = []  # what the search returns
+    parents: list[Any] = []  # every candidate that reached something new: mutated further
+    rejected: list[Any] = []
+    dry = spent = branch_only = output_keeps = 0
+    for count in itertools.count():
         reached = {site for kind, site, _ in seen if kind == "out"}
-        if wanted <= reached or count >= max_candidates or len(kept) >= keep or dry >= patience:
+        if wanted <= reached or count >= max_candidates or dry >= patience:
+            break
+        if output_keeps >= keep_outputs:
             break
         if spent > characters or time.perf_counter() - started > seconds:
+            break
+        candidate = None
+        if mutate is not None and (stream is None or count % 2):
+            pool = parents[-3:] if parents and rng.random() < 0.5 else [*probes, *parents]
+            if not seen:  # the template accepted nothing yet: it may need several changes at once
+                pool = rejected[-3:] or list(probes)
+            # the names tested on the way to what is still unreached (``add_vision_id``…)
+            names = frozenset().union(*(guards.get(site, frozenset()) for site in wanted - reached))
+            candidate = mutate(pool, rng, names) if pool else None
+            if candidate is None:
+                dry += 1
+                continue
+        elif stream is not None:
+            candidate = next(stream, None)
+            if candidate is None:
+                stream = None
+                if mutate is None:
+                    break
+                continue
+        else:
             break
         try:
             features, cost = _probe_run(template, candidate)
@@ -364,11 +436,17 @@ def search(
             continue  # a derived conversation that runs into a bound is dropped, never the patch
         spent += cost
         if features is None:
+            rejected.append(candidate)
             continue  # rejected: costs little, and says nothing about what is left to reach
         if features <= seen:
             dry += 1
             continue
+        new_output = any(kind == "out" for kind, _, _ in features - seen)
         seen |= features
-        kept.append(candidate)
+        parents.append(candidate)
+        if new_output or branch_only < keep:
+            kept.append(candidate)
+            branch_only += not new_output
+            output_keeps += new_output
         dry = 0
     return kept

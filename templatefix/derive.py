@@ -24,14 +24,16 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import nodes
 
+from templatefix.errors import RenderLimitExceeded
 from templatefix.probes import (
     BASE_SHAPE_BUILDERS,
     STANDARD_NAMES,
@@ -44,9 +46,21 @@ from templatefix.probes import (
 )
 from templatefix.reads import ANY_VALUE, ELEMENT, MESSAGE, Path, Reads, template_reads_of
 from templatefix.render import compile_template
+from templatefix.schemas import (
+    Change,
+    random_tool,
+    rich_tools,
+    schema_minimal,
+    schema_types,
+    schema_undescribed,
+    schema_unions,
+    tools_without_calls,
+)
 
 #: Seeded random combinations tried after the systematic candidates.
 RANDOM_COMBINATIONS = 60
+#: Tools drawn from the schema grammar, each rendered alone, for :func:`tool_zoo`.
+SCHEMA_DRAWS = 64
 
 _CALL = MESSAGE + ("tool_calls", ELEMENT)
 _CONTENT = MESSAGE + ("content",)
@@ -56,10 +70,11 @@ _KNOWN_FIELDS = frozenset(
 _STANDARD_ROLES = frozenset({"system", "user", "assistant", "tool"})
 _TOOL_SHAPES = ("tool_calls", "tool_calls_multi", "reasoning_tool_calls")
 _CHAT_SHAPES = ("system_multi_turn", "multi_turn")
+#: Where a part is added to a message of another role than ``user``, and the shape that has one
+#: (not to an assistant's: a model that writes text does not generate image parts).
+_PART_CARRIERS = (("system", "system_multi_turn"), ("tool", "tool_calls"))
 #: Base shapes tried under every flag value (the fixed battery has the reasoning ones).
 _FLAG_CARRIERS = ("tool_calls", "tool_calls_multi", "content_parts", "whitespace_content")
-
-Change = Callable[[list[Message], dict[str, Any], WordSource], bool]
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,11 @@ class Variation:
     name: str
     change: Change
     carriers: tuple[str, ...]
+    #: Whether :class:`Mutator` applies it to any probe. A field the template reads but no
+    #: standard message has is made up from its reads and put on every assistant and tool
+    #: message: on its carriers that is one telling conversation, stacked on a random one it is
+    #: data nobody sends.
+    stackable: bool = True
 
 
 def candidates(template: str, seed: int = 0) -> Iterator[Probe]:
@@ -77,29 +97,35 @@ def candidates(template: str, seed: int = 0) -> Iterator[Probe]:
     Raises:
         TemplateSyntaxError: the template is not valid Jinja.
     """
-    flags = find_flags(template)
-    data = tuple(sorted(template_reads(template) - STANDARD_NAMES - set(flags) - _assigned(template)))
-    reads = template_reads_of(template, data)
-    variations = applicable(reads, data)
-    flag_values = [(flag, value) for flag, values in flags.items() for value in values]
-    for round_ in range(max((len(v.carriers) for v in variations), default=0)):
-        for variation in variations:  # every variation once before any variation twice
+    variations, flag_values = _vocabulary(template)
+    systematic = [variation for variation in variations if variation.carriers]
+    zoo = tool_zoo(template)
+    if zoo is not None:
+        yield zoo
+    for round_ in range(max((len(v.carriers) for v in systematic), default=0)):
+        for variation in systematic:  # every variation once before any variation twice
             if round_ < len(variation.carriers):
                 probe = _build(variation.carriers[round_], [variation], {})
                 if probe is not None:
                     yield probe
+    options = [variation for variation in systematic if variation.name.startswith("option_")]
+    if len(options) > 1:  # a template may need all its options at once (a date and a function list)
+        for shape in options[0].carriers:
+            probe = _build(shape, options, {})
+            if probe is not None:
+                yield probe
     for flag, value in flag_values:
         for shape in _FLAG_CARRIERS:
             probe = _build(shape, [], {flag: value})
             if probe is not None:
                 yield probe
-    for variation in variations:
+    for variation in systematic:
         for flag, value in flag_values:
             probe = _build(variation.carriers[0], [variation], {flag: value})
             if probe is not None:
                 yield probe
-    for index, first in enumerate(variations):
-        for second in variations[index + 1 :]:
+    for index, first in enumerate(systematic):
+        for second in systematic[index + 1 :]:
             probe = _build(first.carriers[0], [first, second], {})
             if probe is not None:
                 yield probe
@@ -112,6 +138,131 @@ def candidates(template: str, seed: int = 0) -> Iterator[Probe]:
         probe = _build(rng.choice(shapes), chosen, flags)
         if probe is not None:
             yield probe
+
+
+class Mutator:
+    """Changes a probe by one more variation or flag value, for the coverage search.
+
+    ``templatefix.coverage.search`` stacks changes on the probes that reached something new, so a
+    branch nested under several conditions (a tool message, with list content, holding an image,
+    under a flag) is reached step by step. Deterministic for a given ``rng``.
+
+    Example:
+        >>> from templatefix.probes import make_probe
+        >>> template = "{% for m in messages %}{{ m.content }}{{ m.tool_calls }}{% endfor %}"
+        >>> mutate = Mutator(template)
+        >>> child = mutate([make_probe("tool_calls")], random.Random(0))
+        >>> child is None or child.name.startswith("tool_calls+")
+        True
+    """
+
+    def __init__(self, template: str) -> None:
+        self.variations, self.flag_values = _vocabulary(template)
+        self._count = 0
+        self._queue: list[Variation] = []
+
+    @property
+    def changes(self) -> int:
+        """How many distinct changes the mutator makes (variations and flag values)."""
+        return len(self.variations) + len(self.flag_values)
+
+    def __call__(
+        self, parents: Sequence[Probe], rng: random.Random, names: frozenset[str] = frozenset()
+    ) -> Probe | None:
+        """A copy of one of ``parents`` changed by the next change in turn, or ``None`` when that
+        change applies to none of up to three parents tried.
+
+        ``names``: what the tests on the way to the unreached outputs read; a flag among them
+        is set to a true value half the time.
+        """
+        if not self._queue:  # every variation once, in a shuffled order, before any twice
+            self._queue = [variation for variation in self.variations if variation.stackable]
+            rng.shuffle(self._queue)
+        wanted = [(flag, value) for flag, value in self.flag_values if flag in names and value]
+        chosen: Variation | tuple[str, Any]
+        if wanted and rng.random() < 0.5:
+            chosen = rng.choice(wanted)
+        # flags are few and change much: a flag value a third of the time
+        elif self.flag_values and (not self._queue or rng.random() < 0.3):
+            chosen = rng.choice(self.flag_values)
+        elif self._queue:
+            chosen = self._queue.pop()
+        else:
+            return None
+        for parent in rng.sample(list(parents), min(3, len(parents))):
+            child = self._apply(chosen, parent)
+            if child is not None:
+                return child
+        return None
+
+    def _apply(self, chosen: Variation | tuple[str, Any], probe: Probe) -> Probe | None:
+        made_up = {key for message in probe.messages for key in message} - _KNOWN_FIELDS
+        if made_up and not (isinstance(chosen, Variation) and chosen.name.startswith("mappings_in_")):
+            return None  # a conversation with a made-up field is only reshaped there (see ``stackable``)
+        messages = copy.deepcopy(list(probe.messages))
+        kwargs = copy.deepcopy(dict(probe.kwargs))
+        self._count += 1
+        words = WordSource(start=2000 + 60 * (self._count % 300))
+        if isinstance(chosen, tuple):
+            flag, value = chosen
+            if kwargs.get(flag, object()) == value:
+                return None
+            kwargs[flag] = value
+            change = f"{flag}={value!r}"
+        else:
+            try:
+                if not chosen.change(messages, kwargs, words):
+                    return None
+            except (KeyError, TypeError, AttributeError):  # a change made for another shape of data
+                return None
+            change = chosen.name
+        return Probe(f"{probe.name}+{change}", tuple(messages), kwargs)
+
+
+def tool_zoo(template: str, draws: int = SCHEMA_DRAWS) -> Probe | None:
+    """One probe offering every drawn tool that reached something new in ``template``.
+
+    Tool definitions are rendered the same whatever the conversation, so each of ``draws`` tools
+    from the schema grammar (``templatefix.schemas.drawn_tool``) is rendered alone with a
+    one-turn conversation, and kept when it reaches an output or a branch outcome the kept ones
+    do not. The kept tools together make one probe: it reaches in one render what the draws
+    reached. ``None`` when the template does not read ``tools`` or no draw renders.
+    """
+    from templatefix.coverage import probe_features
+    from templatefix.probes import make_probe
+    from templatefix.schemas import drawn_tool
+
+    if "tools" not in template_reads(template):
+        return None
+    base = make_probe("single_turn")
+    words = WordSource(start=7000)
+    seen: set[Any] = set()
+    kept: list[dict[str, Any]] = []
+    for draw in range(draws):
+        tool = drawn_tool(draw, words)
+        try:
+            features = probe_features(template, Probe("draw", base.messages, {"tools": [tool]}))
+        except RenderLimitExceeded:
+            continue  # a schema nested deeper than the template can render is not offered
+        if features is not None and not features <= seen:
+            seen |= features
+            kept.append(tool)
+    if not kept:
+        return None
+    zoo = Probe(f"tool_zoo({len(kept)} tools)", base.messages, {"tools": kept})
+    try:
+        return zoo if probe_features(template, zoo) is not None else None
+    except RenderLimitExceeded:
+        return None
+
+
+def _vocabulary(template: str) -> tuple[list[Variation], list[tuple[str, Any]]]:
+    """The variations that apply to ``template`` and every flag value it reads."""
+    flags = find_flags(template)
+    data = tuple(sorted(template_reads(template) - STANDARD_NAMES - set(flags) - _assigned(template)))
+    reads = template_reads_of(template, data)
+    flag_values = [(flag, value) for flag, values in flags.items() for value in values]
+    return applicable(reads, data), flag_values
 
 
 def _assigned(template: str) -> set[str]:
@@ -148,6 +299,9 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
         found.append(Variation("three_calls", _three_calls, _TOOL_SHAPES[:1]))
         found.append(Variation("two_tool_rounds", _two_tool_rounds, _TOOL_SHAPES[:1]))
         found.append(Variation("no_tool_call_text", _no_content_on_calls, _TOOL_SHAPES))
+        found.append(Variation("ends_with_call", _ends_with_call, _TOOL_SHAPES[::2]))
+        found.append(Variation("ends_with_result", _ends_with_result, _TOOL_SHAPES[:1]))
+        found.append(Variation("nested_arguments", _nested_arguments, _TOOL_SHAPES[:1]))
     content = reads.use(_CONTENT)
     if content.tests & {"string", "iterable", "sequence", "mapping"} or reads.reads(_CONTENT + (ELEMENT,)):
         found.append(Variation("parts_everywhere", _parts_everywhere, (*_CHAT_SHAPES, "tool_calls")))
@@ -156,8 +310,14 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
     for part_type in reads.part_types():
         if part_type != "text":
             found.append(Variation(f"part_{part_type}", _with_part(part_type), _CHAT_SHAPES[:1]))
+            for role, carrier in _PART_CARRIERS:
+                found.append(Variation(f"part_{part_type}@{role}", _with_part(part_type, role), (carrier,)))
     if "mapping" in content.tests:
         found.append(Variation("mapping_tool_result", _mapping_tool_result, ("tool_calls",)))
+    elif calls:  # the content may be tested under another name (``tool_body is mapping``)
+        found.append(Variation("mapping_tool_result", _mapping_tool_result, ("tool_calls",)))
+    if calls:
+        found.append(Variation("tool_result_without_content", _tool_result_without_content, ("tool_calls",)))
     if reads.reads(MESSAGE + ("name",)):
         found.append(Variation("names", _names, (*_CHAT_SHAPES[:1], "tool_calls")))
         found.append(Variation("no_tool_name", _no_tool_name, ("tool_calls",)))
@@ -167,15 +327,19 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
         if role not in _STANDARD_ROLES:
             found.append(Variation(f"role_{role}", _with_role(role), ("system_multi_turn", "tool_calls")))
             found.append(Variation(f"added_{role}", _adding_role(role), ("system_multi_turn", "tool_calls")))
+    if "developer" not in {role.lower() for role in reads.roles()}:  # a role the template does not name
+        found.append(Variation("added_developer", _adding_role("developer"), ("system_multi_turn",)))
     for text in _contained(reads):
         found.append(Variation(f"contains_{text}", _containing(text), ("multi_turn", "reasoning_multi_turn")))
     for field_name in reads.fields(MESSAGE):
         if field_name not in _KNOWN_FIELDS:
             found.append(
-                Variation(f"field_{field_name}", _with_field(field_name, reads), ("multi_turn", "tool_calls"))
+                Variation(
+                    f"field_{field_name}", _with_field(field_name, reads), ("multi_turn", "tool_calls"), False
+                )
             )
-    if "system" in reads.roles():
-        found.append(Variation("late_system", _late_system, ("multi_turn",)))
+            found.append(Variation(f"mappings_in_{field_name}", _mappings_in(field_name), ()))
+    found.append(Variation("late_system", _late_system, ("multi_turn",)))
     if reads.reads(("documents",)):
         found.append(Variation("documents", _documents, ("multi_turn", "tool_calls")))
     for name in data:
@@ -186,12 +350,14 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
     found.append(_WHITESPACE)
     # tool schemas last: their renders are long, and they only reach the tool definitions
     if calls or reads.reads(("tools",)):
-        found.append(Variation("tools_without_calls", _tools_without_calls, _CHAT_SHAPES))
-        found.append(Variation("rich_tools", _rich_tools, ("tool_calls",)))
-        schema_types = _schema_types(_type_names(reads))
-        found.append(Variation("schema_types", schema_types, ("tool_calls", "multi_turn")))
-        found.append(Variation("schema_unions", _schema_unions, ("tool_calls", "multi_turn")))
-        found.append(Variation("schema_minimal", _schema_minimal, ("tool_calls", "multi_turn")))
+        found.append(Variation("tools_without_calls", tools_without_calls, _CHAT_SHAPES))
+        found.append(Variation("rich_tools", rich_tools, ("tool_calls",)))
+        types = schema_types(_type_names(reads))
+        found.append(Variation("schema_types", types, ("tool_calls", "multi_turn")))
+        found.append(Variation("schema_unions", schema_unions, ("tool_calls", "multi_turn")))
+        found.append(Variation("schema_minimal", schema_minimal, ("tool_calls", "multi_turn")))
+        found.append(Variation("schema_undescribed", schema_undescribed, ("tool_calls",)))
+        found.append(Variation("random_tool", random_tool, ("multi_turn", "tool_calls")))
         found.append(Variation("tools_from_reads", _tools_from_reads(reads), ("tool_calls", "multi_turn")))
     return found
 
@@ -243,11 +409,14 @@ def _no_tool_call_id(messages: list[Message], kwargs: dict[str, Any], words: Wor
 def _flat_calls(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
     for message in messages:
         if message.get("tool_calls"):
-            message["tool_calls"] = [
-                {**({"id": call["id"]} if "id" in call else {}), **call["function"]}
-                for call in message["tool_calls"]
-            ]
+            message["tool_calls"] = [_flat(call) for call in message["tool_calls"]]
     return bool(_calls(messages))
+
+
+def _flat(call: dict[str, Any]) -> dict[str, Any]:
+    if "function" not in call:
+        return call
+    return {**({"id": call["id"]} if "id" in call else {}), **call["function"]}
 
 
 def _no_call_type(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
@@ -273,6 +442,39 @@ def _typed_arguments(messages: list[Message], kwargs: dict[str, Any], words: Wor
             {"query": words(), "count": words.number(), "ratio": 0.25, "exact": True,
              "tags": [words(), words()], "filter": {"field": words()}},
         )  # fmt: skip
+    return bool(_calls(messages))
+
+
+def _ends_with_call(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
+    """The conversation ends with the last assistant message that calls tools (no results)."""
+    callers = [index for index, message in enumerate(messages) if message.get("tool_calls")]
+    if not callers:
+        return False
+    del messages[callers[-1] + 1 :]
+    return True
+
+
+def _ends_with_result(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
+    """The conversation ends with the tool results of its last call (no answer after them)."""
+    callers = [index for index, message in enumerate(messages) if message.get("tool_calls")]
+    if not callers:
+        return False
+    end = callers[-1] + 1
+    while end < len(messages) and messages[end].get("role") == "tool":
+        end += 1
+    if end == len(messages) or end == callers[-1] + 1:
+        return False
+    del messages[end:]
+    return True
+
+
+def _nested_arguments(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
+    """Arguments holding a nested object, a list of objects, ``null`` and ``false``."""
+    for call in _calls(messages):
+        arguments = _arguments_of(call)
+        if isinstance(arguments, dict):
+            nested = {"filter": {"field": words(), "range": [1, 2]}, "rows": [{"key": words()}]}
+            _set_arguments(call, {**arguments, **nested, "unset": None, "strict": False})
     return bool(_calls(messages))
 
 
@@ -317,64 +519,6 @@ def _no_content_on_calls(messages: list[Message], kwargs: dict[str, Any], words:
     return changed
 
 
-def _tools_without_calls(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    kwargs["tools"] = [tool_schema("lookup_" + words(), words)]
-    return True
-
-
-def _rich_tools(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    """A tool whose parameters have many JSON-schema types, an enum, nesting and no description."""
-    tools = kwargs.setdefault("tools", [])
-    tools.append(
-        {
-            "type": "function",
-            "function": {
-                "name": "plan_" + words(),
-                "parameters": {
-                    "type": "object",
-                    "properties": _described(
-                        {
-                            "mode": {"type": "string", "enum": [words(), words()], "description": words()},
-                            "count": {"type": "integer"},
-                            "ratio": {"type": "number", "nullable": True},
-                            "tags": {"type": "array", "items": {"type": "string"}},
-                            "rows": {
-                                "type": "array",
-                                "description": words(),
-                                "items": {
-                                    "type": "object",
-                                    "properties": {"key": {"type": "string", "description": words()}},
-                                    "required": ["key"],
-                                },
-                            },
-                            "filter": {
-                                "type": "object",
-                                "description": words(),
-                                "properties": {"field": {"type": "string"}, "level": {"type": "integer"}},
-                                "required": ["field"],
-                            },
-                            "exact": {"type": "boolean", "default": False},
-                        },
-                        words,
-                    ),
-                    "required": ["mode"],
-                },
-            },
-        }
-    )
-    return True
-
-
-def _described(properties: dict[str, Any], words: WordSource) -> dict[str, Any]:
-    """Give every property (and nested property) a description: some templates require one."""
-    for spec in properties.values():
-        if isinstance(spec, dict):
-            spec.setdefault("description", words())
-            if isinstance(spec.get("properties"), dict):
-                _described(spec["properties"], words)
-    return properties
-
-
 def _type_names(reads: Reads) -> tuple[str, ...]:
     """Every constant a ``type`` field of the tool schemas is compared with (``'OBJECT'``…)."""
     names = {
@@ -403,83 +547,6 @@ def _tools_from_reads(reads: Reads) -> Change:
     return change
 
 
-def _function(
-    name: str, words: WordSource, parameters: dict[str, Any] | None, description: bool = True
-) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": name}
-    if description:
-        function["description"] = words()
-    if parameters is not None:
-        function["parameters"] = parameters
-    return {"type": "function", "function": function}
-
-
-def _schema_types(type_names: tuple[str, ...]) -> Change:
-    """A tool whose parameters use every JSON-schema type, as values and as array items, with
-    enums, defaults, nullables, nested objects, and the type names the template compares."""
-
-    def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-        basic = ("string", "number", "integer", "boolean")
-        properties: dict[str, Any] = {
-            "text": {"type": "string", "description": words()},
-            "choice": {"type": "string", "enum": [words(), words()], "description": words()},
-            "maybe": {"type": "string", "nullable": True},
-            "count": {"type": "integer", "default": 3, "description": words()},
-            "ratio": {"type": "number", "minimum": 0, "maximum": 1},
-            "flag": {"type": "boolean"},
-            "anything": {"type": "array", "nullable": True},
-            "nested": {
-                "type": "object",
-                "description": words(),
-                "properties": {"field": {"type": "string", "description": words()}},
-                "required": ["field"],
-                "additionalProperties": False,
-            },
-            "mapping": {"type": "object", "additionalProperties": {"type": "string"}},
-            "rows": {
-                "type": "array",
-                "items": {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]},
-            },
-        }
-        for item_type in basic:
-            items = {"type": item_type}
-            properties[f"list_{item_type}"] = {"type": "array", "items": items, "nullable": True}
-        for index, type_name in enumerate(name for name in type_names if name not in basic):
-            properties[f"typed_{index}"] = {"type": type_name, "description": words()}
-        parameters = {
-            "type": "object",
-            "properties": _described(properties, words),
-            "required": ["text", "nested"],
-        }
-        kwargs.setdefault("tools", []).append(_function("schema_" + words(), words, parameters))
-        return True
-
-    return change
-
-
-def _schema_unions(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    """Union types: a list of type names, ``oneOf`` (with descriptions and defaults) and ``anyOf``."""
-    properties = {
-        "either": {"type": ["string", "null"]},
-        "pair": {"type": ["object", "array"]},
-        "one": {"oneOf": [{"type": "string", "description": words()}, {"type": "integer", "default": 1}]},
-        "objects": {"oneOf": [{"type": "object"}, {"type": "object", "properties": {}}]},
-        "any": {"anyOf": [{"type": "string"}, {"type": "number"}], "description": words()},
-    }
-    parameters = {"type": "object", "properties": _described(properties, words)}
-    kwargs.setdefault("tools", []).append(_function("union_" + words(), words, parameters))
-    return True
-
-
-def _schema_minimal(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    """Tools with no description, with no parameters, and with empty properties."""
-    tools = kwargs.setdefault("tools", [])
-    tools.append(_function("bare_" + words(), words, None, description=False))
-    empty = {"type": "object", "properties": {}}
-    tools.append(_function("empty_" + words(), words, empty, description=False))
-    return True
-
-
 def _parts(text: str) -> list[dict[str, Any]]:
     return [{"type": "text", "text": text}]
 
@@ -501,7 +568,9 @@ def _string_parts(messages: list[Message], kwargs: dict[str, Any], words: WordSo
     return True
 
 
-def _with_part(part_type: str) -> Change:
+def _with_part(part_type: str, role: str = "user") -> Change:
+    """A part of ``part_type`` before the text of the first ``role`` message."""
+
     def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
         part: dict[str, Any] = {"type": part_type}
         if part_type == "image_url":
@@ -511,8 +580,12 @@ def _with_part(part_type: str) -> Change:
         else:
             part[part_type] = words()
         for message in messages:
-            if message["role"] == "user":
-                message["content"] = [part, *_parts(message["content"])]
+            if message["role"] == role:
+                content = message.get("content")
+                if isinstance(content, list):
+                    message["content"] = [part, *content]
+                else:
+                    message["content"] = [part, *_parts(content or words())]
                 return True
         return False
 
@@ -526,6 +599,14 @@ def _mapping_tool_result(messages: list[Message], kwargs: dict[str, Any], words:
             message["content"] = {"result": message["content"]}
             changed = True
     return changed
+
+
+def _tool_result_without_content(
+    messages: list[Message], kwargs: dict[str, Any], words: WordSource
+) -> bool:
+    """Tool messages without ``content`` (a tool that returned nothing)."""
+    tools = [message for message in messages if message["role"] == "tool"]
+    return any([message.pop("content", None) is not None for message in tools])
 
 
 def _names(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
@@ -613,6 +694,31 @@ def _with_field(field_name: str, reads: Reads) -> Change:
             if message["role"] in ("assistant", "tool"):
                 message[field_name] = _synthesize(MESSAGE + (field_name,), reads, words)
         return True
+
+    return change
+
+
+def _mappings_in(field_name: str) -> Change:
+    """The values inside a message field become mappings (a mutation after ``field_…``): a text,
+    and every value of a mapping in it but its ``name``; lists keep their shape."""
+
+    def mapping(words: WordSource) -> dict[str, Any]:
+        return {words(): words(), words(): [words(), words.number()]}
+
+    def deepen(value: Any, words: WordSource) -> Any:
+        if isinstance(value, list):
+            return [deepen(item, words) for item in value]
+        if isinstance(value, dict):
+            return {key: item if key == "name" else mapping(words) for key, item in value.items()}
+        return mapping(words) if isinstance(value, str) else value
+
+    def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
+        changed = False
+        for message in messages:
+            if field_name in message:
+                message[field_name] = deepen(message[field_name], words)
+                changed = True
+        return changed
 
     return change
 

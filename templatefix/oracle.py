@@ -630,6 +630,18 @@ def _place_by_shape(
     # A header never ends inside a markup token: "<|im_start|>assistant\n<think>" and a turn
     # that starts "<tool_call>" share "<", which is the model's output, not the header.
     header = markup_boundary(generation_prompt, common_prefix_length(generation_prompt, full[region_start:]))
+    if not header and generation_prompt.strip():
+        # This turn's generation prompt is not its header (Gemma 4 prompts "<|channel>thought\n"
+        # after a tool result; the turn then opens with "<|turn>model\n"): another assistant
+        # turn's generation prompt may be.
+        lower = region_start
+        upper = min([text_start for text_start, _ in texts if text_start >= lower] + [next_text])
+        for other in _other_generation_prompts(renderer, index, generation_prompt):
+            position = _header_position(full, other, lower, upper)
+            length = markup_boundary(other, common_prefix_length(other, full[position:]))
+            if length and full.startswith(other[:length], position) and not full[lower:position].strip():
+                region_start, header = position, length
+                break
     start = region_start + header
     # Nor inside the message's own words: a prompt ending "...user" and an answer "uniform..."
     # share a "u" by chance.
@@ -642,6 +654,10 @@ def _place_by_shape(
     eot_range: Span | None = None
     if region is None:
         region_end, located_by = _turn_end(renderer, index, full, located, last_text_end, next_text, eot)
+    elif eot and full.startswith(eot, region_end) and region_end + len(eot) <= next_text:
+        # the end-of-turn text is written when the next message starts (AI21 Jamba's <|eom|>):
+        # it is still this turn's (SPEC §3)
+        region_end += len(eot)
     end_out = max(_rstrip_end(full, start, region_end), start)
     end_in = max(region_end, end_out)
     if eot and full[:end_out].endswith(eot) and end_out - len(eot) >= last_text_end:
@@ -651,6 +667,22 @@ def _place_by_shape(
         if markup:
             eot_range = (markup.start(), markup.end())
     return start, end_out, end_in, eot_range, located_by
+
+
+def _other_generation_prompts(renderer: _Renderer, index: int, own: str) -> list[str]:
+    """The generation prompts of the conversation's other assistant turns, distinct from ``own``."""
+    found: list[str] = []
+    for other, message in enumerate(renderer.messages):
+        if other == index or message.get("role") != "assistant":
+            continue
+        try:
+            prompt, before = renderer(other, True), renderer(other, False)
+        except RenderError:
+            continue
+        generation_prompt = prompt[markup_boundary(prompt, common_prefix_length(prompt, before)):]
+        if generation_prompt.strip() and generation_prompt != own and generation_prompt not in found:
+            found.append(generation_prompt)
+    return found
 
 
 def _header_position(full: str, generation_prompt: str, lower: int, upper: int) -> int:

@@ -747,7 +747,12 @@ def _battery(template: str, limit: int, search: bool) -> tuple[Probe, ...]:
 
     battery = fixed_battery(template, limit=limit)
     if search:
-        battery += coverage.search(template, battery, derive.candidates(template))
+        mutate = derive.Mutator(template)
+        # nothing new for two changes per kind of change in a row: every change had its chance
+        patience = max(coverage.PATIENCE, 2 * mutate.changes)
+        battery += coverage.search(
+            template, battery, derive.candidates(template), mutate=mutate, patience=patience
+        )
     return tuple(battery)
 
 

@@ -251,7 +251,7 @@ def test_thinking_prefix_inside_one_content_string_is_refused(corpus_dir: Path, 
     result = patch_template(original)
     assert not result.verified and not result.changed
     reason = result.reasons[0]
-    assert "content | default" in reason, reason  # names the output
+    assert " at line " in reason, reason  # names the output
     # either no slice of the string can follow the edges, or no condition tells the slices apart
     assert "depends on the text" in reason or "no condition" in reason, reason
 
@@ -278,3 +278,28 @@ def test_end_of_turn_written_by_the_next_message_is_in_the_expected_span(corpus_
     turn = rewritten.turns[0]
     assert turn.kind == "rewritten"
     assert rewritten.text[turn.start : turn.end].startswith(" first answer")
+
+
+def test_header_of_a_turn_whose_prompt_is_not_its_header_stays_out(corpus_dir: Path) -> None:
+    """With thinking on, Gemma 4's prompt after a tool result is ``<|channel>thought\\n`` while the
+    template renders the answer as a new ``<|turn>model\\n`` turn: a mismatch, placed by rule 3's
+    shape. Its header is the one other turns' prompts end with, and stays outside the span."""
+    path = "gemma/gemma-4-canonical-2026-07-09.jinja"
+    original = _read(corpus_dir, path)
+    messages = [
+        _user("weather please"),
+        _assistant("", tool_calls=[_call("get_weather", {"city": "paris"})]),
+        {"role": "tool", "tool_call_id": "call00001", "name": "get_weather", "content": "sunny"},
+        _assistant("it is sunny", reasoning_content="the tool said sunny"),
+    ]
+    case = Case(path, messages, {"tools": _tools("get_weather"), "enable_thinking": True}, turn=3)
+    prompt = render(original, messages[:3], add_generation_prompt=True, **case.kwargs)
+    final = render(original, messages, **case.kwargs)
+    assert not final.startswith(prompt), "the conversation no longer shows the case"
+    result = patch_template(original)
+    assert result.passed and result.changed, result.reasons
+    judged, problems = _judge(original, result.patched, case)
+    assert case.turn in judged and not problems, problems
+    text, spans = render_with_spans(result.patched, messages, **case.kwargs)
+    header = text.rindex("<|turn>model\n")
+    assert all(not (start <= header < end) for start, end in merge_spans(spans)), "header in the span"

@@ -8,16 +8,18 @@ from typing import Any
 
 import pytest
 from hypothesis import given, settings
+from jinja2 import Environment
 
 from templatefix.cli import main
 from templatefix.coverage import measure, probe_features, search
-from templatefix.derive import applicable, candidates
+from templatefix.derive import Mutator, applicable, candidates, tool_zoo
 from templatefix.patcher import patch_template
 from templatefix.probes import Probe, fixed_battery, make_probe, probe_battery, random_probes
 from templatefix.reads import MESSAGE, template_reads_of
 from templatefix.render import render
 from templatefix.source import TemplateSource
 from templatefix.trace import instrumented_for
+from templatefix.unreachable import dead_outputs
 from templatefix.verify import verify
 
 CALL_ID = (
@@ -190,6 +192,47 @@ def test_search_keeps_only_candidates_that_reach_something_new() -> None:
         seen |= features
 
 
+STACKED = (
+    "{% for m in messages %}{% if m.role == 'tool' %}{% if m.content is string %}{{ m.content }}"
+    "{% else %}{% for part in m.content %}{% if part.type == 'image' %}"
+    "{% if add_vision_id %}Picture: {% endif %}<image>{% else %}{{ part.text }}{% endif %}"
+    "{% endfor %}{% endif %}{% else %}{{ m.role }}: {{ m.content }}"
+    "{% for call in m.tool_calls or [] %}{{ call.function.name }}{% endfor %}{% endif %}\n{% endfor %}"
+)
+
+
+def test_mutations_stack_changes_to_reach_a_nested_output() -> None:
+    """Only mutations (no systematic candidates): a tool message with list content holding an image,
+    under a flag, is three changes away from the tool-call shape."""
+    base = [make_probe("tool_calls")]
+    kept = search(STACKED, base, [], mutate=Mutator(STACKED), max_candidates=400, patience=400)
+    assert measure(STACKED, [*base, *kept]).complete
+    deepest = [probe for probe in kept if "Picture" in render(STACKED, list(probe.messages), **probe.kwargs)]
+    assert deepest and all(name in deepest[0].name for name in ("part_image", "add_vision_id"))
+
+
+def test_mutations_are_deterministic() -> None:
+    runs = [
+        [p.name for p in search(STACKED, [make_probe("tool_calls")], [], mutate=Mutator(STACKED))]
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
+
+
+def test_tool_zoo_reaches_schema_branches_one_draw_at_a_time() -> None:
+    template = (
+        "{% macro t(s) %}{% if s.type == 'array' %}{% if s['items'] %}{{ t(s['items']) }}[]{% else %}any[]"
+        "{% endif %}{% elif s.oneOf %}{% for v in s.oneOf %}{{ t(v) }}|{% endfor %}{% elif s.enum %}enum"
+        "{% else %}{{ s.type }}{% endif %}{% if s.nullable %}?{% endif %}{% endmacro %}"
+        "{% for tool in tools or [] %}"
+        "{% for k, v in (tool.function.parameters or {}).get('properties', {}).items() %}"
+        "{{ k }}:{{ t(v) }};{% endfor %}{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}"
+    )
+    zoo = tool_zoo(template)
+    assert zoo is not None and zoo.kwargs["tools"]
+    assert measure(template, [zoo]).complete
+
+
 # --- coverage in the result --------------------------------------------------------------------------
 
 
@@ -283,3 +326,37 @@ def test_qwen3_6_thinking_off_after_a_reasoning_turn_is_probed(corpus_dir: Any) 
     probe = make_probe("reasoning_some_turns", {"enable_thinking": False}, name="thinking-off")
     result = patch_template(text)
     assert verify(result.patched, text, probes=[probe]).passed, result.reasons
+
+
+# --- outputs proven unreachable (templatefix.unreachable) ----------------------------------------
+
+
+def _dead(template: str) -> list[str]:
+    tree = Environment().parse(template)
+    return [getattr(node, "data", None) or getattr(node, "value", None) for node in dead_outputs(tree)]
+
+
+def test_a_flag_set_in_a_loop_is_not_seen_after_it() -> None:
+    template = (
+        "{% macro m(xs) %}{% if xs %}{% set hit = false %}{% for x in xs %}{% if x %}{% set hit = true %}"
+        "{% endif %}{% endfor %}{% if hit and xs|length > 1 %}{{ 'any' }}{% else %}{{ 'some' }}{% endif %}"
+        "{% endif %}{% endmacro %}{{ m(messages) }}"
+    )
+    assert _dead(template) == ["any"]
+    # and the proof agrees with Jinja: no input reaches "any"
+    assert "any" not in render(template, [{"role": "user", "content": "x"}] * 3)
+
+
+def test_a_flag_that_may_come_from_outside_or_be_true_is_not_dead() -> None:
+    assert _dead("{% if hit %}a{% endif %}") == []  # a template argument
+    assert _dead("{% set hit = false %}{% set hit = true %}{% if hit %}a{% endif %}") == []
+    assert _dead("{% if m %}{% set hit = false %}{% endif %}{% if hit %}a{% endif %}") == []  # not surely set
+    assert _dead("{% set hit = false %}{% for hit in xs %}{% if hit %}a{% endif %}{% endfor %}") == []
+    assert _dead("{% set hit = false %}{% if hit or x %}a{% endif %}") == []
+
+
+def test_gpt_oss_schema_branch_is_dead_not_unreached(corpus_dir: Any) -> None:
+    path = corpus_dir / "templates" / "gpt-oss" / "openai-gpt-oss-20b.2025-08-08.jinja"
+    coverage = measure(path.read_text(encoding="utf-8"), [])
+    dead = [o for o in coverage.outputs if o.status == "dead-branch"]
+    assert [(o.macro, o.expression) for o in dead] == [("render_typescript_type", '{{ "any" }}')]

@@ -163,9 +163,11 @@ def slice_anchors(record: PartRecord) -> list[int] | None:
             # distinct texts (the same message rendered in several probes counts once)
             cut_here = {c.text for c in record.cut_texts if offset in c.offsets}
             cut_as_tail = {c.text for c in record.cut_texts if (len(c.text) - tail) in c.offsets}
-            if len(cut_here) >= 2 and len({t[:offset] for t in cut_here}) == 1:
+            before = ({t[:offset] for t in cut_here}, {t[:offset] for t in record.texts})
+            after = ({t[len(t) - tail :] for t in cut_as_tail}, {t[len(t) - tail :] for t in record.texts})
+            if _fixed(*before, len(cut_here), len(record.texts)):
                 starts.add(offset)
-            elif tail > 0 and len(cut_as_tail) >= 2 and len({t[len(t) - tail :] for t in cut_as_tail}) == 1:
+            elif tail > 0 and _fixed(*after, len(cut_as_tail), len(record.texts)):
                 ends.add(-tail)
             else:
                 return None
@@ -175,6 +177,16 @@ def slice_anchors(record: PartRecord) -> list[int] | None:
         if positions != sorted(positions) or not cut_text.offsets <= set(positions):
             return None
     return anchors
+
+
+def _fixed(pieces: set[str], everywhere: set[str], cut: int, texts: int) -> bool:
+    """Whether the text on one side of a cut is fixed text, not a message's own words: the same
+    (``pieces``) in at least two distinct texts the edge cuts, or in every distinct text of the
+    part (``everywhere``; two or more, cut or not: an edge seen once, after a prefix every
+    emission starts with)."""
+    if len(pieces) != 1:
+        return False
+    return cut >= 2 or (texts >= 2 and everywhere == pieces)
 
 
 def _edge_examples(record: PartRecord) -> str:
