@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,18 +32,17 @@ from typing import Any
 
 from jinja2 import nodes
 
+from templatefix import changes
 from templatefix.errors import RenderLimitExceeded
 from templatefix.probes import (
     BASE_SHAPE_BUILDERS,
     STANDARD_NAMES,
-    Message,
     Probe,
     WordSource,
     find_flags,
     template_reads,
-    tool_schema,
 )
-from templatefix.reads import ANY_VALUE, ELEMENT, MESSAGE, Path, Reads, template_reads_of
+from templatefix.reads import ELEMENT, MESSAGE, Reads, template_reads_of
 from templatefix.render import compile_template
 from templatefix.schemas import (
     Change,
@@ -70,6 +68,9 @@ _KNOWN_FIELDS = frozenset(
 _STANDARD_ROLES = frozenset({"system", "user", "assistant", "tool"})
 _TOOL_SHAPES = ("tool_calls", "tool_calls_multi", "reasoning_tool_calls")
 _CHAT_SHAPES = ("system_multi_turn", "multi_turn")
+_MULTI_AND_TOOLS = ("multi_turn", "tool_calls")
+_TOOLS_AND_MULTI = ("tool_calls", "multi_turn")
+_SYSTEM_AND_TOOLS = ("system_multi_turn", "tool_calls")
 #: Where a part is added to a message of another role than ``user``, and the shape that has one
 #: (not to an assistant's: a model that writes text does not generate image parts).
 _PART_CARRIERS = (("system", "system_multi_turn"), ("tool", "tool_calls"))
@@ -196,9 +197,8 @@ class Mutator:
         return None
 
     def _apply(self, chosen: Variation | tuple[str, Any], probe: Probe) -> Probe | None:
-        made_up = {key for message in probe.messages for key in message} - _KNOWN_FIELDS
-        if made_up and not (isinstance(chosen, Variation) and chosen.name.startswith("mappings_in_")):
-            return None  # a conversation with a made-up field is only reshaped there (see ``stackable``)
+        if {key for message in probe.messages for key in message} - _KNOWN_FIELDS:
+            return None  # a conversation with a made-up field is not changed further (``stackable``)
         messages = copy.deepcopy(list(probe.messages))
         kwargs = copy.deepcopy(dict(probe.kwargs))
         self._count += 1
@@ -283,70 +283,69 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
     found: list[Variation] = []
     calls = reads.reads(MESSAGE + ("tool_calls",))
     if calls and (reads.reads(_CALL + ("id",)) or reads.reads(MESSAGE + ("tool_call_id",))):
-        found.append(Variation("no_call_ids", _no_call_ids, _TOOL_SHAPES[:2]))
+        found.append(Variation("no_call_ids", changes.no_call_ids, _TOOL_SHAPES[:2]))
     if reads.reads(MESSAGE + ("tool_call_id",)):
-        found.append(Variation("no_tool_call_id", _no_tool_call_id, _TOOL_SHAPES[:1]))
+        found.append(Variation("no_tool_call_id", changes.no_tool_call_id, _TOOL_SHAPES[:1]))
     if calls and (reads.use(_CALL + ("function",)).tested or reads.reads(_CALL + ("name",))):
-        found.append(Variation("flat_calls", _flat_calls, _TOOL_SHAPES[:2]))
+        found.append(Variation("flat_calls", changes.flat_calls, _TOOL_SHAPES[:2]))
     if reads.reads(_CALL + ("type",)):
-        found.append(Variation("no_call_type", _no_call_type, _TOOL_SHAPES[:1]))
+        found.append(Variation("no_call_type", changes.no_call_type, _TOOL_SHAPES[:1]))
     if calls:
         found.append(
-            Variation("string_arguments", _string_arguments, ("tool_calls_multi", "reasoning_tool_calls"))
+            Variation("string_arguments", changes.string_arguments, _TOOL_SHAPES[1:])
         )
-        found.append(Variation("two_arguments", _two_arguments, _TOOL_SHAPES))
-        found.append(Variation("typed_arguments", _typed_arguments, _TOOL_SHAPES[:2]))
-        found.append(Variation("three_calls", _three_calls, _TOOL_SHAPES[:1]))
-        found.append(Variation("two_tool_rounds", _two_tool_rounds, _TOOL_SHAPES[:1]))
-        found.append(Variation("no_tool_call_text", _no_content_on_calls, _TOOL_SHAPES))
-        found.append(Variation("ends_with_call", _ends_with_call, _TOOL_SHAPES[::2]))
-        found.append(Variation("ends_with_result", _ends_with_result, _TOOL_SHAPES[:1]))
-        found.append(Variation("nested_arguments", _nested_arguments, _TOOL_SHAPES[:1]))
+        found.append(Variation("two_arguments", changes.two_arguments, _TOOL_SHAPES))
+        found.append(Variation("typed_arguments", changes.typed_arguments, _TOOL_SHAPES[:2]))
+        found.append(Variation("three_calls", changes.three_calls, _TOOL_SHAPES[:1]))
+        found.append(Variation("two_tool_rounds", changes.two_tool_rounds, _TOOL_SHAPES[:1]))
+        found.append(Variation("no_tool_call_text", changes.no_content_on_calls, _TOOL_SHAPES))
+        found.append(Variation("ends_with_call", changes.ends_with_call, _TOOL_SHAPES[::2]))
+        found.append(Variation("ends_with_result", changes.ends_with_result, _TOOL_SHAPES[:1]))
+        found.append(Variation("nested_arguments", changes.nested_arguments, _TOOL_SHAPES[:1]))
     content = reads.use(_CONTENT)
     if content.tests & {"string", "iterable", "sequence", "mapping"} or reads.reads(_CONTENT + (ELEMENT,)):
-        found.append(Variation("parts_everywhere", _parts_everywhere, (*_CHAT_SHAPES, "tool_calls")))
+        found.append(Variation("parts_everywhere", changes.parts_everywhere, (*_CHAT_SHAPES, "tool_calls")))
     if reads.use(_CONTENT + (ELEMENT,)).tests & {"string"}:
-        found.append(Variation("string_parts", _string_parts, _CHAT_SHAPES[:1]))
+        found.append(Variation("string_parts", changes.string_parts, _CHAT_SHAPES[:1]))
     for part_type in reads.part_types():
         if part_type != "text":
-            found.append(Variation(f"part_{part_type}", _with_part(part_type), _CHAT_SHAPES[:1]))
+            found.append(Variation(f"part_{part_type}", changes.with_part(part_type), _CHAT_SHAPES[:1]))
             for role, carrier in _PART_CARRIERS:
-                found.append(Variation(f"part_{part_type}@{role}", _with_part(part_type, role), (carrier,)))
+                change = changes.with_part(part_type, role)
+                found.append(Variation(f"part_{part_type}@{role}", change, (carrier,)))
     if "mapping" in content.tests:
-        found.append(Variation("mapping_tool_result", _mapping_tool_result, ("tool_calls",)))
+        found.append(Variation("mapping_tool_result", changes.mapping_tool_result, ("tool_calls",)))
     elif calls:  # the content may be tested under another name (``tool_body is mapping``)
-        found.append(Variation("mapping_tool_result", _mapping_tool_result, ("tool_calls",)))
+        found.append(Variation("mapping_tool_result", changes.mapping_tool_result, ("tool_calls",)))
     if calls:
-        found.append(Variation("tool_result_without_content", _tool_result_without_content, ("tool_calls",)))
+        no_content = changes.tool_result_without_content
+        found.append(Variation("tool_result_without_content", no_content, ("tool_calls",)))
     if reads.reads(MESSAGE + ("name",)):
-        found.append(Variation("names", _names, (*_CHAT_SHAPES[:1], "tool_calls")))
-        found.append(Variation("no_tool_name", _no_tool_name, ("tool_calls",)))
+        found.append(Variation("names", changes.names, (*_CHAT_SHAPES[:1], "tool_calls")))
+        found.append(Variation("no_tool_name", changes.no_tool_name, ("tool_calls",)))
     for compared in reads.roles():
         # an upper-case constant is compared after ``| upper``: the message says it in lower case
         role = compared.lower() if compared.isupper() else compared
         if role not in _STANDARD_ROLES:
-            found.append(Variation(f"role_{role}", _with_role(role), ("system_multi_turn", "tool_calls")))
-            found.append(Variation(f"added_{role}", _adding_role(role), ("system_multi_turn", "tool_calls")))
+            found.append(Variation(f"role_{role}", changes.with_role(role), _SYSTEM_AND_TOOLS))
+            found.append(Variation(f"added_{role}", changes.adding_role(role), _SYSTEM_AND_TOOLS))
     if "developer" not in {role.lower() for role in reads.roles()}:  # a role the template does not name
-        found.append(Variation("added_developer", _adding_role("developer"), ("system_multi_turn",)))
+        found.append(Variation("added_developer", changes.adding_role("developer"), ("system_multi_turn",)))
     for text in _contained(reads):
-        found.append(Variation(f"contains_{text}", _containing(text), ("multi_turn", "reasoning_multi_turn")))
+        carriers = ("multi_turn", "reasoning_multi_turn")
+        found.append(Variation(f"contains_{text}", changes.containing(text), carriers))
     for field_name in reads.fields(MESSAGE):
         if field_name not in _KNOWN_FIELDS:
-            found.append(
-                Variation(
-                    f"field_{field_name}", _with_field(field_name, reads), ("multi_turn", "tool_calls"), False
-                )
-            )
-            found.append(Variation(f"mappings_in_{field_name}", _mappings_in(field_name), ()))
-    found.append(Variation("late_system", _late_system, ("multi_turn",)))
+            change = changes.with_field(field_name, reads)
+            found.append(Variation(f"field_{field_name}", change, _MULTI_AND_TOOLS, stackable=False))
+    found.append(Variation("late_system", changes.late_system, ("multi_turn",)))
     if reads.reads(("documents",)):
-        found.append(Variation("documents", _documents, ("multi_turn", "tool_calls")))
+        found.append(Variation("documents", changes.documents, ("multi_turn", "tool_calls")))
     for name in data:
         if reads.reads((name,)) and reads.paths.keys() - {(name,)}:
-            found.append(Variation(f"option_{name}", _with_option(name, reads), ("multi_turn", "tool_calls")))
-    found.append(Variation("reasoning_first_only", _reasoning_first_only, ("reasoning_multi_turn",)))
-    found.append(Variation("empty_user", _empty_user, ("system_multi_turn",)))
+            found.append(Variation(f"option_{name}", changes.with_option(name, reads), _MULTI_AND_TOOLS))
+    found.append(Variation("reasoning_first_only", changes.reasoning_first_only, ("reasoning_multi_turn",)))
+    found.append(Variation("empty_user", changes.empty_user, ("system_multi_turn",)))
     found.append(_WHITESPACE)
     # tool schemas last: their renders are long, and they only reach the tool definitions
     if calls or reads.reads(("tools",)):
@@ -358,7 +357,7 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
         found.append(Variation("schema_minimal", schema_minimal, ("tool_calls", "multi_turn")))
         found.append(Variation("schema_undescribed", schema_undescribed, ("tool_calls",)))
         found.append(Variation("random_tool", random_tool, ("multi_turn", "tool_calls")))
-        found.append(Variation("tools_from_reads", _tools_from_reads(reads), ("tool_calls", "multi_turn")))
+        found.append(Variation("tools_from_reads", changes.tools_from_reads(reads), _TOOLS_AND_MULTI))
     return found
 
 
@@ -378,147 +377,6 @@ def _build(shape: str, variations: list[Variation], flags: dict[str, Any]) -> Pr
     return Probe(f"{name}{flag_text}", tuple(messages), kwargs)
 
 
-def _calls(messages: list[Message]) -> list[dict[str, Any]]:
-    return [call for message in messages for call in message.get("tool_calls") or ()]
-
-
-def _arguments_of(call: dict[str, Any]) -> Any:
-    return (call.get("function") or call).get("arguments")
-
-
-def _set_arguments(call: dict[str, Any], value: Any) -> None:
-    (call["function"] if "function" in call else call)["arguments"] = value
-
-
-# --- the changes -------------------------------------------------------------------------------
-
-
-def _no_call_ids(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    changed = False
-    for message in messages:
-        for call in message.get("tool_calls") or ():
-            changed = call.pop("id", None) is not None or changed
-        changed = message.pop("tool_call_id", None) is not None or changed
-    return changed
-
-
-def _no_tool_call_id(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    return any([message.pop("tool_call_id", None) is not None for message in messages])
-
-
-def _flat_calls(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    for message in messages:
-        if message.get("tool_calls"):
-            message["tool_calls"] = [_flat(call) for call in message["tool_calls"]]
-    return bool(_calls(messages))
-
-
-def _flat(call: dict[str, Any]) -> dict[str, Any]:
-    if "function" not in call:
-        return call
-    return {**({"id": call["id"]} if "id" in call else {}), **call["function"]}
-
-
-def _no_call_type(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    return any([call.pop("type", None) is not None for call in _calls(messages)])
-
-
-def _string_arguments(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    for call in _calls(messages):
-        _set_arguments(call, json.dumps(_arguments_of(call)))
-    return bool(_calls(messages))
-
-
-def _two_arguments(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    for call in _calls(messages):
-        _set_arguments(call, {"query": words(), "scope": words()})
-    return bool(_calls(messages))
-
-
-def _typed_arguments(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    for call in _calls(messages):
-        _set_arguments(
-            call,
-            {"query": words(), "count": words.number(), "ratio": 0.25, "exact": True,
-             "tags": [words(), words()], "filter": {"field": words()}},
-        )  # fmt: skip
-    return bool(_calls(messages))
-
-
-def _ends_with_call(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    """The conversation ends with the last assistant message that calls tools (no results)."""
-    callers = [index for index, message in enumerate(messages) if message.get("tool_calls")]
-    if not callers:
-        return False
-    del messages[callers[-1] + 1 :]
-    return True
-
-
-def _ends_with_result(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    """The conversation ends with the tool results of its last call (no answer after them)."""
-    callers = [index for index, message in enumerate(messages) if message.get("tool_calls")]
-    if not callers:
-        return False
-    end = callers[-1] + 1
-    while end < len(messages) and messages[end].get("role") == "tool":
-        end += 1
-    if end == len(messages) or end == callers[-1] + 1:
-        return False
-    del messages[end:]
-    return True
-
-
-def _nested_arguments(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    """Arguments holding a nested object, a list of objects, ``null`` and ``false``."""
-    for call in _calls(messages):
-        arguments = _arguments_of(call)
-        if isinstance(arguments, dict):
-            nested = {"filter": {"field": words(), "range": [1, 2]}, "rows": [{"key": words()}]}
-            _set_arguments(call, {**arguments, **nested, "unset": None, "strict": False})
-    return bool(_calls(messages))
-
-
-def _three_calls(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    from templatefix.probes import tool_call, tool_result
-
-    for index, message in enumerate(messages):
-        if message.get("tool_calls"):
-            names = ["lookup_" + words(), "search_" + words()]
-            kwargs.setdefault("tools", []).extend(tool_schema(name, words) for name in names)
-            extra = [tool_call(name, words) for name in names]
-            message["tool_calls"] = [*message["tool_calls"], *extra]
-            position = index + 1
-            while position < len(messages) and messages[position].get("role") == "tool":
-                position += 1
-            messages[position:position] = [tool_result(call, words) for call in extra]
-            return True
-    return False
-
-
-def _two_tool_rounds(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    """Call, result, another call, result, answer: a tool round right after a tool result."""
-    from templatefix.probes import tool_call, tool_result
-
-    if not messages or messages[-1].get("role") != "assistant" or not _calls(messages):
-        return False
-    name = "fetch_" + words()
-    kwargs.setdefault("tools", []).append(tool_schema(name, words))
-    call = tool_call(name, words)
-    final = messages.pop()
-    caller = {"role": "assistant", "content": "", "tool_calls": [call]}
-    messages.extend([caller, tool_result(call, words), final])
-    return True
-
-
-def _no_content_on_calls(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    changed = False
-    for message in messages:
-        if message.get("tool_calls") and "content" in message:
-            del message["content"]
-            changed = True
-    return changed
-
-
 def _type_names(reads: Reads) -> tuple[str, ...]:
     """Every constant a ``type`` field of the tool schemas is compared with (``'OBJECT'``…)."""
     names = {
@@ -531,117 +389,6 @@ def _type_names(reads: Reads) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def _tools_from_reads(reads: Reads) -> Change:
-    """One more tool shaped by every field the template reads of a tool (``response``…)."""
-
-    def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-        tool = _synthesize(("tools", ELEMENT), reads, words)
-        if not isinstance(tool, dict):
-            return False
-        function = tool.get("function")
-        if isinstance(function, dict):
-            function["name"] = "shaped_" + words()
-        kwargs.setdefault("tools", []).append(tool)
-        return True
-
-    return change
-
-
-def _parts(text: str) -> list[dict[str, Any]]:
-    return [{"type": "text", "text": text}]
-
-
-def _parts_everywhere(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    changed = False
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str) and (content or message.get("tool_calls")):
-            message["content"] = _parts(content or words())  # a call message gets text too
-            changed = True
-    return changed
-
-
-def _string_parts(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    for message in messages:
-        if message["role"] == "user":
-            message["content"] = [message["content"]]
-    return True
-
-
-def _with_part(part_type: str, role: str = "user") -> Change:
-    """A part of ``part_type`` before the text of the first ``role`` message."""
-
-    def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-        part: dict[str, Any] = {"type": part_type}
-        if part_type == "image_url":
-            part["image_url"] = {"url": f"https://example.com/{words()}.png"}
-        elif part_type in ("image", "video", "audio"):
-            part[part_type] = f"https://example.com/{words()}.bin"
-        else:
-            part[part_type] = words()
-        for message in messages:
-            if message["role"] == role:
-                content = message.get("content")
-                if isinstance(content, list):
-                    message["content"] = [part, *content]
-                else:
-                    message["content"] = [part, *_parts(content or words())]
-                return True
-        return False
-
-    return change
-
-
-def _mapping_tool_result(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    changed = False
-    for message in messages:
-        if message["role"] == "tool":
-            message["content"] = {"result": message["content"]}
-            changed = True
-    return changed
-
-
-def _tool_result_without_content(
-    messages: list[Message], kwargs: dict[str, Any], words: WordSource
-) -> bool:
-    """Tool messages without ``content`` (a tool that returned nothing)."""
-    tools = [message for message in messages if message["role"] == "tool"]
-    return any([message.pop("content", None) is not None for message in tools])
-
-
-def _names(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    for message in messages:
-        if message["role"] in ("user", "system", "assistant"):
-            message["name"] = "agent_" + words()
-    return True
-
-
-def _no_tool_name(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    return any([message.pop("name", None) is not None for message in messages if message["role"] == "tool"])
-
-
-def _with_role(role: str) -> Change:
-    def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-        changed = False
-        for message in messages:
-            if message["role"] in ("system", "tool"):
-                message["role"] = role
-                changed = True
-        return changed
-
-    return change
-
-
-def _adding_role(role: str) -> Change:
-    """A message with ``role`` added after the system message (or first)."""
-
-    def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-        position = 1 if messages and messages[0]["role"] == "system" else 0
-        messages.insert(position, {"role": role, "content": words()})
-        return True
-
-    return change
-
 
 def _contained(reads: Reads) -> list[str]:
     texts: set[str] = set()
@@ -650,128 +397,7 @@ def _contained(reads: Reads) -> list[str]:
     return sorted(texts)
 
 
-def _containing(text: str) -> Change:
-    """Assistant content holding ``text``; a closing tag ``</x>`` comes after its ``<x>``."""
 
-    def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-        opener = "<" + text[2:] if text.startswith("</") else ""
-        for message in messages:
-            if message["role"] == "assistant":
-                message["content"] = f"{opener}{words()}{text}{words()}"
-        return True
-
-    return change
-
-
-def _synthesize(path: Path, reads: Reads, words: WordSource, depth: int = 0) -> Any:
-    """A value for ``path`` shaped like the template reads it (lists, mappings, constants, text)."""
-    use = reads.use(path)
-    constants = [c for c in reads.constants(path) if isinstance(c, str)]
-    if depth > 3:
-        return words()
-    element_constants = [c for c in reads.constants(path + (ELEMENT,)) if isinstance(c, str)]
-    if element_constants:  # ``for t in builtin_tools`` + ``t == 'browser'``: a list of those
-        return element_constants
-    keys = reads.fields(path)
-    if keys:  # a mapping when fields are read (an over-approximated "[]" beside them is ignored)
-        return {key: _synthesize(path + (key,), reads, words, depth + 1) for key in keys}
-    if reads.reads(path + (ELEMENT,)):
-        return [_synthesize(path + (ELEMENT,), reads, words, depth + 1)]
-    if reads.reads(path + (ANY_VALUE,)):
-        return {words(): _synthesize(path + (ANY_VALUE,), reads, words, depth + 1)}
-    if constants:
-        return constants[0]
-    if use.contains:  # ``'browser' in builtin_tools``: a list holding what is looked for
-        return sorted(use.contains)
-    if use.iterated:
-        return [words()]
-    return words()
-
-
-def _with_field(field_name: str, reads: Reads) -> Change:
-    def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-        for message in messages:
-            if message["role"] in ("assistant", "tool"):
-                message[field_name] = _synthesize(MESSAGE + (field_name,), reads, words)
-        return True
-
-    return change
-
-
-def _mappings_in(field_name: str) -> Change:
-    """The values inside a message field become mappings (a mutation after ``field_…``): a text,
-    and every value of a mapping in it but its ``name``; lists keep their shape."""
-
-    def mapping(words: WordSource) -> dict[str, Any]:
-        return {words(): words(), words(): [words(), words.number()]}
-
-    def deepen(value: Any, words: WordSource) -> Any:
-        if isinstance(value, list):
-            return [deepen(item, words) for item in value]
-        if isinstance(value, dict):
-            return {key: item if key == "name" else mapping(words) for key, item in value.items()}
-        return mapping(words) if isinstance(value, str) else value
-
-    def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-        changed = False
-        for message in messages:
-            if field_name in message:
-                message[field_name] = deepen(message[field_name], words)
-                changed = True
-        return changed
-
-    return change
-
-
-def _late_system(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    """A system message in the middle of the conversation, after the first answer."""
-    for index, message in enumerate(messages):
-        if index and message["role"] == "user":
-            messages.insert(index, {"role": "system", "content": words()})
-            return True
-    return False
-
-
-def _documents(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    """Two documents; the second has a field besides ``title`` and ``text``."""
-    kwargs["documents"] = [
-        {"title": words(), "text": words()},
-        {"title": words(), "text": words(), "source": words()},
-    ]
-    return True
-
-
-def _with_option(name: str, reads: Reads) -> Change:
-    def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-        kwargs[name] = _synthesize((name,), reads, words)
-        return True
-
-    return change
-
-
-def _reasoning_first_only(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    """Reasoning on the first assistant turn only: the final turn has none."""
-    assistants = [m for m in messages if m["role"] == "assistant"]
-    for message in assistants[1:]:
-        message.pop("reasoning_content", None)
-    return len(assistants) > 1
-
-
-def _empty_user(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    for message in messages:
-        if message["role"] in ("user", "system"):
-            message["content"] = ""
-            return True
-    return False
-
-
-def _whitespace(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    """Leading and trailing whitespace and newlines around every string content and reasoning."""
-    for message in messages:
-        for key in ("content", "reasoning_content"):
-            if isinstance(message.get(key), str) and message[key]:
-                message[key] = f"\n {message[key]}\n\n"
-    return True
-
-
-_WHITESPACE = Variation("whitespace", _whitespace, ("multi_turn", "reasoning_multi_turn", "tool_calls_multi"))
+_WHITESPACE = Variation(
+    "whitespace", changes.whitespace, ("multi_turn", "reasoning_multi_turn", "tool_calls_multi")
+)
