@@ -2,7 +2,7 @@
 
 Usage:
     TEMPLATEFIX_CORPUS=../shared/corpus python benchmarks/crosscheck.py --per-template 50 \\
-        [--corpus DIR] [--filter TEXT] [--json OUT] [--seed S]
+        [--corpus DIR] [--filter TEXT] [--every N] [--json OUT] [--seed S]
     python benchmarks/crosscheck.py --replay OUT   # re-judge saved failing conversations
 
 Each template is patched with ``templatefix.patch_template`` (default policy). For a verified
@@ -42,7 +42,7 @@ def _alarm(signum: int, frame: Any) -> None:
     raise _Timeout
 
 
-def _templates(corpus: Path, text_filter: str | None) -> list[tuple[str, str]]:
+def _templates(corpus: Path, text_filter: str | None, every: int = 1) -> list[tuple[str, str]]:
     root = corpus / "templates"
     out = []
     for path in sorted(root.rglob("*.jinja")):
@@ -51,7 +51,7 @@ def _templates(corpus: Path, text_filter: str | None) -> list[tuple[str, str]]:
             continue
         with open(path, encoding="utf-8", newline="") as handle:
             out.append((name, handle.read()))
-    return out
+    return out[::every]
 
 
 def _replay(path: Path, corpus: Path) -> int:
@@ -82,6 +82,7 @@ def main() -> int:
     parser.add_argument("--per-template", type=int, default=50, help="judged conversations per template")
     parser.add_argument("--corpus", type=Path, default=os.environ.get("TEMPLATEFIX_CORPUS"))
     parser.add_argument("--filter", help="only templates whose name contains this text")
+    parser.add_argument("--every", type=int, default=1, help="take every N-th template (a sample)")
     parser.add_argument("--json", type=Path, help="write failing conversations here (for --replay)")
     parser.add_argument("--seed", type=int, default=0, help="first conversation seed")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per template before giving up")
@@ -96,7 +97,7 @@ def main() -> int:
     signal.signal(signal.SIGALRM, _alarm)
     outcomes: list[Outcome] = []
     start = time.monotonic()
-    for name, text in _templates(corpus, args.filter):
+    for name, text in _templates(corpus, args.filter, args.every):
         began = time.monotonic()
         signal.alarm(args.timeout)
         try:

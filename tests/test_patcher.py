@@ -235,3 +235,67 @@ def test_corpus_acceptance(corpus_dir: Path) -> None:
         f"\ncorpus: {passed}/{len(by_name) - len(uncheckable)} checkable templates pass ({share:.1%})"
     )
     assert share >= MIN_PASSED_SHARE
+
+
+#: Phi-3's shape: the end-of-sequence token after the message loop, without a generation prompt.
+EOS_AFTER_LOOP = (
+    "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% else %}{{ eos_token }}{% endif %}"
+)
+ASKED = [{"role": "user", "content": "hi"}]
+ANSWERED = [*ASKED, {"role": "assistant", "content": "yo"}]
+
+
+def _marked(template: str, messages: list[dict], prompt: bool = False) -> list[str]:
+    text, spans = render_with_spans(template, messages, add_generation_prompt=prompt, eos_token="</s>")
+    return [text[slice(*span)] for span in merge_spans(spans)]
+
+
+def test_text_after_the_loop_is_marked_only_when_an_assistant_turn_ends_the_conversation() -> None:
+    """The eos token ends the last assistant turn (F = P + "yo<|end|>\\n</s>"), but after a user
+    message no assistant turn owns it: a prompt render has no span."""
+    result = patch_template(EOS_AFTER_LOOP, special_tokens={"eos_token": "</s>"})
+    assert result.verified, result.reasons
+    assert _marked(result.patched, ANSWERED) == ["yo<|end|>\n</s>"]
+    assert _marked(result.patched, ASKED) == []
+    assert _marked(result.patched, ASKED, prompt=True) == []
+    assert _marked(result.patched, [*ANSWERED, {"role": "user", "content": "more"}]) == ["yo<|end|>"]
+
+
+def test_reassigned_messages_fall_back_to_the_training_renders() -> None:
+    """Where ``messages`` is not the conversation the template was given, the patcher cannot test
+    how the conversation ends; the eos token is then labelled from the training renders alone
+    (still right in every render that ends with an assistant turn), not refused."""
+    template = "{% set messages = messages %}" + EOS_AFTER_LOOP
+    result = patch_template(template, special_tokens={"eos_token": "</s>"})
+    assert result.verified, result.reasons
+    assert "messages[-1].role" not in result.patched
+    assert _marked(result.patched, ANSWERED) == ["yo<|end|>\n</s>"]
+
+
+def test_prompt_renders_are_observed_only_when_a_placement_marks_past_the_question() -> None:
+    """The cheap look that decides whether prompt renders are observed: a patched ChatML template
+    marks nothing after the last user message; an unconditionally marked eos token does."""
+    from templatefix.patch.observe import marks_after_prompt_text
+
+    chatml = _read(REFERENCE[0].parent / "chatml.jinja")
+    probes = probe_battery(chatml)
+    assert not marks_after_prompt_text(patch_template(chatml).patched, probes)
+    always = EOS_AFTER_LOOP.replace("{{ eos_token }}", "{% generation %}{{ eos_token }}{% endgeneration %}")
+    assert marks_after_prompt_text(always, probes, {"eos_token": "</s>"})
+
+
+def test_eos_after_messages_the_template_does_not_write_stays_the_turns() -> None:
+    """A template that writes no tool messages renders ``[user, assistant, tool]`` exactly as
+    ``[user, assistant]``: the eos token there is still the assistant turn's (SPEC §3), while
+    after a user message or a system prompt it is no turn's."""
+    template = (
+        "{% for m in messages %}{% if m.role != 'tool' %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% else %}{{ eos_token }}{% endif %}"
+    )
+    result = patch_template(template, special_tokens={"eos_token": "</s>"})
+    assert result.verified, result.reasons
+    tool = {"role": "tool", "content": "sunny"}
+    assert _marked(result.patched, [*ANSWERED, tool]) == ["yo<|end|></s>"]
+    assert _marked(result.patched, ASKED) == []
+    assert _marked(result.patched, [{"role": "system", "content": "be brief"}]) == []

@@ -8,6 +8,9 @@ How the assistant output is found (no family knowledge, no regex on the source):
    ``{{ expression }}``, and each operand of a ``+``/``~`` chain) reports the characters it
    produced, with the loop variables in scope. The oracle (``templatefix.oracle``) says where
    each assistant turn's span must be, so every produced character is inside or outside.
+   When a first placement marks text after the last assistant turn of a prompt render (a
+   conversation ending with a user or tool message), the prompt renders are observed too: that
+   text is outside there, and the pieces are labelled again.
 3. Label (``templatefix.patch.label``): each output unit is always inside, always outside, or
    inside under a condition (``templatefix.patch.conditions``) on the loop variables, e.g. for a
    shared ``'<|im_start|>' + role + '\\n' + content`` expression; a boundary inside a string
@@ -34,7 +37,7 @@ from typing import Any
 from templatefix.errors import PatchFailure, RenderError, RenderLimitExceeded
 from templatefix.oracle import remembering
 from templatefix.patch.label import resolve_units
-from templatefix.patch.observe import observe
+from templatefix.patch.observe import marks_after_prompt_text, observe
 from templatefix.patch.strip import has_markers, strip_generation_markers
 from templatefix.patch.writer import write
 from templatefix.policy import Policy
@@ -243,4 +246,11 @@ def place_markers(
     units = resolve_units(instrumented, seen.records)
     if not any(unit.label in ("in", "cond") for unit in units):
         raise PatchFailure("no template output produces assistant text")
-    return write(source, instrumented, units)
+    patched = write(source, instrumented, units)
+    if marks_after_prompt_text(patched, probes, special_tokens):
+        # Text after the last assistant turn of a prompt render is marked (an end-of-sequence
+        # token or the next header written after the loop): observe the prompt renders too, so
+        # that such text is marked only when an assistant turn ends the conversation.
+        observe(template, instrumented, probes, policy, special_tokens, seen, prompts=True)
+        patched = write(source, instrumented, resolve_units(instrumented, seen.records))
+    return patched

@@ -20,11 +20,12 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from jinja2 import nodes
 
+from templatefix.patch.observe import Ending
 from templatefix.source import TemplateSource
 from templatefix.trace import Atom, Emission, Instrumented, LoopState
 
@@ -43,6 +44,7 @@ class Observation:
     inside: bool
     emission: Emission
     flags: dict[str, Any]
+    ending: Ending = field(default_factory=Ending)
 
     @property
     def scope(self) -> dict[str, Any]:
@@ -76,9 +78,16 @@ def find_condition(
        plain value a ``{% set %}`` in the loop's body names (``reasoning_content``), truthy;
     4. ``x is sameas messages[-1]`` for each loop variable;
     5. ``loop.last``, ``loop.first``, and the previous/next item's role;
-    6. each flag: ``f``, ``f is false``, ``f is defined``, and ``f == "value"`` per value seen
+    6. how the conversation ends: its last message's role, for each role seen last
+       (``messages[-1] is defined and messages[-1].role == 'assistant'``, the assistant's first;
+       offered only where ``messages`` is the conversation: never assigned, not a parameter of a
+       macro around the output), and ``add_generation_prompt``: text a template writes after its
+       message loop for the turn that may come next (an end-of-sequence token, the next header)
+       is the last assistant turn's only when the conversation ends with that turn, or with
+       messages the template does not write;
+    7. each flag: ``f``, ``f is false``, ``f is defined``, and ``f == "value"`` per value seen
        (a mapping option such as Granite's ``controls`` only as set or not);
-    7. last, if/elif chains in enclosing loops, which only correlate.
+    8. last, if/elif chains in enclosing loops, which only correlate.
 
     Each feature gives two *literals*, itself and its negation. Every literal is evaluated on the
     observations as a bit mask, and only the first (simplest) literal of each distinct mask is
@@ -214,6 +223,7 @@ def _features(
                         lambda o, k=key, r=role: o.loop is not None and getattr(o.loop, k) == r,
                     )
                 )
+    features.extend(_ending_features(observations, source, atom, quote))
     flag_values: dict[str, set[Any]] = {}
     for observation in observations:
         for key, value in observation.flags.items():
@@ -231,6 +241,40 @@ def _features(
             features.append((f"{flag} == {literal}", lambda o, f=flag, v=value: o.flags.get(f) == v))
     features.extend(remote_branches)
     return features
+
+
+def _ending_features(
+    observations: list[Observation], source: TemplateSource, atom: Atom | None, quote: str
+) -> list[tuple[str, Test]]:
+    """How the conversation ends (feature 6 of :func:`find_condition`), when the observations
+    differ in it: the last message's role, the generation prompt."""
+    features: list[tuple[str, Test]] = []
+    roles = {o.ending.last_role for o in observations}
+    if len(roles) > 1 and _messages_is_conversation(source, atom):
+        # `is defined` first: an empty conversation has no last message, and reading `.role` of
+        # an undefined value would raise where the original renders. The assistant's role first.
+        for role in sorted((r for r in roles if r is not None), key=lambda r: (r != "assistant", r)):
+            text = f"messages[-1] is defined and messages[-1].role == {quote}{role}{quote}"
+            features.append((text, lambda o, r=role: o.ending.last_role == r))
+    if len({o.ending.add_generation_prompt for o in observations}) > 1:
+        features.append(("add_generation_prompt", lambda o: o.ending.add_generation_prompt))
+    return features
+
+
+def _messages_is_conversation(source: TemplateSource, atom: Atom | None) -> bool:
+    """Whether ``messages`` at ``atom`` is the conversation the template was given: the template
+    never assigns that name, and no macro around the atom takes a parameter of that name."""
+    for name in source.ast.find_all(nodes.Name):
+        if name.name == "messages" and name.ctx == "store":
+            return False
+    if atom is None:
+        return True
+    for macro in source.ast.find_all((nodes.Macro, nodes.CallBlock)):
+        if any(arg.name == "messages" for arg in macro.args) and any(
+            output is atom.output for output in macro.find_all(nodes.Output)
+        ):
+            return False
+    return True
 
 
 def _branch_features(

@@ -97,7 +97,10 @@ def resolve_units(instrumented: Instrumented, records: dict[PartKey, PartRecord]
     units: list[Unit] = []
     by_atom: dict[int, dict[int, PartRecord]] = {}
     for (atom_id, part), record in records.items():
-        by_atom.setdefault(atom_id, {})[part] = record
+        # a copy of the segment list: spreading whole emissions over the parts must leave the
+        # records as they are, so that they can be labelled again with more observations
+        copy = PartRecord(list(record.segments), record.texts, record.cut_texts)
+        by_atom.setdefault(atom_id, {})[part] = copy
     for atom_id, parts in sorted(by_atom.items()):
         atom = instrumented.atoms[atom_id]
         if -1 in parts and len(parts) > 1:
@@ -109,7 +112,8 @@ def resolve_units(instrumented: Instrumented, records: dict[PartKey, PartRecord]
                 for index in range(len(atom.parts)):
                     # The whole emission had one label, so every character of every part has it.
                     uniform = Segment(
-                        [Cut(0, segment.cuts[0].inside)], _ANY_LENGTH, segment.emission, segment.flags
+                        [Cut(0, segment.cuts[0].inside)], _ANY_LENGTH, segment.emission, segment.flags,
+                        segment.ending,
                     )
                     parts.setdefault(index, PartRecord()).segments.append(uniform)
         if any(index >= 0 for index in parts):
@@ -139,7 +143,7 @@ def _part_units(instrumented: Instrumented, atom: Atom, part: int, record: PartR
             if start >= min(end, segment.length):
                 continue
             inside = [cut.inside for cut in segment.cuts if cut.offset <= start][-1]
-            unit.observations.append(Observation(inside, segment.emission, segment.flags))
+            unit.observations.append(Observation(inside, segment.emission, segment.flags, segment.ending))
         _classify(unit, instrumented, atom)
         units.append(unit)
     return units
@@ -203,6 +207,18 @@ def _edge_examples(record: PartRecord) -> str:
 
 
 def _classify(unit: Unit, instrumented: Instrumented, atom: Atom) -> None:
+    """Label ``unit`` from its observations.
+
+    Prompt renders (conversations ending with another message than an assistant's) add what they
+    write after their last assistant turn, outside (``templatefix.patch.observe``). When no
+    condition separates the inside observations from the outside ones with them, the unit is
+    labelled from the renders users train on alone (ending with an assistant message), as it was
+    before prompt renders were observed: right where training happens, possibly marked in some
+    prompt render.
+
+    Raises:
+        PatchFailure: no condition separates the inside observations even then.
+    """
     labels = {o.inside for o in unit.observations}
     if not labels:
         unit.label = "none"
@@ -212,6 +228,13 @@ def _classify(unit: Unit, instrumented: Instrumented, atom: Atom) -> None:
         unit.label = "out"
     else:
         condition = find_condition(unit.observations, instrumented.source, instrumented, atom)
+        if condition is None:
+            training = [o for o in unit.observations if o.ending.last_role == "assistant"]
+            if len(training) < len(unit.observations):
+                _LOG.debug("no condition separates prompt renders; labelling from training renders")
+                unit.observations = training
+                _classify(unit, instrumented, atom)
+                return
         if condition is None and _LOG.isEnabledFor(logging.DEBUG):
             for observation in unit.observations:  # what no condition could separate
                 _LOG.debug(

@@ -6,6 +6,14 @@ the template wrote which characters. Each emission's characters are cut into run
 inside or outside the expected spans; the runs are collected per output piece (an atom, or one
 operand of a ``+``/``~`` chain) together with the loop variables and flags in force.
 
+The prompts (prefixes that end with another message: a system prompt, a user's question, a
+tool result) can be observed too, without and with the generation prompt:
+no assistant turn owns what such a render writes after its last assistant turn, so text a
+template writes after the loop for the turn that may come next (Phi-3's ``eos_token``, an
+unconditional ``### Response`` header) is seen outside there, and the condition stage finds what
+separates it (how the conversation ends, :class:`Ending`). The patcher observes them only when a
+first placement marks such text (:func:`marks_after_prompt_text`).
+
 Example:
     >>> label_range([(2, 5)], 0, 8)
     [Cut(offset=0, inside=False), Cut(offset=2, inside=True), Cut(offset=5, inside=False)]
@@ -13,14 +21,16 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jinja2 import nodes
 
 from templatefix.errors import InternalDisagreement, RenderError, RenderLimitExceeded
 from templatefix.policy import Policy
+from templatefix.render import render, render_with_spans
 from templatefix.trace import Atom, Emission, Instrumented, Trace
 
 #: ``(atom id, part index)``; part ``-1`` is the whole atom.
@@ -35,6 +45,25 @@ class Cut:
     inside: bool
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How a rendered conversation ends, which outputs after the message loop can test.
+
+    Attributes:
+        last_role: the role of the conversation's last message (``None`` for no message).
+        add_generation_prompt: whether the render asked for the generation prompt.
+    """
+
+    last_role: str | None = "assistant"
+    add_generation_prompt: bool = False
+
+    @classmethod
+    def of(cls, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) -> Ending:
+        """The ending of ``messages`` rendered with or without the generation prompt."""
+        role = messages[-1].get("role") if messages else None
+        return cls(role if isinstance(role, str) else None, add_generation_prompt)
+
+
 @dataclass
 class Segment:
     """One emission of one output piece, cut into inside/outside runs.
@@ -44,12 +73,14 @@ class Segment:
         length: the emitted text's length.
         emission: the emission (loop variables, loop state, branches taken).
         flags: the template arguments of the probe (``enable_thinking``…).
+        ending: how the rendered conversation ends.
     """
 
     cuts: list[Cut]
     length: int
     emission: Emission
     flags: dict[str, Any]
+    ending: Ending = field(default_factory=Ending)
 
 
 @dataclass(frozen=True)
@@ -77,15 +108,28 @@ class Observations:
     samples: int = 0
     saw_turn: bool = False
     saw_assistant_text: bool = False
+    done: set[str] = field(default_factory=set)  # the samples observed, as :func:`_sample_key`
 
 
 @dataclass(frozen=True)
 class Sample:
-    """A conversation to observe: a probe, or a prefix of it that ends with an assistant message."""
+    """A conversation to observe: a probe, or a prefix of it.
+
+    Attributes:
+        name: the probe's name, with the prefix length for a prefix.
+        messages: the conversation.
+        kwargs: the template arguments of the probe.
+        add_generation_prompt: render with the generation prompt (only prompt samples do).
+    """
 
     name: str
     messages: tuple[dict[str, Any], ...]
     kwargs: Mapping[str, Any]
+    add_generation_prompt: bool = False
+
+    @property
+    def ending(self) -> Ending:
+        return Ending.of(self.messages, self.add_generation_prompt)
 
 
 def samples(probe: Any) -> Iterable[Sample]:
@@ -97,47 +141,152 @@ def samples(probe: Any) -> Iterable[Sample]:
             yield Sample(f"{probe.name}[:{index + 1}]", messages[: index + 1], probe.kwargs)
 
 
+def prompt_samples(probe: Any) -> Iterable[Sample]:
+    """Each non-empty prefix of the probe (the probe included) whose last message is not an
+    assistant's (a system prompt, a user's question, a tool result), without and then with the
+    generation prompt."""
+    messages = tuple(probe.messages)
+    for count in range(1, len(messages) + 1):
+        if messages[count - 1].get("role") != "assistant":
+            for prompt in (False, True):
+                yield Sample(f"{probe.name}[:{count}]", messages[:count], probe.kwargs, prompt)
+
+
 def observe(
     template: str,
     instrumented: Instrumented,
     probes: Sequence[Any],
     policy: Policy,
     special_tokens: Mapping[str, Any] | None = None,
+    seen: Observations | None = None,
+    prompts: bool = False,
 ) -> Observations:
     """Trace every sample of every probe and record its emissions, labelled by the oracle.
 
-    A sample the original template rejects is skipped.
+    The samples are :func:`samples` (the training renders), or with ``prompts`` the
+    :func:`prompt_samples`; they are added to ``seen`` when given. A sample the original template
+    rejects is skipped, and one already observed (probes share prefixes) is not observed again.
 
     Raises:
         RenderLimitExceeded: a render went past its bound.
         InternalDisagreement: the trace of a conversation the template accepts fails, or differs
             from the plain render (a bug in the instrumentation); such a sample is never dropped.
     """
-    from templatefix.oracle import expected_turns
-
-    seen = Observations()
+    seen = seen if seen is not None else Observations()
     for probe in probes:
-        for sample in samples(probe):
+        for sample in prompt_samples(probe) if prompts else samples(probe):
+            key = _sample_key(sample)
+            if key is not None:
+                if key in seen.done:
+                    continue
+                seen.done.add(key)
+            _observe_sample(template, instrumented, sample, policy, special_tokens, seen)
+    return seen
+
+
+def marks_after_prompt_text(
+    patched: str, probes: Sequence[Any], special_tokens: Mapping[str, Any] | None = None
+) -> bool:
+    """Whether ``patched`` marks text in some prompt render (:func:`prompt_samples`) past the start
+    of the first text of a message that follows the last assistant turn: text no turn owns.
+
+    A cheap look (plain renders, no oracle) that says when prompt renders need observing at all.
+    A message whose text the render does not hold bounds nothing.
+    """
+    from templatefix.oracle import locate_texts
+
+    done: set[str] = set()
+    for probe in probes:
+        for sample in prompt_samples(probe):
+            key = _sample_key(sample)
+            if key is not None:
+                if key in done:
+                    continue
+                done.add(key)
+            messages = list(sample.messages)
             try:
-                expectation = expected_turns(template, sample, policy, special_tokens)
+                text, spans = render_with_spans(
+                    patched, messages, add_generation_prompt=sample.add_generation_prompt,
+                    special_tokens=special_tokens, **dict(sample.kwargs),
+                )
             except RenderLimitExceeded:
                 raise
             except RenderError:
-                continue  # the original refuses this conversation: nothing to observe
-            traced = trace_agreeing(instrumented, sample, expectation.text, special_tokens)
-            spans = [t.span for t in expectation.turns if t.span and t.span[1] > t.span[0]]
-            # Where a turn without an end-of-turn token may end: through the whitespace G ends with.
-            ends = {t.end_out: t.end_in for t in expectation.turns if t.span and t.open_end}
-            # Whitespace a turn generated alone is owed nothing: outputs that wrote only that
-            # are free to be marked or not, so they say nothing about their label.
-            free = [(t.start, t.end_in) for t in expectation.turns if t.blank and t.end_in > t.start]
-            seen.saw_turn = seen.saw_turn or bool(expectation.turns)
-            seen.saw_assistant_text = seen.saw_assistant_text or spans_hold_assistant_text(
-                expectation.text, spans, sample
+                continue  # the original refuses it too: rule 1 is the verifier's to judge
+            last_turn = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+            after = [found[0][0] for found in locate_texts(text, messages)[last_turn + 1 :] if found]
+            if after and any(end > min(after) for _, end in spans):
+                return True
+    return False
+
+
+def _sample_key(sample: Sample) -> str | None:
+    """What makes two samples render alike (``None`` for arguments that are not plain data)."""
+    try:
+        return json.dumps(
+            [list(sample.messages), dict(sample.kwargs), sample.add_generation_prompt], sort_keys=True
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def _observe_sample(
+    template: str,
+    instrumented: Instrumented,
+    sample: Sample,
+    policy: Policy,
+    special_tokens: Mapping[str, Any] | None,
+    seen: Observations,
+) -> None:
+    """Trace one sample and add its emissions to ``seen`` (nothing if the original rejects it).
+
+    A sample that ends with another message than an assistant's (a prompt render) contributes
+    what it writes after its last assistant turn: text no turn owns, so outside. Before that, it
+    contributes only the outputs outside every loop (written once for the whole conversation),
+    labelled by the oracle: one that falls in the last turn's output there is that turn's (the
+    messages after it write nothing, as Phi-3's tool messages). The loops' outputs there are what
+    the prefixes ending with those turns show. With the generation prompt, the render must
+    continue the one without it (else which turn owns what is unknown and the sample is skipped).
+    """
+    from templatefix.oracle import expected_turns
+
+    prompt_render = sample.ending.last_role != "assistant"
+    try:
+        expectation = expected_turns(
+            template, Sample(sample.name, sample.messages, sample.kwargs), policy, special_tokens
+        )
+        text = expectation.text
+        if sample.add_generation_prompt:
+            text = render(
+                template, list(sample.messages), add_generation_prompt=True,
+                special_tokens=special_tokens, **dict(sample.kwargs),
             )
-            seen.samples += 1
-            record_emissions(instrumented, traced, spans, dict(sample.kwargs), seen.records, free, ends)
-    return seen
+            if not text.startswith(expectation.text):
+                return
+    except RenderLimitExceeded:
+        raise
+    except RenderError:
+        return  # the original refuses this conversation: nothing to observe
+    traced = trace_agreeing(instrumented, sample, text, special_tokens)
+    seen.samples += 1
+    spans = [t.span for t in expectation.turns if t.span and t.span[1] > t.span[0]]
+    # Where a turn without an end-of-turn token may end: through the whitespace G ends with.
+    ends = {t.end_out: t.end_in for t in expectation.turns if t.span and t.open_end}
+    # Whitespace a turn generated alone is owed nothing: outputs that wrote only that
+    # are free to be marked or not, so they say nothing about their label.
+    free = [(t.start, t.end_in) for t in expectation.turns if t.blank and t.end_in > t.start]
+    if prompt_render:
+        owned = max((max(t.start, t.end_out, t.end_in) for t in expectation.turns), default=0)
+        flags, ending = dict(sample.kwargs), sample.ending
+        record_emissions(instrumented, traced, [], flags, seen.records, ending=ending, since=owned)
+        once = [e for e in traced.emissions if e.start < owned and not instrumented.atoms[e.atom].loops]
+        record_emissions(
+            instrumented, replace(traced, emissions=once), spans, flags, seen.records, free, ends, ending
+        )
+        return
+    seen.saw_turn = seen.saw_turn or bool(expectation.turns)
+    seen.saw_assistant_text = seen.saw_assistant_text or spans_hold_assistant_text(text, spans, sample)
+    record_emissions(instrumented, traced, spans, dict(sample.kwargs), seen.records, free, ends)
 
 
 def trace_agreeing(
@@ -150,7 +299,10 @@ def trace_agreeing(
         InternalDisagreement: the trace fails or renders other text.
     """
     try:
-        traced = instrumented.trace(sample.messages, special_tokens=special_tokens, **dict(sample.kwargs))
+        traced = instrumented.trace(
+            sample.messages, add_generation_prompt=sample.add_generation_prompt,
+            special_tokens=special_tokens, **dict(sample.kwargs),
+        )
     except RenderLimitExceeded:
         raise
     except RenderError as error:
@@ -209,6 +361,8 @@ def record_emissions(
     records: dict[PartKey, PartRecord],
     free: Sequence[tuple[int, int]] = (),
     ends: Mapping[int, int] | None = None,
+    ending: Ending | None = None,
+    since: int = 0,
 ) -> None:
     """Add each non-empty emission of ``traced`` to ``records``, per part when a span edge cuts
     a chain (``'<|im_start|>' + role + '\\n' + content``) and the parts' texts are known.
@@ -217,9 +371,11 @@ def record_emissions(
     ``ends`` maps a span end to how far the whitespace that ends the turn reaches. A piece that is
     not constant text (``{{ message.content }}``) and ends a turn with its own trailing whitespace
     cannot be cut before that whitespace; SPEC §2 allows it in, so the piece is recorded as
-    inside up to its end."""
+    inside up to its end. ``ending`` says how the conversation ends (default: with an assistant
+    message, no generation prompt); emissions that start before ``since`` are left out."""
+    ending = ending or Ending()
     for emission in traced.emissions:
-        if emission.end == emission.start:
+        if emission.end == emission.start or emission.start < since:
             continue
         if any(start <= emission.start and emission.end <= end for start, end in free):
             continue
@@ -229,7 +385,9 @@ def record_emissions(
             if emission.part_ranges is None:
                 # Operands weren't strings: the atom can only be taken whole.
                 record = records.setdefault((atom.id, -1), PartRecord())
-                record.segments.append(Segment(whole_cuts, emission.end - emission.start, emission, flags))
+                record.segments.append(
+                    Segment(whole_cuts, emission.end - emission.start, emission, flags, ending)
+                )
                 continue
             for index, (lo, hi) in enumerate(emission.part_ranges):
                 if hi == lo:
@@ -243,13 +401,13 @@ def record_emissions(
                     ends,
                     _constant(atom, index),
                 )
-                _add(record, spans, traced, emission, lo, hi, flags, cuts)
+                _add(record, spans, traced, emission, lo, hi, flags, cuts, ending)
             continue
         record = records.setdefault((atom.id, -1), PartRecord())
         cuts = _keep_trailing_whitespace(
             traced.text, whole_cuts, emission.start, emission.end, ends, _constant(atom, -1)
         )
-        _add(record, spans, traced, emission, 0, emission.end - emission.start, flags, cuts)
+        _add(record, spans, traced, emission, 0, emission.end - emission.start, flags, cuts, ending)
 
 
 def _constant(atom: Atom, part: int) -> bool:
@@ -283,12 +441,13 @@ def _add(
     hi: int,
     flags: dict[str, Any],
     cuts: list[Cut] | None = None,
+    ending: Ending | None = None,
 ) -> None:
     """Record the text ``[lo, hi)`` of ``emission`` (relative offsets)."""
     start, end = emission.start + lo, emission.start + hi
     if cuts is None:
         cuts = label_range(spans, start, end)
-    record.segments.append(Segment(cuts, hi - lo, emission, flags))
+    record.segments.append(Segment(cuts, hi - lo, emission, flags, ending or Ending()))
     text = traced.text[start:end]
     record.texts.add(text)
     if len(cuts) > 1:
