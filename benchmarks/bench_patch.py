@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--filter", default="")
     parser.add_argument("--every", type=int, default=1, help="take every N-th template (a sample)")
+    parser.add_argument("--slowest", type=int, default=5, help="list the N slowest templates")
     args = parser.parse_args()
     paths = sorted(p for p in Path(args.corpus).rglob("*.jinja") if args.filter in str(p))[:: args.every]
     if args.limit:
@@ -72,6 +73,10 @@ def main() -> None:
     print(f"baseline (render battery once): median {median_base:.3f}s  p95 {p95(base_times):.3f}s")
     print(f"ratio patch+verify / baseline: median {median_patch / median_base:.1f}x")
     print(f"goal: median <= 1.0 s per template -> {'PASS' if median_patch <= 1.0 else 'FAIL'}")
+    print(f"goal: p95 <= 3.0 s per template -> {'PASS' if p95(patch_times) <= 3.0 else 'FAIL'}")
+    slowest = sorted(zip(patch_times, paths, strict=True), reverse=True)[: args.slowest]
+    for seconds, path in slowest:
+        print(f"  {seconds:6.2f}s  {path.relative_to(args.corpus)}")
 
 
 if __name__ == "__main__":

@@ -61,12 +61,12 @@ OutputStatus = Literal[
 #: Search budget: candidates rendered, characters rendered, probes kept, and a wall-clock safety
 #: net. The defaults keep patch plus full verification within the cost goal
 #: (``benchmarks/bench_patch.py``).
-SEARCH_CANDIDATES = 300
-SEARCH_CHARACTERS = 3_000_000
-SEARCH_KEEP = 12
+SEARCH_CANDIDATES = 200
+SEARCH_CHARACTERS = 1_500_000
+SEARCH_KEEP = 8
 #: At most this many probes kept for reaching a new output (each is verified: it costs).
 SEARCH_KEEP_OUTPUTS = 24
-SEARCH_SECONDS = 3.0
+SEARCH_SECONDS = 15.0
 #: The search stops after this many candidates in a row that reach nothing new.
 PATIENCE = 40
 

@@ -58,7 +58,7 @@ from templatefix.schemas import (
 #: Seeded random combinations tried after the systematic candidates.
 RANDOM_COMBINATIONS = 60
 #: Tools drawn from the schema grammar, each rendered alone, for :func:`tool_zoo`.
-SCHEMA_DRAWS = 64
+SCHEMA_DRAWS = 48
 
 _CALL = MESSAGE + ("tool_calls", ELEMENT)
 _CONTENT = MESSAGE + ("content",)

@@ -110,6 +110,16 @@ REASONING_THEN_PLAIN = [
     _assistant("second answer"),
 ]
 
+DOCUMENTS = [{"title": "forecast", "text": "rain later"}, {"title": "almanac", "text": "dry season"}]
+DOCUMENTS_AND_CALLS = [
+    _user("weather please"),
+    _assistant("checking", tool_calls=[_call("get_weather", {"city": "paris"})]),
+    {"role": "tool", "tool_call_id": "call00001", "name": "get_weather", "content": "sunny"},
+    _assistant("it is sunny"),
+    _user("and tomorrow?"),
+    _assistant("rain, says the forecast"),
+]
+
 FIXED = [
     Case("qwen/Qwen3.6.jinja", REASONING_THEN_PLAIN, {"enable_thinking": False}, turn=3),
     # needs the template's own `{% set reasoning_content %}` in the condition search
@@ -303,3 +313,20 @@ def test_header_of_a_turn_whose_prompt_is_not_its_header_stays_out(corpus_dir: P
     text, spans = render_with_spans(result.patched, messages, **case.kwargs)
     header = text.rindex("<|turn>model\n")
     assert all(not (start <= header < end) for start, end in merge_spans(spans)), "header in the span"
+
+
+@pytest.mark.parametrize("path", ["other/AI21-Jamba-Large-1.6.jinja", "other/axolotl-jamba.jinja"])
+def test_rewritten_turn_keeps_the_end_of_turn_the_next_message_writes(corpus_dir: Path, path: str) -> None:
+    """With documents, Jamba writes them before the last user message, so earlier turns render
+    differently in history (rewritten). Their ``<|eom|>`` is still written when the next message
+    starts, and is still theirs: with that conversation among the probes the patch is not
+    refused, and every span is judged right."""
+    from templatefix.probes import Probe
+
+    original = _read(corpus_dir, path)
+    kwargs = {"documents": DOCUMENTS, "tools": _tools("get_weather")}
+    probe = Probe("documents_and_calls", tuple(DOCUMENTS_AND_CALLS), kwargs)
+    result = patch_template(original, probes=[probe])
+    assert result.passed and result.changed, result.reasons
+    judged, problems = _judge(original, result.patched, Case(path, DOCUMENTS_AND_CALLS, kwargs, turn=5))
+    assert 5 in judged and not problems, problems
