@@ -18,14 +18,16 @@ of ``templatefix.trace`` (its full render, and its last prompt render with
 Only ``unreached`` counts against coverage; the other classes are proven from the AST or from a
 render, never assumed, and are listed too.
 
-:func:`search` extends a probe list: it renders candidate conversations one by one and keeps
-those that reach an output or a branch outcome (an ``{% if %}`` chain's branch, a conditional
-expression's side) no kept probe reached, until every output is reached, :data:`PATIENCE`
-accepted candidates in a row bring nothing new, or the budget runs out: :data:`SEARCH_CANDIDATES`
-candidates, :data:`SEARCH_CHARACTERS` characters rendered (the cost of a render grows with its
-length, so this bounds the time and stays deterministic), :data:`SEARCH_KEEP` probes kept.
-Candidates come in a fixed order, so the search is deterministic. :data:`SEARCH_SECONDS` is a
-safety net only a machine many times slower than usual reaches.
+:func:`search` extends a probe list: it renders candidate conversations one by one (systematic
+ones from ``templatefix.derive`` and, in turn, mutations of those that reached something new)
+and keeps those that reach an output or a branch outcome (an ``{% if %}`` chain's branch, a
+conditional expression's side) no kept probe reached, until every output is reached,
+:data:`PATIENCE` candidates in a row bring nothing new, or the budget runs out:
+:data:`SEARCH_CANDIDATES` candidates, :data:`SEARCH_WORK` units of work (outputs written and
+tests evaluated while rendering: render time follows it within a factor of two, and unlike time
+it is the same on every machine, so the search is deterministic), :data:`SEARCH_KEEP` probes
+kept for branch outcomes alone. :data:`SEARCH_SECONDS` is a safety net only a machine many
+times slower than usual reaches.
 
 Example:
     >>> from templatefix.probes import make_probe
@@ -58,11 +60,11 @@ OutputStatus = Literal[
     "reached", "unreached", "refusal", "uncalled-macro", "empty-conversation", "dead-branch"
 ]
 
-#: Search budget: candidates rendered, characters rendered, probes kept, and a wall-clock safety
-#: net. The defaults keep patch plus full verification within the cost goal
+#: Search budget: candidates rendered, work (outputs written and tests evaluated), probes kept,
+#: and a wall-clock safety net. The defaults keep patch plus full verification within the cost goal
 #: (``benchmarks/bench_patch.py``).
-SEARCH_CANDIDATES = 200
-SEARCH_CHARACTERS = 1_500_000
+SEARCH_CANDIDATES = 400
+SEARCH_WORK = 60_000
 SEARCH_KEEP = 8
 #: At most this many probes kept for reaching a new output (each is verified: it costs).
 SEARCH_KEEP_OUTPUTS = 24
@@ -179,7 +181,8 @@ def probe_features(
 def _probe_run(
     template: str, probe: Any, special_tokens: Mapping[str, Any] | None = None
 ) -> tuple[frozenset[Feature] | None, int]:
-    """The probe's features and the characters its renders wrote (the cost of measuring it)."""
+    """The probe's features and the work its renders took (outputs written and tests evaluated:
+    the cost of measuring it, proportional to its render time within a factor of two)."""
     key = json.dumps(
         [list(probe.messages), dict(probe.kwargs), dict(special_tokens or {})], sort_keys=True, default=str
     )
@@ -195,7 +198,7 @@ def _features(template: str, key: str) -> tuple[frozenset[Feature] | None, int]:
     if last > 0:
         renders.append((messages[:last], True))
     features: set[Feature] = set()
-    characters = 0
+    work = 0
     for conversation, prompt in renders:
         try:
             traced = instrumented.cover(
@@ -204,11 +207,11 @@ def _features(template: str, key: str) -> tuple[frozenset[Feature] | None, int]:
         except RenderLimitExceeded:
             raise
         except RenderError:
-            return None, characters
-        characters += len(traced.text)
+            return None, work
+        work += traced.events
         features.update(("out", site, 0) for site in traced.covered)
         features.update(("branch", site, outcome) for site, outcome in traced.outcomes)
-    return frozenset(features), characters
+    return frozenset(features), work
 
 
 def measure(
@@ -366,7 +369,7 @@ def search(
     mutate: Callable[[Sequence[Any], random.Random, frozenset[str]], Any | None] | None = None,
     seed: int = 0,
     max_candidates: int = SEARCH_CANDIDATES,
-    characters: int = SEARCH_CHARACTERS,
+    work: int = SEARCH_WORK,
     keep: int = SEARCH_KEEP,
     keep_outputs: int = SEARCH_KEEP_OUTPUTS,
     patience: int = PATIENCE,
@@ -408,7 +411,7 @@ def search(
             break
         if output_keeps >= keep_outputs:
             break
-        if spent > characters or time.perf_counter() - started > seconds:
+        if spent > work or time.perf_counter() - started > seconds:
             break
         candidate = None
         if mutate is not None and (stream is None or count % 2):

@@ -748,8 +748,8 @@ def _battery(template: str, limit: int, search: bool) -> tuple[Probe, ...]:
     battery = fixed_battery(template, limit=limit)
     if search:
         mutate = derive.Mutator(template)
-        # nothing new for as many candidates as there are kinds of change: each had its chance
-        patience = max(coverage.PATIENCE, mutate.changes)
+        # nothing new for two candidates per kind of change in a row: each had its chance
+        patience = max(coverage.PATIENCE, 2 * mutate.changes)
         battery += coverage.search(
             template, battery, derive.candidates(template), mutate=mutate, patience=patience
         )

@@ -44,6 +44,7 @@ class Hooks:
     def __init__(self) -> None:
         self.covered: set[int] = set()
         self.outcomes: set[tuple[int, int]] = set()
+        self.events = 0
 
     def table(self) -> dict[str, Any]:
         """The variables that give the instrumented template its hooks."""
@@ -79,12 +80,14 @@ class Hooks:
 
     def cover(self, site: int, value: Any) -> Any:
         """Output site ``site`` produced ``value``; it counts as covered when that is not empty."""
+        self.events += 1
         if site not in self.covered and str(value):
             self.covered.add(site)
         return value
 
     def branch(self, site: int, index: int, count: int, value: Any) -> Any:
         """Test ``index`` of branch site ``site`` gave ``value`` (outcome ``count``: none was true)."""
+        self.events += 1
         if value:
             self.outcomes.add((site, index))
         elif index == count - 1:

@@ -253,7 +253,7 @@ class Instrumented:
         )
         hooks = Hooks()
         text = render_with_hooks(self.template, variables, hooks)
-        return CoverageTrace(text, hooks.covered, hooks.outcomes)
+        return CoverageTrace(text, hooks.covered, hooks.outcomes, hooks.events)
 
 
 def _cover_output(output: nodes.Output, originals: dict[int, nodes.Node], sites: Sites) -> None:

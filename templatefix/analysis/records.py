@@ -119,3 +119,4 @@ class CoverageTrace:
     text: str
     covered: set[int]
     outcomes: set[tuple[int, int]]
+    events: int = 0  # outputs written and tests evaluated: the work the render took
