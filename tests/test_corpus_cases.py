@@ -330,3 +330,41 @@ def test_rewritten_turn_keeps_the_end_of_turn_the_next_message_writes(corpus_dir
     assert result.passed and result.changed, result.reasons
     judged, problems = _judge(original, result.patched, Case(path, DOCUMENTS_AND_CALLS, kwargs, turn=5))
     assert 5 in judged and not problems, problems
+
+
+#: Templates that write text after their message loop for the turn that may come next (the
+#: end-of-sequence token, the next assistant header), each once marked in every render.
+AFTER_THE_LOOP = [
+    "phi/Phi-3-mini-4k-instruct.jinja",  # eos_token when there is no generation prompt
+    "other/axolotl-metharme.jinja",  # the same, after a system prompt of its own
+    "other/Magicoder-S-DS-6.7B.jinja",  # "@@ Response" always
+    "other/starcoder2-15b-instruct-v0.1.jinja",  # "### Response" always
+    "other/Hammer2.1.jinja",  # the next header always
+    "other/dolphin-2.9-llama3-8b.gguf.jinja",  # the next header always
+    "nemotron/Nemotron-Mini-4B-Instruct.gguf.jinja",
+]
+
+
+@pytest.mark.parametrize("path", AFTER_THE_LOOP)
+def test_render_ending_with_a_user_message_marks_only_earlier_turns(corpus_dir: Path, path: str) -> None:
+    """No assistant turn owns what a render ending with a user message writes after the earlier
+    turns' outputs: the user's text and everything after it hold no span, with or without the
+    generation prompt. The answered turn keeps one span from the end of its ``P``, and the
+    training render is judged by the P/F prefix rule."""
+    original = _read(corpus_dir, path)
+    result = patch_template(original)
+    assert result.passed and result.changed, result.reasons
+    for count in (1, 3):  # a lone question; a question after an answered one
+        messages = PLAIN_TURNS[:count]
+        for prompt in (False, True):
+            full = render(original, messages, add_generation_prompt=prompt)
+            text, spans = render_with_spans(result.patched, messages, add_generation_prompt=prompt)
+            assert text == full, "the patched template renders differently"
+            question = full.rindex(messages[-1]["content"])
+            late = [full[a:b] for a, b in merge_spans(spans) if b > question]
+            assert not late, f"M[:{count}] add_generation_prompt={prompt}: marked {late!r} after the question"
+            if count == 3:  # the answered turn keeps one span, from the end of its P
+                asked = render(original, PLAIN_TURNS[:1], add_generation_prompt=True)
+                assert [a for a, _ in merge_spans(spans)] == [len(asked)], full[len(asked):]
+    judged, problems = _judge(original, result.patched, Case(path, PLAIN_TURNS, turn=3))
+    assert 3 in judged and not problems, problems
