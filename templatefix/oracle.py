@@ -55,13 +55,15 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from templatefix.analysis.expectations import ProbeExpectation, ProbeLike, TurnExpectation, TurnKind
+from templatefix.analysis.records import Trace
+from templatefix.analysis.regions import regions_of
 from templatefix.analysis.shape import place_by_shape
 from templatefix.analysis.texts import (
     LEADING_MARKUP,
@@ -79,7 +81,7 @@ from templatefix.analysis.texts import (
 from templatefix.errors import InternalDisagreement, RenderError, RenderLimitExceeded
 from templatefix.policy import Policy
 from templatefix.render import Span, render
-from templatefix.trace import message_regions
+from templatefix.trace import Instrumented, instrumented_for
 
 __all__ = [
     "ProbeExpectation",
@@ -115,14 +117,42 @@ class _Renderer:
     def __call__(self, count: int, add_generation_prompt: bool) -> str:
         key = (count, add_generation_prompt)
         if key not in self.renders:
-            self.renders[key] = render(
-                self.template,
-                self.messages[:count],
-                add_generation_prompt=add_generation_prompt,
-                special_tokens=self.special_tokens,
-                **self.kwargs,
+            self.renders[key] = remembered(
+                ("render", self.template, self.messages[:count], self.kwargs, add_generation_prompt,
+                 self.special_tokens),
+                lambda: render(
+                    self.template,
+                    self.messages[:count],
+                    add_generation_prompt=add_generation_prompt,
+                    special_tokens=self.special_tokens,
+                    **self.kwargs,
+                ),
             )
         return self.renders[key]
+
+
+def remembered(key: Any, compute: Callable[[], Any]) -> Any:
+    """``compute()``, remembered inside :func:`remembering` under ``key`` (plain data), failures
+    too: the prefixes of one probe are the samples of another, the oracle renders each prefix
+    for every sample that holds it, and the patcher traces the samples the oracle traced."""
+    cache = _SHARED.get()
+    if cache is None:
+        return compute()
+    try:
+        text_key = json.dumps(key, sort_keys=True)
+    except (TypeError, ValueError):  # arguments that are not plain data: not remembered
+        return compute()
+    if text_key not in cache:
+        try:
+            cache[text_key] = (True, compute())
+        except RenderLimitExceeded:
+            raise
+        except RenderError as error:
+            cache[text_key] = (False, error)
+    ok, value = cache[text_key]
+    if not ok:
+        raise value
+    return value
 
 
 def _trace_regions(
@@ -137,10 +167,9 @@ def _trace_regions(
             to answer by another method).
     """
     try:
-        text, regions = message_regions(
-            template, list(probe.messages), add_generation_prompt=False,
-            special_tokens=special_tokens, **dict(probe.kwargs),
-        )
+        instrumented = instrumented_for(template)
+        traced = remembered_trace(instrumented, probe.messages, probe.kwargs, False, special_tokens)
+        text, regions = traced.text, regions_of(instrumented, traced)
     except RenderLimitExceeded:
         raise
     except RenderError as error:
@@ -194,13 +223,37 @@ def expected_turns(
 _REMEMBERED: ContextVar[dict[str, ProbeExpectation] | None] = ContextVar("expectations", default=None)
 
 
+def remembered_trace(
+    instrumented: Instrumented,
+    messages: Sequence[Mapping[str, Any]],
+    kwargs: Mapping[str, Any],
+    add_generation_prompt: bool,
+    special_tokens: Mapping[str, Any] | None,
+) -> Trace:
+    """``instrumented.trace(...)``, remembered like :func:`remembered` (treat it as read-only)."""
+    text = instrumented.source.text
+    key = ("trace", text, list(messages), dict(kwargs), add_generation_prompt, special_tokens)
+    return remembered(
+        key,
+        lambda: instrumented.trace(
+            list(messages), add_generation_prompt=add_generation_prompt,
+            special_tokens=special_tokens, **dict(kwargs),
+        ),
+    )
+
+
+_SHARED: ContextVar[dict[str, Any] | None] = ContextVar("oracle_renders", default=None)
+
+
 @contextmanager
 def remembering() -> Iterator[None]:
     """Remember :func:`expected_turns` answers until the block ends (one patch and its check)."""
     token = _REMEMBERED.set({})
+    shared = _SHARED.set({})
     try:
         yield
     finally:
+        _SHARED.reset(shared)
         _REMEMBERED.reset(token)
 
 

@@ -42,6 +42,12 @@ def message_regions(
         special_tokens=special_tokens,
         **template_kwargs,
     )
+    return result.text, regions_of(instrumented, result)
+
+
+def regions_of(instrumented: Instrumented, result: Trace) -> list[tuple[int, int] | None]:
+    """Per message of a trace, the characters its loop iteration produced (see
+    :func:`message_regions`)."""
     chat = result.messages
     regions: list[tuple[int, int] | None] = [None] * len(chat)
     for loop_id in range(len(instrumented.loops)):
@@ -56,7 +62,7 @@ def message_regions(
                 current = regions[index]
                 if current is None or (current[1] - current[0]) < (end - start):
                     regions[index] = (start, end)
-    return result.text, regions
+    return regions
 
 
 def iteration_bounds(result: Trace, loop_id: int) -> list[tuple[Any, int, int]]:

@@ -298,10 +298,11 @@ def trace_agreeing(
         RenderLimitExceeded: the trace went past a render bound.
         InternalDisagreement: the trace fails or renders other text.
     """
+    from templatefix.oracle import remembered_trace
+
     try:
-        traced = instrumented.trace(
-            sample.messages, add_generation_prompt=sample.add_generation_prompt,
-            special_tokens=special_tokens, **dict(sample.kwargs),
+        traced = remembered_trace(
+            instrumented, sample.messages, sample.kwargs, sample.add_generation_prompt, special_tokens
         )
     except RenderLimitExceeded:
         raise
