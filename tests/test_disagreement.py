@@ -51,20 +51,22 @@ def test_patcher_raises_when_the_trace_disagrees(monkeypatch: pytest.MonkeyPatch
         patch_template(CHATML, probes=[PROBE])
 
 
-def test_patcher_raises_when_only_its_own_trace_disagrees(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The oracle's trace agrees; the patcher's trace of the same sample differs: a bug, not a skip."""
-    real = Instrumented.trace
+def test_patcher_raises_when_its_trace_of_a_sample_disagrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The patcher checks the trace of each sample against the plain render itself (the trace it
+    uses may come from the oracle's memo): a difference is a bug, not a skip."""
+    from templatefix.patch.observe import Sample, trace_agreeing
+    from templatefix.render import render
+    from templatefix.trace import instrumented_for
 
-    def trace(self: Instrumented, *args: object, **kwargs: object) -> object:
-        result = real(self, *args, **kwargs)
-        if "add_generation_prompt" in kwargs:  # the oracle's call (message regions)
-            return result
-        return dataclasses.replace(result, text=result.text + "!")
-
-    monkeypatch.setattr(Instrumented, "trace", trace)
-    expected_turns(CHATML, PROBE)  # the oracle is content
+    sample = Sample("one", PROBE.messages, {})
+    instrumented = instrumented_for(CHATML)
+    text = render(CHATML, list(PROBE.messages))
+    assert trace_agreeing(instrumented, sample, text, None).text == text
     with pytest.raises(InternalDisagreement, match="differently"):
-        patch_template(CHATML, probes=[PROBE])
+        trace_agreeing(instrumented, sample, text + "!", None)
+    _altered_trace(monkeypatch)
+    with pytest.raises(InternalDisagreement, match="differently"):
+        trace_agreeing(instrumented, sample, text, None)
 
 
 def test_a_rejected_conversation_is_still_skipped_not_a_disagreement() -> None:
