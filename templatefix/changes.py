@@ -286,8 +286,14 @@ def containing(text: str) -> Change:
     return change
 
 
-def synthesize(path: Path, reads: Reads, words: WordSource, depth: int = 0) -> Any:
-    """A value for ``path`` shaped like the template reads it (lists, mappings, constants, text)."""
+def synthesize(
+    path: Path, reads: Reads, words: WordSource, depth: int = 0, mappings: bool = False
+) -> Any:
+    """A value for ``path`` shaped like the template reads it (lists, mappings, constants, text).
+
+    With ``mappings``, a value the template tests ``is mapping`` (and reads no field of) is a
+    mapping of two entries, a text and a list, instead of what the other reads suggest.
+    """
     use = reads.use(path)
     constants = [c for c in reads.constants(path) if isinstance(c, str)]
     if depth > 3:
@@ -297,11 +303,13 @@ def synthesize(path: Path, reads: Reads, words: WordSource, depth: int = 0) -> A
         return element_constants
     keys = reads.fields(path)
     if keys:  # a mapping when fields are read (an over-approximated "[]" beside them is ignored)
-        return {key: synthesize(path + (key,), reads, words, depth + 1) for key in keys}
+        return {key: synthesize(path + (key,), reads, words, depth + 1, mappings) for key in keys}
+    if mappings and "mapping" in use.tests:
+        return {words(): words(), words(): [words(), words.number()]}
     if reads.reads(path + (ELEMENT,)):
-        return [synthesize(path + (ELEMENT,), reads, words, depth + 1)]
+        return [synthesize(path + (ELEMENT,), reads, words, depth + 1, mappings)]
     if reads.reads(path + (ANY_VALUE,)):
-        return {words(): synthesize(path + (ANY_VALUE,), reads, words, depth + 1)}
+        return {words(): synthesize(path + (ANY_VALUE,), reads, words, depth + 1, mappings)}
     if constants:
         return constants[0]
     if use.contains:  # ``'browser' in builtin_tools``: a list holding what is looked for
@@ -311,11 +319,14 @@ def synthesize(path: Path, reads: Reads, words: WordSource, depth: int = 0) -> A
     return words()
 
 
-def with_field(field_name: str, reads: Reads) -> Change:
+def with_field(field_name: str, reads: Reads, mappings: bool = False) -> Change:
+    """A made-up field on every assistant and tool message, shaped by the reads (see
+    :func:`synthesize`)."""
+
     def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
         for message in messages:
             if message["role"] in ("assistant", "tool"):
-                message[field_name] = synthesize(MESSAGE + (field_name,), reads, words)
+                message[field_name] = synthesize(MESSAGE + (field_name,), reads, words, mappings=mappings)
         return True
 
     return change

@@ -304,7 +304,8 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
         found.append(Variation("nested_arguments", changes.nested_arguments, _TOOL_SHAPES[:1]))
     content = reads.use(_CONTENT)
     if content.tests & {"string", "iterable", "sequence", "mapping"} or reads.reads(_CONTENT + (ELEMENT,)):
-        found.append(Variation("parts_everywhere", changes.parts_everywhere, (*_CHAT_SHAPES, "tool_calls")))
+        carriers = (*_CHAT_SHAPES, "tool_calls", "tool_calls_multi")  # the last: a system message and tools
+        found.append(Variation("parts_everywhere", changes.parts_everywhere, carriers))
     if reads.use(_CONTENT + (ELEMENT,)).tests & {"string"}:
         found.append(Variation("string_parts", changes.string_parts, _CHAT_SHAPES[:1]))
     for part_type in reads.part_types():
@@ -338,6 +339,8 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
         if field_name not in _KNOWN_FIELDS:
             change = changes.with_field(field_name, reads)
             found.append(Variation(f"field_{field_name}", change, _MULTI_AND_TOOLS, stackable=False))
+            change = changes.with_field(field_name, reads, mappings=True)
+            found.append(Variation(f"field_{field_name}_mappings", change, ("multi_turn",), stackable=False))
     found.append(Variation("late_system", changes.late_system, ("multi_turn",)))
     if reads.reads(("documents",)):
         found.append(Variation("documents", changes.documents, ("multi_turn", "tool_calls")))
