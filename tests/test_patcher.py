@@ -226,8 +226,10 @@ def test_corpus_acceptance(corpus_dir: Path) -> None:
     assert not crashes, crashes
     # a patch that passed renders exactly like the original, checked here without the verifier
     assert not [name for name, row in by_name.items() if row[1] and not row[2]]
-    missing = [name for name in MUST_VERIFY if name in by_name and not by_name[name][1]]
-    assert not missing, {name: by_name[name][3] for name in missing}
+    # every official gpt-oss, Qwen and Gemma template verified: rules 1–3 on every probe AND every
+    # output that writes text reached (SPEC §4)
+    missing = [name for name in MUST_VERIFY if name in by_name and by_name[name][0] not in ("exact", "flagged")]
+    assert not missing, {name: (by_name[name][0], by_name[name][3]) for name in missing}
     uncheckable = [name for name, row in by_name.items() if "rejects every probe" in row[3]]
     passed = sum(1 for row in by_name.values() if row[1])
     share = passed / (len(by_name) - len(uncheckable))
