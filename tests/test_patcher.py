@@ -228,7 +228,8 @@ def test_corpus_acceptance(corpus_dir: Path) -> None:
     assert not [name for name, row in by_name.items() if row[1] and not row[2]]
     # every official gpt-oss, Qwen and Gemma template verified: rules 1–3 on every probe AND every
     # output that writes text reached (SPEC §4)
-    missing = [name for name in MUST_VERIFY if name in by_name and by_name[name][0] not in ("exact", "flagged")]
+    verified = ("exact", "flagged")
+    missing = [name for name in MUST_VERIFY if name in by_name and by_name[name][0] not in verified]
     assert not missing, {name: (by_name[name][0], by_name[name][3]) for name in missing}
     uncheckable = [name for name, row in by_name.items() if "rejects every probe" in row[3]]
     passed = sum(1 for row in by_name.values() if row[1])
