@@ -24,9 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from strategies import conversations  # noqa: E402
 from test_fuzz import check_one, corpus_seeds, mutated, reference_seeds  # noqa: E402
-
-from templatefix.probes import conversations  # noqa: E402
 
 
 def main() -> int:

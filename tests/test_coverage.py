@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from jinja2 import Environment
+from strategies import random_probes
 
 from templatefix.cli import main
 from templatefix.coverage import measure, probe_features, search
 from templatefix.derive import Mutator, applicable, candidates, tool_zoo
 from templatefix.patcher import patch_template
-from templatefix.probes import Probe, fixed_battery, make_probe, probe_battery, random_probes
+from templatefix.probes import Probe, fixed_battery, make_probe, probe_battery
 from templatefix.reads import MESSAGE, template_reads_of
 from templatefix.render import render
 from templatefix.source import TemplateSource

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from strategies import conversations, tools_for
 
 from templatefix.errors import RenderError, TemplatefixError
 from templatefix.patcher import has_markers, patch_named_templates, patch_template, strip_generation_markers
-from templatefix.probes import conversations, probe_battery, tools_for
+from templatefix.probes import probe_battery
 from templatefix.render import merge_spans, render, render_with_spans
 
 REFERENCE = sorted((Path(__file__).resolve().parent.parent / "templates").glob("*.jinja"))

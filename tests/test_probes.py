@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from hypothesis import given, settings
+from strategies import conversations, random_probes, tools_for
 
 from templatefix.coverage import SEARCH_KEEP, SEARCH_KEEP_OUTPUTS, measure
 from templatefix.errors import TemplateSyntaxError
@@ -17,15 +18,12 @@ from templatefix.probes import (
     SHAPES,
     Probe,
     accepts,
-    conversations,
     find_flags,
     fixed_battery,
     make_probe,
     probe_battery,
     random_conversation,
-    random_probes,
     template_reads,
-    tools_for,
 )
 from templatefix.render import render
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from hypothesis import given, settings
+from strategies import random_probes
 
 from templatefix.errors import TemplateRejected
-from templatefix.probes import Probe, find_flags, make_probe, probe_battery, random_probes
+from templatefix.probes import Probe, find_flags, make_probe, probe_battery
 from templatefix.render import compile_template, render
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"

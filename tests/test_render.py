@@ -13,9 +13,10 @@ from typing import Any
 import jinja2
 import pytest
 from hypothesis import HealthCheck, given, settings
+from strategies import random_probes
 
 from templatefix.errors import RenderError, TemplateRejected
-from templatefix.probes import Probe, fixed_battery, probe_battery, random_probes
+from templatefix.probes import Probe, fixed_battery, probe_battery
 from templatefix.render import render
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"
