@@ -32,6 +32,8 @@ MARKER_NAMES = {"generation", "endgeneration", "if", "elif", "else", "endif", "n
 # Constant tests in conditions (``x is false``, ``message is sameas messages[-1]``).
 MARKER_NAMES |= {"true", "false", "none", "defined", "sameas"}
 BRANCH_OPERATORS = {"eq", "ne", "dot", "lbracket", "rbracket", "lparen", "rparen", "colon", "integer", "sub"}
+#: Roles a condition may compare the last message's role with, though the template never names them.
+STANDARD_ROLES = {"system", "user", "assistant", "tool"}
 #: Loop state a role branch may test (``loop.previtem.role == 'tool'``, ``loop.first``).
 LOOP_NAMES = {"loop", "previtem", "nextitem", "first", "last", "index", "index0", "length"}
 
@@ -49,7 +51,8 @@ def added_tokens_outside_the_allowed_set(original: str, patched: str) -> list[tu
     """Tokens of ``patched`` that are neither structure, marker/branch syntax, nor from ``original``.
 
     A name or operator is allowed if the original has the same token; a string or data token if
-    its text is a piece of one of the original's strings or data (a split). Role branches may
+    its text is a piece of one of the original's strings or data (a split), or a standard role
+    name (a condition on the role of the last message). Role branches may
     also test loop state and message fields the original reads by subscript (``m['role']`` in
     the original, ``m.role`` in a branch), and split an output with a constant slice
     (``expr[:16]`` / ``expr[16:]``). A new global, filter, test or callable is never allowed.
@@ -75,6 +78,8 @@ def added_tokens_outside_the_allowed_set(original: str, patched: str) -> list[tu
                 piece = _literal_value(kind, value)
                 if any(piece in text for text in texts):
                     continue
+                if kind == "string" and piece in STANDARD_ROLES:
+                    continue  # how the conversation ends: ``messages[-1].role == 'tool'``
             bad.append((kind, value))
     return bad
 
