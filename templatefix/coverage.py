@@ -54,7 +54,7 @@ from jinja2 import nodes
 from templatefix.errors import RenderError, RenderLimitExceeded
 from templatefix.source import TemplateSource
 from templatefix.trace import Instrumented, OutputSite, instrumented_for
-from templatefix.unreachable import dead_outputs
+from templatefix.unreachable import dead_outputs, output_nodes
 
 OutputStatus = Literal[
     "reached", "unreached", "refusal", "uncalled-macro", "empty-conversation", "dead-branch"
@@ -284,13 +284,10 @@ def _never_writes(tree: nodes.Template, instrumented: Instrumented) -> dict[int,
             result[site_id] = "dead-branch"
     for body in _bodies(tree):
         if any(_refuses(statement) for statement in body):
-            for statement in body:
-                for output in [statement, *statement.find_all(nodes.Output)]:
-                    if isinstance(output, nodes.Output):
-                        for child in output.nodes:
-                            site_id = sites.output_ids.get(id(child))
-                            if site_id is not None:
-                                result[site_id] = "refusal"
+            for child in output_nodes(body):
+                site_id = sites.output_ids.get(id(child))
+                if site_id is not None:
+                    result[site_id] = "refusal"
     return result
 
 

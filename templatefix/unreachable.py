@@ -59,7 +59,7 @@ def _visit(
         if isinstance(statement, nodes.If):
             for branch in [statement, *statement.elif_]:
                 if _always_false(branch.test, assigned, surely_set):
-                    found.extend(_walk_outputs(branch.body))
+                    found.extend(output_nodes(branch.body))
                 _visit(branch.body, assigned, surely_set, found)
             _visit(statement.else_, assigned, surely_set, found)
         elif isinstance(statement, nodes.Assign) and isinstance(statement.target, nodes.Name):
@@ -147,7 +147,8 @@ def _false_constant(node: nodes.Node) -> bool:
     return isinstance(node, nodes.Const) and not node.value
 
 
-def _walk_outputs(body: list[nodes.Node]) -> Iterator[nodes.Node]:
+def output_nodes(body: list[nodes.Node]) -> Iterator[nodes.Node]:
+    """The nodes written by the ``{{ }}`` outputs and literal text of ``body``, nested ones too."""
     for statement in body:
         for output in [statement, *statement.find_all(nodes.Output)]:
             if isinstance(output, nodes.Output):
