@@ -37,6 +37,7 @@ from typing import Any
 
 from templatefix.errors import TemplatefixError
 from templatefix.policy import Policy
+from templatefix.reference import reference_templates
 
 #: Longest template the page accepts (characters); real chat templates are far below it.
 MAX_TEMPLATE_CHARS = 200_000
@@ -407,6 +408,11 @@ def build_app(workers: Workers | None = None, *, oauth: bool | None = None) -> A
                 upload = gr.File(
                     label="…or upload a .jinja file", type="filepath", file_types=[".jinja", ".txt"]
                 )
+                references = reference_templates()
+                reference = gr.Dropdown(
+                    ["", *references], value="", label="…or start from a reference template",
+                    elem_id="reference",
+                )
         with gr.Accordion("Policy", open=False):
             with gr.Row():
                 turns = gr.Dropdown(list(TURNS), value="all", label="Turns")
@@ -459,6 +465,10 @@ def build_app(workers: Workers | None = None, *, oauth: bool | None = None) -> A
             else:
                 pr_button.click(on_pr, [*inputs, token_box], pr_result, api_name="open_pr")
         upload.upload(on_upload, upload, [template, verdict], api_name=False)
+        reference.input(
+            lambda name: references[name].read_text(encoding="utf-8") if name in references else "",
+            reference, template, api_name=False,
+        )
         run.click(
             on_patch,
             [model_id, revision, template, turns, reasoning, tool_calls, trailing, train_field],
