@@ -122,6 +122,17 @@ def _api(token: Token) -> Any:
     return HfApi(token=token)
 
 
+def quiet_hub() -> None:
+    """No progress bars or retry chatter from huggingface_hub: errors are reported in one line."""
+    try:
+        from huggingface_hub.utils import disable_progress_bars, logging
+
+        disable_progress_bars()
+        logging.set_verbosity_error()
+    except Exception:  # pragma: no cover - cosmetic only
+        pass
+
+
 def offline() -> bool:
     """Whether huggingface_hub is in offline mode (``HF_HUB_OFFLINE``, read by huggingface_hub)."""
     from huggingface_hub import constants
