@@ -24,8 +24,6 @@ from templatefix.errors import RenderError, SourceError, TemplatefixError
 from templatefix.render import render, render_with_spans
 from templatefix.tokens import TokenIssue, diagnose, normalize_messages, require_fast, special_tokens_of
 
-GENERATION_TAG = "{% generation %}"
-
 EXAMPLE_TOOLS: list[dict[str, Any]] = [{
     "type": "function",
     "function": {

@@ -85,7 +85,9 @@ def test_pasted_template_gives_the_librarys_verdict_diff_engines_view_and_file(c
     assert Path(download).read_text(encoding="utf-8") == expected.patched
 
 
-def test_hub_id_is_read_from_the_loopback_hub_without_the_apps_token(client: Any, served: dict[str, Any]) -> None:
+def test_hub_id_is_read_from_the_loopback_hub_without_the_apps_token(
+    client: Any, served: dict[str, Any]
+) -> None:
     hub: FakeHub = served["hub"]
     before = len(hub.requests)
     verdict, diff, _, _, download = _patch(client, model_id="org/chatml")
@@ -138,7 +140,9 @@ def test_gated_repo_is_one_message_in_the_page(client: Any) -> None:
         ("not a repo", "", "not a Hub model id"),
     ],
 )
-def test_bad_input_is_one_message_in_the_page(client: Any, model_id: str, template: str, expected: str) -> None:
+def test_bad_input_is_one_message_in_the_page(
+    client: Any, model_id: str, template: str, expected: str
+) -> None:
     verdict, diff, _, _, download = _patch(client, model_id=model_id, template=template)
     assert verdict.startswith("**Error:**"), verdict
     assert expected in verdict and "Traceback" not in verdict
