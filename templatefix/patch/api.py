@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from templatefix.clock import frozen_clock
 from templatefix.errors import PatchFailure, RenderError, RenderLimitExceeded
 from templatefix.oracle import remembering
 from templatefix.patch.label import resolve_units
@@ -143,7 +144,9 @@ def patch_template(
         >>> result = patch_template(open("templates/chatml.jinja").read())  # doctest: +SKIP
         >>> print(result.diff)  # doctest: +SKIP
     """
-    with remembering():  # the patcher and the verifier ask the oracle about the same probes
+    # The patcher and the verifier ask the oracle about the same probes, and every render of the
+    # patch (original, trace, patched, verifier) sees one moment for ``strftime_now``.
+    with remembering(), frozen_clock():
         return _patch_template(template, policy, probes, special_tokens, policy_kwargs)
 
 
