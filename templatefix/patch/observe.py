@@ -74,6 +74,7 @@ class Segment:
         emission: the emission (loop variables, loop state, branches taken).
         flags: the template arguments of the probe (``enable_thinking``…).
         ending: how the rendered conversation ends.
+        text: the emitted text (``None`` when only the whole atom's text is known).
     """
 
     cuts: list[Cut]
@@ -81,6 +82,7 @@ class Segment:
     emission: Emission
     flags: dict[str, Any]
     ending: Ending = field(default_factory=Ending)
+    text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -469,8 +471,8 @@ def _add(
     start, end = emission.start + lo, emission.start + hi
     if cuts is None:
         cuts = label_range(spans, start, end)
-    record.segments.append(Segment(cuts, hi - lo, emission, flags, ending or Ending()))
     text = traced.text[start:end]
+    record.segments.append(Segment(cuts, hi - lo, emission, flags, ending or Ending(), text))
     record.texts.add(text)
     if len(cuts) > 1:
         record.cut_texts.append(CutText(frozenset(c.offset for c in cuts if c.offset > 0), text))
