@@ -277,20 +277,33 @@ def _features(
                 )
     features.extend(_ending_features(observations, source, atom, quote))
     flag_values: dict[str, set[Any]] = {}
+    # A flag the template assigns itself (a default: `{% set f = f if f is defined else true %}`)
+    # is read as the output sees it, not as the probe passed it.
+    reassigned = instrumented.reassigned if instrumented is not None else frozenset()
     for observation in observations:
         for key, value in observation.flags.items():
             if key.isidentifier() and isinstance(value, (bool, str, int)):
                 flag_values.setdefault(key, set()).add(value)
             elif key.isidentifier() and key not in ("tools", "documents") and isinstance(value, (dict, list)):
                 flag_values.setdefault(key, set())  # a data option (Granite's `controls`): set or not
+    for observation in observations:
+        for key, value in observation.emission.options.items():
+            if key in flag_values and isinstance(value, (bool, str, int)):
+                flag_values[key].add(value)
     for flag, seen in sorted(flag_values.items()):
         # Templates test flags as `f`, `f is false` (defined and false) or `f == value`.
-        features.append((flag, lambda o, f=flag: bool(o.flags.get(f))))
-        features.append((f"{flag} is false", lambda o, f=flag: o.flags.get(f, None) is False))
-        features.append((f"{flag} is defined", lambda o, f=flag: f in o.flags))
+        if flag in reassigned:
+            options = lambda o: o.emission.options  # noqa: E731 - the values the output sees
+        else:
+            options = lambda o: o.flags  # noqa: E731 - the values the probe passed
+        features.append((flag, lambda o, f=flag, get=options: bool(get(o).get(f))))
+        features.append((f"{flag} is false", lambda o, f=flag, get=options: get(o).get(f, None) is False))
+        features.append((f"{flag} is defined", lambda o, f=flag, get=options: f in get(o)))
         for value in sorted(v for v in seen if isinstance(v, str)):
             literal = json.dumps(value)
-            features.append((f"{flag} == {literal}", lambda o, f=flag, v=value: o.flags.get(f) == v))
+            features.append(
+                (f"{flag} == {literal}", lambda o, f=flag, v=value, get=options: get(o).get(f) == v)
+            )
     features.extend(remote_branches)
     return features
 
