@@ -19,6 +19,8 @@ templatefix needs from there is reached through this module, and what differs be
 - ``is_generation_block(node)``: whether a parsed node is a ``{% generation %}`` block.
 - ``mask_rule()``: how ``apply_chat_template`` turns spans into ``assistant_masks`` on the
   installed release, again measured with a tiny in-memory tokenizer.
+- ``pinned_clock(moment)``: transformers' own ``strftime_now`` formats one moment while the block
+  runs (it formats ``datetime.now()`` of its module; whether pinning works is checked once).
 
 Example:
     >>> env = new_environment()
@@ -30,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime as _datetime
 import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -209,6 +212,52 @@ def _measure_mask_rule(tokenizer: Any) -> MaskRule:
     if mask == [0, 0, 0]:
         return "char_to_token"
     raise UnsupportedTransformersError(f"unrecognised assistant_masks rule (probe gave {mask})")
+
+
+# -- the clock transformers' strftime_now reads -------------------------------------------------
+
+
+def _pinned_class(moment: _datetime.datetime) -> type[_datetime.datetime]:
+    class Pinned(_datetime.datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> _datetime.datetime:  # type: ignore[override]
+            return moment if tz is None else moment.astimezone(tz)
+
+    return Pinned
+
+
+@contextmanager
+def _swapped_clock(moment: _datetime.datetime) -> Iterator[None]:
+    current = _ctu.datetime
+    _ctu.datetime = _pinned_class(moment)
+    try:
+        yield
+    finally:
+        _ctu.datetime = current
+
+
+@functools.lru_cache(maxsize=1)
+def _clock_can_be_pinned() -> bool:
+    """Whether transformers' ``strftime_now`` reads its module's ``datetime.now()`` (measured)."""
+    if getattr(_ctu, "datetime", None) is not _datetime.datetime:
+        return False
+    moment = _datetime.datetime(2001, 2, 3, 4, 5, 6, 789012)
+    template = _compile_function()("{{ strftime_now('%Y-%m-%d %H:%M:%S.%f') }}")
+    with _swapped_clock(moment):
+        return template.render() == "2001-02-03 04:05:06.789012"
+
+
+@contextmanager
+def pinned_clock(moment: _datetime.datetime | None) -> Iterator[None]:
+    """transformers' own ``strftime_now`` (``apply_chat_template``) formats ``moment`` in the block.
+
+    ``None``, or a release whose ``strftime_now`` cannot be pinned this way, leaves it unchanged.
+    """
+    if moment is None or not _clock_can_be_pinned():
+        yield
+        return
+    with _swapped_clock(moment):
+        yield
 
 
 # -- inputs, as apply_chat_template prepares them -----------------------------------------------

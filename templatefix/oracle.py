@@ -378,7 +378,11 @@ def _expect_turn(
         renderer, index, full, located, regions, generation_prompt, eot
     )
     eot_seen = full[eot_range[0]:eot_range[1]] if eot_range else eot
-    return _Turn(kind, start, end_out, end_in, eot_seen, eot_range, located_by, note)
+    # A turn placed by its shape that ends with the message's own words, no end-of-turn token,
+    # may end before or after the whitespace that follows them, as a prefix-preserving one.
+    core = full[start:end_out]
+    open_end = bool(core.strip()) and not eot_range and not TRAILING_MARKUP.search(core)
+    return _Turn(kind, start, end_out, end_in, eot_seen, eot_range, located_by, note, open_end=open_end)
 
 
 def _next_header_length(renderer: _Renderer, index: int, core: str, prompt: str) -> int:

@@ -24,8 +24,8 @@ from typing import Any
 
 import jinja2
 
+from templatefix import clock, limits
 from templatefix import environment as hf_environment
-from templatefix import limits
 from templatefix.errors import RenderError, RenderLimitExceeded, TemplateRejected, TemplateSyntaxError
 
 Message = Mapping[str, Any]
@@ -47,14 +47,15 @@ def environment() -> jinja2.Environment:
 
     Built by transformers' own factory, so it has exactly its settings, globals, filters and the
     ``generation`` extension; ``templatefix.limits.install`` adds the time and size hooks (which
-    change no rendered text). It is a separate instance from the ones transformers caches, so
+    change no rendered text) and ``templatefix.clock.install`` lets ``strftime_now`` be pinned for
+    one patch (``clock.frozen_clock``). It is a separate instance from the ones transformers caches, so
     nothing we install reaches ``tokenizer.apply_chat_template``.
 
     Example:
         >>> environment().from_string("{{ messages | length }}").render(messages=[1, 2])
         '2'
     """
-    return limits.install(hf_environment.new_environment())
+    return clock.install(limits.install(hf_environment.new_environment()))
 
 
 @functools.lru_cache(maxsize=256)

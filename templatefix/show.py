@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from templatefix.clock import frozen_clock, transformers_clock
 from templatefix.errors import RenderError, SourceError, TemplatefixError
 from templatefix.render import render, render_with_spans
 from templatefix.tokens import TokenIssue, diagnose, normalize_messages, require_fast, special_tokens_of
@@ -128,6 +129,7 @@ def _message_boundaries(
     return ends
 
 
+@frozen_clock()  # the render and apply_chat_template see one moment for strftime_now
 def build_view(
     template: str, tokenizer: Any, messages: Sequence[Mapping[str, Any]], **template_kwargs: Any
 ) -> MaskView:
@@ -140,10 +142,11 @@ def build_view(
     messages = normalize_messages(messages)
     special = special_tokens_of(tokenizer)
     text, raw_spans = render_with_spans(template, messages, special_tokens=special, **template_kwargs)
-    out = tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=True, return_dict=True,
-        return_assistant_tokens_mask=True, **template_kwargs,
-    )
+    with transformers_clock():
+        out = tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=True, return_dict=True,
+            return_assistant_tokens_mask=True, **template_kwargs,
+        )
     ids = list(out["input_ids"])
     mask = list(out["assistant_masks"])
     encoding = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from templatefix import clock
 from templatefix.errors import SourceError
 from templatefix.masks.issues import (
     END_AT_TOKEN_ZERO,
@@ -139,14 +140,15 @@ def check_token_masks(
     messages, kwargs = split_probe(probe_or_messages, template_kwargs)
     special_tokens = special_tokens_of(tokenizer)
     text, raw_spans = render_with_spans(template, messages, special_tokens=special_tokens, **kwargs)
-    out = tokenizer.apply_chat_template(
-        messages,
-        chat_template=template,
-        tokenize=True,
-        return_dict=True,
-        return_assistant_tokens_mask=True,
-        **kwargs,
-    )
+    with clock.transformers_clock():
+        out = tokenizer.apply_chat_template(
+            messages,
+            chat_template=template,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            **kwargs,
+        )
     actual_ids = list(out["input_ids"])
     actual_mask = list(out["assistant_masks"])
     encoding = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from templatefix.clock import frozen_clock
 from templatefix.coverage import measure
 from templatefix.errors import RenderError, RenderLimitExceeded, TemplateSyntaxError
 from templatefix.jinja.markers import has_markers
@@ -50,6 +51,7 @@ def default_probes(template: str) -> list[Any]:
     return list(probe_battery(template))
 
 
+@frozen_clock()  # every render of one check sees one moment for strftime_now
 def verify(
     template: str,
     original: str | None = None,

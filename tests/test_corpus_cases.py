@@ -249,21 +249,30 @@ def test_leading_newline_that_completes_the_prompt_is_refused(corpus_dir: Path) 
         "nemotron/trl-nemotron_3_ultra_training.jinja",
     ],
 )
-def test_thinking_prefix_inside_one_content_string_is_refused(corpus_dir: Path, path: str) -> None:
+def test_thinking_prefix_inside_one_content_string_is_split(corpus_dir: Path, path: str) -> None:
     """Nemotron 3 writes ``"<think></think>" ~ content`` (or ``"<think>\\n" ~ reasoning ~ …``) as one
-    string, and its prompt ends ``<think></think>`` with thinking off but ``<think>\\n`` with it on:
-    the span starts after ``<think></think>``, ``<think>\\n`` or (turns whose prompt disagrees)
-    ``<think>``, depending on the flag and on whether the turn has reasoning (an exclusive-or of
-    the two, for the turns whose prompt disagrees). Once probes combine thinking off with
-    reasoning history no slice of that string and condition can follow it, so the patch is
-    refused, naming the output, instead of training the prompt's ``</think>``."""
+    string, and its prompt ends ``<think></think>`` with thinking off but ``<think>\\n`` with it on
+    (the template defaults it on): the span starts after ``<think></think>``, ``<think>\\n`` or
+    (turns whose prompt disagrees) ``<think>``, depending on the flag and on how the string
+    starts. The patch slices the string there, with conditions on the string's own start
+    (``[:8] == "<think>\\n"``) and the flag as the template reads it; reasoning history under
+    thinking off, the case an exclusive-or of the two decides, is judged here."""
     original = _read(corpus_dir, path)
     result = patch_template(original)
-    assert not result.verified and not result.changed
-    reason = result.reasons[0]
-    assert " at line " in reason, reason  # names the output
-    # either no slice of the string can follow the edges, or no condition tells the slices apart
-    assert "depends on the text" in reason or "no condition" in reason, reason
+    assert result.passed and result.changed, result.reasons
+    messages = [
+        _user("first question"),
+        _assistant("first answer", reasoning_content="first thought"),
+        _user("second question"),
+        _assistant("second answer", reasoning_content="second thought"),
+    ]
+    plain = [*messages[:3], _assistant("plain answer")]
+    for thinking in (True, False, None):
+        kwargs = {} if thinking is None else {"enable_thinking": thinking}
+        for conversation in (messages, plain):
+            judged, problems = _judge(original, result.patched, Case(path, conversation, kwargs, turn=3))
+            assert 3 in judged, f"the conversation no longer shows the case ({kwargs})"
+            assert not problems, (kwargs, problems)
 
 
 @pytest.mark.parametrize("path", ["other/AI21-Jamba-Large-1.6.jinja", "other/axolotl-jamba.jinja"])
@@ -368,3 +377,59 @@ def test_render_ending_with_a_user_message_marks_only_earlier_turns(corpus_dir: 
                 assert [a for a, _ in merge_spans(spans)] == [len(asked)], full[len(asked):]
     judged, problems = _judge(original, result.patched, Case(path, PLAIN_TURNS, turn=3))
     assert 3 in judged and not problems, problems
+
+
+def test_one_accumulated_output_cannot_be_marked(corpus_dir: Path) -> None:
+    """Reka Edge builds the whole conversation in ``ns.out`` and writes it with one ``{{ ns.out }}``.
+    Markers go only in the top-level output stream, around whole outputs or at fixed offsets into
+    one; here each turn starts at an offset into that single output that moves with the length of
+    every message before it (counted from its start) or after it (from its end), however many such
+    offsets a condition chooses among. No placement can follow it, so
+    the patch is refused, naming the output."""
+    from templatefix.oracle import expected_turns
+    from templatefix.probes import Probe
+    from templatefix.trace import instrumented_for
+
+    original = _read(corpus_dir, "other/Reka-Edge.jinja")
+    instrumented = instrumented_for(original)
+    messages = [c for c in instrumented.atoms if not c.loops]
+    assert len(instrumented.atoms) == len(messages) == 1, "the template writes more than one output"
+    starts, tails = set(), set()
+    for question, answer in (("hi", "fine"), ("a much longer question", "a much longer answer than that")):
+        expectation = expected_turns(original, Probe("p", (_user(question), _assistant(answer))))
+        (turn,) = expectation.turns
+        starts.add(turn.start)
+        tails.add(len(expectation.text) - turn.start)
+    assert len(starts) == 2 and len(tails) == 2
+    result = patch_template(original)
+    assert not result.verified and not result.changed
+    assert "ns.out" in result.reasons[0], result.reasons
+
+
+@pytest.mark.parametrize(
+    "path", ["gemma/shieldgemma-27b.gguf.jinja", "granite/granite-guardian-3.0-2b.gguf.jinja"]
+)
+def test_guard_classifier_prompt_renders_no_generated_turn(corpus_dir: Path, path: str) -> None:
+    """A guard model's template renders one classification prompt about the last message: the
+    assistant message is the text being judged, and what the model generates (its verdict) is in no
+    render. So the training render of an assistant turn never continues its generation prompt
+    (every turn is a mismatch, SPEC §3): no span can be exact, and marking the judged text would
+    train the model to write its input. The patch is refused."""
+    original = _read(corpus_dir, path)
+    kwargs = {"guideline": "no harm"} if "shieldgemma" in path else {}
+    conversations = [
+        [_user("is this fine"), _assistant("it is fine")],
+        [_user("first"), _assistant("reply one"), _user("second"), _assistant("reply two")],
+    ]
+    checked = 0
+    for messages in conversations:
+        for index, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = render(original, messages[:index], add_generation_prompt=True, **kwargs)
+            final = render(original, messages[: index + 1], **kwargs)
+            assert not final.startswith(prompt)
+            checked += 1
+    assert checked == 3
+    result = patch_template(original)
+    assert not result.verified and not result.changed

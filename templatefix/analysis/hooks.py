@@ -58,7 +58,14 @@ class Hooks:
             BRANCH: self.branch,
         }
 
-    def emit(self, atom_id: int, value: Any, scope: dict[str, Any], assigned: dict[str, Any]) -> Any:
+    def emit(
+        self,
+        atom_id: int,
+        value: Any,
+        scope: dict[str, Any],
+        assigned: dict[str, Any],
+        options: dict[str, Any] | None = None,
+    ) -> Any:
         """A top-level output (atom ``atom_id``) wrote ``value``."""
         return value
 
@@ -120,7 +127,14 @@ class TraceHooks(Hooks):
             text, self.emissions, self.iterations, self.loop_ends, self.chat, self.covered, self.outcomes
         )
 
-    def emit(self, atom_id: int, value: Any, scope: dict[str, Any], assigned: dict[str, Any]) -> Any:
+    def emit(
+        self,
+        atom_id: int,
+        value: Any,
+        scope: dict[str, Any],
+        assigned: dict[str, Any],
+        options: dict[str, Any] | None = None,
+    ) -> Any:
         text = str(value)
         parts = self.pending_parts.pop(atom_id, None)
         ranges = None
@@ -143,8 +157,9 @@ class TraceHooks(Hooks):
         self.position += len(text)
         branches = dict(self.taken)
         truth = {k: bool(v) for k, v in assigned.items() if v is None or isinstance(v, (str, bool, int))}
+        plain = {k: v for k, v in (options or {}).items() if v is None or isinstance(v, (str, bool, int))}
         self.emissions.append(
-            Emission(atom_id, start, self.position, ranges, variables, state, branches, final, truth)
+            Emission(atom_id, start, self.position, ranges, variables, state, branches, final, truth, plain)
         )
         return value
 

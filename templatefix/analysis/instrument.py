@@ -68,6 +68,10 @@ class Instrumented:
         self.loops: list[nodes.For] = []
         self.ifs: list[IfChain] = []
         self.sites = Sites(source)
+        #: names the template assigns with ``{% set %}`` outside macros: a template argument of
+        #: such a name (``{% set enable_thinking = enable_thinking if … else true %}``) is read
+        #: at each output as the template sees it there (``Emission.options``).
+        self.reassigned = _reassigned_names(source.ast)
         instrumented = copy_tree(source.ast)
         self._originals: dict[int, nodes.Node] = {}
         _pair_nodes(source.ast, instrumented, self._originals)
@@ -178,8 +182,15 @@ class Instrumented:
                 value = self._wrap_parts(child, atom.id)
             site = self.sites.output_ids[id(original_child)]
             value = _call(COVER, nodes.Const(site), value)
+            option_pairs = [
+                nodes.Pair(nodes.Const(name), nodes.Name(name, "load"))
+                for name in sorted(self.reassigned - targets - {"loop"})
+            ]
             new_children.append(
-                _call(EMIT, nodes.Const(atom.id), value, nodes.Dict(scope_pairs), nodes.Dict(set_pairs))
+                _call(
+                    EMIT, nodes.Const(atom.id), value, nodes.Dict(scope_pairs), nodes.Dict(set_pairs),
+                    nodes.Dict(option_pairs),
+                )
             )
         output.nodes = new_children
         output.set_lineno(output.lineno)
@@ -319,6 +330,20 @@ def flatten_chain(node: nodes.Node) -> tuple[list[nodes.Node], list[str]]:
             operators.extend(child_ops)
         return parts, operators
     return [node], []
+
+
+def _reassigned_names(tree: nodes.Template) -> frozenset[str]:
+    """Names ``{% set name = … %}`` assigns anywhere outside macros and call blocks."""
+    found: set[str] = set()
+    stack: list[nodes.Node] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (nodes.Macro, nodes.CallBlock)):
+            continue
+        if isinstance(node, nodes.Assign) and isinstance(node.target, nodes.Name):
+            found.add(node.target.name)
+        stack.extend(node.iter_child_nodes())
+    return frozenset(found)
 
 
 _ASSIGNED: dict[int, frozenset[str]] = {}

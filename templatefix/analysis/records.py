@@ -76,6 +76,9 @@ class Emission:
         final: the names in ``scope`` that hold the conversation's last message.
         assigned: the truth of each plain value (text, number, flag, none) that a ``{% set %}`` in
             the innermost loop's body names, as the output sees it (``reasoning_content``).
+        options: the plain value of each name the template assigns outside macros, as the output
+            sees it (absent: undefined there), so a template argument the template gives a default
+            (``enable_thinking``) is known as the template reads it.
     """
 
     atom: int
@@ -87,6 +90,7 @@ class Emission:
     branches: dict[int, int] = field(default_factory=dict)
     final: frozenset[str] = frozenset()
     assigned: dict[str, bool] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -52,9 +52,15 @@ def place_by_shape(
     next_text = following[0] if following else len(full)
 
     region = regions[index] if regions else None
-    if region is not None and not (previous_end <= region[0] and region[1] <= next_text):
+    if region is not None and any(
+        start < region[1] and region[0] < end
+        for other, spans in enumerate(located) if other != index
+        for start, end in spans
+    ):
         # the iteration also wrote other messages' text (Gemma 4 renders tool results inside the
-        # assistant turn): rule 3 forbids that, so locate the turn by its texts instead
+        # assistant turn): rule 3 forbids that, so locate the turn by its texts instead. (Text of
+        # another message written elsewhere, such as a system message moved next to the last
+        # user message, says nothing about this iteration.)
         region = None
     if region is not None:
         region_start, region_end = region

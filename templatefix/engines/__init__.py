@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from templatefix.clock import frozen_clock
 from templatefix.engines.backends import (
     HF_JINJA_PACKAGE,
     Engine,
@@ -187,6 +188,7 @@ def compare(
     return EngineResult(**base, status="identical", compared=len(readable))
 
 
+@frozen_clock()  # original and patched see one moment for strftime_now in every engine
 def check_engines(
     original: str,
     patched: str,

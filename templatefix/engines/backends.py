@@ -29,12 +29,12 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from templatefix import clock
 from templatefix.errors import RenderError, TemplatefixError
 
 #: Seconds the node runner may take for one batch of renders.
@@ -138,7 +138,7 @@ def _installed(distribution: str) -> str:
 
 
 def _strftime_now(format: str) -> str:
-    return datetime.now().strftime(format)
+    return clock.strftime_now(format)  # the real time, or the moment pinned by clock.frozen_clock
 
 
 class Transformers(Engine):

@@ -30,20 +30,22 @@ Example:
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from templatefix.clock import frozen_clock
 from templatefix.errors import PatchFailure, RenderError, RenderLimitExceeded
 from templatefix.jinja.markers import has_markers
 from templatefix.oracle import remembering
 from templatefix.patch.label import resolve_units
-from templatefix.patch.observe import marks_after_prompt_text, observe
+from templatefix.patch.observe import Observations, marks_after_prompt_text, observe
 from templatefix.patch.strip import strip_generation_markers
 from templatefix.patch.writer import write
 from templatefix.policy import Policy
 from templatefix.source import TemplateSource
-from templatefix.trace import instrumented_for
+from templatefix.trace import Instrumented, instrumented_for
 
 
 @dataclass
@@ -144,7 +146,9 @@ def patch_template(
         >>> result = patch_template(open("templates/chatml.jinja").read())  # doctest: +SKIP
         >>> print(result.diff)  # doctest: +SKIP
     """
-    with remembering():  # the patcher and the verifier ask the oracle about the same probes
+    # The patcher and the verifier ask the oracle about the same probes, and every render of the
+    # patch (original, trace, patched, verifier) sees one moment for ``strftime_now``.
+    with remembering(), frozen_clock():
         return _patch_template(template, policy, probes, special_tokens, policy_kwargs)
 
 
@@ -244,6 +248,34 @@ def place_markers(
         raise PatchFailure("no probe conversation renders an assistant turn")
     if not seen.saw_assistant_text:
         raise PatchFailure("the template never renders what the assistant says: no assistant output to mark")
+    try:
+        return _place(template, source, instrumented, probes, policy, special_tokens, seen)
+    except PatchFailure:
+        if not seen.open_whitespace or seen.whitespace_in:
+            raise
+        first = sys.exc_info()
+    # A turn that ends with the message's own words may end before or after the whitespace that
+    # follows them (SPEC §2): the edge is an interval. Stopping after the last word cuts the
+    # message's text at a place that depends on it ('A: ' + content + '\n\n' with content
+    # ending in whitespace); the other end of the interval, after all that whitespace, is a
+    # place the template's structure can hold.
+    retry = Observations(whitespace_in=True)
+    observe(template, instrumented, probes, policy, special_tokens, retry)
+    try:
+        return _place(template, source, instrumented, probes, policy, special_tokens, retry)
+    except PatchFailure:
+        raise first[1] from None  # the first placement's reason says more
+
+
+def _place(
+    template: str,
+    source: TemplateSource,
+    instrumented: Instrumented,
+    probes: Sequence[Any],
+    policy: Policy,
+    special_tokens: Mapping[str, Any] | None,
+    seen: Observations,
+) -> str:
     units = resolve_units(instrumented, seen.records)
     if not any(unit.label in ("in", "cond") for unit in units):
         raise PatchFailure("no template output produces assistant text")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ class Observation:
     emission: Emission
     flags: dict[str, Any]
     ending: Ending = field(default_factory=Ending)
+    text: str | None = None  # the text of the output piece the unit is cut from, when known
 
     @property
     def scope(self) -> dict[str, Any]:
@@ -65,6 +66,7 @@ def find_condition(
     source: TemplateSource,
     instrumented: Instrumented | None = None,
     atom: Atom | None = None,
+    extra: Sequence[tuple[str, Test]] = (),
 ) -> str | None:
     """The simplest test that is true exactly on the inside observations, or ``None``.
 
@@ -105,6 +107,10 @@ def find_condition(
     (nothing matched) the answer is ``None``: the caller refuses the patch and names the output
     (``PatchFailure``); no condition is ever guessed.
 
+    ``extra`` features (the piece's own text, :func:`prefix_features`) go first; with them, two
+    pairs of alternatives, ``(a or b) and (c or d)``, are also tried among the first
+    :data:`GUARD_LITERALS`.
+
     Args:
         observations: the unit's emissions, inside or outside.
         source: the template (its preferred quote character is used in the test).
@@ -115,7 +121,7 @@ def find_condition(
         The Jinja test's source text, or ``None`` when no combination within the bounds fits.
     """
     target = sum(1 << i for i, o in enumerate(observations) if o.inside)
-    unique = _literals(_features(observations, source, instrumented, atom), observations)
+    unique = _literals([*extra, *_features(observations, source, instrumented, atom)], observations)
     for text, mask in unique:
         if mask == target:
             return text
@@ -146,7 +152,53 @@ def find_condition(
         ):
             if a & (b | c | d) == target:
                 return f"{_group(text_a)} and ({_group(text_b)} or {_group(text_c)} or {_group(text_d)})"
+    if extra:
+        # Two independent reasons for one edge (how the piece starts, and a flag the generation
+        # prompt depends on): (a or b) and (c or d).
+        pairs = list(itertools.combinations(small, 2))
+        ors = [(f"{_group(ta)} or {_group(tb)}", a | b) for (ta, a), (tb, b) in pairs]
+        for (text_x, x), (text_y, y) in itertools.combinations(ors, 2):
+            if x & y == target:
+                return f"({text_x}) and ({text_y})"
     return None
+
+
+def prefix_features(
+    observations: Sequence[Observation],
+    sliced: Callable[[int], str],
+    lengths: Sequence[int],
+    constants: Sequence[str],
+) -> list[tuple[str, Test]]:
+    """Tests on how the piece's own text starts: ``expression[:k] == 'prefix'``.
+
+    ``sliced(k)`` is the piece's expression sliced to its first ``k`` characters, as the writer
+    writes it.
+
+    For each slice bound ``k`` and each text the piece starts with there. A span edge at a fixed
+    offset inside a piece often depends on which text the template built it from (a
+    ``{% set %}`` that prefixes ``<think></think>`` only to some contents) and the generation
+    prompt. Offered only when every observation knows its text, and only for prefixes that are
+    text of the template's own (``constants``: a piece of one of its string literals or literal
+    text), so the test names no message's words.
+    """
+    if not lengths or any(o.text is None for o in observations):
+        return []
+    features: list[tuple[str, Test]] = []
+    for length in sorted(set(lengths)):
+        if length <= 0:
+            continue
+        prefixes = sorted({o.text[:length] for o in observations if o.text and len(o.text) >= length})
+        for prefix in prefixes:
+            if not prefix or not any(prefix in constant for constant in constants):
+                continue
+            literal = json.dumps(prefix, ensure_ascii=False)
+            features.append(
+                (
+                    f"{sliced(length)} == {literal}",
+                    lambda o, n=length, p=prefix: o.text is not None and o.text[:n] == p,
+                )
+            )
+    return features[:8]
 
 
 def _literals(features: list[tuple[str, Test]], observations: list[Observation]) -> list[tuple[str, int]]:
@@ -225,20 +277,33 @@ def _features(
                 )
     features.extend(_ending_features(observations, source, atom, quote))
     flag_values: dict[str, set[Any]] = {}
+    # A flag the template assigns itself (a default: `{% set f = f if f is defined else true %}`)
+    # is read as the output sees it, not as the probe passed it.
+    reassigned = instrumented.reassigned if instrumented is not None else frozenset()
     for observation in observations:
         for key, value in observation.flags.items():
             if key.isidentifier() and isinstance(value, (bool, str, int)):
                 flag_values.setdefault(key, set()).add(value)
             elif key.isidentifier() and key not in ("tools", "documents") and isinstance(value, (dict, list)):
                 flag_values.setdefault(key, set())  # a data option (Granite's `controls`): set or not
+    for observation in observations:
+        for key, value in observation.emission.options.items():
+            if key in flag_values and isinstance(value, (bool, str, int)):
+                flag_values[key].add(value)
     for flag, seen in sorted(flag_values.items()):
         # Templates test flags as `f`, `f is false` (defined and false) or `f == value`.
-        features.append((flag, lambda o, f=flag: bool(o.flags.get(f))))
-        features.append((f"{flag} is false", lambda o, f=flag: o.flags.get(f, None) is False))
-        features.append((f"{flag} is defined", lambda o, f=flag: f in o.flags))
+        if flag in reassigned:
+            options = lambda o: o.emission.options  # noqa: E731 - the values the output sees
+        else:
+            options = lambda o: o.flags  # noqa: E731 - the values the probe passed
+        features.append((flag, lambda o, f=flag, get=options: bool(get(o).get(f))))
+        features.append((f"{flag} is false", lambda o, f=flag, get=options: get(o).get(f, None) is False))
+        features.append((f"{flag} is defined", lambda o, f=flag, get=options: f in get(o)))
         for value in sorted(v for v in seen if isinstance(v, str)):
             literal = json.dumps(value)
-            features.append((f"{flag} == {literal}", lambda o, f=flag, v=value: o.flags.get(f) == v))
+            features.append(
+                (f"{flag} == {literal}", lambda o, f=flag, v=value, get=options: get(o).get(f) == v)
+            )
     features.extend(remote_branches)
     return features
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from jinja2 import nodes
 
 from templatefix.errors import PatchFailure
-from templatefix.patch.conditions import Observation, find_condition
+from templatefix.patch.conditions import Observation, find_condition, prefix_features
 from templatefix.patch.observe import Cut, PartKey, PartRecord, Segment
 from templatefix.trace import Atom, Instrumented
 
@@ -143,8 +143,10 @@ def _part_units(instrumented: Instrumented, atom: Atom, part: int, record: PartR
             if start >= min(end, segment.length):
                 continue
             inside = [cut.inside for cut in segment.cuts if cut.offset <= start][-1]
-            unit.observations.append(Observation(inside, segment.emission, segment.flags, segment.ending))
-        _classify(unit, instrumented, atom)
+            unit.observations.append(
+                Observation(inside, segment.emission, segment.flags, segment.ending, segment.text)
+            )
+        _classify(unit, instrumented, atom, [a for a in anchors if a > 0])
         units.append(unit)
     return units
 
@@ -206,7 +208,7 @@ def _edge_examples(record: PartRecord) -> str:
     return f"cut {shown} in {cut} of its {total} texts" + (", not in the others" if cut < total else "")
 
 
-def _classify(unit: Unit, instrumented: Instrumented, atom: Atom) -> None:
+def _classify(unit: Unit, instrumented: Instrumented, atom: Atom, anchors: list[int] | None = None) -> None:
     """Label ``unit`` from its observations.
 
     Prompt renders (conversations ending with another message than an assistant's) add what they
@@ -215,6 +217,9 @@ def _classify(unit: Unit, instrumented: Instrumented, atom: Atom) -> None:
     labelled from the renders users train on alone (ending with an assistant message), as it was
     before prompt renders were observed: right where training happens, possibly marked in some
     prompt render.
+
+    A unit cut from a piece at fixed offsets (``anchors``) may also be told apart by how the
+    piece's own text starts (``conditions.prefix_features``), tried last.
 
     Raises:
         PatchFailure: no condition separates the inside observations even then.
@@ -233,8 +238,15 @@ def _classify(unit: Unit, instrumented: Instrumented, atom: Atom) -> None:
             if len(training) < len(unit.observations):
                 _LOG.debug("no condition separates prompt renders; labelling from training renders")
                 unit.observations = training
-                _classify(unit, instrumented, atom)
+                _classify(unit, instrumented, atom, anchors)
                 return
+        if condition is None and anchors:
+            extra = prefix_features(
+                unit.observations, lambda n: _sliced(instrumented, atom, unit.part, n), anchors,
+                _template_texts(instrumented),
+            )
+            if extra:
+                condition = find_condition(unit.observations, instrumented.source, instrumented, atom, extra)
         if condition is None and _LOG.isEnabledFor(logging.DEBUG):
             for observation in unit.observations:  # what no condition could separate
                 _LOG.debug(
@@ -245,6 +257,23 @@ def _classify(unit: Unit, instrumented: Instrumented, atom: Atom) -> None:
                 where(instrumented, atom, "no condition on the loop variables separates assistant output in")
             )
         unit.label, unit.condition = "cond", condition
+
+
+def _sliced(instrumented: Instrumented, atom: Atom, part: int, length: int) -> str:
+    """The piece's expression cut to its first ``length`` characters, as the writer slices it."""
+    from templatefix.patch.writer import sliced_expression
+
+    return sliced_expression(instrumented.source, part_node(atom, part), 0, length)
+
+
+def _template_texts(instrumented: Instrumented) -> list[str]:
+    """The template's own string literals and literal text."""
+    found = []
+    for node in instrumented.source.ast.find_all((nodes.Const, nodes.TemplateData)):
+        value = node.data if isinstance(node, nodes.TemplateData) else node.value
+        if isinstance(value, str) and value:
+            found.append(value)
+    return found
 
 
 # -- outputs never seen writing text -----------------------------------------------------------

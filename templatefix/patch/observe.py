@@ -74,6 +74,7 @@ class Segment:
         emission: the emission (loop variables, loop state, branches taken).
         flags: the template arguments of the probe (``enable_thinking``…).
         ending: how the rendered conversation ends.
+        text: the emitted text (``None`` when only the whole atom's text is known).
     """
 
     cuts: list[Cut]
@@ -81,6 +82,7 @@ class Segment:
     emission: Emission
     flags: dict[str, Any]
     ending: Ending = field(default_factory=Ending)
+    text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,13 +104,21 @@ class PartRecord:
 
 @dataclass
 class Observations:
-    """What the probes showed: the records per output piece, and what was seen at all."""
+    """What the probes showed: the records per output piece, and what was seen at all.
+
+    ``whitespace_in``: a turn that ends with the message's own words (no end-of-turn token) is
+    labelled through all the whitespace that ends it (SPEC §2 allows it in or out), instead of
+    stopping after its last word. ``open_whitespace``: some such turn ended with whitespace, so
+    labelling with ``whitespace_in`` places that edge elsewhere.
+    """
 
     records: dict[PartKey, PartRecord] = field(default_factory=dict)
     samples: int = 0
     saw_turn: bool = False
     saw_assistant_text: bool = False
     done: set[str] = field(default_factory=set)  # the samples observed, as :func:`_sample_key`
+    whitespace_in: bool = False
+    open_whitespace: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,7 +279,12 @@ def _observe_sample(
         return  # the original refuses this conversation: nothing to observe
     traced = trace_agreeing(instrumented, sample, text, special_tokens)
     seen.samples += 1
-    spans = [t.span for t in expectation.turns if t.span and t.span[1] > t.span[0]]
+    spans = [
+        _labelled_span(t, seen.whitespace_in) for t in expectation.turns if t.span and t.span[1] > t.span[0]
+    ]
+    seen.open_whitespace = seen.open_whitespace or any(
+        t.open_end and t.end_in > t.end_out for t in expectation.turns if t.span
+    )
     # Where a turn without an end-of-turn token may end: through the whitespace G ends with.
     ends = {t.end_out: t.end_in for t in expectation.turns if t.span and t.open_end}
     # Whitespace a turn generated alone is owed nothing: outputs that wrote only that
@@ -287,6 +302,14 @@ def _observe_sample(
     seen.saw_turn = seen.saw_turn or bool(expectation.turns)
     seen.saw_assistant_text = seen.saw_assistant_text or spans_hold_assistant_text(text, spans, sample)
     record_emissions(instrumented, traced, spans, dict(sample.kwargs), seen.records, free, ends)
+
+
+def _labelled_span(turn: Any, whitespace_in: bool) -> tuple[int, int]:
+    """The span a turn's characters are labelled by: the policy's, or with ``whitespace_in``, for
+    a turn that ends with its own words, through all its trailing whitespace."""
+    if whitespace_in and turn.open_end:
+        return (turn.span[0], max(turn.span[1], turn.end_in))
+    return turn.span
 
 
 def trace_agreeing(
@@ -448,8 +471,8 @@ def _add(
     start, end = emission.start + lo, emission.start + hi
     if cuts is None:
         cuts = label_range(spans, start, end)
-    record.segments.append(Segment(cuts, hi - lo, emission, flags, ending or Ending()))
     text = traced.text[start:end]
+    record.segments.append(Segment(cuts, hi - lo, emission, flags, ending or Ending(), text))
     record.texts.add(text)
     if len(cuts) > 1:
         record.cut_texts.append(CutText(frozenset(c.offset for c in cuts if c.offset > 0), text))

@@ -251,6 +251,11 @@ def _literal_slice(source: TemplateSource, node: nodes.Node, lo: int, hi: int | 
     return json.dumps(piece, ensure_ascii=False)
 
 
+def sliced_expression(source: TemplateSource, node: nodes.Node, lo: int, hi: int | None) -> str:
+    """``node``'s value cut to ``[lo:hi]``, written as the writer writes a slice of it."""
+    return _literal_slice(source, node, lo, hi)
+
+
 def _decode(body: str) -> str | None:
     try:
         return body.encode("ascii", "backslashreplace").decode("unicode-escape")

@@ -4,21 +4,31 @@
 to the template as variables; without a tokenizer at hand these stand-ins are used. They are
 the same strings templatefix uses, so renders compare, but they are written down here.
 
+transformers' ``strftime_now`` formats ``datetime.now()`` of its module. While the judge renders,
+that name is a ``datetime`` whose ``now()`` is one fixed moment, so a template that prints the
+time renders the same text in every render the judge compares. (A function cannot be passed as a
+template variable instead: transformers turns non-JSON values into placeholder strings.)
+
 Example:
     >>> render_text("{% for m in messages %}{{ m.content }}{% endfor %}{{ eos_token }}",
     ...             [{"role": "user", "content": "hi"}], False, {})
     'hi</s>'
+    >>> render_text("{{ strftime_now('%d %b %Y %H:%M:%S.%f') }}", [], False, {})
+    '31 Dec 2025 23:59:58.987654'
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from transformers.utils import chat_template_utils  # noqa: E402
 from transformers.utils.chat_template_utils import render_jinja_template  # noqa: E402
 
 SPECIAL_TOKENS: dict[str, str] = {
@@ -27,6 +37,25 @@ SPECIAL_TOKENS: dict[str, str] = {
     "unk_token": "<unk>",
     "pad_token": "<pad>",
 }
+
+#: The one moment every render sees (microseconds included, so a clock template is tested).
+MOMENT = datetime(2025, 12, 31, 23, 59, 58, 987654)
+
+
+class _Moment(datetime):
+    @classmethod
+    def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+        return MOMENT if tz is None else MOMENT.astimezone(tz)
+
+
+@contextmanager
+def _fixed_clock() -> Iterator[None]:
+    previous = getattr(chat_template_utils, "datetime", None)
+    chat_template_utils.datetime = _Moment
+    try:
+        yield
+    finally:
+        chat_template_utils.datetime = previous
 
 
 @dataclass(frozen=True)
@@ -58,13 +87,14 @@ def _call(
 ) -> tuple[str, list[Any]]:
     arguments = dict(SPECIAL_TOKENS)
     arguments.update(kwargs)
-    rendered, indices = render_jinja_template(
-        conversations=[[dict(m) for m in messages]],
-        chat_template=template,
-        return_assistant_tokens_mask=spans,
-        add_generation_prompt=prompt,
-        **arguments,
-    )
+    with _fixed_clock():
+        rendered, indices = render_jinja_template(
+            conversations=[[dict(m) for m in messages]],
+            chat_template=template,
+            return_assistant_tokens_mask=spans,
+            add_generation_prompt=prompt,
+            **arguments,
+        )
     return rendered[0], (indices[0] if indices else [])
 
 
