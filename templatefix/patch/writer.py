@@ -16,7 +16,15 @@ from dataclasses import dataclass
 
 from jinja2 import nodes
 
-from templatefix.patch.label import Unit, fill_boundary_atoms, fill_none, fill_silent_atoms, part_node
+from templatefix.errors import PatchFailure
+from templatefix.patch.label import (
+    Unit,
+    constant_text,
+    fill_boundary_atoms,
+    fill_none,
+    fill_silent_atoms,
+    part_node,
+)
 from templatefix.source import Edit, TemplateSource, Token
 from templatefix.trace import Atom, Instrumented
 
@@ -153,10 +161,11 @@ def _write_expression(
     block_left = "-" if left_mod == "-" else ("+" if _needs_lstrip_guard(source, open_start) else "")
     block_right = "-" if right_mod == "-" else ("+" if _needs_trim_guard(source, close_end) else "")
     runs = [(key, list(run)) for key, run in itertools.groupby(units, key=lambda u: (u.label, u.condition))]
+    guards = chain_guards(source, atom, [run for _, run in runs])
     pieces = []
     for index, ((label, condition), run) in enumerate(runs):
         first, last = index == 0, index == len(runs) - 1
-        expression = _run_expression(source, atom, run)
+        expression = _run_expression(source, atom, run, *guards[index])
         plain = f"{{{{{left_mod if first else ''} {expression} {right_mod if last else ''}}}}}"
         if label == "out":
             pieces.append(plain)
@@ -179,7 +188,11 @@ def _write_expression(
     edits.append(Edit(open_start, close_end, "".join(pieces)))
 
 
-def _run_expression(source: TemplateSource, atom: Atom, run: list[Unit]) -> str:
+def _run_expression(
+    source: TemplateSource, atom: Atom, run: list[Unit], lead: bool = False, trail: bool = False
+) -> str:
+    """The expression a run of units writes; ``lead``/``trail`` add ``'' + `` / `` + ''`` guards
+    (``chain_guards``)."""
     merged: list[Unit] = []
     for unit in run:  # neighbouring slices of one literal read better as one literal
         if merged and merged[-1].part == unit.part and merged[-1].hi == unit.lo:
@@ -190,20 +203,24 @@ def _run_expression(source: TemplateSource, atom: Atom, run: list[Unit]) -> str:
     if len(run) == 1 and run[0].part < 0 and run[0].lo == 0 and run[0].hi is None:
         start, end = part_node(atom, -1).tf_span
         return source.text[start:end]  # the whole expression in a tag of its own
-    texts: list[str] = []
+    texts: list[str] = ["'' + "] if lead else []
     for position, unit in enumerate(run):
         node = part_node(atom, unit.part)
         if unit.lo == 0 and unit.hi is None:
             text = _node_text(source, node)
         else:
-            text = _literal_slice(source, node, unit.lo, unit.hi)
+            text = _literal_slice(source, node, unit.lo, unit.hi, as_text=not _touches_add(atom, unit.part))
         if position:
             previous = run[position - 1]
             operator = "+" if previous.part == unit.part else atom.operators[unit.part - 1]
             texts.append(f" {operator} ")
         texts.append(text)
+    if trail:
+        texts.append(" + ''")
     return "".join(texts)
 
+
+_SLICEABLE = (nodes.Name, nodes.Getattr, nodes.Getitem, nodes.Call)
 
 _PRIMARY = (
     nodes.Name,
@@ -225,16 +242,22 @@ def _node_text(source: TemplateSource, node: nodes.Node) -> str:
     return f"({text})"
 
 
-def _literal_slice(source: TemplateSource, node: nodes.Node, lo: int, hi: int | None) -> str:
+def _literal_slice(
+    source: TemplateSource, node: nodes.Node, lo: int, hi: int | None, as_text: bool = True
+) -> str:
     """A string literal for ``value[lo:hi]``, cut from the original literal's bytes when possible.
 
-    A part that is not a literal but always renders the same text is sliced: ``x[lo:hi]``.
+    A part that is not a literal but always renders the same text is sliced. Where it is written
+    as text (alone, or an operand of ``~``) the slice is of that text, ``(x | string)[lo:hi]``, so
+    that a value that is not a string renders (or fails) as before: ``{{ x }}`` renders ``''`` for
+    an undefined ``x``, where ``x[:3]`` would raise. An operand of ``+`` is sliced as it is,
+    ``x[lo:hi]``: ``+`` needs it to be a string already (``chain_guards``).
     """
     if not (isinstance(node, nodes.Const) and isinstance(node.value, str)):
         text = _node_text(source, node)
-        if not isinstance(
-            node, (nodes.Name, nodes.Getattr, nodes.Getitem, nodes.Call)
-        ) and not text.startswith("("):
+        if as_text:
+            text = f"({text} | string)"
+        elif not isinstance(node, _SLICEABLE) and not text.startswith("("):
             text = f"({text})"  # `x | trim[:3]` would slice the filter's name
         return f"{text}[{lo or ''}:{'' if hi is None else hi}]"  # hi < 0: from the end
     value: str = node.value
@@ -337,3 +360,189 @@ def _is_gap(source: TemplateSource, start: int, end: int) -> bool:
             return False
         position = token.end
     return position == end
+
+
+# -- keeping what a split chain raises ------------------------------------------------------------
+#
+# Splitting ``{{ a + b }}`` into ``{{ a }}{{ b }}`` changes the render whenever ``+`` is not string
+# concatenation: ``'x' + [..]`` raises TypeError, ``'x' + undefined`` raises UndefinedError, but
+# ``{{ [..] }}`` and ``{{ undefined }}`` render. (``~`` needs nothing: it converts each operand with
+# ``str``, which never raises, so ``{{ a ~ b }}`` and ``{{ a }}{{ b }}`` agree on every value.)
+#
+# A split keeps the original's behaviour exactly, with every operand still evaluated once and in
+# the original order, when each ``+`` it removes is replaced by one that behaves the same:
+#
+# * Python's ``s + x`` with ``s`` a plain ``str`` depends only on ``x``'s type: ``x`` a str gives
+#   concatenation, ``Undefined`` raises UndefinedError, anything else raises TypeError. So where the
+#   left operand ``L`` of the removed ``L + x`` is *string-anchored* (it contains a string literal,
+#   a ``~``, or a filter or method that only ever returns a string, so it is a str whenever it
+#   evaluates at all), the piece that starts with ``x`` starts with ``'' + x`` instead: same
+#   evaluation order, same exception type, same text. (A piece starting with a string literal
+#   needs nothing.)
+# * Likewise ``L + 'lit'`` depends only on ``L``'s type, whatever the literal: where ``L`` is not
+#   anchored but ``x`` is a string literal, the piece that ends with ``L`` ends with ``L + ''``.
+#
+# After such a guard every later partial sum is a str, so every later ``+`` keeps its meaning.
+# Anything else (``a + b`` with neither side known to be a string, a right-nested ``a + (b + c)``,
+# an ``Add`` beside a ``~`` in a way the rejoined text would re-associate, a value that may be an
+# HTML-escaping ``Markup``, whose ``+`` escapes the other side) is not split: ``PatchFailure`` says
+# why, rather than writing a template that renders where the original raises.
+
+#: Filters whose result is always a plain str when they return at all (transformers' ``tojson``
+#: returns ``json.dumps``'s str).
+_STRING_FILTERS = frozenset(
+    {"string", "trim", "tojson", "join", "upper", "lower", "capitalize", "title", "replace", "center",
+     "striptags", "truncate", "wordwrap", "format", "urlencode"}
+)
+#: String methods: on anything but a str they are undefined, and calling that raises.
+_STRING_METHODS = frozenset({"strip", "lstrip", "rstrip", "upper", "lower", "title", "capitalize", "replace"})
+#: Filters that make HTML-escaping ``Markup`` strings.
+_MARKUP_FILTERS = frozenset({"safe", "e", "escape", "forceescape", "urlize", "xmlattr"})
+
+
+@dataclass
+class _Cut:
+    """Where two neighbouring runs of a split chain meet."""
+
+    before: Unit  # the last unit of the earlier run
+    after: Unit  # the first unit of the later run
+
+
+def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> list[tuple[bool, bool]]:
+    """For each run of a split chain: (start it with ``'' + ``, end it with `` + ''``).
+
+    Raises:
+        PatchFailure: the chain cannot be split without changing what it renders or raises.
+    """
+    guards = [[False, False] for _ in runs]
+    whole = part_node(atom, -1)
+    for index in range(1, len(runs)):
+        cut = _Cut(runs[index - 1][-1], runs[index][0])
+        if cut.before.part == cut.after.part:  # a cut inside one operand
+            if constant_text(atom, cut.after.part) is not None or not _touches_add(atom, cut.after.part):
+                continue
+            _refuse(source, whole, "it cuts an operand of '+' that is not a string literal")
+        if cut.before.part < 0 or atom.operators[cut.before.part] != "+":
+            continue
+        node, first = _add_at(whole, cut.before.part)
+        if node is None:
+            _refuse(source, whole, "its '+' is nested in a way the split would re-associate")
+        if _may_be_markup(source, node):
+            _refuse(source, whole, "an operand may be an HTML-escaping Markup string, whose '+' escapes")
+        if _anchored(node.left):
+            guards[index][0] = not _anchored(part_node(atom, cut.after.part))
+        elif constant_text(atom, cut.after.part) is not None and _run_parts(runs[index - 1]) == list(
+            range(first, cut.before.part + 1)
+        ):
+            guards[index - 1][1] = True
+        else:
+            _refuse(source, whole, "neither side of its '+' is known to be a string")
+    return [(start, end) for start, end in guards]
+
+
+def _refuse(source: TemplateSource, node: nodes.Node, why: str) -> None:
+    start, end = node.tf_span
+    expression = " ".join(source.text[start:end].split())
+    if len(expression) > 80:
+        expression = expression[:77] + "..."
+    raise PatchFailure(
+        f"line {node.lineno}: a span edge falls inside {{{{ {expression} }}}}, and splitting it there "
+        f"could change what the template raises ({why})"
+    )
+
+
+def _run_parts(run: list[Unit]) -> list[int]:
+    return sorted({unit.part for unit in run})
+
+
+def _add_at(whole: nodes.Node, boundary: int) -> tuple[nodes.Add | None, int]:
+    """The ``+`` between operands ``boundary`` and ``boundary + 1`` of the chain, when splitting there
+    keeps the evaluation order and the rejoined text parses back to the same tree: its right side is
+    one operand and no ``~`` sits directly beside a ``+`` (``(a ~ b) + c`` would rejoin as
+    ``a ~ b + c``). Also the index of its first operand."""
+    found: list[tuple[nodes.Add | None, int]] = []
+
+    def walk(node: nodes.Node, first: int) -> int:
+        if isinstance(node, nodes.Add):
+            middle = walk(node.left, first)
+            last = walk(node.right, middle + 1)
+            if middle == boundary:
+                simple = not isinstance(node.right, (nodes.Add, nodes.Concat)) and not isinstance(
+                    node.left, nodes.Concat
+                )
+                found.append((node if simple else None, first))
+            return last
+        if isinstance(node, nodes.Concat):
+            position = first - 1
+            for child in node.nodes:
+                position = walk(child, position + 1)
+            return position
+        return first
+
+    walk(whole, 0)
+    return found[0] if found else (None, 0)
+
+
+def _anchored(node: nodes.Node) -> bool:
+    """``node`` is a str whenever it evaluates without raising."""
+    if isinstance(node, nodes.Const):
+        return isinstance(node.value, str)
+    if isinstance(node, nodes.Concat):
+        return True
+    if isinstance(node, nodes.Add):
+        return _anchored(node.left) or _anchored(node.right)
+    if isinstance(node, nodes.Filter):
+        return node.name in _STRING_FILTERS
+    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr):
+        return node.node.attr in _STRING_METHODS
+    return False
+
+
+def _touches_add(atom: Atom, part: int) -> bool:
+    if part < 0:
+        return False
+    neighbours = atom.operators[max(part - 1, 0) : part + 1]
+    return "+" in neighbours
+
+
+def _may_be_markup(source: TemplateSource, node: nodes.Node) -> bool:
+    """``node`` uses a Markup filter, or a variable some ``{% set %}``/loop fills from one."""
+    tainted = _markup_names(source)
+    for child in (node, *node.find_all(nodes.Node)):
+        if isinstance(child, nodes.Filter) and child.name in _MARKUP_FILTERS:
+            return True
+        if isinstance(child, nodes.Name) and child.name in tainted:
+            return True
+    return False
+
+
+def _markup_names(source: TemplateSource) -> frozenset[str]:
+    """Names assigned (``{% set %}``, ``{% for %}``, macro parameters) from anything that may be Markup."""
+    tree = source.ast
+    names: set[str] = set()
+
+    def taints(value: nodes.Node) -> bool:
+        return any(
+            (isinstance(child, nodes.Filter) and child.name in _MARKUP_FILTERS)
+            or (isinstance(child, nodes.Name) and child.name in names)
+            for child in (value, *value.find_all(nodes.Node))
+        )
+
+    def targets(target: nodes.Node) -> set[str]:
+        return {n.name for n in (target, *target.find_all(nodes.Name)) if isinstance(n, nodes.Name)}
+
+    changed = True
+    while changed:
+        before = len(names)
+        for assign in tree.find_all(nodes.Assign):
+            if taints(assign.node):
+                names |= targets(assign.target)
+        for loop in tree.find_all(nodes.For):
+            if taints(loop.iter):
+                names |= targets(loop.target)
+        for call in tree.find_all(nodes.Call):
+            if any(taints(arg) for arg in (*call.args, *(k.value for k in call.kwargs))):
+                for macro in tree.find_all(nodes.Macro):
+                    names |= {arg.name for arg in macro.args}
+        changed = len(names) != before
+    return frozenset(names)
