@@ -36,6 +36,7 @@ from templatefix.policy import Policy
 from templatefix.probes import policy_probes, probe_battery
 from templatefix.render import Span, compile_template, environment, merge_spans, render, render_with_spans
 from templatefix.report import EdgeDiff, ProbeResult, Report, TurnResult, context
+from templatefix.shapes import error_probes
 from templatefix.tokens import check_token_masks
 
 ALTERNATIVES = (
@@ -68,6 +69,15 @@ def default_probes(template: str) -> list[Any]:
     return list(probe_battery(template))
 
 
+def with_error_probes(probes: Sequence[Any]) -> list[Any]:
+    """``probes`` plus the conversations that make many templates raise
+    (``templatefix.shapes.error_probes``: assistant content as parts, a tool call without a
+    ``content`` key), for SPEC rule 1's error half. A template that accepts them is checked on
+    them like on any probe."""
+    names = {probe.name for probe in probes}
+    return [*probes, *(probe for probe in error_probes() if probe.name not in names)]
+
+
 def verify(
     template: str,
     original: str | None = None,
@@ -77,6 +87,7 @@ def verify(
     special_tokens: Mapping[str, Any] | None = None,
     tokenizer: Any = None,
     name: str = "template",
+    error_checks: bool = True,
 ) -> Report:
     """Verify ``template`` (with markers) against ``original`` (without) on every probe.
 
@@ -89,6 +100,8 @@ def verify(
         special_tokens: template variables for the special tokens (``bos_token``…).
         tokenizer: a real fast tokenizer: SPEC §5 is checked through ``templatefix.tokens``.
         name: what to call the template in the report.
+        error_checks: also check the conversations of ``with_error_probes`` (where the original
+            raises on them, the patched template must raise the same exception type).
 
     Raises:
         TemplateSyntaxError: ``original`` does not compile. (A patched ``template`` that does not
@@ -114,6 +127,8 @@ def verify(
         # apply_chat_template passes the tokenizer's special tokens; render as it does
         special_tokens = dict(tokenizer.special_tokens_map)
     probe_list = list(probes) if probes is not None else policy_probes(default_probes(reference), policy)
+    if error_checks:
+        probe_list = with_error_probes(probe_list)
     for probe in probe_list:
         result = _verify_probe(template, original, reference, probe, policy, special_tokens)
         if token_check is not None and result.status == "passed":
