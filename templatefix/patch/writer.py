@@ -192,7 +192,12 @@ def _run_expression(
     source: TemplateSource, atom: Atom, run: list[Unit], lead: bool = False, trail: bool = False
 ) -> str:
     """The expression a run of units writes; ``lead``/``trail`` add ``'' + `` / `` + ''`` guards
-    (``chain_guards``)."""
+    (``chain_guards``).
+
+    The run's operands are joined back along the chain's own tree, with parentheses where jinja's
+    precedence (``~`` binds tighter than ``+``) would otherwise regroup them: the operands of
+    ``(a + b) ~ c`` are written ``(a + b) ~ c``, never ``a + b ~ c``.
+    """
     merged: list[Unit] = []
     for unit in run:  # neighbouring slices of one literal read better as one literal
         if merged and merged[-1].part == unit.part and merged[-1].hi == unit.lo:
@@ -203,21 +208,76 @@ def _run_expression(
     if len(run) == 1 and run[0].part < 0 and run[0].lo == 0 and run[0].hi is None:
         start, end = part_node(atom, -1).tf_span
         return source.text[start:end]  # the whole expression in a tag of its own
-    texts: list[str] = ["'' + "] if lead else []
-    for position, unit in enumerate(run):
+    parents = _leaf_parents(part_node(atom, -1))
+    leaves: dict[int, list[str]] = {}
+    for unit in run:
         node = part_node(atom, unit.part)
         if unit.lo == 0 and unit.hi is None:
             text = _node_text(source, node)
         else:
-            text = _literal_slice(source, node, unit.lo, unit.hi, as_text=not _touches_add(atom, unit.part))
-        if position:
-            previous = run[position - 1]
-            operator = "+" if previous.part == unit.part else atom.operators[unit.part - 1]
-            texts.append(f" {operator} ")
-        texts.append(text)
+            as_text = unit.part < 0 or parents[unit.part] is not nodes.Add
+            text = _literal_slice(source, node, unit.lo, unit.hi, as_text=as_text)
+        leaves.setdefault(max(unit.part, 0), []).append(text)
+    joined = {
+        part: (texts[0], "leaf") if len(texts) == 1 else (" + ".join(texts), "+")
+        for part, texts in leaves.items()
+    }
+    if lead:
+        first = min(joined)
+        joined[first] = (f"'' + {joined[first][0]}", "+")
+    text, kind = _rejoin(part_node(atom, -1), joined) if len(parents) > 1 else joined[0]
     if trail:
-        texts.append(" + ''")
-    return "".join(texts)
+        text = f"({text}) + ''" if kind == "~" else f"{text} + ''"
+    return text
+
+
+def _leaf_parents(whole: nodes.Node) -> list[type | None]:
+    """For each operand of the chain (``flatten_chain``'s order), the type of the node whose operand
+    it is: ``nodes.Add``, ``nodes.Concat``, or ``None`` when the expression is not a chain."""
+    parents: list[type | None] = []
+
+    def walk(node: nodes.Node, parent: type | None) -> None:
+        if isinstance(node, nodes.Add):
+            walk(node.left, nodes.Add)
+            walk(node.right, nodes.Add)
+        elif isinstance(node, nodes.Concat):
+            for child in node.nodes:
+                walk(child, nodes.Concat)
+        else:
+            parents.append(parent)
+
+    walk(whole, None)
+    return parents
+
+
+def _rejoin(whole: nodes.Node, leaves: dict[int, tuple[str, str]]) -> tuple[str, str]:
+    """The chain ``whole`` restricted to the operands in ``leaves`` (index -> (text, kind)), as text
+    and the kind of its top node (``"+"``, ``"~"`` or ``"leaf"``)."""
+    counter = [0]
+
+    def walk(node: nodes.Node, in_add: bool) -> tuple[str, str] | None:
+        if isinstance(node, nodes.Add):
+            left, right = walk(node.left, True), walk(node.right, True)
+            if left is None or right is None:
+                return left or right
+            right_text = f"({right[0]})" if right[1] == "+" else right[0]
+            return f"{left[0]} + {right_text}", "+"
+        if isinstance(node, nodes.Concat):
+            items = [item for item in (walk(child, False) for child in node.nodes) if item is not None]
+            if not items:
+                return None
+            if len(items) == 1 and not in_add:
+                return items[0]  # written alone, it is converted with str() as `~` would
+            # an operand of `+` stays a `~` (so a str), even when only one of its operands is left
+            texts = [f"({text})" if kind == "+" else text for text, kind in items]
+            return " ~ ".join(texts if len(texts) > 1 else [*texts, "''"]), "~"
+        index = counter[0]
+        counter[0] += 1
+        return leaves.get(index)
+
+    result = walk(whole, False)
+    assert result is not None
+    return result
 
 
 _SLICEABLE = (nodes.Name, nodes.Getattr, nodes.Getitem, nodes.Call)
@@ -248,7 +308,7 @@ def _literal_slice(
     """A string literal for ``value[lo:hi]``, cut from the original literal's bytes when possible.
 
     A part that is not a literal but always renders the same text is sliced. Where it is written
-    as text (alone, or an operand of ``~``) the slice is of that text, ``(x | string)[lo:hi]``, so
+    as text (alone, or an operand of ``~``) the slice is of that text, ``(x ~ '')[lo:hi]``, so
     that a value that is not a string renders (or fails) as before: ``{{ x }}`` renders ``''`` for
     an undefined ``x``, where ``x[:3]`` would raise. An operand of ``+`` is sliced as it is,
     ``x[lo:hi]``: ``+`` needs it to be a string already (``chain_guards``).
@@ -256,7 +316,7 @@ def _literal_slice(
     if not (isinstance(node, nodes.Const) and isinstance(node.value, str)):
         text = _node_text(source, node)
         if as_text:
-            text = f"({text} | string)"
+            text = f"({text} ~ '')"
         elif not isinstance(node, _SLICEABLE) and not text.startswith("("):
             text = f"({text})"  # `x | trim[:3]` would slice the filter's name
         return f"{text}[{lo or ''}:{'' if hi is None else hi}]"  # hi < 0: from the end
@@ -400,14 +460,6 @@ _STRING_METHODS = frozenset({"strip", "lstrip", "rstrip", "upper", "lower", "tit
 _MARKUP_FILTERS = frozenset({"safe", "e", "escape", "forceescape", "urlize", "xmlattr"})
 
 
-@dataclass
-class _Cut:
-    """Where two neighbouring runs of a split chain meet."""
-
-    before: Unit  # the last unit of the earlier run
-    after: Unit  # the first unit of the later run
-
-
 def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> list[tuple[bool, bool]]:
     """For each run of a split chain: (start it with ``'' + ``, end it with `` + ''``).
 
@@ -416,25 +468,33 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
     """
     guards = [[False, False] for _ in runs]
     whole = part_node(atom, -1)
+    parents = _leaf_parents(whole)
+    if len(runs) > 1 and "+" in atom.operators and _may_be_markup(source, whole):
+        _refuse(source, whole, "an operand may be an HTML-escaping Markup string, whose '+' escapes")
     for index in range(1, len(runs)):
-        cut = _Cut(runs[index - 1][-1], runs[index][0])
-        if cut.before.part == cut.after.part:  # a cut inside one operand
-            if constant_text(atom, cut.after.part) is not None or not _touches_add(atom, cut.after.part):
-                continue
+        before, after = runs[index - 1][-1], runs[index][0]
+        if before.part == after.part:  # a cut inside one operand
+            if after.part < 0 or constant_text(atom, after.part) is not None:
+                continue  # a literal: its slices are string literals
+            if parents[after.part] is not nodes.Add:
+                continue  # a literal, or a value written as text: its slices are of str(value)
             _refuse(source, whole, "it cuts an operand of '+' that is not a string literal")
-        if cut.before.part < 0 or atom.operators[cut.before.part] != "+":
-            continue
-        node, first = _add_at(whole, cut.before.part)
+        node, first = _add_at(whole, before.part)
         if node is None:
-            _refuse(source, whole, "its '+' is nested in a way the split would re-associate")
-        if _may_be_markup(source, node):
-            _refuse(source, whole, "an operand may be an HTML-escaping Markup string, whose '+' escapes")
-        if _anchored(node.left):
-            guards[index][0] = not _anchored(part_node(atom, cut.after.part))
-        elif constant_text(atom, cut.after.part) is not None and _run_parts(runs[index - 1]) == list(
-            range(first, cut.before.part + 1)
+            continue  # operands of `~`: str() each, which never raises
+        left, right = _anchored(node.left), _anchored(node.right)
+        if left and right:
+            continue  # str + str whenever both evaluate
+        if left and part_node(atom, after.part) is node.right:
+            guards[index][0] = True
+        elif (
+            isinstance(node.right, nodes.Const)
+            and right
+            and sorted({unit.part for unit in runs[index - 1]}) == list(range(first, before.part + 1))
         ):
             guards[index - 1][1] = True
+        elif left:
+            _refuse(source, whole, "the right side of its '+' is not one operand")
         else:
             _refuse(source, whole, "neither side of its '+' is known to be a string")
     return [(start, end) for start, end in guards]
@@ -446,8 +506,8 @@ def _refuse(source: TemplateSource, node: nodes.Node, why: str) -> None:
     if len(expression) > 80:
         expression = expression[:77] + "..."
     raise PatchFailure(
-        f"line {node.lineno}: a span edge falls inside {{{{ {expression} }}}}, and splitting it there "
-        f"could change what the template raises ({why})"
+        f"line {source.line_of(start)}: a span edge falls inside {{{{ {expression} }}}}, and splitting it "
+        f"there could change what the template raises ({why})"
     )
 
 
@@ -456,22 +516,16 @@ def _run_parts(run: list[Unit]) -> list[int]:
 
 
 def _add_at(whole: nodes.Node, boundary: int) -> tuple[nodes.Add | None, int]:
-    """The ``+`` between operands ``boundary`` and ``boundary + 1`` of the chain, when splitting there
-    keeps the evaluation order and the rejoined text parses back to the same tree: its right side is
-    one operand and no ``~`` sits directly beside a ``+`` (``(a ~ b) + c`` would rejoin as
-    ``a ~ b + c``). Also the index of its first operand."""
-    found: list[tuple[nodes.Add | None, int]] = []
+    """The ``+`` between operands ``boundary`` and ``boundary + 1`` of the chain (``None`` when they
+    are operands of ``~``), and the index of its first operand."""
+    found: list[tuple[nodes.Add, int]] = []
 
     def walk(node: nodes.Node, first: int) -> int:
         if isinstance(node, nodes.Add):
             middle = walk(node.left, first)
-            last = walk(node.right, middle + 1)
             if middle == boundary:
-                simple = not isinstance(node.right, (nodes.Add, nodes.Concat)) and not isinstance(
-                    node.left, nodes.Concat
-                )
-                found.append((node if simple else None, first))
-            return last
+                found.append((node, first))
+            return walk(node.right, middle + 1)
         if isinstance(node, nodes.Concat):
             position = first - 1
             for child in node.nodes:
@@ -496,13 +550,6 @@ def _anchored(node: nodes.Node) -> bool:
     if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr):
         return node.node.attr in _STRING_METHODS
     return False
-
-
-def _touches_add(atom: Atom, part: int) -> bool:
-    if part < 0:
-        return False
-    neighbours = atom.operators[max(part - 1, 0) : part + 1]
-    return "+" in neighbours
 
 
 def _may_be_markup(source: TemplateSource, node: nodes.Node) -> bool:
