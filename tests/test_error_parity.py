@@ -302,3 +302,59 @@ def test_the_property_is_not_vacuous() -> None:
         written_count += 1
         raising += outcome(template, [{"role": "assistant", "content": [1]}])[0] == "raises"
     assert written_count >= 30 and raising >= 10
+
+
+# -- the corpus: verified patches raise where their originals raise --------------------------------
+
+#: Templates the error path was seen wrong on, then every CORPUS_STRIDE-th template by name.
+NAMED = ("qwen/Qwen1.5-72B-Chat.jinja", "qwen/Qwen3-0.6B.jinja", "qwen/Qwen2.5-VL-7B-Instruct.jinja")
+CORPUS_STRIDE = 10
+
+
+def _independent_outcome(template: str, messages: list[dict[str, Any]], prompt: bool, kwargs: Any) -> Any:
+    """Through transformers' own ``render_jinja_template`` (no templatefix code): text or exception type."""
+    from independent.render import render_text
+
+    try:
+        return "text", render_text(template, messages, prompt, kwargs)
+    except Exception as error:  # noqa: BLE001 - templates are arbitrary code: the type is the answer
+        return "raises", type(error).__name__
+
+
+@pytest.mark.corpus
+def test_verified_corpus_patches_raise_where_their_originals_raise(
+    corpus_templates: list[tuple[str, str]],
+) -> None:
+    """On every probe (the battery and the error probes) and every prefix, with and without the
+    generation prompt, a verified patch renders the original's text or raises its exception type.
+    The renders go through transformers alone; the verifier's own verdict on the same probes is
+    checked too."""
+    from templatefix.probes import probe_battery
+
+    texts = dict(corpus_templates)
+    sample = [name for name in NAMED if name in texts]
+    sample += [name for name, _ in corpus_templates[::CORPUS_STRIDE] if name not in sample]
+    problems: dict[str, str] = {}
+    verified = raising = 0
+    for name in sample:
+        original = texts[name]
+        result = patch_template(original)
+        if not result.verified:
+            continue
+        verified += 1
+        for probe in result.report.probes:
+            assert probe.status != "failed", (name, probe.name, probe.render_problems[:1])
+            if probe.status == "skipped":
+                assert probe.reason.endswith("the patched template raises the same"), (name, probe.reason)
+        for probe in [*probe_battery(original), *error_probes()]:
+            messages, kwargs = probe.conversation(), probe.render_kwargs()
+            for count in range(len(messages) + 1):
+                for prompt in (False, True):
+                    before = _independent_outcome(original, messages[:count], prompt, kwargs)
+                    after = _independent_outcome(result.patched, messages[:count], prompt, kwargs)
+                    raising += before[0] == "raises"
+                    if before != after and name not in problems:
+                        where = f"{probe.name} messages[:{count}] prompt={prompt}"
+                        problems[name] = f"{where}: {before} vs {after}"
+    assert verified >= 10 and raising > 0
+    assert problems == {}
