@@ -87,7 +87,7 @@ def verify(
     special_tokens: Mapping[str, Any] | None = None,
     tokenizer: Any = None,
     name: str = "template",
-    error_checks: bool = True,
+    error_checks: bool | None = None,
 ) -> Report:
     """Verify ``template`` (with markers) against ``original`` (without) on every probe.
 
@@ -101,7 +101,8 @@ def verify(
         tokenizer: a real fast tokenizer: SPEC §5 is checked through ``templatefix.tokens``.
         name: what to call the template in the report.
         error_checks: also check the conversations of ``with_error_probes`` (where the original
-            raises on them, the patched template must raise the same exception type).
+            raises on them, the patched template must raise the same exception type); by default
+            when ``probes`` is not given.
 
     Raises:
         TemplateSyntaxError: ``original`` does not compile. (A patched ``template`` that does not
@@ -127,7 +128,7 @@ def verify(
         # apply_chat_template passes the tokenizer's special tokens; render as it does
         special_tokens = dict(tokenizer.special_tokens_map)
     probe_list = list(probes) if probes is not None else policy_probes(default_probes(reference), policy)
-    if error_checks:
+    if error_checks or (error_checks is None and probes is None):
         probe_list = with_error_probes(probe_list)
     for probe in probe_list:
         result = _verify_probe(template, original, reference, probe, policy, special_tokens)

@@ -10,6 +10,7 @@ import pytest
 
 from templatefix.policy import Policy
 from templatefix.probes import Probe, probe_battery
+from templatefix.shapes import error_probes
 from templatefix.verify import has_generation_markers, verify
 
 ORIGINAL = (
@@ -67,7 +68,8 @@ def test_correct_template_verifies_every_turn_exact():
 def test_correct_template_verifies_on_the_full_probe_battery():
     report = verify(CORRECT, ORIGINAL)
     assert report.verified, report.failures()
-    assert len(report.checked) == len(probe_battery(ORIGINAL)) - sum(
+    # the battery and the error probes (SPEC rule 1 where templates raise)
+    assert len(report.checked) == len(probe_battery(ORIGINAL)) + len(error_probes()) - sum(
         p.status == "skipped" for p in report.probes
     )
 
