@@ -69,13 +69,32 @@ def default_probes(template: str) -> list[Any]:
     return list(probe_battery(template))
 
 
-def with_error_probes(probes: Sequence[Any]) -> list[Any]:
-    """``probes`` plus the conversations that make many templates raise
+def error_probe_results(
+    template: str, original: str, names: set[str], special_tokens: Mapping[str, Any] | None = None
+) -> list[ProbeResult]:
+    """SPEC rule 1 on the conversations that make many templates raise
     (``templatefix.shapes.error_probes``: assistant content as parts, a tool call without a
-    ``content`` key), for SPEC rule 1's error half. A template that accepts them is checked on
-    them like on any probe."""
-    names = {probe.name for probe in probes}
-    return [*probes, *(probe for probe in error_probes() if probe.name not in names)]
+    ``content`` key), except those named in ``names``: on every render of :func:`render_points`
+    the patched template renders the original's text or raises its exception type
+    (:func:`error_parity`). Spans are judged on the battery, not here.
+    """
+    results = []
+    for probe in error_probes():
+        if probe.name in names:
+            continue
+        problems = error_parity(template, original, probe, special_tokens)
+        full = _outcome(original, probe, len(probe.messages), False, special_tokens)
+        if problems:
+            result = ProbeResult(name=probe.name, status="failed", reason="SPEC rule 1 with errors")
+            result.render_problems.extend(problems)
+        elif isinstance(full, RenderError):
+            reason = f"original rejects it: {full}; the patched template raises the same"
+            result = ProbeResult(name=probe.name, status="skipped", reason=reason)
+        else:
+            reason = "rule 1 only: the same text on every prefix, with and without the generation prompt"
+            result = ProbeResult(name=probe.name, status="passed", reason=reason)
+        results.append(result)
+    return results
 
 
 def verify(
@@ -100,9 +119,8 @@ def verify(
         special_tokens: template variables for the special tokens (``bos_token``…).
         tokenizer: a real fast tokenizer: SPEC §5 is checked through ``templatefix.tokens``.
         name: what to call the template in the report.
-        error_checks: also check the conversations of ``with_error_probes`` (where the original
-            raises on them, the patched template must raise the same exception type); by default
-            when ``probes`` is not given.
+        error_checks: also check SPEC rule 1 on the conversations that make many templates raise
+            (:func:`error_probe_results`); by default when ``probes`` is not given.
 
     Raises:
         TemplateSyntaxError: ``original`` does not compile. (A patched ``template`` that does not
@@ -128,14 +146,15 @@ def verify(
         # apply_chat_template passes the tokenizer's special tokens; render as it does
         special_tokens = dict(tokenizer.special_tokens_map)
     probe_list = list(probes) if probes is not None else policy_probes(default_probes(reference), policy)
-    if error_checks or (error_checks is None and probes is None):
-        probe_list = with_error_probes(probe_list)
     for probe in probe_list:
         result = _verify_probe(template, original, reference, probe, policy, special_tokens)
         if token_check is not None and result.status == "passed":
             _check_tokens(result, token_check, template, tokenizer, probe, reference, policy, special_tokens)
         report.probes.append(result)
         report.flags.extend(_flags(result))
+    if original is not None and (error_checks or (error_checks is None and probes is None)):
+        names = {probe.name for probe in probe_list}
+        report.probes.extend(error_probe_results(template, original, names, special_tokens))
     report.coverage = measure(reference, probe_list, special_tokens)
     return report
 
