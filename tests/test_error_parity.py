@@ -100,7 +100,8 @@ def test_split_chain_raises_where_the_original_raises(
 
 def test_guards_are_where_the_proof_needs_them() -> None:
     assert "'' + m['content']" in patched(QWEN15).patched  # the header is a str: '' + x behaves alike
-    assert "'' + content" in patched(QWEN3).patched
+    # `content + '<|im_end|>'` in one run already raises as `'…\n' + content` does: no guard
+    assert "{{ content + '<|im_end|>' }}" in patched(QWEN3).patched
 
 
 def test_tilde_chain_needs_no_guard_and_still_renders_undefined_as_empty() -> None:

@@ -215,7 +215,8 @@ def _run_expression(
         if unit.lo == 0 and unit.hi is None:
             text = _node_text(source, node)
         else:
-            as_text = unit.part < 0 or parents[unit.part] is not nodes.Add
+            written_alone = unit.part < 0 or parents[unit.part] is not nodes.Add
+            as_text = written_alone and not _always_text(source, node)
             text = _literal_slice(source, node, unit.lo, unit.hi, as_text=as_text)
         leaves.setdefault(max(unit.part, 0), []).append(text)
     joined = {
@@ -486,7 +487,14 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
         if left and right:
             continue  # str + str whenever both evaluate
         if left and part_node(atom, after.part) is node.right:
-            guards[index][0] = True
+            # `x + 'lit'` written in the same run already raises as `L + x` would
+            parent = _parent_add(whole, node)
+            guards[index][0] = not (
+                parent is not None
+                and constant_text(atom, after.part + 1) is not None
+                and part_node(atom, after.part + 1) is parent.right
+                and after.part + 1 in {unit.part for unit in runs[index]}
+            )
         elif (
             isinstance(node.right, nodes.Const)
             and right
@@ -535,6 +543,24 @@ def _add_at(whole: nodes.Node, boundary: int) -> tuple[nodes.Add | None, int]:
 
     walk(whole, 0)
     return found[0] if found else (None, 0)
+
+
+def _parent_add(whole: nodes.Node, node: nodes.Node) -> nodes.Add | None:
+    """The ``+`` whose left side is ``node`` in the chain ``whole``."""
+    for candidate in (whole, *whole.find_all(nodes.Add)):
+        if isinstance(candidate, nodes.Add) and candidate.left is node:
+            return candidate
+    return None
+
+
+def _always_text(source: TemplateSource, node: nodes.Node) -> bool:
+    """``node`` is a str whenever it evaluates: string-valued (``_anchored``) or a call of one of
+    the template's macros (a macro returns the text it wrote)."""
+    if _anchored(node):
+        return True
+    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name):
+        return node.node.name in {macro.name for macro in source.ast.find_all(nodes.Macro)}
+    return False
 
 
 def _anchored(node: nodes.Node) -> bool:
