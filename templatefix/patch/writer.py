@@ -216,7 +216,7 @@ def _run_expression(
             text = _node_text(source, node)
         else:
             written_alone = unit.part < 0 or parents[unit.part] is not nodes.Add
-            as_text = written_alone and not _always_text(source, node)
+            as_text = written_alone and not _anchored(node, _macros(source))
             text = _literal_slice(source, node, unit.lo, unit.hi, as_text=as_text)
         leaves.setdefault(max(unit.part, 0), []).append(text)
     joined = {
@@ -469,6 +469,7 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
     """
     guards = [[False, False] for _ in runs]
     whole = part_node(atom, -1)
+    macros = _macros(source)
     parents = _leaf_parents(whole)
     if len(runs) > 1 and "+" in atom.operators and _may_be_markup(source, whole):
         _refuse(source, whole, "an operand may be an HTML-escaping Markup string, whose '+' escapes")
@@ -477,13 +478,13 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
         if before.part == after.part:  # a cut inside one operand
             if after.part < 0 or constant_text(atom, after.part) is not None:
                 continue  # a literal: its slices are string literals
-            if parents[after.part] is not nodes.Add:
-                continue  # a literal, or a value written as text: its slices are of str(value)
+            if parents[after.part] is not nodes.Add or _anchored(part_node(atom, after.part), macros):
+                continue  # written as text, or a str whenever it evaluates: sliced like a literal
             _refuse(source, whole, "it cuts an operand of '+' that is not a string literal")
         node, first = _add_at(whole, before.part)
         if node is None:
             continue  # operands of `~`: str() each, which never raises
-        left, right = _anchored(node.left), _anchored(node.right)
+        left, right = _anchored(node.left, macros), _anchored(node.right, macros)
         if left and right:
             continue  # str + str whenever both evaluate
         if left and part_node(atom, after.part) is node.right:
@@ -553,29 +554,28 @@ def _parent_add(whole: nodes.Node, node: nodes.Node) -> nodes.Add | None:
     return None
 
 
-def _always_text(source: TemplateSource, node: nodes.Node) -> bool:
-    """``node`` is a str whenever it evaluates: string-valued (``_anchored``) or a call of one of
-    the template's macros (a macro returns the text it wrote)."""
-    if _anchored(node):
-        return True
-    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name):
-        return node.node.name in {macro.name for macro in source.ast.find_all(nodes.Macro)}
-    return False
-
-
-def _anchored(node: nodes.Node) -> bool:
-    """``node`` is a str whenever it evaluates without raising."""
+def _anchored(node: nodes.Node, macros: frozenset[str] = frozenset()) -> bool:
+    """``node`` is a str whenever it evaluates without raising (``macros``: the template's macro
+    names; a macro returns the text it wrote)."""
     if isinstance(node, nodes.Const):
         return isinstance(node.value, str)
     if isinstance(node, nodes.Concat):
         return True
     if isinstance(node, nodes.Add):
-        return _anchored(node.left) or _anchored(node.right)
+        return _anchored(node.left, macros) or _anchored(node.right, macros)
+    if isinstance(node, nodes.CondExpr):
+        return node.expr2 is not None and _anchored(node.expr1, macros) and _anchored(node.expr2, macros)
     if isinstance(node, nodes.Filter):
         return node.name in _STRING_FILTERS
     if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr):
         return node.node.attr in _STRING_METHODS
+    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name):
+        return node.node.name in macros
     return False
+
+
+def _macros(source: TemplateSource) -> frozenset[str]:
+    return frozenset(macro.name for macro in source.ast.find_all(nodes.Macro))
 
 
 def _may_be_markup(source: TemplateSource, node: nodes.Node) -> bool:
