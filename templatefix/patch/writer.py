@@ -425,29 +425,34 @@ def _is_gap(source: TemplateSource, start: int, end: int) -> bool:
 
 # -- keeping what a split chain raises ------------------------------------------------------------
 #
-# Splitting ``{{ a + b }}`` into ``{{ a }}{{ b }}`` changes the render whenever ``+`` is not string
-# concatenation: ``'x' + [..]`` raises TypeError, ``'x' + undefined`` raises UndefinedError, but
-# ``{{ [..] }}`` and ``{{ undefined }}`` render. (``~`` needs nothing: it converts each operand with
-# ``str``, which never raises, so ``{{ a ~ b }}`` and ``{{ a }}{{ b }}`` agree on every value.)
+# SPEC rule 1 covers errors. Splitting ``{{ a + b }}`` into ``{{ a }}{{ b }}`` changes the render
+# whenever ``+`` is not string concatenation: ``'x' + [..]`` raises TypeError and ``'x' + undefined``
+# raises UndefinedError, but ``{{ [..] }}`` and ``{{ undefined }}`` render. (``~`` needs nothing:
+# it converts each operand with ``str``, which never raises, so ``{{ a ~ b }}`` and
+# ``{{ a }}{{ b }}`` agree on every value.)
 #
-# A split keeps the original's behaviour exactly, with every operand still evaluated once and in
-# the original order, when each ``+`` it removes is replaced by one that behaves the same:
+# The values a template sees are JSON data, ``Undefined``, and what the template makes of them. A
+# split keeps the original's behaviour exactly, with every operand evaluated once and in the
+# original order, when each ``+`` it removes, ``L + x``, is replaced by one that behaves the same:
 #
-# * Python's ``s + x`` with ``s`` a plain ``str`` depends only on ``x``'s type: ``x`` a str gives
-#   concatenation, ``Undefined`` raises UndefinedError, anything else raises TypeError. So where the
-#   left operand ``L`` of the removed ``L + x`` is *string-anchored* (it contains a string literal,
-#   a ``~``, or a filter or method that only ever returns a string, so it is a str whenever it
-#   evaluates at all), the piece that starts with ``x`` starts with ``'' + x`` instead: same
-#   evaluation order, same exception type, same text. (A piece starting with a string literal
-#   needs nothing.)
-# * Likewise ``L + 'lit'`` depends only on ``L``'s type, whatever the literal: where ``L`` is not
-#   anchored but ``x`` is a string literal, the piece that ends with ``L`` ends with ``L + ''``.
+# * *string-valued* expressions are a str whenever they evaluate at all: a string literal, a
+#   ``~``, a ``+`` with a string-valued side, a conditional of two of them, a filter or string
+#   method that only returns strings, a call of one of the template's macros;
+# * both ``L`` and ``x`` string-valued: ``L + x`` is concatenation, nothing to add;
+# * ``L`` string-valued: ``s + x`` with ``s`` a plain str depends only on ``x``'s type (a str
+#   concatenates, ``Undefined`` raises UndefinedError, anything else TypeError), so the piece that
+#   starts with ``x`` starts with ``'' + x``. When that piece goes on with ``x + 'lit'`` it already
+#   behaves so, and needs nothing;
+# * ``x`` a string literal: ``L + 'lit'`` depends only on ``L``'s type, so the piece that ends with
+#   ``L`` ends with ``L + ''`` (a literal cannot raise, so moving the check before it keeps the order).
 #
-# After such a guard every later partial sum is a str, so every later ``+`` keeps its meaning.
-# Anything else (``a + b`` with neither side known to be a string, a right-nested ``a + (b + c)``,
-# an ``Add`` beside a ``~`` in a way the rejoined text would re-associate, a value that may be an
-# HTML-escaping ``Markup``, whose ``+`` escapes the other side) is not split: ``PatchFailure`` says
-# why, rather than writing a template that renders where the original raises.
+# After such a guard every partial sum is a str, so every later ``+`` keeps its meaning. An operand
+# cut in two is sliced as it is when it is string-valued (``x[:3]`` + ``x[3:]``), as text where it
+# is written as text (``(x ~ '')[:3]``), and otherwise not at all. The pieces are joined back along
+# the chain's own tree (``~`` binds tighter than ``+``). Anything else (``a + b`` with neither side
+# string-valued, a ``+`` whose right side is a chain of its own that is not string-valued, an
+# operand that may be an HTML-escaping ``Markup``, whose ``+`` escapes the other side) is not split:
+# ``PatchFailure`` says why, rather than writing a template that renders where the original raises.
 
 #: Filters whose result is always a plain str when they return at all (transformers' ``tojson``
 #: returns ``json.dumps``'s str).
