@@ -5,7 +5,8 @@ runs of literal text; a chain split into one tag per run of equally-labelled ope
 text cut where a span edge falls inside it; and a role branch (``{% if cond %}{% generation %}…
 {% endgeneration %}{% else %}…{% endif %}``) where a unit is inside only under a condition.
 Whitespace control (``-``, ``+``, ``trim_blocks``, ``lstrip_blocks``) is carried over so that the
-patched template renders byte-identically.
+patched template renders byte-identically. A split ``+`` chain keeps what it raises (``'' + x``,
+``x + ''`` guards, ``chain_guards``), so the patched template raises where the original raises.
 """
 
 from __future__ import annotations
