@@ -18,7 +18,13 @@ class TemplateSyntaxError(TemplatefixError):
 
 
 class RenderError(TemplatefixError):
-    """Rendering failed: the template raised, or hit an error, on a conversation."""
+    """Rendering failed: the template raised, or hit an error, on a conversation.
+
+    ``exception_type`` names the exception the template raised (``TypeError``, ``UndefinedError``,
+    ``TemplateError`` for ``raise_exception``…), or is ``None`` when no render raised it.
+    """
+
+    exception_type: str | None = None
 
 
 class TemplateRejected(RenderError):

@@ -141,13 +141,20 @@ def render_with_spans(
         raise
     except jinja2.TemplateError as error:
         if type(error) is jinja2.TemplateError:  # what raise_exception raises
-            raise TemplateRejected(f"template rejected the conversation: {error.message}") from None
-        raise RenderError(f"template error: {type(error).__name__}: {error}") from None
+            message = f"template rejected the conversation: {error.message}"
+            raise _failure(TemplateRejected(message), error) from None
+        raise _failure(RenderError(f"template error: {type(error).__name__}: {error}"), error) from None
     except MemoryError:
         raise RenderLimitExceeded("render stopped: it ran out of memory") from None
     except Exception as error:  # templates are untrusted code: any failure is a render failure
-        raise RenderError(f"template error: {type(error).__name__}: {error}") from None
+        raise _failure(RenderError(f"template error: {type(error).__name__}: {error}"), error) from None
     return rendered, [tuple(span) for span in indices]
+
+
+def _failure(failure: RenderError, error: BaseException) -> RenderError:
+    """``failure`` with the name of the exception the template raised (``exception_type``)."""
+    failure.exception_type = type(error).__name__
+    return failure
 
 
 def _render_bounded(

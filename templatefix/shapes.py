@@ -254,6 +254,49 @@ BASE_SHAPE_BUILDERS = _BASE_SHAPES
 FLAG_SHAPES = ("reasoning_some_turns", "reasoning_multi_turn", "reasoning_tool_calls", "system_multi_turn")
 
 
+def _assistant_content_parts(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """Only the assistant turns' contents are lists of parts: a template that adds the content to a
+    string raises there, and so must the patched template (SPEC rule 1)."""
+    messages = [
+        user_message(words),
+        {"role": "assistant", "content": [{"type": "text", "text": words()}]},
+        user_message(words),
+        assistant_message(words),
+    ]
+    return messages, {}
+
+
+def _call_without_content(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """One tool call with no ``content`` key and a plain answer after its result (a template that
+    adds the undefined content to a string raises there)."""
+    messages, kwargs = _tool_calls(words)
+    del messages[1]["content"]
+    return messages, kwargs
+
+
+#: Shapes that make many templates raise, for SPEC rule 1's error half (``templatefix.verify``
+#: checks every template on them, with the battery): where the original raises, the patched
+#: template must raise the same exception type.
+ERROR_SHAPES = {
+    "assistant_content_parts": _assistant_content_parts,
+    "call_without_content": _call_without_content,
+}
+
+
+def error_probes() -> list[Probe]:
+    """The probes of :data:`ERROR_SHAPES`.
+
+    Example:
+        >>> [p.name for p in error_probes()]
+        ['assistant_content_parts', 'call_without_content']
+    """
+    probes = []
+    for name, builder in ERROR_SHAPES.items():
+        messages, kwargs = builder(WordSource(start=900))
+        probes.append(Probe(name, tuple(messages), kwargs))
+    return probes
+
+
 def make_probe(shape: str, extra_kwargs: Mapping[str, Any] | None = None, name: str | None = None) -> Probe:
     """Build the probe of base ``shape`` (one of :data:`SHAPES`), adding template arguments.
 

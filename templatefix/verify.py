@@ -38,6 +38,7 @@ from templatefix.policy import Policy
 from templatefix.probes import policy_probes, probe_battery
 from templatefix.render import Span, compile_template, merge_spans, render, render_with_spans
 from templatefix.report import EdgeDiff, ProbeResult, Report, TurnResult, context
+from templatefix.shapes import error_probes
 from templatefix.tokens import check_token_masks
 
 ALTERNATIVES = (
@@ -51,6 +52,34 @@ def default_probes(template: str) -> list[Any]:
     return list(probe_battery(template))
 
 
+def error_probe_results(
+    template: str, original: str, names: set[str], special_tokens: Mapping[str, Any] | None = None
+) -> list[ProbeResult]:
+    """SPEC rule 1 on the conversations that make many templates raise
+    (``templatefix.shapes.error_probes``: assistant content as parts, a tool call without a
+    ``content`` key), except those named in ``names``: on every render of :func:`render_points`
+    the patched template renders the original's text or raises its exception type
+    (:func:`error_parity`). Spans are judged on the battery, not here.
+    """
+    results = []
+    for probe in error_probes():
+        if probe.name in names:
+            continue
+        problems = error_parity(template, original, probe, special_tokens)
+        full = _outcome(original, probe, len(probe.messages), False, special_tokens)
+        if problems:
+            result = ProbeResult(name=probe.name, status="failed", reason="SPEC rule 1 with errors")
+            result.render_problems.extend(problems)
+        elif isinstance(full, RenderError):
+            reason = f"original rejects it: {full}; the patched template raises the same"
+            result = ProbeResult(name=probe.name, status="skipped", reason=reason)
+        else:
+            reason = "rule 1 only: the same text on every prefix, with and without the generation prompt"
+            result = ProbeResult(name=probe.name, status="passed", reason=reason)
+        results.append(result)
+    return results
+
+
 @frozen_clock()  # every render of one check sees one moment for strftime_now
 def verify(
     template: str,
@@ -61,6 +90,7 @@ def verify(
     special_tokens: Mapping[str, Any] | None = None,
     tokenizer: Any = None,
     name: str = "template",
+    error_checks: bool | None = None,
 ) -> Report:
     """Verify ``template`` (with markers) against ``original`` (without) on every probe.
 
@@ -73,6 +103,8 @@ def verify(
         special_tokens: template variables for the special tokens (``bos_token``…).
         tokenizer: a real fast tokenizer: SPEC §5 is checked through ``templatefix.tokens``.
         name: what to call the template in the report.
+        error_checks: also check SPEC rule 1 on the conversations that make many templates raise
+            (:func:`error_probe_results`); by default when ``probes`` is not given.
 
     Raises:
         TemplateSyntaxError: ``original`` does not compile. (A patched ``template`` that does not
@@ -104,6 +136,9 @@ def verify(
             _check_tokens(result, token_check, template, tokenizer, probe, reference, policy, special_tokens)
         report.probes.append(result)
         report.flags.extend(_flags(result))
+    if original is not None and (error_checks or (error_checks is None and probes is None)):
+        names = {probe.name for probe in probe_list}
+        report.probes.extend(error_probe_results(template, original, names, special_tokens))
     report.coverage = measure(reference, probe_list, special_tokens)
     return report
 
@@ -121,7 +156,7 @@ def _verify_probe(
     except RenderLimitExceeded:
         raise  # a bound, not a rejection: the caller must hear about it
     except RenderError as error:  # TemplateRejected included: the original refuses it
-        return ProbeResult(name=probe.name, status="skipped", reason=f"original rejects it: {error}")
+        return _rejected_probe(template, original, probe, special_tokens, error)
     result = ProbeResult(name=probe.name, status="passed")
     if original is not None:
         result.render_problems = _compare_renders(template, probe, expectation, special_tokens)
@@ -141,6 +176,96 @@ def _verify_probe(
     if result.failures():
         result.status = "failed"
     return result
+
+
+def _rejected_probe(
+    template: str,
+    original: str | None,
+    probe: Any,
+    special_tokens: Mapping[str, Any] | None,
+    error: RenderError,
+) -> ProbeResult:
+    """A probe the original rejects: nothing to judge by rules 2–3, but SPEC rule 1 still holds
+    for errors. On every render the oracle would make, the patched template must raise where the
+    original raises, with the same exception type, and render the same text where it renders
+    (:func:`error_parity`). The probe stays ``skipped`` when it does, and ``failed`` otherwise."""
+    reason = f"original rejects it: {error}"
+    if original is None:
+        return ProbeResult(name=probe.name, status="skipped", reason=reason)
+    problems = error_parity(template, original, probe, special_tokens)
+    if not problems:
+        reason += "; the patched template raises the same"
+        return ProbeResult(name=probe.name, status="skipped", reason=reason)
+    result = ProbeResult(name=probe.name, status="failed", reason=reason)
+    result.render_problems.extend(problems)
+    return result
+
+
+def render_points(probe: Any) -> list[tuple[int, bool]]:
+    """The renders of a probe that the oracle makes: the whole conversation, and for every
+    assistant message at index i the prompt ``(i, True)`` and the conversation up to it
+    ``(i + 1, False)``."""
+    messages = list(probe.messages)
+    points = {(len(messages), False)}
+    for index, message in enumerate(messages):
+        if message.get("role") == "assistant":
+            points.update({(index, True), (index + 1, False)})
+    return sorted(points)
+
+
+def error_parity(
+    template: str, original: str, probe: Any, special_tokens: Mapping[str, Any] | None = None
+) -> list[str]:
+    """SPEC rule 1 with errors, on every render of :func:`render_points`: where ``original`` raises,
+    ``template`` raises the same exception type; where it renders, ``template`` renders the same
+    text. Returns one problem per render where they part (none: they agree).
+
+    Raises:
+        RenderLimitExceeded: a render hit a bound (a bound is not an answer).
+    """
+    problems = []
+    for count, prompt in render_points(probe):
+        where = f"messages[:{count}], add_generation_prompt={prompt}"
+        before = _outcome(original, probe, count, prompt, special_tokens)
+        after = _outcome(template, probe, count, prompt, special_tokens)
+        if before == after:
+            continue
+        if isinstance(before, RenderError) and isinstance(after, RenderError):
+            if before.exception_type == after.exception_type:
+                continue
+            problems.append(
+                f"{where}: the original raises {before.exception_type} but the patched template raises "
+                f"{after.exception_type}: {after}"
+            )
+        elif isinstance(before, RenderError):
+            problems.append(
+                f"{where}: the original raises ({before}) but the patched template renders "
+                f"{len(str(after))} characters"
+            )
+        elif isinstance(after, RenderError):
+            problems.append(f"{where}: patched template fails where the original renders: {after}")
+        else:
+            offset = _first_difference(after, before)
+            problems.append(
+                f"{where}: differs from the original at offset {offset}: "
+                f"patched …{context(after, offset)}… original …{context(before, offset)}…"
+            )
+    return problems
+
+
+def _outcome(
+    template: str, probe: Any, count: int, prompt: bool, special_tokens: Mapping[str, Any] | None
+) -> str | RenderError:
+    """The text of one render, or the error it raised (a bound hit is raised, not returned)."""
+    try:
+        return render(
+            template, list(probe.messages)[:count], add_generation_prompt=prompt,
+            special_tokens=special_tokens, **dict(probe.kwargs),
+        )
+    except RenderLimitExceeded:
+        raise
+    except RenderError as error:
+        return error
 
 
 def _compare_renders(

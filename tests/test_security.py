@@ -55,7 +55,8 @@ def added_tokens_outside_the_allowed_set(original: str, patched: str) -> list[tu
     name (a condition on the role of the last message). Role branches may
     also test loop state and message fields the original reads by subscript (``m['role']`` in
     the original, ``m.role`` in a branch), and split an output with a constant slice
-    (``expr[:16]`` / ``expr[16:]``). A new global, filter, test or callable is never allowed.
+    (``expr[:16]`` / ``expr[16:]``) and the ``+``/``~`` guards that keep what a split raises
+    (``'' + x``, ``(x ~ '')[:16]``). A new global, filter, test or callable is never allowed.
     """
     before, after = _tokens(original), _tokens(patched)
     known = set(before)
@@ -74,6 +75,8 @@ def added_tokens_outside_the_allowed_set(original: str, patched: str) -> list[tu
                 continue
             if kind in BRANCH_OPERATORS:
                 continue
+            if kind in ("add", "tilde"):
+                continue  # a guard that keeps what a split raises: '' + x, x + '', (x ~ '')[:3]
             if kind in ("string", "data"):
                 piece = _literal_value(kind, value)
                 if any(piece in text for text in texts):

@@ -11,6 +11,7 @@ import pytest
 from templatefix.jinja.markers import has_markers
 from templatefix.policy import Policy
 from templatefix.probes import Probe, probe_battery
+from templatefix.shapes import error_probes
 from templatefix.verify import verify
 
 ORIGINAL = (
@@ -68,9 +69,11 @@ def test_correct_template_verifies_every_turn_exact():
 def test_correct_template_verifies_on_the_full_probe_battery():
     report = verify(CORRECT, ORIGINAL)
     assert report.verified, report.failures()
-    assert len(report.checked) == len(probe_battery(ORIGINAL)) - sum(
+    # the battery, and the error probes (SPEC rule 1 where templates raise)
+    assert len(report.checked) == len(probe_battery(ORIGINAL)) + len(error_probes()) - sum(
         p.status == "skipped" for p in report.probes
     )
+    assert [p.name for p in report.probes[-len(error_probes()) :]] == [p.name for p in error_probes()]
 
 
 def test_span_holding_the_header_newline_fails_naming_the_start_edge():

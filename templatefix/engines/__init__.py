@@ -185,6 +185,15 @@ def compare(
                 where=context.label,
                 compared=len(readable),
             )
+        if not before.ok and before.error_type and after.error_type not in (None, before.error_type):
+            return EngineResult(
+                **base,
+                status="differs",
+                detail=f"the original raises {before.error_type} here ({before.error}) but the patched "
+                f"template raises {after.error_type} ({after.error})",
+                where=context.label,
+                compared=len(readable),
+            )
     return EngineResult(**base, status="identical", compared=len(readable))
 
 

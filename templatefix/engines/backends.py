@@ -86,10 +86,12 @@ class RenderContext:
 
 @dataclass(frozen=True)
 class Rendered:
-    """An engine's answer for one template and one context: ``text`` or ``error``."""
+    """An engine's answer for one template and one context: ``text`` or ``error`` (and, where the
+    engine says, ``error_type``: the name of the exception the template raised)."""
 
     text: str | None = None
     error: str | None = None
+    error_type: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -169,7 +171,8 @@ class Transformers(Engine):
                     )
                     row.append(Rendered(text=text))
                 except TemplatefixError as error:  # syntax errors, refusals, failures, limits
-                    row.append(Rendered(error=_first_line(error)))
+                    kind = getattr(error, "exception_type", None)
+                    row.append(Rendered(error=_first_line(error), error_type=kind))
             results.append(row)
         return results
 

@@ -169,7 +169,8 @@ def _patch_template(
 
     def finish(patched: str, reasons: list[str]) -> PatchResult:
         report = verify(
-            patched, original=template, policy=policy, probes=probe_list, special_tokens=special_tokens
+            patched, original=template, policy=policy, probes=probe_list, special_tokens=special_tokens,
+            error_checks=True,
         )
         verified = bool(report.verified)
         all_reasons = list(reasons)

@@ -5,7 +5,8 @@ runs of literal text; a chain split into one tag per run of equally-labelled ope
 text cut where a span edge falls inside it; and a role branch (``{% if cond %}{% generation %}…
 {% endgeneration %}{% else %}…{% endif %}``) where a unit is inside only under a condition.
 Whitespace control (``-``, ``+``, ``trim_blocks``, ``lstrip_blocks``) is carried over so that the
-patched template renders byte-identically.
+patched template renders byte-identically. A split ``+`` chain keeps what it raises (``'' + x``,
+``x + ''`` guards, ``chain_guards``), so the patched template raises where the original raises.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from dataclasses import dataclass
 
 from jinja2 import nodes
 
-from templatefix.patch.label import Unit, fill_boundary_atoms, fill_none, fill_silent_atoms, part_node
+from templatefix.errors import PatchFailure
+from templatefix.patch.label import (
+    Unit,
+    constant_text,
+    fill_boundary_atoms,
+    fill_none,
+    fill_silent_atoms,
+    part_node,
+)
 from templatefix.source import Edit, TemplateSource, Token
 from templatefix.trace import Atom, Instrumented
 
@@ -153,10 +162,11 @@ def _write_expression(
     block_left = "-" if left_mod == "-" else ("+" if _needs_lstrip_guard(source, open_start) else "")
     block_right = "-" if right_mod == "-" else ("+" if _needs_trim_guard(source, close_end) else "")
     runs = [(key, list(run)) for key, run in itertools.groupby(units, key=lambda u: (u.label, u.condition))]
+    guards = chain_guards(source, atom, [run for _, run in runs])
     pieces = []
     for index, ((label, condition), run) in enumerate(runs):
         first, last = index == 0, index == len(runs) - 1
-        expression = _run_expression(source, atom, run)
+        expression = _run_expression(source, atom, run, *guards[index])
         plain = f"{{{{{left_mod if first else ''} {expression} {right_mod if last else ''}}}}}"
         if label == "out":
             pieces.append(plain)
@@ -179,7 +189,16 @@ def _write_expression(
     edits.append(Edit(open_start, close_end, "".join(pieces)))
 
 
-def _run_expression(source: TemplateSource, atom: Atom, run: list[Unit]) -> str:
+def _run_expression(
+    source: TemplateSource, atom: Atom, run: list[Unit], lead: bool = False, trail: bool = False
+) -> str:
+    """The expression a run of units writes; ``lead``/``trail`` add ``'' + `` / `` + ''`` guards
+    (``chain_guards``).
+
+    The run's operands are joined back along the chain's own tree, with parentheses where jinja's
+    precedence (``~`` binds tighter than ``+``) would otherwise regroup them: the operands of
+    ``(a + b) ~ c`` are written ``(a + b) ~ c``, never ``a + b ~ c``.
+    """
     merged: list[Unit] = []
     for unit in run:  # neighbouring slices of one literal read better as one literal
         if merged and merged[-1].part == unit.part and merged[-1].hi == unit.lo:
@@ -190,20 +209,80 @@ def _run_expression(source: TemplateSource, atom: Atom, run: list[Unit]) -> str:
     if len(run) == 1 and run[0].part < 0 and run[0].lo == 0 and run[0].hi is None:
         start, end = part_node(atom, -1).tf_span
         return source.text[start:end]  # the whole expression in a tag of its own
-    texts: list[str] = []
-    for position, unit in enumerate(run):
+    parents = _leaf_parents(part_node(atom, -1))
+    leaves: dict[int, list[str]] = {}
+    for unit in run:
         node = part_node(atom, unit.part)
         if unit.lo == 0 and unit.hi is None:
             text = _node_text(source, node)
         else:
-            text = _literal_slice(source, node, unit.lo, unit.hi)
-        if position:
-            previous = run[position - 1]
-            operator = "+" if previous.part == unit.part else atom.operators[unit.part - 1]
-            texts.append(f" {operator} ")
-        texts.append(text)
-    return "".join(texts)
+            written_alone = unit.part < 0 or parents[unit.part] is not nodes.Add
+            as_text = written_alone and not _anchored(node, _macros(source))
+            text = _literal_slice(source, node, unit.lo, unit.hi, as_text=as_text)
+        leaves.setdefault(max(unit.part, 0), []).append(text)
+    joined = {
+        part: (texts[0], "leaf") if len(texts) == 1 else (" + ".join(texts), "+")
+        for part, texts in leaves.items()
+    }
+    if lead:
+        first = min(joined)
+        joined[first] = (f"'' + {joined[first][0]}", "+")
+    text, kind = _rejoin(part_node(atom, -1), joined) if len(parents) > 1 else joined[0]
+    if trail:
+        text = f"({text}) + ''" if kind == "~" else f"{text} + ''"
+    return text
 
+
+def _leaf_parents(whole: nodes.Node) -> list[type | None]:
+    """For each operand of the chain (``flatten_chain``'s order), the type of the node whose operand
+    it is: ``nodes.Add``, ``nodes.Concat``, or ``None`` when the expression is not a chain."""
+    parents: list[type | None] = []
+
+    def walk(node: nodes.Node, parent: type | None) -> None:
+        if isinstance(node, nodes.Add):
+            walk(node.left, nodes.Add)
+            walk(node.right, nodes.Add)
+        elif isinstance(node, nodes.Concat):
+            for child in node.nodes:
+                walk(child, nodes.Concat)
+        else:
+            parents.append(parent)
+
+    walk(whole, None)
+    return parents
+
+
+def _rejoin(whole: nodes.Node, leaves: dict[int, tuple[str, str]]) -> tuple[str, str]:
+    """The chain ``whole`` restricted to the operands in ``leaves`` (index -> (text, kind)), as text
+    and the kind of its top node (``"+"``, ``"~"`` or ``"leaf"``)."""
+    counter = [0]
+
+    def walk(node: nodes.Node, in_add: bool) -> tuple[str, str] | None:
+        if isinstance(node, nodes.Add):
+            left, right = walk(node.left, True), walk(node.right, True)
+            if left is None or right is None:
+                return left or right
+            right_text = f"({right[0]})" if right[1] == "+" else right[0]
+            return f"{left[0]} + {right_text}", "+"
+        if isinstance(node, nodes.Concat):
+            items = [item for item in (walk(child, False) for child in node.nodes) if item is not None]
+            if not items:
+                return None
+            if len(items) == 1 and not in_add:
+                return items[0]  # written alone, it is converted with str() as `~` would
+            # an operand of `+` stays a `~` (so a str), even when only one of its operands is left
+            texts = [f"({text})" if kind == "+" else text for text, kind in items]
+            return " ~ ".join(texts if len(texts) > 1 else [*texts, "''"]), "~"
+        index = counter[0]
+        counter[0] += 1
+        return leaves.get(index)
+
+    result = walk(whole, False)
+    assert result is not None
+    return result
+
+
+_SLICEABLE = (nodes.Name, nodes.Getattr, nodes.Getitem, nodes.Call)
 
 _PRIMARY = (
     nodes.Name,
@@ -225,16 +304,22 @@ def _node_text(source: TemplateSource, node: nodes.Node) -> str:
     return f"({text})"
 
 
-def _literal_slice(source: TemplateSource, node: nodes.Node, lo: int, hi: int | None) -> str:
+def _literal_slice(
+    source: TemplateSource, node: nodes.Node, lo: int, hi: int | None, as_text: bool = True
+) -> str:
     """A string literal for ``value[lo:hi]``, cut from the original literal's bytes when possible.
 
-    A part that is not a literal but always renders the same text is sliced: ``x[lo:hi]``.
+    A part that is not a literal but always renders the same text is sliced. Where it is written
+    as text (alone, or an operand of ``~``) the slice is of that text, ``(x ~ '')[lo:hi]``, so
+    that a value that is not a string renders (or fails) as before: ``{{ x }}`` renders ``''`` for
+    an undefined ``x``, where ``x[:3]`` would raise. An operand of ``+`` is sliced as it is,
+    ``x[lo:hi]``: ``+`` needs it to be a string already (``chain_guards``).
     """
     if not (isinstance(node, nodes.Const) and isinstance(node.value, str)):
         text = _node_text(source, node)
-        if not isinstance(
-            node, (nodes.Name, nodes.Getattr, nodes.Getitem, nodes.Call)
-        ) and not text.startswith("("):
+        if as_text:
+            text = f"({text} ~ '')"
+        elif not isinstance(node, _SLICEABLE) and not text.startswith("("):
             text = f"({text})"  # `x | trim[:3]` would slice the filter's name
         return f"{text}[{lo or ''}:{'' if hi is None else hi}]"  # hi < 0: from the end
     value: str = node.value
@@ -342,3 +427,206 @@ def _is_gap(source: TemplateSource, start: int, end: int) -> bool:
             return False
         position = token.end
     return position == end
+
+
+# -- keeping what a split chain raises ------------------------------------------------------------
+#
+# SPEC rule 1 covers errors. Splitting ``{{ a + b }}`` into ``{{ a }}{{ b }}`` changes the render
+# whenever ``+`` is not string concatenation: ``'x' + [..]`` raises TypeError and ``'x' + undefined``
+# raises UndefinedError, but ``{{ [..] }}`` and ``{{ undefined }}`` render. (``~`` needs nothing:
+# it converts each operand with ``str``, which never raises, so ``{{ a ~ b }}`` and
+# ``{{ a }}{{ b }}`` agree on every value.)
+#
+# The values a template sees are JSON data, ``Undefined``, and what the template makes of them. A
+# split keeps the original's behaviour exactly, with every operand evaluated once and in the
+# original order, when each ``+`` it removes, ``L + x``, is replaced by one that behaves the same:
+#
+# * *string-valued* expressions are a str whenever they evaluate at all: a string literal, a
+#   ``~``, a ``+`` with a string-valued side, a conditional of two of them, a filter or string
+#   method that only returns strings, a call of one of the template's macros;
+# * both ``L`` and ``x`` string-valued: ``L + x`` is concatenation, nothing to add;
+# * ``L`` string-valued: ``s + x`` with ``s`` a plain str depends only on ``x``'s type (a str
+#   concatenates, ``Undefined`` raises UndefinedError, anything else TypeError), so the piece that
+#   starts with ``x`` starts with ``'' + x``. When that piece goes on with ``x + 'lit'`` it already
+#   behaves so, and needs nothing;
+# * ``x`` a string literal: ``L + 'lit'`` depends only on ``L``'s type, so the piece that ends with
+#   ``L`` ends with ``L + ''`` (a literal cannot raise, so moving the check before it keeps the order).
+#
+# After such a guard every partial sum is a str, so every later ``+`` keeps its meaning. An operand
+# cut in two is sliced as it is when it is string-valued (``x[:3]`` + ``x[3:]``), as text where it
+# is written as text (``(x ~ '')[:3]``), and otherwise not at all. The pieces are joined back along
+# the chain's own tree (``~`` binds tighter than ``+``). Anything else (``a + b`` with neither side
+# string-valued, a ``+`` whose right side is a chain of its own that is not string-valued, an
+# operand that may be an HTML-escaping ``Markup``, whose ``+`` escapes the other side) is not split:
+# ``PatchFailure`` says why, rather than writing a template that renders where the original raises.
+
+#: Filters whose result is always a plain str when they return at all (transformers' ``tojson``
+#: returns ``json.dumps``'s str).
+_STRING_FILTERS = frozenset(
+    {"string", "trim", "tojson", "join", "upper", "lower", "capitalize", "title", "replace", "center",
+     "striptags", "truncate", "wordwrap", "format", "urlencode"}
+)
+#: String methods: on anything but a str they are undefined, and calling that raises.
+_STRING_METHODS = frozenset({"strip", "lstrip", "rstrip", "upper", "lower", "title", "capitalize", "replace"})
+#: Filters that make HTML-escaping ``Markup`` strings.
+_MARKUP_FILTERS = frozenset({"safe", "e", "escape", "forceescape", "urlize", "xmlattr"})
+
+
+def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> list[tuple[bool, bool]]:
+    """For each run of a split chain: (start it with ``'' + ``, end it with `` + ''``).
+
+    Raises:
+        PatchFailure: the chain cannot be split without changing what it renders or raises.
+    """
+    guards = [[False, False] for _ in runs]
+    whole = part_node(atom, -1)
+    macros = _macros(source)
+    parents = _leaf_parents(whole)
+    if len(runs) > 1 and "+" in atom.operators and _may_be_markup(source, whole):
+        _refuse(source, whole, "an operand may be an HTML-escaping Markup string, whose '+' escapes")
+    for index in range(1, len(runs)):
+        before, after = runs[index - 1][-1], runs[index][0]
+        if before.part == after.part:  # a cut inside one operand
+            if after.part < 0 or constant_text(atom, after.part) is not None:
+                continue  # a literal: its slices are string literals
+            if parents[after.part] is not nodes.Add or _anchored(part_node(atom, after.part), macros):
+                continue  # written as text, or a str whenever it evaluates: sliced like a literal
+            _refuse(source, whole, "it cuts an operand of '+' that is not a string literal")
+        node, first = _add_at(whole, before.part)
+        if node is None:
+            continue  # operands of `~`: str() each, which never raises
+        left, right = _anchored(node.left, macros), _anchored(node.right, macros)
+        if left and right:
+            continue  # str + str whenever both evaluate
+        if left and part_node(atom, after.part) is node.right:
+            # `x + 'lit'` written in the same run already raises as `L + x` would
+            parent = _parent_add(whole, node)
+            guards[index][0] = not (
+                parent is not None
+                and constant_text(atom, after.part + 1) is not None
+                and part_node(atom, after.part + 1) is parent.right
+                and after.part + 1 in {unit.part for unit in runs[index]}
+            )
+        elif (
+            isinstance(node.right, nodes.Const)
+            and right
+            and sorted({unit.part for unit in runs[index - 1]}) == list(range(first, before.part + 1))
+        ):
+            guards[index - 1][1] = True
+        elif left:
+            _refuse(source, whole, "the right side of its '+' is not one operand")
+        else:
+            _refuse(source, whole, "neither side of its '+' is known to be a string")
+    return [(start, end) for start, end in guards]
+
+
+def _refuse(source: TemplateSource, node: nodes.Node, why: str) -> None:
+    start, end = node.tf_span
+    expression = " ".join(source.text[start:end].split())
+    if len(expression) > 80:
+        expression = expression[:77] + "..."
+    raise PatchFailure(
+        f"line {source.line_of(start)}: a span edge falls inside {{{{ {expression} }}}}, and splitting it "
+        f"there could change what the template raises ({why})"
+    )
+
+
+def _run_parts(run: list[Unit]) -> list[int]:
+    return sorted({unit.part for unit in run})
+
+
+def _add_at(whole: nodes.Node, boundary: int) -> tuple[nodes.Add | None, int]:
+    """The ``+`` between operands ``boundary`` and ``boundary + 1`` of the chain (``None`` when they
+    are operands of ``~``), and the index of its first operand."""
+    found: list[tuple[nodes.Add, int]] = []
+
+    def walk(node: nodes.Node, first: int) -> int:
+        if isinstance(node, nodes.Add):
+            middle = walk(node.left, first)
+            if middle == boundary:
+                found.append((node, first))
+            return walk(node.right, middle + 1)
+        if isinstance(node, nodes.Concat):
+            position = first - 1
+            for child in node.nodes:
+                position = walk(child, position + 1)
+            return position
+        return first
+
+    walk(whole, 0)
+    return found[0] if found else (None, 0)
+
+
+def _parent_add(whole: nodes.Node, node: nodes.Node) -> nodes.Add | None:
+    """The ``+`` whose left side is ``node`` in the chain ``whole``."""
+    for candidate in (whole, *whole.find_all(nodes.Add)):
+        if isinstance(candidate, nodes.Add) and candidate.left is node:
+            return candidate
+    return None
+
+
+def _anchored(node: nodes.Node, macros: frozenset[str] = frozenset()) -> bool:
+    """``node`` is a str whenever it evaluates without raising (``macros``: the template's macro
+    names; a macro returns the text it wrote)."""
+    if isinstance(node, nodes.Const):
+        return isinstance(node.value, str)
+    if isinstance(node, nodes.Concat):
+        return True
+    if isinstance(node, nodes.Add):
+        return _anchored(node.left, macros) or _anchored(node.right, macros)
+    if isinstance(node, nodes.CondExpr):
+        return node.expr2 is not None and _anchored(node.expr1, macros) and _anchored(node.expr2, macros)
+    if isinstance(node, nodes.Filter):
+        return node.name in _STRING_FILTERS
+    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr):
+        return node.node.attr in _STRING_METHODS
+    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name):
+        return node.node.name in macros
+    return False
+
+
+def _macros(source: TemplateSource) -> frozenset[str]:
+    return frozenset(macro.name for macro in source.ast.find_all(nodes.Macro))
+
+
+def _may_be_markup(source: TemplateSource, node: nodes.Node) -> bool:
+    """``node`` uses a Markup filter, or a variable some ``{% set %}``/loop fills from one."""
+    tainted = _markup_names(source)
+    for child in (node, *node.find_all(nodes.Node)):
+        if isinstance(child, nodes.Filter) and child.name in _MARKUP_FILTERS:
+            return True
+        if isinstance(child, nodes.Name) and child.name in tainted:
+            return True
+    return False
+
+
+def _markup_names(source: TemplateSource) -> frozenset[str]:
+    """Names assigned (``{% set %}``, ``{% for %}``, macro parameters) from anything that may be Markup."""
+    tree = source.ast
+    names: set[str] = set()
+
+    def taints(value: nodes.Node) -> bool:
+        return any(
+            (isinstance(child, nodes.Filter) and child.name in _MARKUP_FILTERS)
+            or (isinstance(child, nodes.Name) and child.name in names)
+            for child in (value, *value.find_all(nodes.Node))
+        )
+
+    def targets(target: nodes.Node) -> set[str]:
+        return {n.name for n in (target, *target.find_all(nodes.Name)) if isinstance(n, nodes.Name)}
+
+    changed = True
+    while changed:
+        before = len(names)
+        for assign in tree.find_all(nodes.Assign):
+            if taints(assign.node):
+                names |= targets(assign.target)
+        for loop in tree.find_all(nodes.For):
+            if taints(loop.iter):
+                names |= targets(loop.target)
+        for call in tree.find_all(nodes.Call):
+            if any(taints(arg) for arg in (*call.args, *(k.value for k in call.kwargs))):
+                for macro in tree.find_all(nodes.Macro):
+                    names |= {arg.name for arg in macro.args}
+        changed = len(names) != before
+    return frozenset(names)

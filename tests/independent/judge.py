@@ -5,8 +5,9 @@ Notation: ``O(k, g)`` is the ORIGINAL template's render of the first ``k`` messa
 union of its ``{% generation %}`` ranges). Nothing else is consulted: no trace, no oracle.
 
 Rule 1 (render unchanged). For every ``k`` in ``0..n`` and both ``g``: if ``O(k, g)`` renders,
-``Q(k, g)`` renders the same text. A conversation whose full render ``O(n, False)`` raises is
-skipped (the original rejects it); a prefix the original rejects is left out.
+``Q(k, g)`` renders the same text; if ``O(k, g)`` raises, ``Q(k, g)`` raises an exception of the
+same type (rule ``error``). A conversation whose full render ``O(n, False)`` raises is skipped
+for spans (the original rejects it), but its errors are still judged.
 
 Turns. For an assistant message ``j``: ``P = O(j, True)``, ``F = O(j+1, False)``. If ``F`` does
 not start with ``P`` the turn is a *mismatch* and is not judged. Else ``G = F[len(P):]``; a
@@ -76,7 +77,9 @@ HEADER_MAX = 200
 class Failure:
     """One wrong thing in one render: the rule, the render, the turn and the first wrong edge."""
 
-    rule: str  # "render" (rule 1), "span" (a window's range), "outside" (a span on forbidden text)
+    # "render" (rule 1), "error" (rule 1 where the original raises), "span" (a window's range),
+    # "outside" (a span on forbidden text)
+    rule: str
     render: str  # e.g. "M[:4] agp=False"
     training: bool  # spans: a render users train on (agp=False, last message an assistant's);
     # rule 1: any render of a non-empty conversation (prompts matter at inference)
@@ -149,6 +152,7 @@ class Judge:
         self.messages = conversation.messages
         self.kwargs = conversation.kwargs
         self._orig: dict[tuple[int, bool], str | None] = {}
+        self._orig_error: dict[tuple[int, bool], Exception] = {}
         self._patched: dict[tuple[int, bool], Rendered | Exception] = {}
 
     def orig(self, k: int, prompt: bool) -> str | None:
@@ -157,8 +161,9 @@ class Judge:
         if key not in self._orig:
             try:
                 self._orig[key] = render_text(self.original, self.messages[:k], prompt, self.kwargs)
-            except Exception:  # templates are arbitrary code: any failure is a rejection
+            except Exception as error:  # templates are arbitrary code: any failure is a rejection
                 self._orig[key] = None
+                self._orig_error[key] = error
         return self._orig[key]
 
     def patched_render(self, k: int, prompt: bool) -> Rendered | Exception:
@@ -349,11 +354,27 @@ class Judge:
 
     # -- the whole conversation ------------------------------------------------------------
 
+    def judge_errors(self, verdict: Verdict) -> None:
+        """Rule 1 for errors: wherever the original raises, the patched template raises the same type."""
+        for k in range(len(self.messages) + 1):
+            for prompt in (False, True):
+                if self.orig(k, prompt) is not None:
+                    continue
+                expected = type(self._orig_error[(k, prompt)]).__name__
+                actual = self.patched_render(k, prompt)
+                if isinstance(actual, Exception) and type(actual).__name__ == expected:
+                    continue
+                got = f"raises {type(actual).__name__}" if isinstance(actual, Exception) else "renders"
+                detail = f"the original raises {expected}, the patched template {got}"
+                verdict.failures.append(Failure("error", self._where(k, prompt)[0], True, None, detail))
+
     def run(self) -> Verdict:
         verdict = Verdict()
         n = len(self.messages)
+        self.judge_errors(verdict)
         if self.orig(n, False) is None:
-            return Verdict(skipped=True)
+            verdict.skipped = True
+            return verdict
         same: list[tuple[int, bool]] = []
         for k in range(n + 1):
             for prompt in (False, True):

@@ -119,6 +119,8 @@ def check_template(
         verdict = judge(text, result.patched, conversation)
         if verdict.skipped:
             outcome.skipped += 1
+            if verdict.failures:  # the original rejects it, and the patched template does not alike
+                outcome.findings.append(Finding(conversation, verdict.failures))
             continue
         outcome.judged += 1
         outcome.add(verdict)
