@@ -6,6 +6,9 @@
   with the probe's template arguments) must be byte-identical between patched and original;
 * rules 2–3 — the patched template's merged ``{% generation %}`` spans on the full conversation
   must equal the oracle's expected spans (``templatefix.oracle``), one for one;
+* SPEC §7 — in that full render, every word the assistant wrote that the policy trains is inside
+  a span, and every other word is outside, judged by rule from the conversation alone
+  (``templatefix.words``), not from the oracle;
 * SPEC §4 — the probes must reach every output of the original that writes text
   (``templatefix.coverage``); otherwise the report's status is ``unverified-code`` and it names
   each output no probe reached.
@@ -37,6 +40,7 @@ from templatefix.probes import policy_probes, probe_battery
 from templatefix.render import Span, compile_template, environment, merge_spans, render, render_with_spans
 from templatefix.report import EdgeDiff, ProbeResult, Report, TurnResult, context
 from templatefix.tokens import check_token_masks
+from templatefix.words import check_words
 
 ALTERNATIVES = (
     "honest alternatives: train the last turn only (--turns last), or split the conversation "
@@ -154,6 +158,9 @@ def _verify_probe(
         result.status = "failed"  # already reported by rule 1; offsets would not be comparable
         return result
     _compare_spans(result, expectation, merge_spans(raw_spans))
+    result.word_problems = [
+        problem.describe() for problem in check_words(text, raw_spans, probe.messages, probe.kwargs, policy)
+    ]
     if result.failures():
         result.status = "failed"
     return result
