@@ -218,8 +218,11 @@ def _compare_spans(result: ProbeResult, expectation: ProbeExpectation, actual: l
 
 def _turn_region(turn: TurnExpectation) -> Span:
     """The stretch of the render a turn's span may touch: its own expected range, widened to the
-    whole turn output (reasoning included) so that spans on untrained parts are attributed."""
-    return (min(turn.start, turn.end_out), max(turn.end_in, turn.end_out))
+    whole turn output (reasoning included) so that spans on untrained parts are attributed, and
+    to every piece of a turn in several pieces (what lies between them included)."""
+    starts = [turn.start, turn.end_out] + [start for start, _ in turn.spans]
+    ends = [turn.end_in, turn.end_out] + [end for _, end in turn.spans]
+    return (min(starts), max(ends))
 
 
 def _overlaps(a: Span, b: Span) -> bool:
@@ -238,6 +241,8 @@ def _judge_turn(
     )
     region = _turn_region(turn)
     touching = [span for span in actual if _overlaps(span, region)]
+    if not turn.single:
+        return _judge_pieces(turn, text, touching, result)
     if not turn.trained:
         if touching:
             result.actual = touching[0]
@@ -308,6 +313,26 @@ def _judge_turn(
         result.problems.append(f"{turn.kind} turn: span {diff.describe()}")
     if result.end_of_turn_inside is False and turn.end_of_turn:
         result.problems.append(f"end-of-turn text {turn.end_of_turn!r} is outside the span")
+    return result
+
+
+def _judge_pieces(turn: TurnExpectation, text: str, touching: list[Span], result: TurnResult) -> TurnResult:
+    """A turn whose span is several pieces, or none although the policy trains the message: the
+    spans in the turn's stretch must be exactly the pieces."""
+    expected = merge_spans(turn.spans)
+    result.expected = (expected[0][0], expected[-1][1]) if expected else None
+    result.actual = (touching[0][0], touching[-1][1]) if touching else None
+    if turn.end_of_turn_range is not None:
+        low, high = turn.end_of_turn_range
+        result.end_of_turn_inside = any(s <= low and high <= e for s, e in touching)
+    if touching == expected:
+        result.verdict = turn.kind if expected else "untrained"
+        return result
+
+    def show(spans: list[Span]) -> str:
+        return ", ".join(f"{s}..{e} {text[s:e]!r}" for s, e in spans) or "none"
+
+    result.problems.append(f"{turn.kind} turn: spans {show(touching)}; expected {show(expected)}")
     return result
 
 

@@ -269,9 +269,9 @@ def _observe_sample(
         return  # the original refuses this conversation: nothing to observe
     traced = trace_agreeing(instrumented, sample, text, special_tokens)
     seen.samples += 1
-    spans = [t.span for t in expectation.turns if t.span and t.span[1] > t.span[0]]
+    spans = [span for t in expectation.turns for span in t.spans if span[1] > span[0]]
     # Where a turn without an end-of-turn token may end: through the whitespace G ends with.
-    ends = {t.end_out: t.end_in for t in expectation.turns if t.span and t.open_end}
+    ends = {t.end_out: t.end_in for t in expectation.turns if t.spans and t.open_end}
     # Whitespace a turn generated alone is owed nothing: outputs that wrote only that
     # are free to be marked or not, so they say nothing about their label.
     free = [(t.start, t.end_in) for t in expectation.turns if t.blank and t.end_in > t.start]
