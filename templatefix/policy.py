@@ -7,8 +7,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 TurnsPolicy = Literal["all", "last", "last_message"]

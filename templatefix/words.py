@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -134,7 +133,9 @@ def _message_fields(message: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]
 
 
 def probe_words(
-    messages: Sequence[Mapping[str, Any]], kwargs: Mapping[str, Any] | None = None, policy: Policy | None = None
+    messages: Sequence[Mapping[str, Any]],
+    kwargs: Mapping[str, Any] | None = None,
+    policy: Policy | None = None,
 ) -> list[Word]:
     """The words of a conversation and its template arguments that one field alone gives.
 

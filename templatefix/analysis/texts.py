@@ -76,7 +76,8 @@ def field_texts(message: Mapping[str, Any], kinds: Sequence[str]) -> list[str]:
     if "content" in kinds and isinstance(content, str):
         texts.append(content)
     elif "content" in kinds and isinstance(content, Sequence):
-        texts.extend(part["text"] for part in content if isinstance(part, Mapping) and isinstance(part.get("text"), str))
+        parts = [part for part in content if isinstance(part, Mapping)]
+        texts.extend(part["text"] for part in parts if isinstance(part.get("text"), str))
     for call in (message.get("tool_calls") or ()) if "tool_calls" in kinds else ():
         function = call.get("function", call) if isinstance(call, Mapping) else {}
         if not isinstance(function, Mapping):
