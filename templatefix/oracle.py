@@ -28,10 +28,18 @@ probe's unique texts: the end-of-turn text seen in ``F``, or else the start of t
 
 Policies (SPEC §6) shape the expected span:
 
-* ``turns="last"``: only the final assistant message in ``M`` is trained.
-* ``tool_calls="not_trained"``: an assistant message carrying ``tool_calls`` is not trained at
-  all (content written next to the call included): the whole message is the tool-calling step.
-* ``reasoning="not_trained"`` / ``"final_channel_only"``: the span starts after the reasoning,
+* ``turns="last"``: only the assistant messages after the last user message are trained;
+  ``turns="last_message"``: only the final assistant message (``Policy.trained_fields``).
+* ``tool_calls="not_trained"``: the calls are cut out of the turn's span, from the end of the
+  text before them (and no earlier than where the render departs from the render without the
+  calls) to the text after them or the end of the turn; the text beside them stays in. A turn's
+  span can so be several pieces (``TurnExpectation.pieces``).
+* ``reasoning="final_channel_only"``: a message with tool calls is not trained at all; others
+  as ``not_trained``.
+* A turn whose own loop iteration writes text after other messages' text (Gemma 4 writes the
+  answer after the tool results that answer its calls) gets a second piece, from that text
+  through the end of the iteration; the other messages' text between stays outside.
+* ``reasoning="not_trained"`` (and ``"final_channel_only"``): the span starts after the reasoning,
   namely after the reasoning text, optional whitespace and ONE closing markup token that follows
   it (``</think>``, ``<|end|>``, ``[/THINK]``…). So Qwen3 trains ``\\n\\nanswer<|im_end|>`` and
   gpt-oss trains ``<|start|>assistant<|channel|>final<|message|>answer<|return|>``. If the

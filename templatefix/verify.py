@@ -43,7 +43,8 @@ from templatefix.tokens import check_token_masks
 from templatefix.words import check_words
 
 ALTERNATIVES = (
-    "honest alternatives: train the last turn only (--turns last), or split the conversation "
+    "honest alternatives: train the last assistant message only (--turns last_message), "
+    "or split the conversation "
     "into one example per assistant turn, each training only its final turn (exact for any template)"
 )
 
