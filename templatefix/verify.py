@@ -243,7 +243,7 @@ def _judge_turn(
     region = _turn_region(turn)
     touching = [span for span in actual if _overlaps(span, region)]
     if not turn.single:
-        return _judge_pieces(turn, text, touching, result)
+        return _judge_pieces(turn, text, expected_merged, touching, result)
     if not turn.trained:
         if touching:
             result.actual = touching[0]
@@ -317,10 +317,14 @@ def _judge_turn(
     return result
 
 
-def _judge_pieces(turn: TurnExpectation, text: str, touching: list[Span], result: TurnResult) -> TurnResult:
+def _judge_pieces(
+    turn: TurnExpectation, text: str, expected_merged: list[Span], touching: list[Span], result: TurnResult
+) -> TurnResult:
     """A turn whose span is several pieces, or none although the policy trains the message: the
-    spans in the turn's stretch must be exactly the pieces."""
-    expected = merge_spans(turn.spans)
+    spans in the turn's stretch must be exactly the expected ones there (its pieces, merged with
+    the neighbours' spans they touch)."""
+    region = _turn_region(turn)
+    expected = [span for span in expected_merged if _overlaps(span, region)]
     result.expected = (expected[0][0], expected[-1][1]) if expected else None
     result.actual = (touching[0][0], touching[-1][1]) if touching else None
     if turn.end_of_turn_range is not None:
