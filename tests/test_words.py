@@ -142,3 +142,58 @@ def test_reference_templates_place_every_word_under_every_policy(path: Path, pol
         assert problems == [], [p.describe() for p in problems]
 
     check()
+
+
+def _inside(text: str, spans: list[tuple[int, int]], piece: str) -> bool:
+    position = text.index(piece)
+    return any(start <= position and position + len(piece) <= end for start, end in merge_spans(spans))
+
+
+def _outside(text: str, spans: list[tuple[int, int]], piece: str) -> bool:
+    position = text.index(piece)
+    return not any(start < position + len(piece) and position < end for start, end in merge_spans(spans))
+
+
+@pytest.mark.parametrize(
+    "path", ["gemma/gemma-4-31B-it.2026-04-10.jinja", "gemma/gemma-4-canonical-2026-07-09.jinja"]
+)
+def test_gemma4_text_after_the_tool_responses_is_trained(corpus_dir: Path, path: str):
+    result = patch_template((corpus_dir / "templates" / path).read_text(encoding="utf-8"))
+    assert result.passed, result.reasons
+    probe = make_probe("tool_calls_multi")
+    text, spans = render_with_spans(result.patched, list(probe.messages), **dict(probe.kwargs))
+    answer = probe.messages[2]["content"]
+    responses = [probe.messages[3]["content"], probe.messages[4]["content"]]
+    assert text.index(answer) > text.index(responses[-1]), "the template no longer shows the case"
+    assert _inside(text, spans, answer)
+    if text.startswith("<turn|>", text.index(answer) + len(answer)):
+        assert _inside(text, spans, answer + "<turn|>")
+    assert all(_outside(text, spans, response) for response in responses)
+    for call in probe.messages[2]["tool_calls"]:
+        assert _inside(text, spans, call["function"]["arguments"]["query"])
+
+
+def test_qwen25_tool_calls_not_trained_keeps_the_text_and_leaves_the_calls_out(corpus_dir: Path):
+    original = (corpus_dir / "templates" / "qwen/Qwen2.5-7B-Instruct.jinja").read_text(encoding="utf-8")
+    result = patch_template(original, tool_calls="not_trained")
+    assert result.passed, result.reasons
+    probe = make_probe("tool_calls_multi")
+    text, spans = render_with_spans(result.patched, list(probe.messages), **dict(probe.kwargs))
+    message = probe.messages[2]
+    assert _inside(text, spans, message["content"])
+    calls_start = text.index("<tool_call>", text.index(message["content"]))
+    calls_end = text.index("<|im_end|>", calls_start) + len("<|im_end|>")
+    assert _outside(text, spans, text[calls_start:calls_end])  # calls and the end of turn after them
+    assert _inside(text, spans, probe.messages[5]["content"] + "<|im_end|>")
+
+
+def test_gpt_oss_final_channel_only_leaves_the_commentary_out(corpus_dir: Path):
+    path = corpus_dir / "templates" / "gpt-oss/openai-gpt-oss-20b.2025-08-08.jinja"
+    original = path.read_text(encoding="utf-8")
+    result = patch_template(original, reasoning="final_channel_only")
+    assert result.passed, result.reasons
+    probe = make_probe("reasoning_tool_calls")
+    text, spans = render_with_spans(result.patched, list(probe.messages), **dict(probe.kwargs))
+    arguments = probe.messages[1]["tool_calls"][0]["function"]["arguments"]["query"]
+    assert _outside(text, spans, arguments)
+    assert _inside(text, spans, "<|channel|>final<|message|>" + probe.messages[-1]["content"] + "<|return|>")
