@@ -28,10 +28,18 @@ probe's unique texts: the end-of-turn text seen in ``F``, or else the start of t
 
 Policies (SPEC §6) shape the expected span:
 
-* ``turns="last"``: only the final assistant message in ``M`` is trained.
-* ``tool_calls="not_trained"``: an assistant message carrying ``tool_calls`` is not trained at
-  all (content written next to the call included): the whole message is the tool-calling step.
-* ``reasoning="not_trained"`` / ``"final_channel_only"``: the span starts after the reasoning,
+* ``turns="last"``: only the assistant messages after the last user message are trained;
+  ``turns="last_message"``: only the final assistant message (``Policy.trained_fields``).
+* ``tool_calls="not_trained"``: the calls are cut out of the turn's span, from the end of the
+  text before them (and no earlier than where the render departs from the render without the
+  calls) to the text after them or the end of the turn; the text beside them stays in. A turn's
+  span can so be several pieces (``TurnExpectation.pieces``).
+* ``reasoning="final_channel_only"``: a message with tool calls is not trained at all; others
+  as ``not_trained``.
+* A turn whose own loop iteration writes text after other messages' text (Gemma 4 writes the
+  answer after the tool results that answer its calls) gets a second piece, from that text
+  through the end of the iteration; the other messages' text between stays outside.
+* ``reasoning="not_trained"`` (and ``"final_channel_only"``): the span starts after the reasoning,
   namely after the reasoning text, optional whitespace and ONE closing markup token that follows
   it (``</think>``, ``<|end|>``, ``[/THINK]``…). So Qwen3 trains ``\\n\\nanswer<|im_end|>`` and
   gpt-oss trains ``<|start|>assistant<|channel|>final<|message|>answer<|return|>``. If the
@@ -73,13 +81,15 @@ from templatefix.analysis.texts import (
     common_suffix_length,
     end_of_turn_from_generated,
     end_of_turn_text,
+    field_texts,
     locate_texts,
     markup_boundary,
     message_texts,
     reasoning_text,
+    rstrip_end,
 )
 from templatefix.errors import InternalDisagreement, RenderError, RenderLimitExceeded
-from templatefix.policy import Policy
+from templatefix.policy import FIELDS, Policy
 from templatefix.render import Span, render
 from templatefix.trace import Instrumented, instrumented_for
 
@@ -266,34 +276,157 @@ def _expected_turns(
     located = locate_texts(full, messages)
     regions = _trace_regions(template, probe, special_tokens, full)
     assistant_indices = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-    last_assistant = assistant_indices[-1] if assistant_indices else -1
 
     expectation = ProbeExpectation(probe_name=probe.name, text=full)
     for index in assistant_indices:
         turn = _expect_turn(renderer, index, full, located, regions)
-        trained = _is_trained(messages[index], index, last_assistant, policy)
+        fields = policy.trained_fields(messages, index)
+        trained = bool(fields)
         start = turn.start
-        if trained and policy.reasoning != "trained":
+        if trained and "reasoning" not in fields:
             start = _answer_start(full, messages[index], turn.start, turn.end_out)
         end = turn.end_in if policy.trailing_whitespace == "in" else turn.end_out
+        eot, eot_range, open_end = turn.end_of_turn, turn.end_of_turn_range, turn.open_end
+        pieces: tuple[Span, ...] = ()
+        if trained:
+            later = _later_piece(full, messages, index, end, located, regions, policy)
+            pieces = _without_calls(full, renderer, index, [(start, end), *later], fields)
+            if later:
+                eot_range = _trailing_markup(full, later[0][0], later[0][1])
+                eot = full[eot_range[0]:eot_range[1]] if eot_range else ""
+                open_end = eot_range is None
+            if eot_range is not None and not any(a <= eot_range[0] and eot_range[1] <= b for a, b in pieces):
+                eot, eot_range = "", None  # the end-of-turn text after an untrained call is not owed
         expectation.turns.append(
             TurnExpectation(
                 message_index=index, kind=turn.kind, trained=trained, start=start,
                 end_out=turn.end_out, end_in=turn.end_in, end=end,
-                end_of_turn=turn.end_of_turn, end_of_turn_range=turn.end_of_turn_range,
-                located_by=turn.located_by, note=turn.note, blank=turn.blank, open_end=turn.open_end,
+                end_of_turn=eot, end_of_turn_range=eot_range,
+                located_by=turn.located_by, note=turn.note, blank=turn.blank, open_end=open_end,
+                pieces=pieces,
             )
         )
     expectation.renders = dict(renderer.renders)
     return expectation
 
 
-def _is_trained(message: Mapping[str, Any], index: int, last_assistant: int, policy: Policy) -> bool:
-    if policy.turns == "last" and index != last_assistant:
-        return False
-    if policy.tool_calls == "not_trained" and message.get("tool_calls"):
-        return False
-    return policy.trains(message)
+def _trailing_markup(text: str, start: int, end: int) -> Span | None:
+    match = TRAILING_MARKUP.search(text, start, rstrip_end(text, start, end))
+    return (match.start(), match.end()) if match else None
+
+
+def _later_piece(
+    full: str,
+    messages: Sequence[Mapping[str, Any]],
+    index: int,
+    end: int,
+    located: list[list[Span]],
+    regions: list[Span | None] | None,
+    policy: Policy,
+) -> list[Span]:
+    """Text the turn's own loop iteration writes after other messages' text (SPEC §7).
+
+    Gemma 4 writes an assistant's answer after the tool results that answer its calls, in the
+    same iteration: ``…<tool_response|>text<turn|>``. That text and its end-of-turn text are the
+    turn's, from the first own text after the last other message's text through the end of the
+    iteration; what lies between is the other messages'.
+    """
+    region = regions[index] if regions else None
+    if region is None or region[1] <= end:
+        return []
+    foreign = [
+        span_end for other, spans in enumerate(located) if other != index
+        for span_start, span_end in spans if end <= span_start and span_end <= region[1]
+    ]
+    if not foreign:
+        return []
+    after = max(foreign)
+    own = [span_start for span_start, span_end in _own_texts(full, messages[index], after, region[1])]
+    if not own:
+        return []
+    later_start = min(own)
+    end_out = rstrip_end(full, later_start, region[1])
+    return [(later_start, region[1] if policy.trailing_whitespace == "in" else end_out)]
+
+
+def _own_texts(
+    full: str, message: Mapping[str, Any], start: int, end: int, kinds: Sequence[str] = FIELDS
+) -> list[Span]:
+    """Where the message's own texts of the given kinds stand in ``full[start:end]`` (first place)."""
+    found: list[Span] = []
+    for text in field_texts(message, kinds):
+        position = full.find(text, start, end)
+        if position >= 0:
+            found.append((position, position + len(text)))
+    return sorted(found)
+
+
+def _without_calls(
+    full: str, renderer: _Renderer, index: int, pieces: list[Span], fields: frozenset[str]
+) -> tuple[Span, ...]:
+    """The pieces with the tool calls cut out when the policy does not train them (SPEC §6).
+
+    In each piece the calls start after the trained text before the first call's name or
+    argument (reasoning with its closing markup, content; the whitespace after it stays with
+    it), and no earlier than where the render departs from the render of the same conversation
+    without this message's calls (an empty ``<think></think>`` a template writes before every
+    answer stays in). They end at the start of the trained text after the last call, or at the
+    piece's end: the markup that opens the calls and the end-of-turn text after them are outside.
+    """
+    if "tool_calls" in fields:
+        return tuple(pieces)
+    message = renderer.messages[index]
+    kept: list[Span] = []
+    for start, end in pieces:
+        calls = _own_texts(full, message, start, end, ("tool_calls",))
+        if not calls or end <= start:
+            kept.append((start, end))
+            continue
+        first, last = calls[0][0], max(span_end for _, span_end in calls)
+        trained = _own_texts(full, message, start, end, tuple(f for f in FIELDS if f in fields))
+        before = [span_end for span_start, span_end in trained if span_end <= first]
+        left = start
+        if before:
+            left = max(before)
+            closing = LEADING_MARKUP.match(full, left, first)
+            reasoning = reasoning_text(message)
+            if closing and reasoning and full.startswith(reasoning, left - len(reasoning)):
+                left = closing.end()  # the reasoning's closing markup (</think>) is the reasoning's
+            while left < first and full[left].isspace():
+                left += 1
+        without = _render_without_calls(renderer, index)
+        if without is not None and without.startswith(full[:start]):
+            shared = start + common_prefix_length(full[start:first], without[start:])
+            left = max(left, markup_boundary(full, _word_boundary(full, start, shared)))
+        after = [span_start for span_start, _ in trained if span_start >= last]
+        right = min(after) if after else end
+        kept.extend(piece for piece in ((start, left), (right, end)) if piece[1] > piece[0])
+    return tuple(kept)
+
+
+def _word_boundary(text: str, start: int, offset: int) -> int:
+    """``offset`` moved back out of a word it would cut (``alp`` of ``alpha101``)."""
+    while start < offset < len(text) and text[offset - 1].isalnum() and text[offset].isalnum():
+        offset -= 1
+    return offset
+
+
+def _render_without_calls(renderer: _Renderer, index: int) -> str | None:
+    """The full render with message ``index``'s tool calls left out (``None`` if rejected)."""
+    messages = [dict(m) for m in renderer.messages]
+    messages[index].pop("tool_calls", None)
+    try:
+        return remembered(
+            ("render", renderer.template, messages, renderer.kwargs, False, renderer.special_tokens),
+            lambda: render(
+                renderer.template, messages, add_generation_prompt=False,
+                special_tokens=renderer.special_tokens, **renderer.kwargs,
+            ),
+        )
+    except RenderLimitExceeded:
+        raise
+    except RenderError:
+        return None
 
 
 def _answer_start(text: str, message: Mapping[str, Any], start: int, end: int) -> int:

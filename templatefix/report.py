@@ -182,6 +182,8 @@ class ProbeResult:
         turns: per assistant message.
         stray_spans: problems with spans that belong to no assistant turn.
         token_problems: SPEC §5 disagreements reported by ``templatefix.tokens``.
+        word_problems: SPEC §7 failures: a word on the wrong side of a span edge (which word,
+            of which message and field, inside or outside), from ``templatefix.words``.
     """
 
     name: str
@@ -191,6 +193,7 @@ class ProbeResult:
     turns: list[TurnResult] = field(default_factory=list)
     stray_spans: list[str] = field(default_factory=list)
     token_problems: list[str] = field(default_factory=list)
+    word_problems: list[str] = field(default_factory=list)
 
     def failures(self) -> list[str]:
         """One line per failure: ``probe: where: what``."""
@@ -199,6 +202,7 @@ class ProbeResult:
             lines.extend(f"{self.name}: message {turn.message_index}: {p}" for p in turn.problems)
         lines.extend(f"{self.name}: {problem}" for problem in self.stray_spans)
         lines.extend(f"{self.name}: tokens: {problem}" for problem in self.token_problems)
+        lines.extend(f"{self.name}: words: {problem}" for problem in self.word_problems)
         return lines
 
     def to_json(self) -> dict[str, Any]:
@@ -210,6 +214,7 @@ class ProbeResult:
             "turns": [turn.to_json() for turn in self.turns],
             "stray_spans": list(self.stray_spans),
             "token_problems": list(self.token_problems),
+            "word_problems": list(self.word_problems),
         }
 
 
@@ -343,6 +348,8 @@ def print_report(report: Report, console: Any) -> None:
             turns.append(f"{turn.message_index}:{turn.verdict}", style=_VERDICT_STYLE[turn.verdict])
         if probe.render_problems:
             turns.append("  render differs", style="bold red")
+        if probe.word_problems:
+            turns.append(f"  {len(probe.word_problems)} word(s) misplaced", style="bold red")
         table.add_row(Text(probe.name), Text(probe.status, style=status_style), turns)
     console.print(table)
 

@@ -6,6 +6,9 @@
   with the probe's template arguments) must be byte-identical between patched and original;
 * rules 2–3 — the patched template's merged ``{% generation %}`` spans on the full conversation
   must equal the oracle's expected spans (``templatefix.oracle``), one for one;
+* SPEC §7 — in that full render, every word the assistant wrote that the policy trains is inside
+  a span, and every other word is outside, judged by rule from the conversation alone
+  (``templatefix.words``), not from the oracle;
 * SPEC §4 — the probes must reach every output of the original that writes text
   (``templatefix.coverage``); otherwise the report's status is ``unverified-code`` and it names
   each output no probe reached.
@@ -40,9 +43,11 @@ from templatefix.render import Span, compile_template, merge_spans, render, rend
 from templatefix.report import EdgeDiff, ProbeResult, Report, TurnResult, context
 from templatefix.shapes import error_probes
 from templatefix.tokens import check_token_masks
+from templatefix.words import check_words
 
 ALTERNATIVES = (
-    "honest alternatives: train the last turn only (--turns last), or split the conversation "
+    "honest alternatives: train the last assistant message only (--turns last_message), "
+    "or split the conversation "
     "into one example per assistant turn, each training only its final turn (exact for any template)"
 )
 
@@ -173,6 +178,9 @@ def _verify_probe(
         result.status = "failed"  # already reported by rule 1; offsets would not be comparable
         return result
     _compare_spans(result, expectation, merge_spans(raw_spans))
+    result.word_problems = [
+        problem.describe() for problem in check_words(text, raw_spans, probe.messages, probe.kwargs, policy)
+    ]
     if result.failures():
         result.status = "failed"
     return result
@@ -320,8 +328,11 @@ def _compare_spans(result: ProbeResult, expectation: ProbeExpectation, actual: l
 
 def _turn_region(turn: TurnExpectation) -> Span:
     """The stretch of the render a turn's span may touch: its own expected range, widened to the
-    whole turn output (reasoning included) so that spans on untrained parts are attributed."""
-    return (min(turn.start, turn.end_out), max(turn.end_in, turn.end_out))
+    whole turn output (reasoning included) so that spans on untrained parts are attributed, and
+    to every piece of a turn in several pieces (what lies between them included)."""
+    starts = [turn.start, turn.end_out] + [start for start, _ in turn.spans]
+    ends = [turn.end_in, turn.end_out] + [end for _, end in turn.spans]
+    return (min(starts), max(ends))
 
 
 def _overlaps(a: Span, b: Span) -> bool:
@@ -340,6 +351,8 @@ def _judge_turn(
     )
     region = _turn_region(turn)
     touching = [span for span in actual if _overlaps(span, region)]
+    if not turn.single:
+        return _judge_pieces(turn, text, expected_merged, touching, result)
     if not turn.trained:
         if touching:
             result.actual = touching[0]
@@ -410,6 +423,30 @@ def _judge_turn(
         result.problems.append(f"{turn.kind} turn: span {diff.describe()}")
     if result.end_of_turn_inside is False and turn.end_of_turn:
         result.problems.append(f"end-of-turn text {turn.end_of_turn!r} is outside the span")
+    return result
+
+
+def _judge_pieces(
+    turn: TurnExpectation, text: str, expected_merged: list[Span], touching: list[Span], result: TurnResult
+) -> TurnResult:
+    """A turn whose span is several pieces, or none although the policy trains the message: the
+    spans in the turn's stretch must be exactly the expected ones there (its pieces, merged with
+    the neighbours' spans they touch)."""
+    region = _turn_region(turn)
+    expected = [span for span in expected_merged if _overlaps(span, region)]
+    result.expected = (expected[0][0], expected[-1][1]) if expected else None
+    result.actual = (touching[0][0], touching[-1][1]) if touching else None
+    if turn.end_of_turn_range is not None:
+        low, high = turn.end_of_turn_range
+        result.end_of_turn_inside = any(s <= low and high <= e for s, e in touching)
+    if touching == expected:
+        result.verdict = turn.kind if expected else "untrained"
+        return result
+
+    def show(spans: list[Span]) -> str:
+        return ", ".join(f"{s}..{e} {text[s:e]!r}" for s, e in spans) or "none"
+
+    result.problems.append(f"{turn.kind} turn: spans {show(touching)}; expected {show(expected)}")
     return result
 
 

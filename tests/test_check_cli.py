@@ -59,6 +59,9 @@ def test_policy_options_reach_the_verifier(tmp_path, capsys):
     code, out, _ = run(capsys, source, "--turns", "last", "--json")
     assert code == 1  # every assistant turn is marked, but only the last may be
     assert json.loads(out)["templates"][0]["policy"]["turns"] == "last"
+    code, out, _ = run(capsys, source, "--turns", "last_message", "--json")
+    assert code == 1
+    assert json.loads(out)["templates"][0]["policy"]["turns"] == "last_message"
     code, out, _ = run(capsys, source, "--trailing-whitespace", "in", "--json")
     assert json.loads(out)["templates"][0]["policy"]["trailing_whitespace"] == "in"
 

@@ -90,10 +90,26 @@ def test_trailing_whitespace_policy_moves_only_the_end():
     assert all(t.end_in == t.end_out + 1 for t in out.turns)
 
 
-def test_turns_last_trains_only_the_final_assistant_message():
-    expectation = expected_turns(CHATML, TWO_TURNS, Policy(turns="last"))
+def test_turns_last_message_trains_only_the_final_assistant_message():
+    expectation = expected_turns(CHATML, TWO_TURNS, Policy(turns="last_message"))
     assert [turn.trained for turn in expectation.turns] == [False, True]
     assert spans_text(expectation) == ["delta4<|im_end|>"]
+
+
+def test_turns_last_trains_every_assistant_message_after_the_last_user_message():
+    call = {"type": "function", "function": {"name": "look", "arguments": {"q": "echo5"}}}
+    conversation = probe(
+        user("alpha1"), assistant("bravo2"), user("charlie3"),
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "foxtrot6"},
+        assistant("golf7"),
+    )
+    last_turn = expected_turns(TOOLS, conversation, Policy(turns="last"))
+    assert [turn.trained for turn in last_turn.turns] == [False, True, True]
+    assert spans_text(last_turn) == ["<tool_call>echo5</tool_call><|im_end|>", "golf7<|im_end|>"]
+    last_message = expected_turns(TOOLS, conversation, Policy(turns="last_message"))
+    assert [turn.trained for turn in last_message.turns] == [False, False, True]
+    assert spans_text(last_message) == ["golf7<|im_end|>"]
 
 
 def test_history_without_reasoning_is_rewritten_and_spans_the_rendered_turn():
@@ -125,7 +141,7 @@ def test_reasoning_not_trained_starts_after_the_closing_markup():
     assert spans_text(expectation) == ["\n\nbravo2<|im_end|>"]
 
 
-def test_tool_calls_not_trained_leaves_the_calling_message_out():
+def test_tool_calls_not_trained_cuts_the_calls_out_and_keeps_the_text():
     call = {"type": "function", "function": {"name": "look", "arguments": {"q": "echo5"}}}
     conversation = probe(
         user("alpha1"),
@@ -136,8 +152,57 @@ def test_tool_calls_not_trained_leaves_the_calling_message_out():
     trained = expected_turns(TOOLS, conversation)
     assert spans_text(trained) == ["bravo2<tool_call>echo5</tool_call><|im_end|>", "delta4<|im_end|>"]
     untrained = expected_turns(TOOLS, conversation, Policy(tool_calls="not_trained"))
-    assert [turn.trained for turn in untrained.turns] == [False, True]
+    assert [turn.trained for turn in untrained.turns] == [True, True]
+    # the calls, the markup that opens them and the end-of-turn text after them are outside
+    assert spans_text(untrained) == ["bravo2", "delta4<|im_end|>"]
+    assert untrained.turns[0].end_of_turn_range is None
+    # final_channel_only: a message with tool calls is not trained at all
+    answers = expected_turns(TOOLS, conversation, Policy(reasoning="final_channel_only"))
+    assert [turn.trained for turn in answers.turns] == [False, True]
+    assert spans_text(answers) == ["delta4<|im_end|>"]
+
+
+def test_tool_calls_not_trained_without_text_trains_nothing_of_the_message():
+    call = {"type": "function", "function": {"name": "look", "arguments": {"q": "echo5"}}}
+    conversation = probe(
+        user("alpha1"),
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "charlie3"},
+        assistant("delta4"),
+    )
+    untrained = expected_turns(TOOLS, conversation, Policy(tool_calls="not_trained"))
+    assert untrained.turns[0].spans == [] and not untrained.turns[0].single
     assert spans_text(untrained) == ["delta4<|im_end|>"]
+
+
+#: Writes an assistant's text after the tool results that answer its calls, in the same loop
+#: iteration (as Gemma 4 does); tool messages write nothing in their own iteration.
+TEXT_AFTER_RESULTS = (
+    "{% for m in messages %}{% if m.role != 'tool' %}<|turn>{{ m.role }}\n"
+    "{% for c in m.tool_calls or [] %}<call>{{ c.function.arguments.q }}<call|>{% endfor %}"
+    "{% if m.tool_calls %}{% for k in range(loop.index0 + 1, messages | length) %}"
+    "{% if messages[k].role == 'tool' %}<|response>{{ messages[k].content }}<response|>{% endif %}"
+    "{% endfor %}{% endif %}{{ m.content }}<turn|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|turn>assistant\n{% endif %}"
+)
+
+
+def test_text_written_after_the_tool_results_is_a_second_piece_of_the_turn():
+    call = {"type": "function", "function": {"name": "look", "arguments": {"q": "echo5"}}}
+    conversation = probe(
+        user("alpha1"),
+        {"role": "assistant", "content": "bravo2", "tool_calls": [call]},
+        {"role": "tool", "content": "charlie3"},
+        user("delta4"),
+        assistant("golf7"),
+    )
+    expectation = expected_turns(TEXT_AFTER_RESULTS, conversation)
+    pieces = [expectation.text[start:end] for start, end in expectation.turns[0].spans]
+    assert pieces[-1] == "bravo2<turn|>"
+    assert all("charlie3" not in piece for piece in pieces)
+    assert any("echo5" in piece for piece in pieces)
+    untrained = expected_turns(TEXT_AFTER_RESULTS, conversation, Policy(tool_calls="not_trained"))
+    assert [untrained.text[s:e] for s, e in untrained.turns[0].spans] == ["bravo2<turn|>"]
 
 
 def test_renders_are_recorded_for_rule_one():

@@ -95,9 +95,11 @@ def test_reference_templates_are_patched_and_verified(path: Path) -> None:
     "policy",
     [
         {"turns": "last"},
+        {"turns": "last_message"},
         {"trailing_whitespace": "in"},
         {"reasoning": "not_trained"},
         {"tool_calls": "not_trained"},
+        {"reasoning": "final_channel_only"},
     ],
 )
 def test_policies_are_verified_under_their_own_spans(path: Path, policy: dict[str, str]) -> None:

@@ -170,7 +170,7 @@ def test_rewritten_history_with_the_right_shape_is_verified_but_flagged():
     assert report.verified, report.failures()
     assert [t.verdict for t in report.probes[0].turns] == ["rewritten", "exact"]
     [flag] = report.flags
-    assert "message 1 is rewritten" in flag and "train the last turn only" in flag
+    assert "message 1 is rewritten" in flag and "train the last assistant message only" in flag
     assert "split the conversation" in flag
 
 

@@ -43,6 +43,11 @@ class TurnExpectation:
             reply): nothing is owed, so no span or one within ``[start, end_in)`` are both right.
         open_end: ``G`` ends with words, not an end-of-turn token: its trailing whitespace is
             part of the message's own text, so an end anywhere in ``[end_out, end_in]`` is right.
+        pieces: the ranges of ``R`` the span must cover, in order: ``(start, end)`` alone for most
+            turns; several when the policy leaves part of the turn out from the middle (tool
+            calls) or the turn writes text after other messages' text (Gemma 4's answer after
+            the tool results); none when nothing of the turn is trained. ``None``: ``(start,
+            end)`` if trained.
     """
 
     message_index: int
@@ -58,11 +63,26 @@ class TurnExpectation:
     note: str = ""
     blank: bool = False
     open_end: bool = False
+    pieces: tuple[Span, ...] | None = None
 
     @property
     def span(self) -> Span | None:
-        """The expected span, or ``None`` when the policy does not train this message."""
-        return (self.start, self.end) if self.trained else None
+        """The expected span, or ``None`` when the policy does not train this message (for a
+        turn in several pieces, from the first piece's start to the last one's end)."""
+        spans = self.spans
+        return (spans[0][0], spans[-1][1]) if spans else None
+
+    @property
+    def spans(self) -> list[Span]:
+        """The ranges the span must cover (see ``pieces``)."""
+        if not self.trained:
+            return []
+        return list(self.pieces) if self.pieces is not None else [(self.start, self.end)]
+
+    @property
+    def single(self) -> bool:
+        """Whether the expected span is the one range ``(start, end)`` (or nothing, untrained)."""
+        return not self.trained or self.spans == [(self.start, self.end)]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +99,7 @@ class TurnExpectation:
             "note": self.note,
             "blank": self.blank,
             "open_end": self.open_end,
+            "pieces": [list(piece) for piece in self.spans],
         }
 
 
@@ -102,4 +123,4 @@ class ProbeExpectation:
     @property
     def spans(self) -> list[Span]:
         """Expected spans of the trained turns, in order."""
-        return [turn.span for turn in self.turns if turn.span is not None]
+        return [span for turn in self.turns for span in turn.spans]

@@ -147,6 +147,11 @@ class TraceHooks(Hooks):
         # which loop variables hold the conversation's final message (for "last turn only")
         chat = self.chat
         final = frozenset(k for k, v in variables.items() if chat and v is chat[-1])
+        users = [i for i, m in enumerate(chat) if _role_of(m) == "user"]
+        last_turn_messages = chat[users[-1] + 1:] if users else chat
+        last_turn = frozenset(
+            k for k, v in variables.items() if isinstance(v, dict) and any(v is m for m in last_turn_messages)
+        )
         state = None
         if "loop" in scope:
             loop = scope["loop"]
@@ -159,7 +164,10 @@ class TraceHooks(Hooks):
         truth = {k: bool(v) for k, v in assigned.items() if v is None or isinstance(v, (str, bool, int))}
         plain = {k: v for k, v in (options or {}).items() if v is None or isinstance(v, (str, bool, int))}
         self.emissions.append(
-            Emission(atom_id, start, self.position, ranges, variables, state, branches, final, truth, plain)
+            Emission(
+                atom_id, start, self.position, ranges, variables, state, branches, final, truth,
+                options=plain, last_turn=last_turn,
+            )
         )
         return value
 

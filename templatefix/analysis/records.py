@@ -74,6 +74,8 @@ class Emission:
         branches: for each top-level if/elif chain decided in the current iteration, the index of
             the branch taken (``len(tests)`` when none was).
         final: the names in ``scope`` that hold the conversation's last message.
+        last_turn: the names in ``scope`` that hold a message of the conversation's last turn
+            (no user message comes after it).
         assigned: the truth of each plain value (text, number, flag, none) that a ``{% set %}`` in
             the innermost loop's body names, as the output sees it (``reasoning_content``).
         options: the plain value of each name the template assigns outside macros, as the output
@@ -91,6 +93,7 @@ class Emission:
     final: frozenset[str] = frozenset()
     assigned: dict[str, bool] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    last_turn: frozenset[str] = frozenset()
 
 
 @dataclass

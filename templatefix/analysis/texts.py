@@ -6,6 +6,7 @@ arguments); "markup" is any token shaped ``<|x|>``, ``<x>``/``</x>`` or ``[X]``/
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -56,6 +57,42 @@ def message_texts(message: Mapping[str, Any]) -> list[str]:
         elif isinstance(arguments, str):
             texts.append(arguments)
     return [text.strip() for text in texts if text and text.strip()]
+
+
+def field_texts(message: Mapping[str, Any], kinds: Sequence[str]) -> list[str]:
+    """The probe texts of the given kinds of a message (``content``, ``reasoning``,
+    ``tool_calls``), stripped: the content or the text of each part, the reasoning, and each tool
+    call's name and argument values (arguments given as a JSON string count by their values).
+
+    Example:
+        >>> field_texts({"content": "hi", "tool_calls": [{"function": {"name": "f",
+        ...              "arguments": '{"q": "x"}'}}]}, ["tool_calls"])
+        ['f', 'x']
+    """
+    texts: list[str] = []
+    if "reasoning" in kinds:
+        texts.append(reasoning_text(message))
+    content = message.get("content")
+    if "content" in kinds and isinstance(content, str):
+        texts.append(content)
+    elif "content" in kinds and isinstance(content, Sequence):
+        parts = [part for part in content if isinstance(part, Mapping)]
+        texts.extend(part["text"] for part in parts if isinstance(part.get("text"), str))
+    for call in (message.get("tool_calls") or ()) if "tool_calls" in kinds else ():
+        function = call.get("function", call) if isinstance(call, Mapping) else {}
+        if not isinstance(function, Mapping):
+            continue
+        if isinstance(function.get("name"), str):
+            texts.append(function["name"])
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                texts.append(arguments)
+        if isinstance(arguments, Mapping):
+            texts.extend(str(value) for value in arguments.values() if isinstance(value, (str, int)))
+    return [text.strip() for text in texts if isinstance(text, str) and text.strip()]
 
 
 def locate_texts(text: str, messages: Sequence[Mapping[str, Any]]) -> list[list[Span]]:

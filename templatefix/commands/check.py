@@ -72,7 +72,13 @@ def add_policy_arguments(
     whitespace after the end-of-turn text in or out of the span.
     """
     group = parser.add_argument_group("policy (SPEC §6; default first)")
-    group.add_argument("--turns", choices=("all", "last"), default="all")
+    group.add_argument(
+        "--turns",
+        choices=("all", "last", "last_message"),
+        default="all",
+        help="all assistant turns; the last turn (every assistant message after the last user message); "
+        "or the last assistant message only",
+    )
     group.add_argument(
         "--reasoning", choices=("trained", "not_trained", "final_channel_only"), default="trained"
     )
@@ -83,7 +89,13 @@ def add_policy_arguments(
         help="whitespace after the end-of-turn text"
         + ("" if trailing_whitespace_default else " (default: either is accepted, as SPEC rule 2 allows)"),
     )
-    group.add_argument("--tool-calls", choices=("trained", "not_trained"), default="trained")
+    group.add_argument(
+        "--tool-calls",
+        choices=("trained", "not_trained"),
+        default="trained",
+        help="not_trained: the calls, the markup that opens them and the end-of-turn text after them "
+        "are outside; the text beside them stays inside",
+    )
     group.add_argument(
         "--train-field",
         metavar="NAME",

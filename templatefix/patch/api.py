@@ -39,6 +39,7 @@ from templatefix.clock import frozen_clock
 from templatefix.errors import PatchFailure, RenderError, RenderLimitExceeded
 from templatefix.jinja.markers import has_markers
 from templatefix.oracle import remembering
+from templatefix.patch.conditions import LAST_TURN
 from templatefix.patch.label import resolve_units
 from templatefix.patch.observe import Observations, marks_after_prompt_text, observe
 from templatefix.patch.strip import strip_generation_markers
@@ -240,6 +241,16 @@ def place_markers(
             probes show no assistant output to mark.
         InternalDisagreement: the instrumented trace disagrees with the plain render.
     """
+    token = LAST_TURN.set(policy.turns == "last")
+    try:
+        return _place_markers(template, probes, policy, special_tokens)
+    finally:
+        LAST_TURN.reset(token)
+
+
+def _place_markers(
+    template: str, probes: Sequence[Any], policy: Policy, special_tokens: Mapping[str, Any] | None
+) -> str:
     source = TemplateSource.parse(template)
     instrumented = instrumented_for(source)
     seen = observe(template, instrumented, probes, policy, special_tokens)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,10 @@ from jinja2 import nodes
 from templatefix.patch.observe import Ending
 from templatefix.source import TemplateSource
 from templatefix.trace import Atom, Emission, Instrumented, LoopState
+
+#: Whether the policy trains the last turn only: offers "no user message later in the loop's
+#: list" as a feature (``templatefix.patch.api.place_markers`` sets it).
+LAST_TURN: ContextVar[bool] = ContextVar("last_turn", default=False)
 
 #: Unique literals tried in pairs (``a and b``, ``a or b``): at most 256·255/2 = 32,640 pairs.
 PAIR_LITERALS = 256
@@ -78,8 +83,9 @@ def find_condition(
     3. every other identifier key of each loop variable (``x.tool_calls``…), truthy; and
        ``x.key is false`` for keys some message sets to ``false`` (a per-message switch); each
        plain value a ``{% set %}`` in the loop's body names (``reasoning_content``), truthy;
-    4. ``x is sameas messages[-1]`` for each loop variable;
-    5. ``loop.last``, ``loop.first``, and the previous/next item's role;
+    4. ``x is sameas messages[-1]`` for each loop variable; under ``turns="last"``
+       (:data:`LAST_TURN`), "``x`` is a message of the last turn";
+    5. ``loop.last``, ``loop.first``, the previous/next item's role;
     6. how the conversation ends: its last message's role, for each role seen last
        (``messages[-1] is defined and messages[-1].role == 'assistant'``, the assistant's first;
        offered only where ``messages`` is the conversation: never assigned, not a parameter of a
@@ -263,6 +269,9 @@ def _features(
         features.append((name, lambda o, n=name: o.emission.assigned.get(n, False)))
     for name in sorted(names):
         features.append((f"{name} is sameas messages[-1]", lambda o, n=name: n in o.emission.final))
+    if LAST_TURN.get():
+        with_role = sorted(name for name, keys in names.items() if "role" in keys)
+        features.extend(_last_turn_features(observations, with_role, source, atom, quote))
     if any(o.loop is not None for o in observations):
         features.append(("loop.last", lambda o: o.loop is not None and o.loop.last))
         features.append(("loop.first", lambda o: o.loop is not None and o.loop.first))
@@ -305,6 +314,26 @@ def _features(
                 (f"{flag} == {literal}", lambda o, f=flag, v=value, get=options: get(o).get(f) == v)
             )
     features.extend(remote_branches)
+    return features
+
+
+def _last_turn_features(
+    observations: list[Observation], names: list[str], source: TemplateSource, atom: Atom | None, quote: str
+) -> list[tuple[str, Test]]:
+    """"``x`` is a message of the last turn": no user message comes after it in ``messages`` (the
+    conversation). Jinja cannot ask for a message's position, so the test counts the roles after
+    the last user message and looks ``x`` up by identity among that many final messages."""
+    if not _messages_is_conversation(source, atom):
+        return []
+    features: list[tuple[str, Test]] = []
+    q = quote
+    tail = (
+        f"((({q},{q} ~ messages | map(attribute={q}role{q}) | join({q},{q}) ~ {q},{q})"
+        f".split({q},user,{q}) | last).split({q},{q}) | select | list | length)"
+    )
+    for name in names:
+        text = f"(messages[messages | length - {tail}:] | select({q}sameas{q}, {name}) | list | length > 0)"
+        features.append((text, lambda o, n=name: n in o.emission.last_turn))
     return features
 
 

@@ -279,14 +279,13 @@ def _observe_sample(
         return  # the original refuses this conversation: nothing to observe
     traced = trace_agreeing(instrumented, sample, text, special_tokens)
     seen.samples += 1
-    spans = [
-        _labelled_span(t, seen.whitespace_in) for t in expectation.turns if t.span and t.span[1] > t.span[0]
-    ]
+    labelled = (span for t in expectation.turns for span in _labelled_spans(t, seen.whitespace_in))
+    spans = [span for span in labelled if span[1] > span[0]]
     seen.open_whitespace = seen.open_whitespace or any(
-        t.open_end and t.end_in > t.end_out for t in expectation.turns if t.span
+        t.open_end and t.end_in > t.end_out for t in expectation.turns if t.spans
     )
     # Where a turn without an end-of-turn token may end: through the whitespace G ends with.
-    ends = {t.end_out: t.end_in for t in expectation.turns if t.span and t.open_end}
+    ends = {t.end_out: t.end_in for t in expectation.turns if t.spans and t.open_end}
     # Whitespace a turn generated alone is owed nothing: outputs that wrote only that
     # are free to be marked or not, so they say nothing about their label.
     free = [(t.start, t.end_in) for t in expectation.turns if t.blank and t.end_in > t.start]
@@ -304,12 +303,14 @@ def _observe_sample(
     record_emissions(instrumented, traced, spans, dict(sample.kwargs), seen.records, free, ends)
 
 
-def _labelled_span(turn: Any, whitespace_in: bool) -> tuple[int, int]:
-    """The span a turn's characters are labelled by: the policy's, or with ``whitespace_in``, for
-    a turn that ends with its own words, through all its trailing whitespace."""
-    if whitespace_in and turn.open_end:
-        return (turn.span[0], max(turn.span[1], turn.end_in))
-    return turn.span
+def _labelled_spans(turn: Any, whitespace_in: bool) -> list[tuple[int, int]]:
+    """The spans a turn's characters are labelled by: the policy's, or with ``whitespace_in``, for
+    a turn that ends with its own words, its last piece through all its trailing whitespace."""
+    spans = list(turn.spans)
+    if whitespace_in and turn.open_end and spans:
+        start, end = spans[-1]
+        spans[-1] = (start, max(end, turn.end_in))
+    return spans
 
 
 def trace_agreeing(
