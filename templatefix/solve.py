@@ -56,12 +56,12 @@ from templatefix.reads import ANY_VALUE, ELEMENT, Path, name_resolver, template_
 
 #: Budget of :func:`reach`: candidates rendered and work units (outputs written and tests
 #: evaluated, as counted by the coverage hooks) over all targets.
-SOLVE_CANDIDATES = 400
-SOLVE_WORK = 40_000
+SOLVE_CANDIDATES = 200
+SOLVE_WORK = 25_000
 #: Per target condition: base probes tried, and candidates built on each.
 BASES = 4
 COMBINATIONS = 24
-PER_CONDITION = 120
+PER_CONDITION = 60
 #: At most this many alternatives (call sites, assignments) per output.
 MAX_ALTERNATIVES = 8
 _DEPTH = 3  # macro call sites and flag assignments followed this deep
@@ -129,7 +129,8 @@ class _Conditions(NodeVisitor):
         for branch in [node, *node.elif_]:
             self.visit(branch.test)
             if self.loops and any(name.name == "loop" for name in branch.test.find_all(nodes.Name)):
-                self.loop_of[id(branch.test)] = self.loops[-1]
+                for part in [branch.test, *branch.test.find_all(nodes.Expr)]:
+                    self.loop_of[id(part)] = self.loops[-1]
             self._within([*negated, Atom(branch.test, True)], branch.body)
             negated.append(Atom(branch.test, False))
         self._within(negated, node.else_)
@@ -247,6 +248,10 @@ def contradiction(condition: Condition, assigned: set[str]) -> str | None:
     for atom in condition:
         if atom.kind != "test":
             continue
+        node, want = atom.node, atom.want
+        while isinstance(node, nodes.Not):
+            node, want = node.node, not want
+        atom = Atom(node, want)
         names = {name.name for name in atom.node.find_all(nodes.Name)}
         if isinstance(atom.node, nodes.Name):
             names.add(atom.node.name)
@@ -307,30 +312,43 @@ def _assigned_names(tree: nodes.Template) -> set[str]:
 def unsatisfiable(template: str, site_id: int) -> str | None:
     """Why no render can write output ``site_id``, or ``None`` when that is not proven.
 
+    See :func:`_unsatisfiable_sites`.
+    """
+    return _unsatisfiable_sites(template).get(site_id)
+
+
+@lru_cache(maxsize=64)
+def _unsatisfiable_sites(template: str) -> dict[int, str]:
+    """The outputs no render can write, with the reason.
+
     Proven when every alternative of its path condition (or, in a macro, the condition inside
     the macro, which every call needs) holds a contradiction (:func:`contradiction`) or a test
     that is false in every render (:func:`_never`): a message field tested ``is none`` while
     the installed transformers drops message keys whose value is ``None``.
     """
     instrumented, conditions, _ = _analysis(template)
-    site = instrumented.sites.outputs[site_id]
-    found = conditions.walk.outputs.get(id(site.node))
-    if found is None:
-        return None
-    macro, inner = found
-    alternatives = [inner] if macro is not None else conditions.of(site.node)
     tree = instrumented.source.ast
     assigned = _assigned_names(tree)
     messages = _MessageNames(tree)
-    reasons = []
-    for condition in alternatives:
-        reason = contradiction(condition, assigned)
-        if reason is None:
-            reason = next((r for atom in condition if (r := _never(atom.node, atom.want, messages))), None)
-        if reason is None:
-            return None
-        reasons.append(reason)
-    return reasons[0] if reasons else None
+    proven: dict[int, str] = {}
+    for site in instrumented.sites.outputs:
+        found = conditions.walk.outputs.get(id(site.node))
+        if found is None:
+            continue
+        macro, inner = found
+        alternatives = [inner] if macro is not None else conditions.of(site.node)
+        reasons = []
+        for condition in alternatives:
+            reason = contradiction(condition, assigned)
+            if reason is None:
+                reason = next((r for atom in condition if (r := _never(atom.node, atom.want, messages))), None)
+            if reason is None:
+                break
+            reasons.append(reason)
+        else:
+            if reasons:
+                proven[site.id] = reasons[0]
+    return proven
 
 
 class _MessageNames:
@@ -362,6 +380,30 @@ class _MessageNames:
         for name, bound in stores.items():
             if bound and all(isinstance(b, nodes.For) and _messages_list(b.iter) for b in bound):
                 self.names.add(name)
+        # top-level loops over ``messages`` that loop over a field of every message: a render
+        # gets past them only if that field is iterable on every message
+        self.iterated: dict[str, int] = {}  # field -> index of the first such top-level statement
+        self.top: dict[int, int] = {}  # id(node) -> index of its top-level statement (not in macros)
+        for index, statement in enumerate(tree.body):
+            if isinstance(statement, nodes.Macro):
+                continue
+            for node in [statement, *statement.find_all(nodes.Node)]:
+                self.top[id(node)] = index
+            if isinstance(statement, nodes.For) and isinstance(statement.target, nodes.Name):
+                if statement.test is None and _messages_list(statement.iter) and statement.target.name in self.names:
+                    for inner in statement.body:
+                        if isinstance(inner, nodes.For):
+                            field = _field_of(inner.iter, statement.target.name)
+                            if field is not None:
+                                self.iterated.setdefault(field, index)
+        self.inside_macros = {id(node) for macro in tree.find_all(nodes.Macro) for node in macro.find_all(nodes.Node)}
+
+    def iterated_before(self, field: str, node: nodes.Node) -> bool:
+        """Whether every message's ``field`` was looped over before ``node`` runs."""
+        index = self.iterated.get(field)
+        if index is None or id(node) in self.inside_macros:
+            return False
+        return self.top.get(id(node), -1) > index
 
     @staticmethod
     def _list_assign(tree: nodes.Template, target: nodes.Node) -> bool:
@@ -392,6 +434,13 @@ def _never(node: nodes.Node, want: bool, messages: _MessageNames) -> str | None:
         if isinstance(node, nodes.And) == want:  # both sides must have ``want``
             return left or right
         return left if left and right else None
+    if isinstance(node, nodes.Test) and node.name == "iterable" and not want:
+        field = _message_field(node.node, messages)
+        if field is not None and messages.iterated_before(field, node):
+            return (
+                f"message field {field!r} tested 'is not iterable' after an earlier loop over it on "
+                "every message: a render with a field that is not iterable fails in that loop"
+            )
     if isinstance(node, nodes.Test) and node.name == "none" and want and not node.args:
         field = _message_field(node.node, messages)
         if field is not None and detected_drops_none():
@@ -399,6 +448,16 @@ def _never(node: nodes.Node, want: bool, messages: _MessageNames) -> str | None:
                 f"message field {field!r} tested 'is none': transformers drops message keys whose "
                 "value is None, so the test is false in every render"
             )
+    return None
+
+
+def _field_of(node: nodes.Node, name: str) -> str | None:
+    """The key when ``node`` is ``name.key`` or ``name['key']``."""
+    if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name) and node.node.name == name:
+        return node.attr
+    if isinstance(node, nodes.Getitem) and isinstance(node.node, nodes.Name) and node.node.name == name:
+        if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            return node.arg.value
     return None
 
 
@@ -436,7 +495,7 @@ class _Solver:
         """``condition`` as it is, then with each local flag replaced by the conditions of an
         assignment that sets it to the wanted constant (one alternative per such assignment)."""
         results: list[Condition] = [()]
-        for atom in condition:
+        for atom in (part for whole in condition for part in _split(whole)):
             key = _flag_key(atom.node) if atom.kind == "test" else None
             alternatives: list[Condition] = [(atom,)]
             if key is not None and depth < _DEPTH:
@@ -706,6 +765,19 @@ def _constants(node: nodes.Node) -> list[Any]:
     return []
 
 
+def _split(atom: Atom) -> list[Atom]:
+    """``a and b`` wanted true, ``a or b`` wanted false, ``not a``: the parts, each with the
+    value it must have."""
+    node, want = atom.node, atom.want
+    if atom.kind != "test":
+        return [atom]
+    if isinstance(node, nodes.Not):
+        return _split(Atom(node.node, not want))
+    if isinstance(node, nodes.And) and want or isinstance(node, nodes.Or) and not want:
+        return _split(Atom(node.left, want)) + _split(Atom(node.right, want))
+    return [atom]
+
+
 def _flag_key(node: nodes.Node) -> str | None:
     if isinstance(node, nodes.Name):
         return node.name
@@ -950,10 +1022,11 @@ def reach(
 class _Budget:
     def __init__(self, candidates: int, work: int) -> None:
         self.candidates, self.work = candidates, work
+        self.attempts = 8 * candidates
 
     @property
     def spent(self) -> bool:
-        return self.candidates <= 0 or self.work <= 0
+        return self.candidates <= 0 or self.work <= 0 or self.attempts <= 0
 
 
 def _solve_one(
@@ -970,6 +1043,7 @@ def _solve_one(
     fields = _message_fields(solver, condition)
     seen: set[str] = set()
     allowed = PER_CONDITION
+    attempts = 4 * PER_CONDITION  # conversations built, most of them changed by nothing or seen
     for expanded in solver.expanded(condition):
         options = [[_same, *solver.options(atom)] for atom in expanded]
         if all(len(choices) == 1 for choices in options):
@@ -979,6 +1053,11 @@ def _solve_one(
                 if count >= COMBINATIONS or budget.spent:
                     break
                 for scope in _scopes(base, fields):
+                    solver.words = WordSource(start=9100)  # the same change makes the same values
+                    budget.attempts -= 1
+                    attempts -= 1
+                    if attempts < 0 or budget.attempts < 0:
+                        return None
                     candidate = _apply(base, combination, scope)
                     if candidate is None:
                         continue
@@ -1036,6 +1115,8 @@ def _combinations(options: list[list[Change]]) -> Iterator[tuple[Change, ...]]:
     """Every choice of one option per atom, those with the fewest changes first (index 0 of each
     list is "leave it")."""
     slots = len(options)
+    everything = tuple(choices[1] if len(choices) > 1 else choices[0] for choices in options)
+    yield everything  # every test made to hold at once: the direct way
     for changed in range(1, slots + 1):
         for chosen in itertools.combinations(range(slots), changed):
             ranges = [range(1, len(options[i])) for i in chosen]
@@ -1072,7 +1153,7 @@ def _message_fields(solver: _Solver, condition: Condition) -> frozenset[str]:
 
 
 def _apply(base: Probe, combination: Sequence[Change], scope: Scope) -> Probe | None:
-    state: dict[str, Any] = copy.deepcopy({**dict(base.kwargs), "messages": list(base.messages)})
+    state: dict[str, Any] = json.loads(json.dumps({**dict(base.kwargs), "messages": list(base.messages)}))
     changed = False
     for change in combination:
         try:
