@@ -150,7 +150,9 @@ def template_reads_of(template: str, extra_roots: tuple[str, ...] = ()) -> Reads
     return Reads(walker.uses)
 
 
-def name_resolver(tree: nodes.Template, extra_roots: tuple[str, ...] = ()) -> Callable[[nodes.Node], set[Path]]:
+def name_resolver(
+    tree: nodes.Template, extra_roots: tuple[str, ...] = ()
+) -> Callable[[nodes.Node], set[Path]]:
     """A function giving the paths an expression of ``tree`` may be (names followed through
     ``{% set %}``, loops and macro parameters as in :func:`template_reads_of`).
 

@@ -32,7 +32,7 @@ Example:
     ...             " in builtin_tools %}<|python_tag|>{% endif %}{{ m.content }}{% endfor %}")
     >>> found = reach(template, [make_probe("tool_calls")])
     >>> [probe.kwargs["builtin_tools"] for probe in found]
-    [['get_weather']]
+    [['lookup_alpha101']]
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ from typing import Any
 from jinja2 import nodes
 from jinja2.visitor import NodeVisitor
 
+from templatefix.changes import synthesize
 from templatefix.conversation import Probe, WordSource
 from templatefix.errors import RenderLimitExceeded
 from templatefix.flags import STANDARD_NAMES, template_reads
-from templatefix.changes import synthesize
 from templatefix.reads import ANY_VALUE, ELEMENT, Path, name_resolver, template_reads_of
 
 #: Budget of :func:`reach`: candidates rendered and work units (outputs written and tests
@@ -341,7 +341,9 @@ def _unsatisfiable_sites(template: str) -> dict[int, str]:
         for condition in alternatives:
             reason = contradiction(condition, assigned)
             if reason is None:
-                reason = next((r for atom in condition if (r := _never(atom.node, atom.want, messages))), None)
+                reason = next(
+                    (r for atom in condition if (r := _never(atom.node, atom.want, messages))), None
+                )
             if reason is None:
                 break
             reasons.append(reason)
@@ -360,19 +362,25 @@ class _MessageNames:
         stores: dict[str, list[nodes.Node]] = {}
         for node in tree.find_all((nodes.For, nodes.Assign, nodes.Macro, nodes.CallBlock, nodes.With)):
             if isinstance(node, nodes.For):
-                for name in node.target.find_all(nodes.Name) if not isinstance(node.target, nodes.Name) else []:
+                for name in (
+                    node.target.find_all(nodes.Name) if not isinstance(node.target, nodes.Name) else []
+                ):
                     stores.setdefault(name.name, []).append(node.target)  # a tuple target: not a message
                 if isinstance(node.target, nodes.Name):
                     stores.setdefault(node.target.name, []).append(node)
             elif isinstance(node, nodes.Assign):
-                for name in [node.target] if isinstance(node.target, nodes.Name) else node.target.find_all(nodes.Name):
+                for name in (
+                    [node.target] if isinstance(node.target, nodes.Name) else node.target.find_all(nodes.Name)
+                ):
                     stores.setdefault(name.name, []).append(node.target)
             elif isinstance(node, (nodes.Macro, nodes.CallBlock)):
                 for argument in node.args:
                     stores.setdefault(argument.name, []).append(argument)
             else:
                 for target in node.targets:
-                    for name in target.find_all(nodes.Name) if not isinstance(target, nodes.Name) else [target]:
+                    for name in (
+                        target.find_all(nodes.Name) if not isinstance(target, nodes.Name) else [target]
+                    ):
                         stores.setdefault(name.name, []).append(target)
         messages_stores = stores.get("messages", [])
         if not all(self._list_assign(tree, store) for store in messages_stores):
@@ -390,13 +398,19 @@ class _MessageNames:
             for node in [statement, *statement.find_all(nodes.Node)]:
                 self.top[id(node)] = index
             if isinstance(statement, nodes.For) and isinstance(statement.target, nodes.Name):
-                if statement.test is None and _messages_list(statement.iter) and statement.target.name in self.names:
+                if (
+                    statement.test is None
+                    and _messages_list(statement.iter)
+                    and statement.target.name in self.names
+                ):
                     for inner in statement.body:
                         if isinstance(inner, nodes.For):
                             field = _field_of(inner.iter, statement.target.name)
                             if field is not None:
                                 self.iterated.setdefault(field, index)
-        self.inside_macros = {id(node) for macro in tree.find_all(nodes.Macro) for node in macro.find_all(nodes.Node)}
+        self.inside_macros = {
+            id(node) for macro in tree.find_all(nodes.Macro) for node in macro.find_all(nodes.Node)
+        }
 
     def iterated_before(self, field: str, node: nodes.Node) -> bool:
         """Whether every message's ``field`` was looped over before ``node`` runs."""
@@ -522,7 +536,9 @@ class _Solver:
         loop = self.conditions.walk.loop_of.get(id(atom.node))
         if loop is not None:  # ``not loop.last``, ``loop.index0 == 1``: a longer loop
             for count in (2, 3):
-                changes += [_ensure(path, lambda old, n=count: _grown(old, n)) for path in self._loop_paths(loop)]
+                changes += [
+                    _ensure(path, lambda old, n=count: _grown(old, n)) for path in self._loop_paths(loop)
+                ]
         return changes
 
     def _loop_paths(self, node: nodes.Node) -> list[Path]:
@@ -556,7 +572,10 @@ class _Solver:
             return self._length(node.node, "gt" if want else "eq", 0)
         paths = self._paths(node)
         if want:
-            return [_ensure(path, lambda old, path=path: old if _present(old) else self._truthy(path)) for path in paths[:3]]
+            return [
+                _ensure(path, lambda old, path=path: old if _present(old) else self._truthy(path))
+                for path in paths[:3]
+            ]
         return [_ensure(path, _falsy) for path in paths[:3]] + [_remove(path) for path in paths[:3]]
 
     def _truthy(self, path: Path) -> Any:
@@ -580,7 +599,10 @@ class _Solver:
         paths = self._paths(node.node)
         if name == "defined":
             if want:
-                return [_ensure(path, lambda old, path=path: self._truthy(path) if old is _MISSING else old) for path in paths]
+                return [
+                    _ensure(path, lambda old, path=path: self._truthy(path) if old is _MISSING else old)
+                    for path in paths
+                ]
             return [_remove(path) for path in paths]
         typed = _TYPED.get(name)
         if typed is None:
@@ -619,7 +641,9 @@ class _Solver:
             text = left.value
             paths = self._paths(right)
             if want:
-                return [_ensure(path, lambda old, t=text: _containing(old, t, self.words)) for path in paths[:4]]
+                return [
+                    _ensure(path, lambda old, t=text: _containing(old, t, self.words)) for path in paths[:4]
+                ]
             return [_ensure(path, lambda old, t=text: _without(old, t)) for path in paths[:4]]
         constants = _constants(right)
         if constants:
@@ -648,7 +672,10 @@ class _Solver:
         if not isinstance(count, int) or count > 8:
             return []
         wanted = count + 1 if op == "gt" else count
-        return [_ensure(path, lambda old, n=wanted: _resized(old, n, self.words)) for path in self._paths(node)[:3]]
+        return [
+            _ensure(path, lambda old, n=wanted: _resized(old, n, self.words))
+            for path in self._paths(node)[:3]
+        ]
 
 
 _MISSING = object()
@@ -657,6 +684,7 @@ _MISSING = object()
 def _present(value: Any) -> bool:
     """Whether ``value`` is there and true."""
     return value is not _MISSING and bool(value)
+
 
 #: Jinja type tests: a value that passes, and one that does not.
 _TYPED: dict[str, tuple[str, str]] = {
@@ -678,7 +706,9 @@ def _typed(kind: str, old: Any, words: WordSource) -> Any:
     text = old if isinstance(old, str) and old else words()
     if kind == "string":
         if isinstance(old, list):
-            return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in old) or text
+            return (
+                "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in old) or text
+            )
         return text
     if kind == "list":
         if isinstance(old, list):
@@ -880,7 +910,9 @@ def _chain(first: Callable[..., bool], second: Callable[..., bool]) -> Callable[
     return change
 
 
-def _values_of(resolve: Callable[[nodes.Node], set[Path]], node: nodes.Node, state: dict[str, Any]) -> list[Any]:
+def _values_of(
+    resolve: Callable[[nodes.Node], set[Path]], node: nodes.Node, state: dict[str, Any]
+) -> list[Any]:
     """The values ``node`` may have in ``state`` (``map(attribute=...)`` followed)."""
     if isinstance(node, nodes.Filter) and node.name == "map" and node.node is not None:
         attribute = next((k.value for k in node.kwargs if k.key == "attribute"), None)
@@ -906,7 +938,9 @@ def _values_of(resolve: Callable[[nodes.Node], set[Path]], node: nodes.Node, sta
     return values
 
 
-def _membership(resolve: Callable[[nodes.Node], set[Path]], left: nodes.Node, right: nodes.Node) -> list[Change]:
+def _membership(
+    resolve: Callable[[nodes.Node], set[Path]], left: nodes.Node, right: nodes.Node
+) -> list[Change]:
     """``left in right``: the value of ``left`` added to ``right``, or ``left`` set to an element
     of ``right``."""
     right_paths = sorted(path for path in resolve(right) if _settable(path))
@@ -918,6 +952,7 @@ def _membership(resolve: Callable[[nodes.Node], set[Path]], left: nodes.Node, ri
             return False
         changed = False
         for path in right_paths[:2]:
+
             def make(old: Any, values: list[Any] = values) -> Any:
                 if isinstance(old, dict):
                     return {**old, **{str(v): v for v in values}}
@@ -932,7 +967,13 @@ def _membership(resolve: Callable[[nodes.Node], set[Path]], left: nodes.Node, ri
     def set_left_from_right(state: dict[str, Any], scope: Scope = None) -> bool:
         pools = _values_of(resolve, right, state)
         element = next(
-            (item for pool in pools if isinstance(pool, (list, dict)) for item in pool if isinstance(item, str)),
+            (
+                item
+                for pool in pools
+                if isinstance(pool, (list, dict))
+                for item in pool
+                if isinstance(item, str)
+            ),
             None,
         )
         if element is None:
@@ -942,7 +983,9 @@ def _membership(resolve: Callable[[nodes.Node], set[Path]], left: nodes.Node, ri
     return [add_left_to_right, set_left_from_right]
 
 
-def _copy_between(resolve: Callable[[nodes.Node], set[Path]], left: nodes.Node, right: nodes.Node) -> list[Change]:
+def _copy_between(
+    resolve: Callable[[nodes.Node], set[Path]], left: nodes.Node, right: nodes.Node
+) -> list[Change]:
     """``left == right``, both from the conversation: one copied onto the other."""
     changes: list[Change] = []
     for source, target in ((right, left), (left, right)):

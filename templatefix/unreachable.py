@@ -14,7 +14,8 @@ afterwards therefore test the value set before the loop. gpt-oss's tool-schema m
 :func:`dead_outputs` finds such ``if`` bodies: a test that is a name (or an ``and`` holding one)
 whose every assignment in the scope that reads it is a false constant (``false``, ``none``, an
 empty string, list or mapping), and that the scope assigns before the test; and the bodies of
-``for`` loops over such a name (``{% set tools = [] %}`` … ``{% for tool in tools %}``). Names bound by a loop or a macro parameter in that scope, or assigned in
+``for`` loops over such a name (``{% set tools = [] %}`` … ``{% for tool in tools %}``). Names
+bound by a loop or a macro parameter in that scope, or assigned in
 a way the scope cannot see (``{% set %}`` blocks, imports), are never treated as constant.
 
 Example:

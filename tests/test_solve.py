@@ -87,7 +87,9 @@ def test_equality_with_a_literal() -> None:
         "<|python|>{% endif %}{{ c.function.name }}{% endfor %}{{ m.content }}{% endfor %}"
     )
     found = _reached_only_by_solving(template)
-    assert any(c["function"]["name"] == "python" for m in found[0].messages for c in m.get("tool_calls") or ())
+    assert any(
+        c["function"]["name"] == "python" for m in found[0].messages for c in m.get("tool_calls") or ()
+    )
 
 
 @pytest.mark.parametrize(
@@ -222,7 +224,9 @@ def test_an_unsatisfiable_output_is_never_written(seed: int) -> None:
         "{% endif %}{{ m.content }}{% endfor %}"
     )
     instrumented = instrumented_for(template)
-    proven = {k for k, v in _never_writes(instrumented.source.ast, instrumented).items() if v == "unsatisfiable"}
+    proven = {
+        k for k, v in _never_writes(instrumented.source.ast, instrumented).items() if v == "unsatisfiable"
+    }
     assert proven
     features = probe_features(template, random_conversation(seed)) or frozenset()
     assert not proven & {site for kind, site, _ in features if kind == "out"}
