@@ -1043,8 +1043,12 @@ def reach(
     kept: list[Probe] = []
     budget = _Budget(candidates, work)
     tried: set[tuple[int, ...]] = set()
-    for site in instrumented.sites.outputs:
-        if site.id not in wanted or site.id in reached_by or budget.spent:
+    targets = [site for site in instrumented.sites.outputs if site.id in wanted - reached_by.keys()]
+    # the shortest conditions first: they are the cheapest to satisfy, and open the way deeper
+    shortest = {site.id: min(map(len, solver.conditions.of(site.node)), default=0) for site in targets}
+    targets.sort(key=lambda site: (shortest[site.id], site.id))
+    for site in targets:
+        if site.id in reached_by or budget.spent:
             continue
         for condition in solver.conditions.of(site.node):
             key = tuple(atom.key for atom in condition)
@@ -1085,22 +1089,25 @@ def _solve_one(
     bases = _bases(solver, condition, reached_by)
     fields = _message_fields(solver, condition)
     seen: set[str] = set()
-    allowed = PER_CONDITION
-    attempts = 4 * PER_CONDITION  # conversations built, most of them changed by nothing or seen
+    alternatives = []
     for expanded in solver.expanded(condition):
         options = [[_same, *solver.options(atom)] for atom in expanded]
-        if all(len(choices) == 1 for choices in options):
-            continue
+        if any(len(choices) > 1 for choices in options):
+            alternatives.append(options)
+    if not alternatives:
+        return None
+    # each alternative (a flag as it is, or set by one of its assignments) gets its share
+    share = max(PER_CONDITION // len(alternatives), PER_CONDITION // 4)
+    for options in alternatives:
+        allowed, attempts = share, 4 * share  # attempts: conversations built, most seen or unchanged
         for base in bases:
             for count, combination in enumerate(_combinations(options)):
-                if count >= COMBINATIONS or budget.spent:
+                if count >= COMBINATIONS or budget.spent or attempts <= 0 or allowed <= 0:
                     break
                 for scope in _scopes(base, fields):
                     solver.words = WordSource(start=9100)  # the same change makes the same values
                     budget.attempts -= 1
                     attempts -= 1
-                    if attempts < 0 or budget.attempts < 0:
-                        return None
                     candidate = _apply(base, combination, scope)
                     if candidate is None:
                         continue
@@ -1110,8 +1117,6 @@ def _solve_one(
                     seen.add(identity)
                     budget.candidates -= 1
                     allowed -= 1
-                    if allowed < 0:
-                        return None
                     try:
                         features, cost = _probe_run(template, candidate)
                     except RenderLimitExceeded:
@@ -1120,8 +1125,8 @@ def _solve_one(
                     budget.work -= cost
                     if features is not None and ("out", target, 0) in features:
                         return candidate
-                    if budget.spent:
-                        return None
+                    if budget.spent or attempts <= 0 or allowed <= 0:
+                        break
     return None
 
 
