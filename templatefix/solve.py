@@ -58,6 +58,8 @@ from templatefix.reads import ANY_VALUE, ELEMENT, Path, name_resolver, template_
 #: evaluated, as counted by the coverage hooks) over all targets.
 SOLVE_CANDIDATES = 200
 SOLVE_WORK = 25_000
+#: At most this many probes kept (each is verified: it costs).
+SOLVE_KEEP = 12
 #: Per target condition: base probes tried, and candidates built on each.
 BASES = 4
 COMBINATIONS = 24
@@ -1044,11 +1046,13 @@ def reach(
     budget = _Budget(candidates, work)
     tried: set[tuple[int, ...]] = set()
     targets = [site for site in instrumented.sites.outputs if site.id in wanted - reached_by.keys()]
+    if not targets:
+        return []
     # the shortest conditions first: they are the cheapest to satisfy, and open the way deeper
     shortest = {site.id: min(map(len, solver.conditions.of(site.node)), default=0) for site in targets}
     targets.sort(key=lambda site: (shortest[site.id], site.id))
     for site in targets:
-        if site.id in reached_by or budget.spent:
+        if site.id in reached_by or budget.spent or len(kept) >= SOLVE_KEEP:
             continue
         for condition in solver.conditions.of(site.node):
             key = tuple(atom.key for atom in condition)
@@ -1056,6 +1060,8 @@ def reach(
                 continue
             tried.add(key)
             found = _solve_one(template, solver, site.id, condition, reached_by, budget)
+            if found is not None and any(probe.name == found.name for probe in [*probes, *kept]):
+                found = None  # a name already taken (a base's name carries its own reach)
             if found is not None:
                 kept.append(found)
                 features = _probe_run(template, found)[0] or frozenset()
@@ -1108,7 +1114,7 @@ def _solve_one(
                     solver.words = WordSource(start=9100)  # the same change makes the same values
                     budget.attempts -= 1
                     attempts -= 1
-                    candidate = _apply(base, combination, scope)
+                    candidate = _apply(base, combination, scope, target)
                     if candidate is None:
                         continue
                     identity = json.dumps([candidate.messages, candidate.kwargs], sort_keys=True, default=str)
@@ -1200,7 +1206,7 @@ def _message_fields(solver: _Solver, condition: Condition) -> frozenset[str]:
     return frozenset(found)
 
 
-def _apply(base: Probe, combination: Sequence[Change], scope: Scope) -> Probe | None:
+def _apply(base: Probe, combination: Sequence[Change], scope: Scope, target: int) -> Probe | None:
     state: dict[str, Any] = json.loads(json.dumps({**dict(base.kwargs), "messages": list(base.messages)}))
     changed = False
     for change in combination:
@@ -1217,5 +1223,6 @@ def _apply(base: Probe, combination: Sequence[Change], scope: Scope) -> Probe | 
         json.dumps([messages, state])
     except (TypeError, ValueError):
         return None
-    label = f"{base.name}+solved" + (f"@{scope}" if scope else "")
+    where = "" if scope is None else f"@message {scope}" if isinstance(scope, int) else f"@{scope}"
+    label = f"{base.name}+reach(output {target}{where})"  # one probe kept per target: unique
     return Probe(label, tuple(messages), state)
