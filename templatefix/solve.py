@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import nodes
+from jinja2 import meta, nodes
 from jinja2.visitor import NodeVisitor
 
 from templatefix.changes import synthesize
@@ -361,6 +361,10 @@ class _MessageNames:
 
     def __init__(self, tree: nodes.Template) -> None:
         self.names: set[str] = set()
+        self.never_none: set[str] = set()
+        self.iterated: dict[str, int] = {}  # field -> index of the first such top-level statement
+        self.top: dict[int, int] = {}  # id(node) -> index of its top-level statement (not in macros)
+        self.inside_macros: set[int] = set()
         stores: dict[str, list[nodes.Node]] = {}
         for node in tree.find_all((nodes.For, nodes.Assign, nodes.Macro, nodes.CallBlock, nodes.With)):
             if isinstance(node, nodes.For):
@@ -390,10 +394,20 @@ class _MessageNames:
         for name, bound in stores.items():
             if bound and all(isinstance(b, nodes.For) and _messages_list(b.iter) for b in bound):
                 self.names.add(name)
+        # local names set only to message fields (never None once transformers drops None keys)
+        # or to pieces of a split text, and never read from the caller
+        values: dict[str, list[nodes.Node | None]] = {}
+        for assign in tree.find_all(nodes.Assign):
+            if isinstance(assign.target, nodes.Name):
+                values.setdefault(assign.target.name, []).append(assign.node)
+        undeclared = meta.find_undeclared_variables(tree)
+        for name, bound in stores.items():
+            if name in undeclared or name not in values or len(values[name]) != len(bound):
+                continue  # read from the caller, or bound other than by ``{% set %}``
+            if all(_message_field(value, self) is not None or _split_piece(value) for value in values[name]):
+                self.never_none.add(name)
         # top-level loops over ``messages`` that loop over a field of every message: a render
         # gets past them only if that field is iterable on every message
-        self.iterated: dict[str, int] = {}  # field -> index of the first such top-level statement
-        self.top: dict[int, int] = {}  # id(node) -> index of its top-level statement (not in macros)
         for index, statement in enumerate(tree.body):
             if isinstance(statement, nodes.Macro):
                 continue
@@ -458,6 +472,11 @@ def _never(node: nodes.Node, want: bool, messages: _MessageNames) -> str | None:
                 "every message: a render with a field that is not iterable fails in that loop"
             )
     if isinstance(node, nodes.Test) and node.name == "none" and want and not node.args:
+        if isinstance(node.node, nodes.Name) and node.node.name in messages.never_none:
+            return (
+                f"{node.node.name!r} tested 'is none' but every value it is set to is a message field "
+                "(transformers drops message keys whose value is None) or text split from one"
+            )
         field = _message_field(node.node, messages)
         if field is not None and detected_drops_none():
             return (
@@ -465,6 +484,14 @@ def _never(node: nodes.Node, want: bool, messages: _MessageNames) -> str | None:
                 "value is None, so the test is false in every render"
             )
     return None
+
+
+def _split_piece(node: nodes.Node | None) -> bool:
+    """``x.split(...)[i]`` (or ``rsplit``): a text, or the render fails."""
+    if not isinstance(node, nodes.Getitem) or not isinstance(node.node, nodes.Call):
+        return False
+    callee = node.node.node
+    return isinstance(callee, nodes.Getattr) and callee.attr in ("split", "rsplit")
 
 
 def _field_of(node: nodes.Node, name: str) -> str | None:
@@ -1099,15 +1126,17 @@ def _solve_one(
     for expanded in solver.expanded(condition):
         options = [[_same, *solver.options(atom)] for atom in expanded]
         if any(len(choices) > 1 for choices in options):
-            alternatives.append(options)
+            # a test wanted false is mostly false already: change it last
+            penalties = [0 if atom.want else 2 for atom in expanded]
+            alternatives.append((options, penalties))
     if not alternatives:
         return None
     # each alternative (a flag as it is, or set by one of its assignments) gets its share
     share = max(PER_CONDITION // len(alternatives), PER_CONDITION // 4)
-    for options in alternatives:
+    for options, penalties in alternatives:
         allowed, attempts = share, 4 * share  # attempts: conversations built, most seen or unchanged
         for base in bases:
-            for count, combination in enumerate(_combinations(options)):
+            for count, combination in enumerate(_combinations(options, penalties)):
                 if count >= COMBINATIONS or budget.spent or attempts <= 0 or allowed <= 0:
                     break
                 for scope in _scopes(base, fields):
@@ -1165,20 +1194,29 @@ def _bases(solver: _Solver, condition: Condition, reached_by: dict[int, list[Pro
     return bases
 
 
-def _combinations(options: list[list[Change]]) -> Iterator[tuple[Change, ...]]:
-    """Every choice of one option per atom, those with the fewest changes first (index 0 of each
-    list is "leave it")."""
+def _combinations(options: list[list[Change]], penalties: Sequence[int] = ()) -> Iterator[tuple[Change, ...]]:
+    """Every choice of one option per atom (index 0 of each list is "leave it"): first every
+    test made to hold at once, then the choices with the fewest changes, the earliest options and
+    the fewest changes to tests wanted false (``penalties``: one per atom) first."""
     slots = len(options)
+    penalty = list(penalties) or [0] * slots
     everything = tuple(choices[1] if len(choices) > 1 else choices[0] for choices in options)
-    yield everything  # every test made to hold at once: the direct way
+    yield everything  # the direct way
     for changed in range(1, slots + 1):
+        level = []
         for chosen in itertools.combinations(range(slots), changed):
             ranges = [range(1, len(options[i])) for i in chosen]
-            for picks in itertools.product(*ranges):
-                combination = [options[i][0] for i in range(slots)]
-                for slot, pick in zip(chosen, picks, strict=True):
-                    combination[slot] = options[slot][pick]
-                yield tuple(combination)
+            for picks in itertools.islice(itertools.product(*ranges), 64):
+                cost = sum(pick + penalty[slot] for slot, pick in zip(chosen, picks, strict=True))
+                level.append((cost, chosen, picks))
+            if len(level) > 512:
+                break
+        level.sort(key=lambda item: (item[0], item[1], item[2]))
+        for _, chosen, picks in level:
+            combination = [options[i][0] for i in range(slots)]
+            for slot, pick in zip(chosen, picks, strict=True):
+                combination[slot] = options[slot][pick]
+            yield tuple(combination)
 
 
 def _scopes(probe: Probe, fields: frozenset[str]) -> list[Scope]:

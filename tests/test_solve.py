@@ -180,9 +180,32 @@ def test_message_field_tested_none_is_unsatisfiable_when_transformers_drops_none
     assert "drops message keys whose value is None" in (unsatisfiable(template, site.id) or "")
 
 
+def test_a_local_set_from_a_message_field_tested_none_is_unsatisfiable() -> None:
+    template = (
+        "{% for m in messages %}{% set content = m['content'] %}{% if '</think>' in content %}"
+        "{% set content = content.split('</think>')[-1] %}{% endif %}"
+        "{% if content is none %}[x]{% else %}{{ content }}{% endif %}{% endfor %}"
+    )
+    assert _statuses(template)['"[x]"'] == "unsatisfiable"
+
+
+def test_a_field_looped_over_earlier_on_every_message_is_iterable() -> None:
+    template = (
+        "{% for m in messages %}{% for part in m.content %}{% endfor %}{% endfor %}"
+        "{% for m in messages %}{% if m.content is iterable %}{{ m.content | tojson }}"
+        "{% else %}{{ m.content }}{% endif %}{% endfor %}"
+    )
+    assert _statuses(template)["{{ m.content }}"] == "unsatisfiable"
+    looped_later = template.replace("{% for part in m.content %}", "{% for part in m.content or [] %}")
+    assert _statuses(looped_later)["{{ m.content }}"] != "unsatisfiable"
+
+
 @pytest.mark.parametrize(
     "template",
     [
+        # a local that may come from the caller
+        "{% for m in messages %}{% if content is none %}[x]{% endif %}{% set content = m.content %}"
+        "{{ content }}{% endfor %}",
         # ``get`` gives none for a missing key
         "{% for m in messages %}{% if m.get('content') is none %}[x]{% endif %}{{ m.content }}{% endfor %}",
         # ``m`` is not always a message
