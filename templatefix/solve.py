@@ -1157,6 +1157,8 @@ def _solve_one(
                     except RenderLimitExceeded:
                         budget.work -= 1000
                         continue
+                    except (ValueError, TypeError):  # inputs transformers itself refuses
+                        continue
                     budget.work -= cost
                     if features is not None and ("out", target, 0) in features:
                         return candidate
@@ -1257,6 +1259,10 @@ def _apply(base: Probe, combination: Sequence[Change], scope: Scope, target: int
     messages = state.pop("messages", None)
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         return None
+    for key in ("tools", "documents"):  # what apply_chat_template accepts: lists of mappings
+        value = state.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+            return None
     try:
         json.dumps([messages, state])
     except (TypeError, ValueError):
