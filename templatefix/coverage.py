@@ -57,7 +57,7 @@ from templatefix.trace import Instrumented, OutputSite, instrumented_for
 from templatefix.unreachable import dead_outputs, output_nodes
 
 OutputStatus = Literal[
-    "reached", "unreached", "refusal", "uncalled-macro", "empty-conversation", "dead-branch"
+    "reached", "unreached", "refusal", "uncalled-macro", "empty-conversation", "dead-branch", "unsatisfiable"
 ]
 
 #: Search budget: candidates rendered, work (outputs written and tests evaluated), probes kept,
@@ -90,13 +90,18 @@ class OutputCoverage:
     expression: str
     status: OutputStatus
     macro: str | None = None
+    condition: str | None = None
 
     def describe(self) -> str:
         where = f" in macro {self.macro}" if self.macro else ""
-        return f"line {self.line}{where}: {self.expression}"
+        needs = f" (needs: {self.condition})" if self.condition else ""
+        return f"line {self.line}{where}: {self.expression}{needs}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"line": self.line, "expression": self.expression, "status": self.status, "macro": self.macro}
+        found = {"line": self.line, "expression": self.expression, "status": self.status, "macro": self.macro}
+        if self.condition is not None:
+            found["condition"] = self.condition
+        return found
 
 
 @dataclass
@@ -240,14 +245,34 @@ def measure(
             status: OutputStatus = "reached"
         elif site.id in not_text:
             status = not_text[site.id]
+            if status == "unsatisfiable":
+                condition = unsatisfiable(template, site.id)
         elif site.id in empty:
             status = "empty-conversation"
         else:
             status = "unreached"
-        outputs.append(OutputCoverage(site.line, _expression(source, site), status, site.macro))
+        if status == "unreached":
+            condition = _condition(template, site.id)
+        elif status != "unsatisfiable":
+            condition = None
+        outputs.append(OutputCoverage(site.line, _expression(source, site), status, site.macro, condition))
     total = sum(branch.count + 1 for branch in instrumented.sites.branches)
     taken = sum(1 for kind, _, _ in features if kind == "branch")
     return Coverage(outputs, taken, total)
+
+
+def unsatisfiable(template: str, site_id: int) -> str | None:
+    """Why no render writes output ``site_id`` (``templatefix.solve.unsatisfiable``), or ``None``."""
+    from templatefix.solve import unsatisfiable as proven
+
+    return proven(template, site_id)
+
+
+def _condition(template: str, site_id: int) -> str | None:
+    """The path condition no probe satisfied (``templatefix.solve.explain``)."""
+    from templatefix.solve import explain
+
+    return explain(template, site_id) or None
 
 
 def _reached_by_empty_conversation(
@@ -288,6 +313,9 @@ def _never_writes(tree: nodes.Template, instrumented: Instrumented) -> dict[int,
                 site_id = sites.output_ids.get(id(child))
                 if site_id is not None:
                     result[site_id] = "refusal"
+    for site in sites.outputs:
+        if site.id not in result and unsatisfiable(instrumented.source.text, site.id):
+            result[site.id] = "unsatisfiable"
     return result
 
 

@@ -100,7 +100,9 @@ def probe_battery(template: str, *, limit: int = MAX_BATTERY, search: bool = Tru
     First the fixed battery (:func:`fixed_battery`, at most ``limit`` probes); then, with
     ``search``, the conversations derived from what the template reads
     (``templatefix.derive``) that reach an output or branch outcome the others do not
-    (``templatefix.coverage.search``, within its budget). Cached per template.
+    (``templatefix.coverage.search``, within its budget), then the conversations built from the
+    path condition of each output still unreached (``templatefix.solve.reach``). Cached per
+    template.
 
     Raises:
         TemplateSyntaxError: the template is not valid Jinja.
@@ -111,7 +113,7 @@ def probe_battery(template: str, *, limit: int = MAX_BATTERY, search: bool = Tru
 
 @lru_cache(maxsize=64)
 def _battery(template: str, limit: int, search: bool) -> tuple[Probe, ...]:
-    from templatefix import coverage, derive
+    from templatefix import coverage, derive, solve
 
     battery = fixed_battery(template, limit=limit)
     if search:
@@ -121,6 +123,8 @@ def _battery(template: str, limit: int, search: bool) -> tuple[Probe, ...]:
         battery += coverage.search(
             template, battery, derive.candidates(template), mutate=mutate, patience=patience
         )
+        # what the search left unreached: conversations built from each output's path condition
+        battery += solve.reach(template, battery)
     return tuple(battery)
 
 

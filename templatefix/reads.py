@@ -31,7 +31,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -148,6 +148,28 @@ def template_reads_of(template: str, extra_roots: tuple[str, ...] = ()) -> Reads
         if {name: frozenset(paths) for name, paths in walker.env.items()} == before:
             break
     return Reads(walker.uses)
+
+
+def name_resolver(
+    tree: nodes.Template, extra_roots: tuple[str, ...] = ()
+) -> Callable[[nodes.Node], set[Path]]:
+    """A function giving the paths an expression of ``tree`` may be (names followed through
+    ``{% set %}``, loops and macro parameters as in :func:`template_reads_of`).
+
+    Example:
+        >>> from jinja2 import Environment
+        >>> tree = Environment().parse("{% for m in messages %}{% set c = m.tool_calls[0] %}{% endfor %}")
+        >>> resolve = name_resolver(tree)
+        >>> sorted(resolve(Environment().parse("{{ c.function.name }}").body[0].nodes[0]))
+        [('messages', '[]', 'tool_calls', '[]', 'function', 'name')]
+    """
+    walker = _Walker(ROOTS + extra_roots)
+    for _ in range(4):
+        before = {name: frozenset(paths) for name, paths in walker.env.items()}
+        walker.statements(tree.body)
+        if {name: frozenset(paths) for name, paths in walker.env.items()} == before:
+            break
+    return walker.expr
 
 
 class _Walker:

@@ -12,8 +12,10 @@ afterwards therefore test the value set before the loop. gpt-oss's tool-schema m
 
 ``has_object_variants`` is ``false`` at the ``if`` in every render, so ``"any"`` is never written.
 :func:`dead_outputs` finds such ``if`` bodies: a test that is a name (or an ``and`` holding one)
-whose every assignment in the scope that reads it is a false constant, and that the scope
-assigns before the test. Names bound by a loop or a macro parameter in that scope, or assigned in
+whose every assignment in the scope that reads it is a false constant (``false``, ``none``, an
+empty string, list or mapping), and that the scope assigns before the test; and the bodies of
+``for`` loops over such a name (``{% set tools = [] %}`` … ``{% for tool in tools %}``). Names
+bound by a loop or a macro parameter in that scope, or assigned in
 a way the scope cannot see (``{% set %}`` blocks, imports), are never treated as constant.
 
 Example:
@@ -56,6 +58,8 @@ def _visit(
     """
     surely_set = set(surely_set)
     for statement in body:
+        if isinstance(statement, nodes.For) and _always_false(statement.iter, assigned, surely_set):
+            found.extend(output_nodes(statement.body))  # a loop over a list that is always empty
         if isinstance(statement, nodes.If):
             for branch in [statement, *statement.elif_]:
                 if _always_false(branch.test, assigned, surely_set):
@@ -144,6 +148,10 @@ def _always_false(
 
 
 def _false_constant(node: nodes.Node) -> bool:
+    """``false``, ``none``, ``''``, ``0``, ``[]`` or ``{}`` (lists cannot be changed in place: the
+    sandbox forbids ``append``)."""
+    if isinstance(node, (nodes.List, nodes.Tuple, nodes.Dict)):
+        return not node.items
     return isinstance(node, nodes.Const) and not node.value
 
 

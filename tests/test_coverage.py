@@ -35,9 +35,12 @@ CALL_ID = (
 # the probes never send this exact content, so the branch stays unreached
 SECRET = (
     "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n"
-    "{% if m.content == 'open sesame' %}SECRET{% endif %}<|end|>\n{% endfor %}"
+    "{% if m.content | wordcount == 17 %}SECRET{% endif %}<|end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+#: What no probe satisfies: the solver has no rule for ``wordcount`` (reported as the condition).
+SECRET_NEEDS = "messages has an element and m.content | wordcount == 17"
+SECRET_LINE = f'line 2: "SECRET" (needs: {SECRET_NEEDS})'
 
 
 def _outputs(template: str, probes: list[Probe]) -> dict[str, str]:
@@ -241,10 +244,10 @@ def test_unreached_output_is_named_and_the_patch_is_not_called_verified() -> Non
     result = patch_template(SECRET)
     assert result.passed and not result.verified
     assert result.status == "unverified-code"
-    assert result.unverified_code == ['line 2: "SECRET"']
+    assert result.unverified_code == [SECRET_LINE]
     coverage = result.to_json()["report"]["coverage"]
     assert coverage["unreached"] == [
-        {"line": 2, "expression": '"SECRET"', "status": "unreached", "macro": None}
+        {"line": 2, "expression": '"SECRET"', "status": "unreached", "macro": None, "condition": SECRET_NEEDS}
     ]
     assert "UNVERIFIED CODE" in result.report.summary()
 
@@ -258,7 +261,7 @@ def test_check_cli_exits_4_and_names_unverified_code(tmp_path: Any, capsys: Any)
     payload = json.loads(capsys.readouterr().out)
     assert code == 4
     assert payload["status"] == ["unverified-code"] and payload["verified"] is False
-    assert payload["templates"][0]["unverified_code"] == ['line 2: "SECRET"']
+    assert payload["templates"][0]["unverified_code"] == [SECRET_LINE]
 
 
 def test_patch_cli_names_unverified_code_writes_it_only_when_forced(tmp_path: Any, capsys: Any) -> None:
@@ -274,7 +277,7 @@ def test_patch_cli_names_unverified_code_writes_it_only_when_forced(tmp_path: An
 
 
 def test_full_coverage_is_verified() -> None:
-    template = SECRET.replace("{% if m.content == 'open sesame' %}SECRET{% endif %}", "")
+    template = SECRET.replace("{% if m.content | wordcount == 17 %}SECRET{% endif %}", "")
     result = patch_template(template)
     assert result.verified and result.status == "exact" and result.unverified_code == []
     assert verify(result.patched, template).status == "verified"

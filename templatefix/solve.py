@@ -1,0 +1,1272 @@
+"""Constraint-directed reach: conversations built from the path condition of an unreached output.
+
+The coverage search (``templatefix.coverage.search``) changes conversations blindly and keeps
+what reaches something new; an output behind several specific tests (a ``builtin_tools``
+argument *and* a tool call whose name is in it) is rarely hit that way. This module reads the
+*path condition* of each output from the AST, :func:`path_conditions`:
+
+- the tests of the enclosing ``{% if %}``/``{% elif %}`` branches, earlier branches of the chain
+  negated (``{% else %}``: all of them negated);
+- the filter of an enclosing ``{% for %}`` and the loop's iterable being non-empty;
+- for an output in a macro, the conditions of each call site (one alternative per call site);
+- for a test on a local name or ``namespace`` attribute (``{% set ns.found = true %}``), the
+  conditions of the assignments that give it the wanted value.
+
+:func:`reach` then turns every test into changes that make it hold (an :class:`Atom` and its
+:func:`_options`): membership (``x in builtin_tools``: the same value put on both sides;
+``name in tools|map(attribute=...)``), equality with literals, Jinja type tests (``is string``,
+``is mapping``, ``is none``, ``is defined``…), substrings (``'</think>' in content``,
+``startswith``, ``split``), lengths (``messages|length > 2``), truth, and any conjunction or
+disjunction of these. It applies those changes to the probes that got furthest along the same
+path (the base probes sharing the longest prefix of the condition), renders each candidate with
+the coverage hooks and keeps the ones that reach a target: nothing is assumed, every probe is
+rendered. The render decides; the condition only proposes.
+
+:func:`explain` gives the path condition of an output as text, for the report of an output no
+probe reached; where the condition is contradictory (the same test wanted both ways on the same
+values, or one value compared equal to two constants) it says so.
+
+Example:
+    >>> from templatefix.probes import make_probe
+    >>> template = ("{% for m in messages %}{% if m.tool_calls and m.tool_calls[0].function.name"
+    ...             " in builtin_tools %}<|python_tag|>{% endif %}{{ m.content }}{% endfor %}")
+    >>> found = reach(template, [make_probe("tool_calls")])
+    >>> [probe.kwargs["builtin_tools"] for probe in found]
+    [['lookup_alpha101']]
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import meta, nodes
+from jinja2.visitor import NodeVisitor
+
+from templatefix.changes import synthesize
+from templatefix.conversation import Probe, WordSource
+from templatefix.errors import RenderLimitExceeded
+from templatefix.flags import STANDARD_NAMES, template_reads
+from templatefix.reads import ANY_VALUE, ELEMENT, Path, name_resolver, template_reads_of
+
+#: Budget of :func:`reach`: candidates rendered and work units (outputs written and tests
+#: evaluated, as counted by the coverage hooks) over all targets.
+SOLVE_CANDIDATES = 200
+SOLVE_WORK = 25_000
+#: At most this many probes kept (each is verified: it costs).
+SOLVE_KEEP = 12
+#: Per target condition: base probes tried, and candidates built on each.
+BASES = 4
+COMBINATIONS = 24
+PER_CONDITION = 60
+#: At most this many alternatives (call sites, assignments) per output.
+MAX_ALTERNATIVES = 8
+_DEPTH = 3  # macro call sites and flag assignments followed this deep
+
+#: Which messages a change to message fields touches: all (``None``), those of one role, or one
+#: message (its index).
+Scope = str | int | None
+Change = Callable[..., bool]  # changes the state {"messages": [...], **kwargs} within a scope
+
+
+@dataclass(frozen=True)
+class Atom:
+    """One test on the way to an output, and the value it must have there.
+
+    ``kind``: ``"test"`` (``node`` is the test expression), ``"nonempty"`` (``node`` is a
+    ``for`` loop's iterable, which must have an element).
+    """
+
+    node: nodes.Node
+    want: bool
+    kind: str = "test"
+
+    @property
+    def key(self) -> tuple[int, bool, str]:
+        return (id(self.node), self.want, self.kind)
+
+
+Condition = tuple[Atom, ...]
+
+
+# --- path conditions ---------------------------------------------------------------------------
+
+
+class _Conditions(NodeVisitor):
+    """One walk of the tree: the atoms enclosing every output node, macro call site and
+    assignment."""
+
+    def __init__(self, macros: set[str]) -> None:
+        self.macros = macros
+        self.stack: list[Atom] = []
+        self.macro: str | None = None
+        self.outputs: dict[int, tuple[str | None, Condition]] = {}
+        self.calls: dict[str, list[tuple[str | None, Condition]]] = {}
+        self.assigns: dict[str, list[tuple[nodes.Node | None, str | None, Condition]]] = {}
+        self.loops: list[nodes.Node] = []  # the iterables of the enclosing for loops
+        self.loop_of: dict[int, nodes.Node] = {}  # id(test reading ``loop``) -> its loop's iterable
+
+    def generic_visit(self, node: nodes.Node, *args: Any, **kwargs: Any) -> Any:
+        for child in node.iter_child_nodes():
+            self.visit(child)
+
+    def _within(self, atoms: Sequence[Atom], body: Sequence[nodes.Node]) -> None:
+        self.stack.extend(atoms)
+        for child in body:
+            self.visit(child)
+        del self.stack[len(self.stack) - len(atoms) :]
+
+    def visit_Output(self, node: nodes.Output) -> None:
+        for child in node.nodes:
+            self.outputs[id(child)] = (self.macro, tuple(self.stack))
+            self.visit(child)
+
+    def visit_If(self, node: nodes.If) -> None:
+        negated: list[Atom] = []
+        for branch in [node, *node.elif_]:
+            self.visit(branch.test)
+            if self.loops and any(name.name == "loop" for name in branch.test.find_all(nodes.Name)):
+                for part in [branch.test, *branch.test.find_all(nodes.Expr)]:
+                    self.loop_of[id(part)] = self.loops[-1]
+            self._within([*negated, Atom(branch.test, True)], branch.body)
+            negated.append(Atom(branch.test, False))
+        self._within(negated, node.else_)
+
+    def visit_For(self, node: nodes.For) -> None:
+        self.visit(node.iter)
+        atoms = [Atom(node.iter, True, "nonempty")]
+        if node.test is not None:
+            atoms.append(Atom(node.test, True))
+        self.loops.append(node.iter)
+        self._within(atoms, node.body)
+        self.loops.pop()
+        self._within([], node.else_)
+
+    def visit_Macro(self, node: nodes.Macro) -> None:
+        saved = (self.stack, self.macro, self.loops)
+        self.stack, self.macro, self.loops = [], node.name, []
+        for default in node.defaults:
+            self.visit(default)
+        self._within([], node.body)
+        self.stack, self.macro, self.loops = saved
+
+    def visit_Call(self, node: nodes.Call) -> None:
+        if isinstance(node.node, nodes.Name) and node.node.name in self.macros:
+            self.calls.setdefault(node.node.name, []).append((self.macro, tuple(self.stack)))
+        self.generic_visit(node)
+
+    def visit_Assign(self, node: nodes.Assign) -> None:
+        target = node.target
+        if isinstance(target, nodes.Name):
+            self.assigns.setdefault(target.name, []).append((node.node, self.macro, tuple(self.stack)))
+        elif isinstance(target, nodes.NSRef):
+            key = f"{target.name}.{target.attr}"
+            self.assigns.setdefault(key, []).append((node.node, self.macro, tuple(self.stack)))
+        else:
+            for name in target.find_all(nodes.Name):
+                self.assigns.setdefault(name.name, []).append((None, self.macro, tuple(self.stack)))
+        self.generic_visit(node)
+
+    def visit_AssignBlock(self, node: nodes.AssignBlock) -> None:
+        if isinstance(node.target, nodes.Name):
+            self.assigns.setdefault(node.target.name, []).append((None, self.macro, tuple(self.stack)))
+        self.generic_visit(node)
+
+
+class PathConditions:
+    """The path conditions of every output of one template (see the module docstring).
+
+    Example:
+        >>> from jinja2 import Environment
+        >>> tree = Environment().parse("{% if a %}x{% elif b %}y{% endif %}")
+        >>> y = tree.body[0].elif_[0].body[0].nodes[0]
+        >>> [(atom.node.name, atom.want) for atom in PathConditions(tree).of(y)[0]]
+        [('a', False), ('b', True)]
+    """
+
+    def __init__(self, tree: nodes.Template) -> None:
+        macros = {macro.name for macro in tree.find_all(nodes.Macro)}
+        self.walk = _Conditions(macros)
+        self.walk.visit(tree)
+
+    def of(self, node: nodes.Node) -> list[Condition]:
+        """The alternative conditions under which ``node`` (a child of an ``Output``) is written."""
+        found = self.walk.outputs.get(id(node))
+        if found is None:
+            return []
+        macro, condition = found
+        return self._in_context(macro, condition, 0)
+
+    def _in_context(self, macro: str | None, condition: Condition, depth: int) -> list[Condition]:
+        if macro is None:
+            return [condition]
+        if depth >= _DEPTH:
+            return [condition]
+        result: list[Condition] = []
+        for caller, at_call in self.walk.calls.get(macro, []):
+            for outer in self._in_context(caller, at_call, depth + 1):
+                result.append(outer + condition)
+                if len(result) >= MAX_ALTERNATIVES:
+                    return result
+        return result or [condition]
+
+    def assignments(self, key: str) -> list[tuple[nodes.Node | None, list[Condition]]]:
+        """Every ``{% set %}`` of ``key`` (a name, or ``ns.attr``): its value node (``None`` when
+        it is not a plain expression) and the conditions under which it runs."""
+        return [
+            (value, self._in_context(macro, condition, 1))
+            for value, macro, condition in self.walk.assigns.get(key, [])
+        ]
+
+
+# --- describing --------------------------------------------------------------------------------
+
+
+def atom_text(text: str, atom: Atom) -> str:
+    """How ``atom`` reads, from the template ``text``: ``not (x is defined)``, ``xs is not empty``."""
+    span = getattr(atom.node, "tf_span", None)
+    expression = " ".join(text[span[0] : span[1]].split()) if span else type(atom.node).__name__
+    if len(expression) > 90:
+        expression = expression[:44] + "…" + expression[-44:]
+    if atom.kind == "nonempty":
+        return f"{expression} has an element"
+    return expression if atom.want else f"not ({expression})"
+
+
+def contradiction(condition: Condition, assigned: set[str]) -> str | None:
+    """Why ``condition`` cannot hold, or ``None`` when no contradiction is proven.
+
+    Proven only on tests whose names the template never assigns with ``{% set %}`` (so every
+    test on the path sees the same values): the same test wanted true and false, or one
+    expression compared equal to two different constants.
+    """
+    wanted: dict[str, bool] = {}
+    equal: dict[str, Any] = {}
+    for atom in condition:
+        if atom.kind != "test":
+            continue
+        node, want = atom.node, atom.want
+        while isinstance(node, nodes.Not):
+            node, want = node.node, not want
+        atom = Atom(node, want)
+        names = {name.name for name in atom.node.find_all(nodes.Name)}
+        if isinstance(atom.node, nodes.Name):
+            names.add(atom.node.name)
+        if names & assigned or "loop" in names or any(True for _ in atom.node.find_all(nodes.Call)):
+            continue  # a value that may change between the tests (a call may give another answer)
+        dump = _dump(atom.node)
+        if wanted.get(dump, atom.want) != atom.want:
+            return "the same test is wanted true and false on one path"
+        wanted[dump] = atom.want
+        if atom.want and isinstance(atom.node, nodes.Compare) and len(atom.node.ops) == 1:
+            operand = atom.node.ops[0]
+            if operand.op == "eq" and isinstance(operand.expr, nodes.Const):
+                side = _dump(atom.node.expr)
+                if side in equal and equal[side] != operand.expr.value:
+                    return f"one value compared equal to {equal[side]!r} and {operand.expr.value!r}"
+                equal[side] = operand.expr.value
+    return None
+
+
+def _dump(node: nodes.Node) -> str:
+    return repr(node)
+
+
+@lru_cache(maxsize=64)
+def _analysis(template: str) -> tuple[Any, PathConditions, Callable[[nodes.Node], set[Path]]]:
+    from templatefix.trace import instrumented_for
+
+    instrumented = instrumented_for(template)
+    tree = instrumented.source.ast
+    roots = tuple(sorted(template_reads(template) - STANDARD_NAMES))
+    return instrumented, PathConditions(tree), name_resolver(tree, roots)
+
+
+def explain(template: str, site_id: int) -> str:
+    """The path condition of output ``site_id`` as text (alternatives joined by `` | or | ``),
+    with the contradiction that makes it unsatisfiable when one is proven."""
+    instrumented, conditions, _ = _analysis(template)
+    site = instrumented.sites.outputs[site_id]
+    text = instrumented.source.text
+    assigned = _assigned_names(instrumented.source.ast)
+    parts = []
+    for condition in conditions.of(site.node)[:3]:
+        atoms = [atom_text(text, atom) for atom in condition]
+        atoms = [f"({atom})" if " or " in atom and not atom.startswith("not (") else atom for atom in atoms]
+        described = " and ".join(atoms) if atoms else "no enclosing test (it wrote no text in any probe)"
+        reason = contradiction(condition, assigned)
+        parts.append(f"{described} [unsatisfiable: {reason}]" if reason else described)
+    return " | or | ".join(parts)
+
+
+def _assigned_names(tree: nodes.Template) -> set[str]:
+    """Names the template binds itself (``{% set %}``, loop targets, macro parameters)."""
+    names = {node.name for node in tree.find_all(nodes.Name) if node.ctx in ("store", "param")}
+    names |= {node.name for node in tree.find_all(nodes.NSRef)}
+    return names
+
+
+def unsatisfiable(template: str, site_id: int) -> str | None:
+    """Why no render can write output ``site_id``, or ``None`` when that is not proven.
+
+    See :func:`_unsatisfiable_sites`.
+    """
+    return _unsatisfiable_sites(template).get(site_id)
+
+
+@lru_cache(maxsize=64)
+def _unsatisfiable_sites(template: str) -> dict[int, str]:
+    """The outputs no render can write, with the reason.
+
+    Proven when every alternative of its path condition (or, in a macro, the condition inside
+    the macro, which every call needs) holds a contradiction (:func:`contradiction`) or a test
+    that is false in every render (:func:`_never`): a message field tested ``is none`` while
+    the installed transformers drops message keys whose value is ``None``.
+    """
+    instrumented, conditions, _ = _analysis(template)
+    tree = instrumented.source.ast
+    assigned = _assigned_names(tree)
+    messages = _MessageNames(tree)
+    proven: dict[int, str] = {}
+    for site in instrumented.sites.outputs:
+        found = conditions.walk.outputs.get(id(site.node))
+        if found is None:
+            continue
+        macro, inner = found
+        alternatives = [inner] if macro is not None else conditions.of(site.node)
+        reasons = []
+        for condition in alternatives:
+            reason = contradiction(condition, assigned)
+            if reason is None:
+                reason = next(
+                    (r for atom in condition if (r := _never(atom.node, atom.want, messages))), None
+                )
+            if reason is None:
+                break
+            reasons.append(reason)
+        else:
+            if reasons:
+                proven[site.id] = reasons[0]
+    return proven
+
+
+class _MessageNames:
+    """The names that always hold a message of ``messages`` (loop targets over ``messages``, or
+    slices and selections of it, never bound another way)."""
+
+    def __init__(self, tree: nodes.Template) -> None:
+        self.names: set[str] = set()
+        self.never_none: set[str] = set()
+        self.iterated: dict[str, int] = {}  # field -> index of the first such top-level statement
+        self.top: dict[int, int] = {}  # id(node) -> index of its top-level statement (not in macros)
+        self.inside_macros: set[int] = set()
+        stores: dict[str, list[nodes.Node]] = {}
+        for node in tree.find_all((nodes.For, nodes.Assign, nodes.Macro, nodes.CallBlock, nodes.With)):
+            if isinstance(node, nodes.For):
+                for name in (
+                    node.target.find_all(nodes.Name) if not isinstance(node.target, nodes.Name) else []
+                ):
+                    stores.setdefault(name.name, []).append(node.target)  # a tuple target: not a message
+                if isinstance(node.target, nodes.Name):
+                    stores.setdefault(node.target.name, []).append(node)
+            elif isinstance(node, nodes.Assign):
+                for name in (
+                    [node.target] if isinstance(node.target, nodes.Name) else node.target.find_all(nodes.Name)
+                ):
+                    stores.setdefault(name.name, []).append(node.target)
+            elif isinstance(node, (nodes.Macro, nodes.CallBlock)):
+                for argument in node.args:
+                    stores.setdefault(argument.name, []).append(argument)
+            else:
+                for target in node.targets:
+                    for name in (
+                        target.find_all(nodes.Name) if not isinstance(target, nodes.Name) else [target]
+                    ):
+                        stores.setdefault(name.name, []).append(target)
+        messages_stores = stores.get("messages", [])
+        if not all(self._list_assign(tree, store) for store in messages_stores):
+            return  # ``messages`` rebound to something else than a part of itself
+        for name, bound in stores.items():
+            if bound and all(isinstance(b, nodes.For) and _messages_list(b.iter) for b in bound):
+                self.names.add(name)
+        # local names set only to message fields (never None once transformers drops None keys)
+        # or to pieces of a split text, and never read from the caller
+        values: dict[str, list[nodes.Node | None]] = {}
+        for assign in tree.find_all(nodes.Assign):
+            if isinstance(assign.target, nodes.Name):
+                values.setdefault(assign.target.name, []).append(assign.node)
+        undeclared = meta.find_undeclared_variables(tree)
+        for name, bound in stores.items():
+            if name in undeclared or name not in values or len(values[name]) != len(bound):
+                continue  # read from the caller, or bound other than by ``{% set %}``
+            if all(_message_field(value, self) is not None or _split_piece(value) for value in values[name]):
+                self.never_none.add(name)
+        # top-level loops over ``messages`` that loop over a field of every message: a render
+        # gets past them only if that field is iterable on every message
+        for index, statement in enumerate(tree.body):
+            if isinstance(statement, nodes.Macro):
+                continue
+            for node in [statement, *statement.find_all(nodes.Node)]:
+                self.top[id(node)] = index
+            if isinstance(statement, nodes.For) and isinstance(statement.target, nodes.Name):
+                if (
+                    statement.test is None
+                    and _messages_list(statement.iter)
+                    and statement.target.name in self.names
+                ):
+                    for inner in statement.body:
+                        if isinstance(inner, nodes.For):
+                            field = _field_of(inner.iter, statement.target.name)
+                            if field is not None:
+                                self.iterated.setdefault(field, index)
+        self.inside_macros = {
+            id(node) for macro in tree.find_all(nodes.Macro) for node in macro.find_all(nodes.Node)
+        }
+
+    def iterated_before(self, field: str, node: nodes.Node) -> bool:
+        """Whether every message's ``field`` was looped over before ``node`` runs."""
+        index = self.iterated.get(field)
+        if index is None or id(node) in self.inside_macros:
+            return False
+        return self.top.get(id(node), -1) > index
+
+    @staticmethod
+    def _list_assign(tree: nodes.Template, target: nodes.Node) -> bool:
+        for assign in tree.find_all(nodes.Assign):
+            if assign.target is target:
+                return _messages_list(assign.node)
+        return False
+
+
+def _messages_list(node: nodes.Node) -> bool:
+    """``messages``, a slice of it, or a selection of its elements."""
+    if isinstance(node, nodes.Name):
+        return node.name == "messages"
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Slice):
+        return _messages_list(node.node)
+    if isinstance(node, nodes.Filter) and node.node is not None:
+        if node.name in ("select", "reject", "selectattr", "rejectattr", "list", "reverse"):
+            return _messages_list(node.node)
+    return False
+
+
+def _never(node: nodes.Node, want: bool, messages: _MessageNames) -> str | None:
+    """Why test ``node`` can never have the value ``want``, or ``None`` when not proven."""
+    if isinstance(node, nodes.Not):
+        return _never(node.node, not want, messages)
+    if isinstance(node, (nodes.And, nodes.Or)):
+        left, right = _never(node.left, want, messages), _never(node.right, want, messages)
+        if isinstance(node, nodes.And) == want:  # both sides must have ``want``
+            return left or right
+        return left if left and right else None
+    if isinstance(node, nodes.Test) and node.name == "iterable" and not want:
+        field = _message_field(node.node, messages)
+        if field is not None and messages.iterated_before(field, node):
+            return (
+                f"message field {field!r} tested 'is not iterable' after an earlier loop over it on "
+                "every message: a render with a field that is not iterable fails in that loop"
+            )
+    if isinstance(node, nodes.Test) and node.name == "none" and want and not node.args:
+        if isinstance(node.node, nodes.Name) and node.node.name in messages.never_none:
+            return (
+                f"{node.node.name!r} tested 'is none' but every value it is set to is a message field "
+                "(transformers drops message keys whose value is None) or text split from one"
+            )
+        field = _message_field(node.node, messages)
+        if field is not None and detected_drops_none():
+            return (
+                f"message field {field!r} tested 'is none': transformers drops message keys whose "
+                "value is None, so the test is false in every render"
+            )
+    return None
+
+
+def _split_piece(node: nodes.Node | None) -> bool:
+    """``x.split(...)[i]`` (or ``rsplit``): a text, or the render fails."""
+    if not isinstance(node, nodes.Getitem) or not isinstance(node.node, nodes.Call):
+        return False
+    callee = node.node.node
+    return isinstance(callee, nodes.Getattr) and callee.attr in ("split", "rsplit")
+
+
+def _field_of(node: nodes.Node, name: str) -> str | None:
+    """The key when ``node`` is ``name.key`` or ``name['key']``."""
+    if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name) and node.node.name == name:
+        return node.attr
+    if isinstance(node, nodes.Getitem) and isinstance(node.node, nodes.Name) and node.node.name == name:
+        if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            return node.arg.value
+    return None
+
+
+def _message_field(node: nodes.Node, messages: _MessageNames) -> str | None:
+    """The key when ``node`` is ``m.key`` or ``m['key']`` on a name always holding a message."""
+    if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
+        return node.attr if node.node.name in messages.names else None
+    if isinstance(node, nodes.Getitem) and isinstance(node.node, nodes.Name):
+        if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            return node.arg.value if node.node.name in messages.names else None
+    return None
+
+
+def detected_drops_none() -> bool:
+    """Whether the installed ``apply_chat_template`` drops ``None``-valued message keys."""
+    from templatefix.environment import detected_behaviour
+
+    return detected_behaviour().drops_none
+
+
+# --- solving -----------------------------------------------------------------------------------
+
+
+class _Solver:
+    """Turns atoms into changes of a conversation (see :func:`reach`)."""
+
+    def __init__(self, template: str) -> None:
+        self.instrumented, self.conditions, self.resolve = _analysis(template)
+        roots = tuple(sorted(template_reads(template) - STANDARD_NAMES))
+        self.reads = template_reads_of(template, roots)
+        self.words = WordSource(start=9100)
+
+    # -- conditions with local flags expanded ------------------------------------------------
+    def expanded(self, condition: Condition, depth: int = 0) -> list[Condition]:
+        """``condition`` as it is, then with each local flag replaced by the conditions of an
+        assignment that sets it to the wanted constant (one alternative per such assignment)."""
+        results: list[Condition] = [()]
+        for atom in (part for whole in condition for part in _split(whole)):
+            key = _flag_key(atom.node) if atom.kind == "test" else None
+            alternatives: list[Condition] = [(atom,)]
+            if key is not None and depth < _DEPTH:
+                setters = [
+                    alternative
+                    for value, conditions in self.conditions.assignments(key)
+                    if isinstance(value, nodes.Const) and bool(value.value) == atom.want
+                    for alternative in conditions
+                ]
+                if setters:  # the flag as the probe has it first (set in an earlier iteration)
+                    for setter in setters[:MAX_ALTERNATIVES]:
+                        alternatives += self.expanded(setter, depth + 1)
+            results = [done + more for done in results for more in alternatives][:MAX_ALTERNATIVES]
+        return results
+
+    # -- options for one atom ----------------------------------------------------------------
+    def options(self, atom: Atom) -> list[Change]:
+        if atom.kind == "nonempty":
+            return self._nonempty(atom.node)
+        try:
+            changes = self._test(atom.node, atom.want)
+        except RecursionError:  # pragma: no cover - absurdly deep expressions
+            return []
+        loop = self.conditions.walk.loop_of.get(id(atom.node))
+        if loop is not None:  # ``not loop.last``, ``loop.index0 == 1``: a longer loop
+            for count in (2, 3):
+                changes += [
+                    _ensure(path, lambda old, n=count: _grown(old, n)) for path in self._loop_paths(loop)
+                ]
+        return changes
+
+    def _loop_paths(self, node: nodes.Node) -> list[Path]:
+        paths = {path[:-1] if path[-1:] == ("*items",) else path for path in self.resolve(node)}
+        return sorted(path for path in paths if _settable(path))[:2]
+
+    def _paths(self, node: nodes.Node) -> list[Path]:
+        return sorted(path for path in self.resolve(node) if _settable(path))
+
+    def _nonempty(self, node: nodes.Node) -> list[Change]:
+        paths = self._paths(node)
+        return [_ensure(path, lambda old: old if _present(old) else [self.words()]) for path in paths[:2]]
+
+    def _test(self, node: nodes.Node, want: bool) -> list[Change]:  # noqa: C901 - one case per form
+        if isinstance(node, nodes.Not):
+            return self._test(node.node, not want)
+        if isinstance(node, (nodes.And, nodes.Or)):
+            both = isinstance(node, nodes.And) == want
+            left, right = self._test(node.left, want), self._test(node.right, want)
+            if not both:
+                return left + right
+            combined = [_chain(a, b) for a, b in itertools.product(left or [_same], right or [_same])]
+            return combined[:12]
+        if isinstance(node, nodes.Test):
+            return self._jinja_test(node, want)
+        if isinstance(node, nodes.Compare) and len(node.ops) == 1:
+            return self._compare(node.expr, node.ops[0].op, node.ops[0].expr, want)
+        if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr):
+            return self._method(node, want)
+        if isinstance(node, nodes.Filter) and node.name in ("length", "count") and node.node is not None:
+            return self._length(node.node, "gt" if want else "eq", 0)
+        paths = self._paths(node)
+        if want:
+            return [
+                _ensure(path, lambda old, path=path: old if _present(old) else self._truthy(path))
+                for path in paths[:3]
+            ]
+        return [_ensure(path, _falsy) for path in paths[:3]] + [_remove(path) for path in paths[:3]]
+
+    def _truthy(self, path: Path) -> Any:
+        """A true value for ``path``, shaped like the template reads it."""
+        if self.reads.reads(path):
+            value = synthesize(path, self.reads, self.words)
+            if value:
+                return value
+        return [self.words()] if path[-1:] in (("tools",), ("documents",)) else self.words()
+
+    def _jinja_test(self, node: nodes.Test, want: bool) -> list[Change]:
+        name = node.name
+        if name in ("eq", "equalto", "==", "sameas") and node.args:
+            return self._compare(node.node, "eq", node.args[0], want)
+        if name in ("ne", "!=") and node.args:
+            return self._compare(node.node, "eq", node.args[0], not want)
+        if name in ("in",) and node.args:
+            return self._compare(node.node, "in", node.args[0], want)
+        if name == "undefined":
+            name, want = "defined", not want
+        paths = self._paths(node.node)
+        if name == "defined":
+            if want:
+                return [
+                    _ensure(path, lambda old, path=path: self._truthy(path) if old is _MISSING else old)
+                    for path in paths
+                ]
+            return [_remove(path) for path in paths]
+        typed = _TYPED.get(name)
+        if typed is None:
+            return []
+        value, other = typed
+        made = value if want else other
+        changes = [_ensure(path, lambda old, made=made: _typed(made, old, self.words)) for path in paths]
+        return changes[:4]
+
+    def _compare(self, left: nodes.Node, op: str, right: nodes.Node, want: bool) -> list[Change]:
+        if op == "ne":
+            op, want = "eq", not want
+        if op == "notin":
+            op, want = "in", not want
+        if op == "eq":
+            constant, side = (right, left) if isinstance(right, nodes.Const) else (left, right)
+            if isinstance(constant, nodes.Const):
+                if isinstance(side, nodes.Filter) and side.name in ("length", "count") and side.node:
+                    return self._length(side.node, "eq" if want else "gt", constant.value)
+                value = constant.value if want else _other(constant.value, self.words)
+                return [_set(path, value) for path in self._paths(side)[:4]]
+            if want:  # two values from the conversation: copy one onto the other
+                return _copy_between(self.resolve, left, right)
+            return []
+        if op in ("gt", "gteq", "lt", "lteq") and isinstance(right, nodes.Const):
+            if isinstance(left, nodes.Filter) and left.name in ("length", "count") and left.node:
+                bound = right.value if isinstance(right.value, int) else 0
+                wanted = {"gt": bound + 1, "gteq": bound, "lt": bound - 1, "lteq": bound}[op]
+                if not want:
+                    wanted = {"gt": bound, "gteq": bound - 1, "lt": bound, "lteq": bound + 1}[op]
+                return self._length(left.node, "eq", max(wanted, 0))
+            return []
+        if op != "in":
+            return []
+        if isinstance(left, nodes.Const) and isinstance(left.value, str):
+            text = left.value
+            paths = self._paths(right)
+            if want:
+                return [
+                    _ensure(path, lambda old, t=text: _containing(old, t, self.words)) for path in paths[:4]
+                ]
+            return [_ensure(path, lambda old, t=text: _without(old, t)) for path in paths[:4]]
+        constants = _constants(right)
+        if constants:
+            values = constants if want else [_other(constants[0], self.words)]
+            return [_set(path, values[0]) for path in self._paths(left)[:4]]
+        if want:  # membership between two values: the same value on both sides
+            return _membership(self.resolve, left, right)
+        return []
+
+    def _method(self, node: nodes.Call, want: bool) -> list[Change]:
+        method = node.node.attr  # type: ignore[attr-defined]
+        argument = node.args[0] if node.args else None
+        if method not in ("startswith", "endswith") or not isinstance(argument, nodes.Const):
+            return []
+        if not isinstance(argument.value, str):
+            return []
+        text = argument.value
+        paths = self._paths(node.node.node)  # type: ignore[attr-defined]
+        if not want:
+            return [_ensure(path, lambda old, t=text: _without(old, t)) for path in paths[:4]]
+        if method == "startswith":
+            return [_ensure(path, lambda old, t=text: t + _text(old, self.words)) for path in paths[:4]]
+        return [_ensure(path, lambda old, t=text: _text(old, self.words) + t) for path in paths[:4]]
+
+    def _length(self, node: nodes.Node, op: str, count: Any) -> list[Change]:
+        if not isinstance(count, int) or count > 8:
+            return []
+        wanted = count + 1 if op == "gt" else count
+        return [
+            _ensure(path, lambda old, n=wanted: _resized(old, n, self.words))
+            for path in self._paths(node)[:3]
+        ]
+
+
+_MISSING = object()
+
+
+def _present(value: Any) -> bool:
+    """Whether ``value`` is there and true."""
+    return value is not _MISSING and bool(value)
+
+
+#: Jinja type tests: a value that passes, and one that does not.
+_TYPED: dict[str, tuple[str, str]] = {
+    "string": ("string", "list"),
+    "mapping": ("mapping", "string"),
+    "iterable": ("list", "number"),
+    "sequence": ("list", "number"),
+    "number": ("number", "string"),
+    "integer": ("number", "string"),
+    "float": ("float", "string"),
+    "boolean": ("true", "string"),
+    "true": ("true", "false"),
+    "false": ("false", "true"),
+    "none": ("none", "string"),
+}
+
+
+def _typed(kind: str, old: Any, words: WordSource) -> Any:
+    text = old if isinstance(old, str) and old else words()
+    if kind == "string":
+        if isinstance(old, list):
+            return (
+                "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in old) or text
+            )
+        return text
+    if kind == "list":
+        if isinstance(old, list):
+            return old
+        return [{"type": "text", "text": text}]
+    if kind == "mapping":
+        return old if isinstance(old, dict) else {words(): text}
+    return {"number": 3, "float": 1.5, "true": True, "false": False, "none": None}[kind]
+
+
+def _text(old: Any, words: WordSource) -> str:
+    return old if isinstance(old, str) else words()
+
+
+def _containing(old: Any, text: str, words: WordSource) -> Any:
+    if isinstance(old, dict):
+        return old if text in old else {**old, text: words()}
+    if isinstance(old, list):
+        return old if text in old else [*old, text]
+    if isinstance(old, str) and text in old:
+        return old
+    opener = "<" + text[2:] if text.startswith("</") else ""
+    return f"{opener}{words()}{text}{_text(old, words)}"
+
+
+def _without(old: Any, text: str) -> Any:
+    if isinstance(old, dict):
+        return {key: value for key, value in old.items() if key != text}
+    if isinstance(old, list):
+        return [item for item in old if item != text]
+    if isinstance(old, str):
+        return old.replace(text, "")
+    return old
+
+
+def _falsy(old: Any) -> Any:
+    if isinstance(old, list):
+        return []
+    if isinstance(old, dict):
+        return {}
+    if isinstance(old, bool):
+        return False
+    return ""
+
+
+def _other(value: Any, words: WordSource) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    return words()
+
+
+def _resized(old: Any, count: int, words: WordSource) -> Any:
+    items = list(old) if isinstance(old, list) else []
+    if not items:
+        items = [words()]
+    while len(items) < count:
+        items.append(copy.deepcopy(items[len(items) % max(1, len(items) - 1)]))
+    return items[:count]
+
+
+def _grown(old: Any, count: int) -> Any:
+    """``old`` (a list or mapping) with at least ``count`` entries, copies of its own."""
+    if isinstance(old, list) and old:
+        items = list(old)
+        while len(items) < count:
+            items.append(copy.deepcopy(items[-1]))
+        return items
+    if isinstance(old, dict) and old:
+        grown = dict(old)
+        last = next(reversed(old.values()))
+        while len(grown) < count:
+            grown[f"{next(reversed(old))}_{len(grown)}"] = copy.deepcopy(last)
+        return grown
+    return old
+
+
+def _constants(node: nodes.Node) -> list[Any]:
+    if isinstance(node, nodes.Const) and isinstance(node.value, (list, tuple)):
+        return list(node.value)
+    if isinstance(node, (nodes.List, nodes.Tuple)):
+        return [item.value for item in node.items if isinstance(item, nodes.Const)]
+    return []
+
+
+def _split(atom: Atom) -> list[Atom]:
+    """``a and b`` wanted true, ``a or b`` wanted false, ``not a``: the parts, each with the
+    value it must have."""
+    node, want = atom.node, atom.want
+    if atom.kind != "test":
+        return [atom]
+    if isinstance(node, nodes.Not):
+        return _split(Atom(node.node, not want))
+    if isinstance(node, nodes.And) and want or isinstance(node, nodes.Or) and not want:
+        return _split(Atom(node.left, want)) + _split(Atom(node.right, want))
+    return [atom]
+
+
+def _flag_key(node: nodes.Node) -> str | None:
+    if isinstance(node, nodes.Name):
+        return node.name
+    if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
+        return f"{node.node.name}.{node.attr}"
+    return None
+
+
+def _settable(path: Path) -> bool:
+    return bool(path) and not any(step.startswith(("@", "*i")) for step in path)
+
+
+# --- changes on a state {"messages": [...], **kwargs} ------------------------------------------
+
+
+def _locations(state: dict[str, Any], path: Path, scope: Scope) -> list[tuple[Any, Any]]:
+    """Where ``path`` lives in ``state``: (container, key) pairs; the last key may be missing.
+    ``scope``: only under messages of that role."""
+    current: list[Any] = [state]
+    for index, step in enumerate(path):
+        last = index == len(path) - 1
+        found: list[Any] = []
+        pairs: list[tuple[Any, Any]] = []
+        for value in current:
+            if step == ELEMENT:
+                if isinstance(value, list):
+                    items = list(enumerate(value))
+                    if index == 1 and path[0] == "messages" and isinstance(scope, int):
+                        items = items[scope : scope + 1]
+                    elif index == 1 and path[0] == "messages" and scope is not None:
+                        items = [(i, m) for i, m in items if isinstance(m, dict) and m.get("role") == scope]
+                    pairs += [(value, i) for i, _ in items]
+                    found += [item for _, item in items]
+            elif step == ANY_VALUE:
+                if isinstance(value, dict):
+                    pairs += [(value, key) for key in value]
+                    found += list(value.values())
+            elif isinstance(value, dict):
+                if step in value:
+                    pairs.append((value, step))
+                    found.append(value[step])
+                elif last:
+                    pairs.append((value, step))
+        if last:
+            return pairs
+        current = found
+    return []
+
+
+def _get(container: Any, key: Any) -> Any:
+    try:
+        return container[key]
+    except (KeyError, IndexError, TypeError):
+        return _MISSING
+
+
+@dataclass(frozen=True)
+class _Edit:
+    path: Path
+    make: Callable[[Any], Any] | None  # None: remove
+
+    def __call__(self, state: dict[str, Any], scope: Scope = None) -> bool:
+        changed = False
+        for container, key in _locations(state, self.path, scope):
+            old = _get(container, key)
+            if self.make is None:
+                if isinstance(container, dict) and old is not _MISSING:
+                    del container[key]
+                    changed = True
+                continue
+            new = self.make(old)
+            if new is _MISSING:
+                continue
+            if old is _MISSING or new != old or type(new) is not type(old):
+                container[key] = new
+                changed = True
+        return changed
+
+
+def _ensure(path: Path, make: Callable[[Any], Any]) -> _Edit:
+    return _Edit(path, make)
+
+
+def _set(path: Path, value: Any) -> _Edit:
+    return _Edit(path, lambda old: copy.deepcopy(value))
+
+
+def _remove(path: Path) -> _Edit:
+    return _Edit(path, None)
+
+
+def _same(state: dict[str, Any], scope: Scope = None) -> bool:
+    return False
+
+
+def _chain(first: Callable[..., bool], second: Callable[..., bool]) -> Callable[..., bool]:
+    def change(state: dict[str, Any], scope: Scope = None) -> bool:
+        return bool(first(state, scope) | second(state, scope))
+
+    return change
+
+
+def _values_of(
+    resolve: Callable[[nodes.Node], set[Path]], node: nodes.Node, state: dict[str, Any]
+) -> list[Any]:
+    """The values ``node`` may have in ``state`` (``map(attribute=...)`` followed)."""
+    if isinstance(node, nodes.Filter) and node.name == "map" and node.node is not None:
+        attribute = next((k.value for k in node.kwargs if k.key == "attribute"), None)
+        if isinstance(attribute, nodes.Const) and isinstance(attribute.value, str):
+            values = []
+            for collection in _values_of(resolve, node.node, state):
+                for item in collection if isinstance(collection, list) else []:
+                    for key in attribute.value.split("."):
+                        item = item.get(key, _MISSING) if isinstance(item, dict) else _MISSING
+                    if item is not _MISSING:
+                        values.append(item)
+            return [values]
+        return []
+    if isinstance(node, nodes.Filter) and node.name in ("list", "unique", "sort") and node.node is not None:
+        return _values_of(resolve, node.node, state)
+    values = []
+    for path in sorted(resolve(node)):
+        if _settable(path):
+            for container, key in _locations(state, path, None):
+                value = _get(container, key)
+                if value is not _MISSING:
+                    values.append(value)
+    return values
+
+
+def _membership(
+    resolve: Callable[[nodes.Node], set[Path]], left: nodes.Node, right: nodes.Node
+) -> list[Change]:
+    """``left in right``: the value of ``left`` added to ``right``, or ``left`` set to an element
+    of ``right``."""
+    right_paths = sorted(path for path in resolve(right) if _settable(path))
+    left_paths = sorted(path for path in resolve(left) if _settable(path))
+
+    def add_left_to_right(state: dict[str, Any], scope: Scope = None) -> bool:
+        values = [v for v in _values_of(resolve, left, state) if isinstance(v, (str, int, float))]
+        if not values or not right_paths:
+            return False
+        changed = False
+        for path in right_paths[:2]:
+
+            def make(old: Any, values: list[Any] = values) -> Any:
+                if isinstance(old, dict):
+                    return {**old, **{str(v): v for v in values}}
+                if isinstance(old, str):  # a value made up for ``is defined``: a list of both
+                    return [old, *values]
+                items = list(old) if isinstance(old, list) else []
+                return items + [v for v in dict.fromkeys(values) if v not in items]
+
+            changed |= _Edit(path, make)(state, None)
+        return changed
+
+    def set_left_from_right(state: dict[str, Any], scope: Scope = None) -> bool:
+        pools = _values_of(resolve, right, state)
+        element = next(
+            (
+                item
+                for pool in pools
+                if isinstance(pool, (list, dict))
+                for item in pool
+                if isinstance(item, str)
+            ),
+            None,
+        )
+        if element is None:
+            return False
+        return any(_set(path, element)(state, scope) for path in left_paths[:2])
+
+    return [add_left_to_right, set_left_from_right]
+
+
+def _copy_between(
+    resolve: Callable[[nodes.Node], set[Path]], left: nodes.Node, right: nodes.Node
+) -> list[Change]:
+    """``left == right``, both from the conversation: one copied onto the other."""
+    changes: list[Change] = []
+    for source, target in ((right, left), (left, right)):
+        target_paths = sorted(path for path in resolve(target) if _settable(path))
+
+        def change(state: dict[str, Any], scope: Scope = None, source=source, paths=target_paths) -> bool:
+            values = [v for v in _values_of(resolve, source, state) if isinstance(v, (str, int, float, bool))]
+            if not values:
+                return False
+            return any(_set(path, values[0])(state, scope) for path in paths[:2])
+
+        changes.append(change)
+    return changes
+
+
+# --- the search --------------------------------------------------------------------------------
+
+
+def reach(
+    template: str,
+    probes: Sequence[Probe],
+    *,
+    candidates: int = SOLVE_CANDIDATES,
+    work: int = SOLVE_WORK,
+) -> list[Probe]:
+    """Probes built from the path conditions of the outputs ``probes`` do not reach.
+
+    For each unreached output (those the coverage measure counts: not refusals, uncalled macros,
+    dead branches), each alternative of its path condition (local flags expanded to the
+    conditions that set them) is turned into changes, one list of options per atom (plus "leave
+    it"); combinations with the fewest changes come first. They are applied to the base probes
+    that reach the output sharing the longest prefix of the condition, for every message role
+    the probe has as the scope of message-level changes and for all messages. A candidate is
+    kept when its render reaches an output no kept probe reached. Stops when everything is
+    reached or the budget (``candidates`` renders, ``work`` units) runs out. Deterministic.
+
+    Raises:
+        TemplateSyntaxError: the template is not valid Jinja.
+    """
+    from templatefix.coverage import _never_writes, _probe_run
+
+    solver = _Solver(template)
+    instrumented = solver.instrumented
+    not_text = set(_never_writes(instrumented.source.ast, instrumented))
+    wanted = {site.id for site in instrumented.sites.outputs} - not_text
+    reached_by: dict[int, list[Probe]] = {}
+    for probe in probes:
+        try:
+            features = _probe_run(template, probe)[0]
+        except RenderLimitExceeded:
+            continue
+        for kind, site, _ in features or ():
+            if kind == "out":
+                reached_by.setdefault(site, []).append(probe)
+    kept: list[Probe] = []
+    budget = _Budget(candidates, work)
+    tried: set[tuple[int, ...]] = set()
+    targets = [site for site in instrumented.sites.outputs if site.id in wanted - reached_by.keys()]
+    if not targets:
+        return []
+    # the shortest conditions first: they are the cheapest to satisfy, and open the way deeper
+    shortest = {site.id: min(map(len, solver.conditions.of(site.node)), default=0) for site in targets}
+    targets.sort(key=lambda site: (shortest[site.id], site.id))
+    for site in targets:
+        if site.id in reached_by or budget.spent or len(kept) >= SOLVE_KEEP:
+            continue
+        for condition in solver.conditions.of(site.node):
+            key = tuple(atom.key for atom in condition)
+            if key in tried:
+                continue
+            tried.add(key)
+            found = _solve_one(template, solver, site.id, condition, reached_by, budget)
+            if found is not None and any(probe.name == found.name for probe in [*probes, *kept]):
+                found = None  # a name already taken (a base's name carries its own reach)
+            if found is not None:
+                kept.append(found)
+                features = _probe_run(template, found)[0] or frozenset()
+                for kind, other, _ in features:
+                    if kind == "out":
+                        reached_by.setdefault(other, []).append(found)
+                break
+    return kept
+
+
+class _Budget:
+    def __init__(self, candidates: int, work: int) -> None:
+        self.candidates, self.work = candidates, work
+        self.attempts = 8 * candidates
+
+    @property
+    def spent(self) -> bool:
+        return self.candidates <= 0 or self.work <= 0 or self.attempts <= 0
+
+
+def _solve_one(
+    template: str,
+    solver: _Solver,
+    target: int,
+    condition: Condition,
+    reached_by: dict[int, list[Probe]],
+    budget: _Budget,
+) -> Probe | None:
+    from templatefix.coverage import _probe_run
+
+    bases = _bases(solver, condition, reached_by)
+    fields = _message_fields(solver, condition)
+    seen: set[str] = set()
+    alternatives = []
+    for expanded in solver.expanded(condition):
+        options = [[_same, *solver.options(atom)] for atom in expanded]
+        if any(len(choices) > 1 for choices in options):
+            # a test wanted false is mostly false already: change it last
+            penalties = [0 if atom.want else 2 for atom in expanded]
+            alternatives.append((options, penalties))
+    if not alternatives:
+        return None
+    # each alternative (a flag as it is, or set by one of its assignments) gets its share
+    share = max(PER_CONDITION // len(alternatives), PER_CONDITION // 4)
+    for options, penalties in alternatives:
+        allowed, attempts = share, 4 * share  # attempts: conversations built, most seen or unchanged
+        for base in bases:
+            for count, combination in enumerate(_combinations(options, penalties)):
+                if count >= COMBINATIONS or budget.spent or attempts <= 0 or allowed <= 0:
+                    break
+                for scope in _scopes(base, fields):
+                    solver.words = WordSource(start=9100)  # the same change makes the same values
+                    budget.attempts -= 1
+                    attempts -= 1
+                    candidate = _apply(base, combination, scope, target)
+                    if candidate is None:
+                        continue
+                    identity = json.dumps([candidate.messages, candidate.kwargs], sort_keys=True, default=str)
+                    if identity in seen:
+                        continue
+                    seen.add(identity)
+                    budget.candidates -= 1
+                    allowed -= 1
+                    try:
+                        features, cost = _probe_run(template, candidate)
+                    except RenderLimitExceeded:
+                        budget.work -= 1000
+                        continue
+                    except (ValueError, TypeError):  # inputs transformers itself refuses
+                        continue
+                    budget.work -= cost
+                    if features is not None and ("out", target, 0) in features:
+                        return candidate
+                    if budget.spent or attempts <= 0 or allowed <= 0:
+                        break
+    return None
+
+
+def _bases(solver: _Solver, condition: Condition, reached_by: dict[int, list[Probe]]) -> list[Probe]:
+    """The probes that reach an output whose condition shares the longest prefix with
+    ``condition`` (furthest along the same path), at most :data:`BASES` of them."""
+    keys = [atom.key for atom in condition]
+    scored: list[tuple[int, int, Probe]] = []
+    sites = solver.instrumented.sites.outputs
+    for site_id, probes in reached_by.items():
+        other = solver.conditions.of(sites[site_id].node)
+        if not other:
+            continue
+        shared = 0
+        for mine, theirs in zip(keys, (atom.key for atom in other[0]), strict=False):
+            if mine != theirs:
+                break
+            shared += 1
+        for order, probe in enumerate(probes[:BASES]):
+            scored.append((-shared, order, probe))
+    scored.sort(key=lambda item: (item[0], item[1]))
+    bases: list[Probe] = []
+    names: set[str] = set()
+    for _, _, probe in scored:
+        if probe.name not in names:
+            names.add(probe.name)
+            bases.append(probe)
+        if len(bases) >= BASES:
+            break
+    return bases
+
+
+def _combinations(options: list[list[Change]], penalties: Sequence[int] = ()) -> Iterator[tuple[Change, ...]]:
+    """Every choice of one option per atom (index 0 of each list is "leave it"): first every
+    test made to hold at once, then the choices with the fewest changes, the earliest options and
+    the fewest changes to tests wanted false (``penalties``: one per atom) first."""
+    slots = len(options)
+    penalty = list(penalties) or [0] * slots
+    everything = tuple(choices[1] if len(choices) > 1 else choices[0] for choices in options)
+    yield everything  # the direct way
+    for changed in range(1, slots + 1):
+        level = []
+        for chosen in itertools.combinations(range(slots), changed):
+            ranges = [range(1, len(options[i])) for i in chosen]
+            for picks in itertools.islice(itertools.product(*ranges), 64):
+                cost = sum(pick + penalty[slot] for slot, pick in zip(chosen, picks, strict=True))
+                level.append((cost, chosen, picks))
+            if len(level) > 512:
+                break
+        level.sort(key=lambda item: (item[0], item[1], item[2]))
+        for _, chosen, picks in level:
+            combination = [options[i][0] for i in range(slots)]
+            for slot, pick in zip(chosen, picks, strict=True):
+                combination[slot] = options[slot][pick]
+            yield tuple(combination)
+
+
+def _scopes(probe: Probe, fields: frozenset[str]) -> list[Scope]:
+    """One message first (the three holding most of the fields the condition reads, later ones
+    first), then one role's messages, then all of them."""
+    messages = [m for m in probe.messages if isinstance(m, dict)]
+    ranked = sorted(range(len(messages)), key=lambda i: (-len(fields & messages[i].keys()), -i))
+    roles = list(dict.fromkeys(m.get("role") for m in messages if isinstance(m.get("role"), str)))
+    return [*ranked[:3], *roles, None]
+
+
+def _message_fields(solver: _Solver, condition: Condition) -> frozenset[str]:
+    """The message fields the tests of ``condition`` read."""
+    found: set[str] = set()
+    for atom in condition:
+        for compare in atom.node.find_all(nodes.Compare):  # ``'tool_calls' in message``
+            if isinstance(compare.expr, nodes.Const) and isinstance(compare.expr.value, str):
+                if compare.ops and compare.ops[0].op in ("in", "notin"):
+                    if ("messages", ELEMENT) in solver.resolve(compare.ops[0].expr):
+                        found.add(compare.expr.value)
+        for node in atom.node.find_all((nodes.Getattr, nodes.Getitem)):
+            for path in solver.resolve(node):
+                if path[:2] == ("messages", ELEMENT) and len(path) > 2:
+                    found.add(path[2])
+    return frozenset(found)
+
+
+def _apply(base: Probe, combination: Sequence[Change], scope: Scope, target: int) -> Probe | None:
+    state: dict[str, Any] = json.loads(json.dumps({**dict(base.kwargs), "messages": list(base.messages)}))
+    changed = False
+    for change in combination:
+        try:
+            changed |= bool(change(state, scope))
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError):
+            return None
+    if not changed:
+        return None
+    messages = state.pop("messages", None)
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return None
+    for key in ("tools", "documents"):  # what apply_chat_template accepts: lists of mappings
+        value = state.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+            return None
+    try:
+        json.dumps([messages, state])
+    except (TypeError, ValueError):
+        return None
+    where = "" if scope is None else f"@message {scope}" if isinstance(scope, int) else f"@{scope}"
+    label = f"{base.name}+reach(output {target}{where})"  # one probe kept per target: unique
+    return Probe(label, tuple(messages), state)
