@@ -40,8 +40,6 @@ _GEMMA4_TEXT = (
 KNOWN_WRONG: dict[str, str] = {
     "gemma/axolotl-gemma4.2026-05-27.jinja": _GEMMA4_TEXT,
     "gemma/gemma-4-31B-it.2026-04-10.jinja": _GEMMA4_TEXT,
-    "gemma/gemma-4-canonical-2026-07-09.jinja": _GEMMA4_TEXT,
-    "gemma/trl-diffusion_gemma_training.jinja": _GEMMA4_TEXT,
 }
 
 
