@@ -2,18 +2,23 @@
 
 Usage:
     TEMPLATEFIX_CORPUS=../shared/corpus python benchmarks/crosscheck.py --per-template 50 \\
-        [--corpus DIR] [--filter TEXT] [--every N] [--json OUT] [--seed S]
+        [--corpus DIR] [--filter TEXT] [--every N] [--json OUT] [--seed S] \\
+        [--policy KEY=VALUE ... | --all-policies [--json-dir DIR]]
     python benchmarks/crosscheck.py --replay OUT   # re-judge saved failing conversations
 
-Each template is patched with ``templatefix.patch_template`` (default policy). For a verified
-patch (and for one that passed with outputs no probe reached, reported apart), random
-conversations (``tests/independent/conversations.py``, seeded, the same sequence
-for every template) are drawn until ``--per-template`` of them are accepted by the original (at
-most four times as many draws) and each is judged from SPEC rules 1-3 by
-``tests/independent/judge.py``, which shares no code with templatefix. Prints each wrong
+Each template is patched with ``templatefix.patch_template(text, **policy)`` (``--policy
+tool_calls=not_trained``, repeatable; default policy without it). For a verified patch (and for
+one that passed with outputs no probe reached, reported apart), random conversations
+(``tests/independent/conversations.py``, seeded, the same sequence for every template) are drawn
+until ``--per-template`` of them are accepted by the original (at most four times as many draws).
+Each is judged by the word rule of SPEC §6-§7 for the policy (``tests/independent/words.py``)
+and, under the default policy, by SPEC rules 1-3 from the original's prefix renders
+(``tests/independent/judge.py``); neither shares code with templatefix. Prints each wrong
 template's first failing conversation and edge, then the totals: templates, patched, verified,
-judged, wrong. ``--json`` saves every failing conversation for replay. Exits 1 if any verified
-template is wrong.
+judged, wrong. ``--all-policies`` runs every policy of ``independent.sweep.POLICIES`` in turn
+and ends with a table per policy. ``--json`` (one policy) or ``--json-dir`` (one
+``<policy>.json`` per policy) saves every failing conversation, with its policy, for
+``--replay``. Exits 1 if any verified template is wrong.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from independent.conversations import Conversation  # noqa: E402
-from independent.judge import judge  # noqa: E402
-from independent.sweep import Outcome, check_template  # noqa: E402
+from independent.sweep import POLICIES, Outcome, check_template, judge_both, policy_name  # noqa: E402
+from independent.words import check_policy  # noqa: E402
 
 
 class _Timeout(Exception):
@@ -54,25 +59,39 @@ def _templates(corpus: Path, text_filter: str | None, every: int = 1) -> list[tu
     return out[::every]
 
 
+def _parse_policy(pairs: list[str]) -> dict[str, Any]:
+    policy: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--policy {pair!r}: write KEY=VALUE, e.g. tool_calls=not_trained")
+        policy[key.strip().replace("-", "_")] = value.strip()
+    return check_policy(policy)
+
+
 def _replay(path: Path, corpus: Path) -> int:
+    """Re-judge saved conversations, each under the policy recorded with it (default if none)."""
     import templatefix
 
     records = json.loads(path.read_text(encoding="utf-8"))
     wrong = 0
-    patched: dict[str, str | None] = {}
+    patched: dict[tuple[str, str], str | None] = {}
     for record in records:
         name = record["template"]
-        if name not in patched:
-            text = (corpus / "templates" / name).read_text(encoding="utf-8")
-            result = templatefix.patch_template(text)
-            patched[name] = result.patched if result.verified else None
-        if patched[name] is None:
-            print(f"{name}: no longer verified")
+        policy = check_policy(record.get("policy") or {})
+        key = (name, policy_name(policy))
+        with open(corpus / "templates" / name, encoding="utf-8", newline="") as handle:
+            text = handle.read()
+        if key not in patched:
+            result = templatefix.patch_template(text, **policy)
+            patched[key] = result.patched if result.verified or getattr(result, "passed", False) else None
+        if patched[key] is None:
+            print(f"{name} [{key[1]}]: no longer verified")
             continue
-        text = (corpus / "templates" / name).read_text(encoding="utf-8")
-        verdict = judge(text, patched[name], Conversation.from_json(record))
-        print(f"{name}: {'WRONG ' + str(verdict.failures[0]) if verdict.failures else 'ok'}")
-        wrong += bool(verdict.failures)
+        training, other = judge_both(text, patched[key], Conversation.from_json(record), policy, not policy)
+        failures = (training or []) + ([] if record.get("training", True) else other)
+        print(f"{name} [{key[1]}]: {'WRONG ' + str(failures[0]) if failures else 'ok'}")
+        wrong += bool(failures)
     print(f"replayed {len(records)}, still wrong {wrong}")
     return 1 if wrong else 0
 
@@ -87,23 +106,81 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="first conversation seed")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per template before giving up")
     parser.add_argument("--replay", type=Path, help="re-judge the conversations saved by --json")
+    parser.add_argument("--policy", action="append", default=[], metavar="KEY=VALUE",
+                        help="patch and judge under this policy option (repeatable), e.g. turns=last")
+    parser.add_argument("--all-policies", action="store_true", help="run every policy in turn, then a table")
+    parser.add_argument("--json-dir", type=Path, help="with --all-policies: one <policy>.json per policy")
     args = parser.parse_args()
     if args.corpus is None or not (Path(args.corpus) / "templates").is_dir():
         parser.error("give --corpus DIR or set TEMPLATEFIX_CORPUS (a folder holding templates/)")
     corpus = Path(args.corpus)
     if args.replay:
+        if not args.replay.is_file():
+            parser.error(f"--replay {args.replay}: no such file")
         return _replay(args.replay, corpus)
+    try:
+        policy = _parse_policy(args.policy)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.all_policies and policy:
+        parser.error("give --policy or --all-policies, not both")
+    policies = [dict(p) for p in POLICIES] if args.all_policies else [policy]
+    templates = _templates(corpus, args.filter, args.every)
+    table: list[tuple[str, list[Outcome], float]] = []
+    for current in policies:
+        if len(policies) > 1:
+            print(f"\n=== policy {policy_name(current)} ===", flush=True)
+        began = time.monotonic()
+        outcomes = _run(templates, current, args)
+        table.append((policy_name(current), outcomes, time.monotonic() - began))
+        target = args.json
+        if args.json_dir:
+            args.json_dir.mkdir(parents=True, exist_ok=True)
+            target = args.json_dir / f"{policy_name(current)}.json"
+        if target:
+            _write(target, outcomes, current)
+    if len(policies) > 1:
+        _table(table)
+    return 1 if any(o.wrong for _, outcomes, _ in table for o in outcomes if o.status == "verified") else 0
 
+
+def _write(target: Path, outcomes: list[Outcome], policy: dict[str, Any]) -> None:
+    records = [
+        {"template": o.name, "policy": policy, "training": training, **finding.to_json()}
+        for o in outcomes
+        for training, findings in ((True, o.findings), (False, o.prompt_findings))
+        for finding in findings
+    ]
+    target.write_text(json.dumps(records, indent=1, ensure_ascii=False), encoding="utf-8")
+    print(f"failing conversations: {target}")
+
+
+def _table(table: list[tuple[str, list[Outcome], float]]) -> None:
+    print()
+    print(f"{'policy':<34} {'templates':>9} {'verified':>8} {'judged':>6} {'wrong':>5} "
+          f"{'uc':>4} {'uc wrong':>8} {'other':>5}  seconds")
+    for name, outcomes, elapsed in table:
+        verified = [o for o in outcomes if o.status == "verified"]
+        partial = [o for o in outcomes if o.status == "unverified-code"]
+        other = len(outcomes) - len(verified) - len(partial)
+        print(f"{name:<34} {len(outcomes):>9} {len(verified):>8} {sum(bool(o.judged) for o in verified):>6} "
+              f"{sum(o.wrong for o in verified):>5} {len(partial):>4} {sum(o.wrong for o in partial):>8} "
+              f"{other:>5}  {elapsed:.0f}")
+    print("(uc: passed every probe with outputs no probe reached; other: not verified, rejected, "
+          "policy unknown, crash, timeout)")
+
+
+def _run(templates: list[tuple[str, str]], policy: dict[str, Any], args: argparse.Namespace) -> list[Outcome]:
     signal.signal(signal.SIGALRM, _alarm)
     outcomes: list[Outcome] = []
     start = time.monotonic()
-    for name, text in _templates(corpus, args.filter, args.every):
+    for name, text in templates:
         began = time.monotonic()
         signal.alarm(args.timeout)
         try:
-            outcome = check_template(name, text, args.per_template, base_seed=args.seed)
+            outcome = check_template(name, text, args.per_template, base_seed=args.seed, policy=policy)
         except _Timeout:
-            outcome = Outcome(name, "timeout", f"over {args.timeout}s")
+            outcome = Outcome(name, "timeout", f"over {args.timeout}s", policy=policy)
         finally:
             signal.alarm(0)
         outcomes.append(outcome)
@@ -113,24 +190,15 @@ def main() -> int:
         print(
             f"{mark:>12}  {name}  judged={outcome.judged} skipped={outcome.skipped} owed={outcome.owed} "
             f"rewritten={outcome.history_rewritten} mismatch={outcome.mismatch} "
-            f"({time.monotonic() - began:.1f}s)",
+            f"words in={outcome.word_inside} out={outcome.word_outside} ({time.monotonic() - began:.1f}s)",
             flush=True,
         )
         if outcome.wrong or outcome.prompt_findings:
             print("      " + outcome.first_failure().replace("\n", "\n      ")[:3000], flush=True)
-        if outcome.status == "crash":
+        if outcome.status in ("crash", "policy-unknown"):
             print(f"      {outcome.detail}", flush=True)
     _summary(outcomes, time.monotonic() - start)
-    if args.json:
-        records = [
-            {"template": o.name, "training": training, **finding.to_json()}
-            for o in outcomes
-            for training, findings in ((True, o.findings), (False, o.prompt_findings))
-            for finding in findings
-        ]
-        args.json.write_text(json.dumps(records, indent=1, ensure_ascii=False), encoding="utf-8")
-        print(f"failing conversations: {args.json}")
-    return 1 if any(o.wrong for o in outcomes if o.status == "verified") else 0
+    return outcomes
 
 
 def _summary(outcomes: list[Outcome], elapsed: float) -> None:
@@ -160,7 +228,8 @@ def _summary(outcomes: list[Outcome], elapsed: float) -> None:
     unjudged = [o.name for o in verified if not o.judged]
     if unjudged:
         print(f"verified but no conversation accepted (not judged): {', '.join(unjudged)}")
-    for status in ("crash", "timeout"):
+    print(f"word occurrences judged: inside {total('word_inside')}, outside {total('word_outside')}")
+    for status in ("crash", "timeout", "policy-unknown"):
         names = [o.name for o in outcomes if o.status == status]
         if names:
             print(f"{status}: {', '.join(names)}")

@@ -2,7 +2,8 @@
 
 - Reference templates: hypothesis draws conversations; templatefix's patch must pass the judge.
 - Corpus sample: every gpt-oss, Qwen and Gemma template plus every ``OTHER_STRIDE``-th other one;
-  where templatefix says verified, a few seeded conversations must pass the judge.
+  where templatefix says verified, a few seeded conversations must pass the judge (the prefix
+  rule and the word rule, default policy; other policies: ``tests/test_independent_words.py``).
   ``benchmarks/crosscheck.py`` runs the whole corpus with more conversations.
 - The judge is not vacuous: TRL's Qwen2.5 copy (its span takes the header's ``\\n``), hand-made
   wrong patches and a changed byte are each reported at the right edge.
@@ -32,7 +33,14 @@ CONVERSATIONS_PER_TEMPLATE = 3
 #: Verified templates this judge shows wrong today (details: ``benchmarks/crosscheck.py``).
 #: Expected to fail until the patcher is fixed; not strict, so a fix shows up as XPASS in the
 #: summary and the entry can go.
-KNOWN_WRONG: dict[str, str] = {}
+_GEMMA4_TEXT = (
+    "word rule: an assistant message with text and tool calls; the text, written after the tool "
+    "responses, is outside every span"
+)
+KNOWN_WRONG: dict[str, str] = {
+    "gemma/axolotl-gemma4.2026-05-27.jinja": _GEMMA4_TEXT,
+    "gemma/gemma-4-31B-it.2026-04-10.jinja": _GEMMA4_TEXT,
+}
 
 
 @pytest.fixture(scope="module")

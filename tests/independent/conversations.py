@@ -5,7 +5,8 @@ One generator (``build``) is written against a small ``Picker`` interface, so hy
 (``random_conversation(seed)``, for benchmarks) draw the same shapes:
 
 - a system message or none; 1-4 user turns, each answered by an assistant;
-- reasoning (``reasoning_content``) in some assistant messages and not others;
+- reasoning in some assistant messages and not others, per conversation in ``reasoning_content``
+  or in ``thinking`` (gpt-oss reads the latter);
 - one or two tool calls in some assistant messages (OpenAI shape ``{"type": "function",
   "function": {"name", "arguments"}}``), arguments as an object or as a JSON string, one or two
   keys, with or without ``id``, with or without text content; then one ``tool`` message per call
@@ -15,8 +16,15 @@ One generator (``build``) is written against a small ``Picker`` interface, so hy
 - ``enable_thinking`` and ``reasoning_effort`` set at random, ``tools`` schemas when calls exist.
 
 No value is ever ``None`` (transformers 5 drops None-valued keys before rendering, 4.x does
-not; leaving them out keeps both the same). Every non-assistant text carries a tag unique to
-its message (``u1q``, ``t4q``...), so the judge can find it in a render.
+not; leaving them out keeps both the same).
+
+Every text a message field holds is made of *words* unique to the conversation (``WORD``: a
+vocabulary word, a number and ``q``, such as ``cedar17q``; no word is part of another): each
+content or content part, reasoning, tool result, system and user text, each tool-call name
+(``get_weather_ember12q``; the ``tools`` schemas keep the plain names, so the name is written
+nowhere else) and each string argument value. So the judges find every message's text in a
+render, whatever the template does around it (``independent.words``). Integer argument values
+are drawn too and are not words.
 
 Example:
     >>> conversation = random_conversation(3)
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -36,6 +45,8 @@ from hypothesis import strategies as st
 
 T = TypeVar("T")
 
+#: A word of a generated text: unique to its conversation, and never part of another word.
+WORD = re.compile(r"[a-z]+[0-9]+q")
 WORDS = ("alpha", "bravo", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper")
 EDGES = ("", "", "", " ", "\n", "\n\n", " \n")
 FUNCTIONS: dict[str, tuple[str, ...]] = {
@@ -102,31 +113,43 @@ class DrawPicker:
         return self.draw(st.integers(0, 99)) >= 100 - percent
 
 
-def _text(pick: Picker, tag: str, edges: bool = True) -> str:
-    words = [pick.choice(WORDS) for _ in range(pick.integer(1, 3))]
-    body = " ".join([*words, tag])
+class Words:
+    """Hands out the conversation's words: ``cedar1q``, ``alpha2q``... (never the same number twice)."""
+
+    def __init__(self, pick: Picker) -> None:
+        self.pick = pick
+        self.count = 0
+
+    def __call__(self) -> str:
+        self.count += 1
+        return f"{self.pick.choice(WORDS)}{self.count}q"
+
+
+def _text(pick: Picker, words: Words, edges: bool = True) -> str:
+    body = " ".join(words() for _ in range(pick.integer(1, 3)))
     if pick.chance(15):
-        body += "\n" + pick.choice(WORDS)
+        body += "\n" + words()
     if not edges:
         return body
     return pick.choice(EDGES) + body + pick.choice(EDGES)
 
 
-def _content(pick: Picker, tag: str, empty_percent: int, parts: int) -> str | list[dict[str, str]]:
+def _content(pick: Picker, words: Words, empty_percent: int, parts: int) -> str | list[dict[str, str]]:
     if pick.chance(empty_percent):
         return ""
     if pick.chance(parts):
-        return [{"type": "text", "text": _text(pick, f"{tag}p{i}")} for i in range(pick.integer(1, 2))]
-    return _text(pick, tag)
+        return [{"type": "text", "text": _text(pick, words)} for _ in range(pick.integer(1, 2))]
+    return _text(pick, words)
 
 
-def _tool_call(pick: Picker, number: int) -> dict[str, Any]:
+def _tool_call(pick: Picker, words: Words, number: int) -> dict[str, Any]:
     name = pick.choice(tuple(FUNCTIONS))
     keys = FUNCTIONS[name][: pick.integer(1, 2)]
     arguments: dict[str, Any] = {}
     for key in keys:
-        arguments[key] = pick.integer(1, 99) if pick.chance(30) else pick.choice(WORDS)
-    call: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": arguments}}
+        arguments[key] = pick.integer(1, 99) if pick.chance(30) else words()
+    function = {"name": f"{name}_{words()}", "arguments": arguments}
+    call: dict[str, Any] = {"type": "function", "function": function}
     if pick.chance(50):
         call["function"]["arguments"] = json.dumps(arguments)
     if pick.chance(50):
@@ -134,53 +157,57 @@ def _tool_call(pick: Picker, number: int) -> dict[str, Any]:
     return call
 
 
-def _assistant(pick: Picker, index: int, calls: bool, parts: int) -> dict[str, Any]:
+def _assistant(
+    pick: Picker, words: Words, index: int, calls: bool, parts: int, reasoning: str
+) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant"}
-    tool_calls = [_tool_call(pick, index * 10 + n) for n in range(pick.integer(1, 2))] if calls else []
+    tool_calls = [_tool_call(pick, words, index * 10 + n) for n in range(pick.integer(1, 2))] if calls else []
     if tool_calls:
         if pick.chance(40):
-            message["content"] = _content(pick, f"a{index}q", 0, parts)
+            message["content"] = _content(pick, words, 0, parts)
         elif pick.chance(80):
             message["content"] = ""
     else:
-        message["content"] = _content(pick, f"a{index}q", 8, parts)
+        message["content"] = _content(pick, words, 8, parts)
     if pick.chance(40):
-        message["reasoning_content"] = _text(pick, f"r{index}q")
+        message[reasoning] = _text(pick, words)
     if tool_calls:
         message["tool_calls"] = tool_calls
     return message
 
 
-def _tool_result(pick: Picker, index: int, call: dict[str, Any]) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "tool", "content": _text(pick, f"t{index}q", edges=False)}
+def _tool_result(pick: Picker, words: Words, call: dict[str, Any]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "tool", "content": _text(pick, words, edges=False)}
     if pick.chance(25):
         message["content"] = json.dumps({"result": message["content"]})
     if "id" in call and pick.chance(85):
         message["tool_call_id"] = call["id"]
     if pick.chance(50):
-        message["name"] = call["function"]["name"]
+        message["name"] = call["function"]["name"].rsplit("_", 1)[0]
     return message
 
 
 def build(pick: Picker) -> Conversation:
     """One conversation ending with an assistant message; see the module docstring for the shapes."""
     messages: list[dict[str, Any]] = []
+    words = Words(pick)
+    reasoning = pick.choice(("reasoning_content", "reasoning_content", "thinking"))
     # Many templates reject list content anywhere, so it is a per-conversation choice: most
     # conversations use strings only, some use parts sometimes or always.
     parts = pick.choice((0, 0, 0, 30, 100))
     if pick.chance(50):
-        messages.append({"role": "system", "content": _content(pick, "s0q", 0, parts)})
+        messages.append({"role": "system", "content": _content(pick, words, 0, parts)})
     used: set[str] = set()
     for _ in range(pick.integer(1, 4)):
-        messages.append({"role": "user", "content": _content(pick, f"u{len(messages)}q", 3, parts)})
-        assistant = _assistant(pick, len(messages), pick.chance(35), parts)
+        messages.append({"role": "user", "content": _content(pick, words, 3, parts)})
+        assistant = _assistant(pick, words, len(messages), pick.chance(35), parts, reasoning)
         messages.append(assistant)
         calls = assistant.get("tool_calls", [])
         for call in calls:
-            used.add(call["function"]["name"])
-            messages.append(_tool_result(pick, len(messages), call))
+            used.add(call["function"]["name"].rsplit("_", 1)[0])
+            messages.append(_tool_result(pick, words, call))
         if calls:
-            messages.append(_assistant(pick, len(messages), False, parts))
+            messages.append(_assistant(pick, words, len(messages), False, parts, reasoning))
     kwargs: dict[str, Any] = {}
     thinking = pick.choice(("absent", True, False))
     if thinking != "absent":
@@ -218,3 +245,25 @@ def random_conversation(seed: int) -> Conversation:
 def conversations(draw: Any) -> Conversation:
     """Hypothesis strategy for ``Conversation``s (shrinks towards one plain turn)."""
     return build(DrawPicker(draw))
+
+
+def switch_off(conversation: Conversation, field_name: str, seed: int) -> Conversation:
+    """A copy in which some assistant messages carry ``field_name: false`` (at least one), some ``true``.
+
+    Example:
+        >>> turns = [{"role": "user", "content": "a1q"}, {"role": "assistant", "content": "b2q"}]
+        >>> switch_off(Conversation(turns), "train", 0).messages[1]["train"]
+        False
+    """
+    rng = random.Random(seed)
+    messages = [dict(m) for m in conversation.messages]
+    assistants = [m for m in messages if m.get("role") == "assistant"]
+    for message in assistants:
+        draw = rng.randrange(100)
+        if draw < 40:
+            message[field_name] = False
+        elif draw < 55:
+            message[field_name] = True
+    if assistants and not any(m.get(field_name) is False for m in assistants):
+        assistants[rng.randrange(len(assistants))][field_name] = False
+    return Conversation(messages, dict(conversation.kwargs))

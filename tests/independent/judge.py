@@ -53,8 +53,8 @@ Not covered: the output region of a rewritten or mismatching turn is free (only 
 regions above bind there), and a header of such a turn is protected only when ``X`` starts with
 its ``P``; message regions are known only where prefix renders nest, elsewhere only the tagged
 texts are protected. Policies other than the default (all turns, reasoning and tool calls
-trained) are not judged, nor tokens (SPEC §5), nor shapes the generator does not draw
-(documents, images, ``thinking`` instead of ``reasoning_content``, consecutive assistant
+trained) are not judged here (``independent.words`` judges every policy by words), nor tokens
+(SPEC §5), nor shapes the generator does not draw (documents, images, consecutive assistant
 messages, names on user messages, flags other than ``enable_thinking``/``reasoning_effort``).
 """
 

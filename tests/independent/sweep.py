@@ -1,6 +1,9 @@
-"""Patch a template with templatefix, then judge the patch on random conversations.
+"""Patch a template with templatefix under a policy, then judge the patch on random conversations.
 
-Shared by ``tests/test_independent_check.py`` (a small sample in CI) and
+Two judges: the prefix rule (``independent.judge``, SPEC rules 1-3, default policy only) and the
+word rule (``independent.words``, SPEC §6-§7, every policy). Under a ``train_field`` policy each
+conversation gets that field switched off on some assistant messages
+(``conversations.switch_off``). Shared by ``tests/test_independent_check.py`` (a small sample in CI) and
 ``benchmarks/crosscheck.py`` (the whole corpus by hand). ``templatefix.patch_template`` is the
 thing under test; everything that judges it lives in ``independent``.
 
@@ -15,8 +18,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from independent.conversations import Conversation, random_conversation
+from independent.conversations import Conversation, random_conversation, switch_off
 from independent.judge import Failure, Verdict, judge
+from independent.words import WordFailure, WordVerdict, check_policy, judge_words
+
+#: The policies ``--all-policies`` runs, default first (``templatefix.patch_template`` keywords).
+POLICIES: tuple[dict[str, Any], ...] = (
+    {},
+    {"reasoning": "not_trained"},
+    {"reasoning": "final_channel_only"},
+    {"tool_calls": "not_trained"},
+    {"turns": "last"},
+    {"turns": "last_message"},
+    {"train_field": "train"},
+)
+
+
+def policy_name(policy: dict[str, Any]) -> str:
+    """``default`` or ``key=value,...`` (sorted), as used in file names and tables.
+
+    Example:
+        >>> policy_name({}), policy_name({"tool_calls": "not_trained"})
+        ('default', 'tool_calls=not_trained')
+    """
+    return ",".join(f"{k}={v}" for k, v in sorted(policy.items())) or "default"
+
+
+def policy_conversation(conversation: Conversation, policy: dict[str, Any], seed: int) -> Conversation:
+    """The conversation judged under ``policy``: with ``train_field`` switched off on some turns."""
+    field_name = policy.get("train_field")
+    return switch_off(conversation, field_name, seed) if field_name else conversation
 
 
 @dataclass
@@ -24,7 +55,7 @@ class Finding:
     """One conversation on which a verified patch is wrong."""
 
     conversation: Conversation
-    failures: list[Failure]
+    failures: list[Failure | WordFailure]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,10 +81,17 @@ class Outcome:
     findings: list[Finding] = field(default_factory=list)  # wrong where users train (or rule 1)
     prompt_findings: list[Finding] = field(default_factory=list)  # wrong only in prompt renders
     patched: str = ""
+    policy: dict[str, Any] = field(default_factory=dict)
+    word_inside: int = 0  # word occurrences judged that must be inside a span
+    word_outside: int = 0  # word occurrences judged that must be outside
 
     @property
     def wrong(self) -> bool:
         return bool(self.findings)
+
+    def add_words(self, verdict: WordVerdict) -> None:
+        self.word_inside += verdict.inside
+        self.word_outside += verdict.outside
 
     def add(self, verdict: Verdict) -> None:
         self.owed += verdict.owed
@@ -87,45 +125,81 @@ def check_template(
     base_seed: int = 0,
     max_attempts: int | None = None,
     max_findings: int = 3,
+    policy: dict[str, Any] | None = None,
+    prefix_rule: bool | None = None,
 ) -> Outcome:
-    """Patch ``text`` with templatefix and, if it says verified (or passed with unreached outputs),
-    judge it on random conversations.
+    """Patch ``text`` with templatefix under ``policy`` and, if it says verified (or passed with
+    unreached outputs), judge it on random conversations.
 
     Draws ``random_conversation(base_seed), random_conversation(base_seed + 1), ...`` until
     ``per_template`` of them are accepted by the original or ``max_attempts`` (default four times
-    as many) were drawn; stops early after ``max_findings`` wrong conversations.
+    as many) were drawn; stops early after ``max_findings`` wrong conversations. Every
+    conversation is judged by the word rule; under the default policy (or ``prefix_rule=True``)
+    by the prefix rule too.
     """
     import templatefix
     from templatefix.errors import TemplatefixError
 
+    policy = check_policy(policy or {})
+    if prefix_rule is None:
+        prefix_rule = not policy
     try:
-        result = templatefix.patch_template(text)
+        result = templatefix.patch_template(text, **policy)
+    except ValueError as error:  # a policy value this templatefix does not know
+        return Outcome(name, "policy-unknown", str(error).splitlines()[0], policy=policy)
     except TemplatefixError as error:
-        return Outcome(name, "rejected", str(error).splitlines()[0] if str(error) else type(error).__name__)
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return Outcome(name, "rejected", detail, policy=policy)
     except Exception as error:  # anything else escaping patch_template is a crash
-        return Outcome(name, "crash", f"{type(error).__name__}: {error}")
+        return Outcome(name, "crash", f"{type(error).__name__}: {error}", policy=policy)
     if result.verified:
-        outcome = Outcome(name, "verified", patched=result.patched)
+        outcome = Outcome(name, "verified", patched=result.patched, policy=policy)
     elif getattr(result, "passed", False):  # every probe passed, but some outputs no probe reached
         unreached = "; ".join(getattr(result, "unverified_code", []))[:200]
-        outcome = Outcome(name, "unverified-code", unreached, patched=result.patched)
+        outcome = Outcome(name, "unverified-code", unreached, patched=result.patched, policy=policy)
     else:
-        return Outcome(name, "not verified", "; ".join(result.reasons)[:200], patched=result.patched)
+        reasons = "; ".join(result.reasons)[:200]
+        return Outcome(name, "not verified", reasons, patched=result.patched, policy=policy)
     attempts = max_attempts if max_attempts is not None else 4 * per_template
     for count, seed in enumerate(seeds(base_seed)):
         if count >= attempts or outcome.judged >= per_template or len(outcome.findings) >= max_findings:
             break
-        conversation = random_conversation(seed)
-        verdict = judge(text, result.patched, conversation)
-        if verdict.skipped:
+        conversation = policy_conversation(random_conversation(seed), policy, seed)
+        training, other = judge_both(text, result.patched, conversation, policy, prefix_rule, outcome)
+        if training is None:
             outcome.skipped += 1
             if verdict.failures:  # the original rejects it, and the patched template does not alike
                 outcome.findings.append(Finding(conversation, verdict.failures))
             continue
         outcome.judged += 1
-        outcome.add(verdict)
-        if verdict.training_failures:
-            outcome.findings.append(Finding(conversation, verdict.training_failures))
-        elif verdict.failures and len(outcome.prompt_findings) < max_findings:
-            outcome.prompt_findings.append(Finding(conversation, verdict.failures))
+        if training:
+            outcome.findings.append(Finding(conversation, training))
+        elif other and len(outcome.prompt_findings) < max_findings:
+            outcome.prompt_findings.append(Finding(conversation, other))
     return outcome
+
+
+def judge_both(
+    original: str,
+    patched: str,
+    conversation: Conversation,
+    policy: dict[str, Any],
+    prefix_rule: bool,
+    outcome: Outcome | None = None,
+) -> tuple[list[Failure | WordFailure] | None, list[Failure | WordFailure]]:
+    """(failures where users train, other failures) of the word rule and, if asked, the prefix
+    rule; ``(None, [])`` when the original rejects the conversation."""
+    words = judge_words(original, patched, conversation.messages, policy, conversation.kwargs)
+    if words.skipped:
+        return None, []
+    training: list[Failure | WordFailure] = list(words.training_failures)
+    other: list[Failure | WordFailure] = []
+    if outcome is not None:
+        outcome.add_words(words)
+    if prefix_rule:
+        verdict = judge(original, patched, conversation)
+        if outcome is not None:
+            outcome.add(verdict)
+        training = list(verdict.training_failures) + training
+        other = [f for f in verdict.failures if not f.training]
+    return training, other
