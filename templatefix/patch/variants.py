@@ -621,7 +621,7 @@ def patch_keep_history(
     probe_list = list(probes) if probes is not None else probe_battery(original)
     variant = keep_history_variant(original, probe_list, special_tokens)
     proof = prove(original, variant.template, probe_list, special_tokens)
-    patch = patch_template(variant.template, policy=policy, special_tokens=special_tokens)
+    patch = patch_template(variant.template, policy=policy, probes=probes, special_tokens=special_tokens)
     rewritten = 0
     if patch.report is not None:
         rewritten = sum(
