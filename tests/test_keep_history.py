@@ -184,8 +184,8 @@ OFFICIAL = {
     "qwen/Qwen3.5-4B.jinja": [(100, "loop.index0 > ns.last_query_index", True)],
     "qwen/Qwen3.5-nothink.jinja": [(100, "loop.index0 > ns.last_query_index", True)],
     "qwen/Qwen3.6.jinja": [
-        (100, "(preserve_thinking is defined and preserve_thinking is true) or (loop.index0 > ns.last_query_index)",
-         True),
+        (100, "(preserve_thinking is defined and preserve_thinking is true) "
+              "or (loop.index0 > ns.last_query_index)", True),
     ],
     "qwen/QwQ-32B.jinja": [(24, "not loop.last", False), (30, "not loop.last", False)],
     "gpt-oss/openai-gpt-oss-20b.2025-08-08.jinja": [
@@ -266,7 +266,8 @@ def _renders(template: str, probes: list) -> list[str | None]:
         for k in range(1, len(messages) + 1):
             for agp in (False, True):
                 try:
-                    out.append(render(template, messages[:k], add_generation_prompt=agp, **probe.render_kwargs()))
+                    text = render(template, messages[:k], add_generation_prompt=agp, **probe.render_kwargs())
+                    out.append(text)
                 except Exception:  # noqa: BLE001 - the template rejects that prefix
                     out.append(None)
     return out

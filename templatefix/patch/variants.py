@@ -149,8 +149,8 @@ class Proof:
         verdict = "holds" if self.holds else "does NOT hold"
         return (
             f"SPEC §8 {verdict} on {self.probes} probes: (a)+(b) {self.turns} assistant turns "
-            f"({self.mismatched} with a mismatching generation prompt, {self.self_rewritten} where the original "
-            f"rewrites an earlier message of the same conversation), {self.extended} later renders; "
+            f"({self.mismatched} with a mismatching generation prompt, {self.self_rewritten} where the "
+            f"original rewrites an earlier message of the same conversation), {self.extended} later renders; "
             f"(c) {self.single} renders without an earlier assistant turn"
         )
 
@@ -196,8 +196,10 @@ class _TestFinder(NodeVisitor):
     def visit_For(self, node: nodes.For) -> None:
         self.visit(node.iter)
         target = node.target
-        names = (target.name,) if isinstance(target, nodes.Name) else tuple(
-            n.name for n in target.find_all(nodes.Name)
+        names = (
+            (target.name,)
+            if isinstance(target, nodes.Name)
+            else tuple(n.name for n in target.find_all(nodes.Name))
         )
         self._loops.append(names)
         self.visit(node.target)
@@ -335,7 +337,7 @@ def _analyse(
     last_values: dict[int, set[bool | None]] = {}
     differs: set[int] = set()
     other_roles: set[int] = set()
-    for (p, k, agp), by_key in records.items():
+    for (p, _k, _agp), by_key in records.items():
         for index, position in by_key:
             if position is None or roles.get((p, position)) != "assistant":
                 other_roles.add(index)
@@ -345,7 +347,7 @@ def _analyse(
         j = k - 1
         if roles.get((p, j)) != "assistant":
             continue
-        for index, test in enumerate(finder.tests):
+        for index in range(len(finder.tests)):
             at_last = by_key.get((index, j), [])
             last_values.setdefault(index, set()).update(at_last)
             for later_k in range(k, len(probes[p].messages) + 1):
@@ -501,7 +503,7 @@ def _prove_probe(
                 proof.turns += 1
                 proof.self_rewritten += 1
                 if prompt_v is None or full_v is None or not full_v.startswith(prompt_v):
-                    proof.fail(f"{name}: message {j}: (a) the variant's render of this turn extends no prompt")
+                    proof.fail(f"{name}: message {j}: (a) the variant's render of the turn extends no prompt")
                 elif not full_t.endswith(full_v[len(prompt_v) :]):
                     proof.fail(
                         f"{name}: message {j}: (a) the variant does not end this turn as the original "
@@ -578,7 +580,7 @@ class KeepHistoryResult(PatchResult):
             )
             lines.extend(f"  {rewrite.describe()}" for rewrite in self.rewrites)
         else:
-            lines.append("keep-history variant: no test depends on later messages; the variant is the template")
+            lines.append("keep-history variant: no test depends on later messages; it is the template")
         lines.extend(f"  not rewritten: {problem}" for problem in self.problems)
         lines.append(f"  {self.proof.summary()}")
         lines.extend(f"  - {failure}" for failure in self.proof.failures)
