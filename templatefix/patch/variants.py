@@ -363,8 +363,8 @@ def _analyse(
 
     def decide(index: int) -> None:
         test = finder.tests[index]
-        if index not in differs:
-            return
+        if index not in differs or isinstance(test.node, nodes.Const):
+            return  # a constant differs only by how often it runs (a loop over later messages)
         values = last_values.get(index, set())
         if index not in other_roles and len(values) == 1 and None not in values:
             (value,) = values
@@ -553,7 +553,8 @@ class KeepHistoryResult(PatchResult):
     Attributes:
         variant: V without markers (equal to T unmarked when no test depends on history).
         rewrites: the tests rewritten (line numbers in T).
-        problems: tests that depend on history but could not be rewritten.
+        problems: tests that depend on history but could not be rewritten (only a reason for
+            ``verified`` to be false when the proof fails too).
         proof: SPEC §8 (a)–(c) on T's probes.
         rewritten_turns: turns of V the verifier still finds rewritten (must be 0).
     """
@@ -581,7 +582,8 @@ class KeepHistoryResult(PatchResult):
             lines.extend(f"  {rewrite.describe()}" for rewrite in self.rewrites)
         else:
             lines.append("keep-history variant: no test depends on later messages; it is the template")
-        lines.extend(f"  not rewritten: {problem}" for problem in self.problems)
+        proven = " (the proof holds without rewriting it)" if self.proof.holds else ""
+        lines.extend(f"  not rewritten{proven}: {problem}" for problem in self.problems)
         lines.append(f"  {self.proof.summary()}")
         lines.extend(f"  - {failure}" for failure in self.proof.failures)
         return lines
@@ -630,9 +632,8 @@ def patch_keep_history(
             1 for result in patch.report.probes for turn in result.turns if turn.kind == "rewritten"
         )
     reasons = list(patch.reasons)
-    if variant.problems:
-        reasons.extend(f"keep-history: not rewritten: {problem}" for problem in variant.problems)
     if not proof.holds:
+        reasons.extend(f"keep-history: not rewritten: {problem}" for problem in variant.problems)
         reasons.append(f"keep-history: no variant could be proven: {proof.summary()}")
         reasons.extend(f"keep-history: {failure}" for failure in proof.failures)
     if rewritten:
