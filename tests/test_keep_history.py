@@ -195,8 +195,7 @@ OFFICIAL = {
     ],
     "glm/GLM-4.5.jinja": [(60, "loop.index0 > ns.last_user_index", True)],
     "glm/GLM-5.1.jinja": [
-        (70, "loop.index0 > ns.last_user_index", True),
-        (72, "loop.index0 < ns.last_user_index and ns.has_thinking", False),
+        (70, "loop.index0 > ns.last_user_index", True),  # the elif after it (line 72) is then dead
         (75, "(clear_thinking is defined and not clear_thinking) or loop.index0 > ns.last_user_index", True),
     ],
     "deepseek/DeepSeek-R1.jinja": [],  # drops reasoning in every turn, the last one too: nothing to rewrite

@@ -14,8 +14,8 @@ The keep-history variant V of a template T is found from structure and rendered 
    the generation prompt.
 2. **Compare.** For an assistant message at index j, the value a test has when that message ends
    the conversation (``render(M[:j+1])``) is compared with its values in every render where later
-   messages follow (or a generation prompt is asked for after it). A test whose values differ
-   depends on history.
+   messages follow (or a generation prompt is asked for after it), where it runs in both. A test
+   whose values differ depends on history.
 3. **Rewrite.** Top down in each test's ``and``/``or``/``not`` tree, the largest such expression
    that is evaluated only while the loops are on an assistant message, and that has one value in
    every render where its message is last, is replaced by that value (``true``/``false``): the
@@ -355,7 +355,10 @@ def _analyse(
                     if (later_k, later_agp) == (k, False):
                         continue
                     later = records.get((p, later_k, later_agp))
-                    if later is not None and later.get((index, j), []) != at_last:
+                    values = later.get((index, j), []) if later is not None else []
+                    # Whether a test runs at all is decided by the tests around it (an enclosing
+                    # branch, the left operand of ``and``): only values it took in both renders count.
+                    if at_last and values and values != at_last:
                         differs.add(index)
 
     rewrites: list[Rewrite] = []
@@ -502,7 +505,9 @@ def _prove_probe(
                 # undefined. The variant's output must still be what the original writes last.
                 proof.turns += 1
                 proof.self_rewritten += 1
-                if prompt_v is None or full_v is None or not full_v.startswith(prompt_v):
+                if full_v is not None and full_v == full_t:
+                    _check_later(proof, name, j, n, full_v, rendered)  # (a): the same render
+                elif prompt_v is None or full_v is None or not full_v.startswith(prompt_v):
                     proof.fail(f"{name}: message {j}: (a) the variant's render of the turn extends no prompt")
                 elif not full_t.endswith(full_v[len(prompt_v) :]):
                     proof.fail(
