@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -89,6 +90,14 @@ def test_the_variant_is_proven_and_patched_without_rewritten_turns() -> None:
     assert plain.verified and any("rewritten" in flag for flag in plain.flags)
     data = result.to_json()["keep_history"]
     assert [r["line"] for r in data["rewrites"]] == [2, 2] and data["proof"]["holds"]
+
+
+def test_patch_tokenizer_sets_the_variant() -> None:
+    tokenizer = SimpleNamespace(chat_template=DROPS_HISTORY)
+    tokenizer, result = templatefix.patch_tokenizer(tokenizer, keep_history=True)
+    assert isinstance(result, KeepHistoryResult) and result.verified
+    assert tokenizer.chat_template == result.patched
+    assert strip_generation_markers(tokenizer.chat_template) == keep_history_variant(DROPS_HISTORY).template
 
 
 def test_a_template_that_keeps_history_gives_itself() -> None:
