@@ -7,11 +7,11 @@ full render (SPEC §3): training on it teaches text the model never produced.
 
 The keep-history variant V of a template T is found from structure and rendered behaviour alone:
 
-1. **Find the tests.** Every ``{% if %}``/``{% elif %}`` test and ``a if test else b`` test, and
-   each operand of its ``and``/``or``/``not`` tree, is wrapped (on a copy of the jinja2 AST, found
-   with ``jinja2.visitor.NodeVisitor``) in a call that records its truth value and the message the
-   enclosing loops are on. Every prefix of every probe conversation is rendered, with and without
-   the generation prompt.
+1. **Find the tests.** Every ``{% if %}``/``{% elif %}`` test and ``a if test else b`` test outside
+   macros, and each operand of its ``and``/``or``/``not`` tree, is wrapped (on a copy of the jinja2
+   AST, found with ``jinja2.visitor.NodeVisitor``) in a call that records its truth value and the
+   message the outermost enclosing loop over the conversation is on. Every prefix of every probe
+   conversation is rendered, with and without the generation prompt.
 2. **Compare.** For an assistant message at index j, the value a test has when that message ends
    the conversation (``render(M[:j+1])``) is compared with its values in every render where later
    messages follow (or a generation prompt is asked for after it), where it runs in both. A test
@@ -183,8 +183,8 @@ class _Test:
 
 
 class _TestFinder(NodeVisitor):
-    """Collects every ``if``/``elif``/conditional-expression test and its boolean operands, with
-    the names the enclosing ``for`` loops bind (innermost first) at each."""
+    """Collects every ``if``/``elif``/conditional-expression test and its boolean operands outside
+    macros, with the names the enclosing ``for`` loops bind (outermost first) at each."""
 
     def __init__(self, source: TemplateSource) -> None:
         self.source = source
@@ -211,6 +211,12 @@ class _TestFinder(NodeVisitor):
         for child in node.else_:
             self.visit(child)
 
+    def visit_Macro(self, node: nodes.Macro) -> None:
+        """A macro can be called for any message, and sees none of the caller's loops: the message
+        a test in it is about is unknown, so none is a candidate."""
+
+    visit_CallBlock = visit_Macro
+
     def visit_If(self, node: nodes.If) -> None:
         self.roots.append(self._add(node.test))
         self.visit(node.test)
@@ -228,7 +234,8 @@ class _TestFinder(NodeVisitor):
         index = len(self.tests)
         test = _Test(node, start, end, self.source.line_of(start), self.source.text[start:end])
         self.tests.append(test)
-        self.targets[index] = tuple(name for names in reversed(self._loops) for name in names)
+        # Outermost first: the loop over the conversation, not a scan of other messages inside it.
+        self.targets[index] = tuple(name for names in self._loops for name in names)
         if isinstance(node, (nodes.And, nodes.Or)):
             test.children = [self._add(node.left), self._add(node.right)]
         elif isinstance(node, nodes.Not):
