@@ -340,3 +340,26 @@ def test_trl_copies_that_are_not_keep_history_variants(
     theirs = prove(original, strip_generation_markers(_trl_template(trl_copy)), probes)
     assert any(why in failure for failure in theirs.failures)
     assert prove(original, keep_history_variant(original).template, probes).holds
+
+
+def test_pull_request_proposes_the_variant_as_the_training_template(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    from hub_server import TEST_TOKEN, FakeHub, hub_environment
+
+    fake = FakeHub(token=TEST_TOKEN)
+    fake.add_repo("org/drops", {"chat_template.jinja": DROPS_HISTORY.encode()})
+    with fake.serving() as url:
+        hub_environment(monkeypatch, tmp_path, url)
+        code = main(["patch", "org/drops", "--create-pr", "--keep-history", "--no-engines", "--json"])
+        assert code == 0, capsys.readouterr().err
+        (pr,) = [d for d in fake.repos["org/drops"].discussions if d.is_pull_request]
+        repo = fake.repos["org/drops"]
+        files = repo.snapshots[repo.refs[f"refs/pr/{pr.num}"]]
+    description = pr.description
+    assert "A training variant that keeps history" in description
+    assert "line 2: `loop.last` -> `true`" in description and "inference keeps the" in description
+    assert 'tokenizer.chat_template["training"]' in description
+    assert files["chat_template.jinja"] == DROPS_HISTORY.encode()  # the default stays for inference
+    training = files["additional_chat_templates/training.jinja"].decode()
+    assert strip_generation_markers(training) == keep_history_variant(DROPS_HISTORY).template

@@ -75,6 +75,7 @@ class PatchedEntry:
             reasons=tuple(str(r) for r in self.result.reasons),
             diff=self.diff,
             patched=self.result.patched,
+            history=tuple(self.result.describe()) if hasattr(self.result, "describe") else (),
         )
 
     def to_json(self) -> dict[str, Any]:
