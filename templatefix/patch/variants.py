@@ -46,6 +46,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import jinja2
 from jinja2 import nodes
 from jinja2.visitor import NodeVisitor
 
@@ -314,8 +315,11 @@ def _analyse(
         return [], []
     _wrap(finder)
     recorder = _Recorder()
-    with limits.guard():
-        compiled = environment().from_string(source.ast, globals={RECORDER: recorder})
+    try:
+        with limits.guard():
+            compiled = environment().from_string(source.ast, globals={RECORDER: recorder})
+    except jinja2.TemplateError as error:  # never expected: the instrumented copy is plain Jinja
+        return [], [f"the tests could not be instrumented ({type(error).__name__}: {error})"]
     # records[(probe, k, agp)] -> {(test, message index): [values]}
     records: dict[tuple[int, int, bool], dict[tuple[int, int | None], list[bool | None]]] = {}
     roles: dict[tuple[int, int], Any] = {}
