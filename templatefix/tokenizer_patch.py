@@ -27,6 +27,7 @@ def patch_tokenizer(
     *,
     policy: Policy | None = None,
     force: bool = False,
+    keep_history: bool = False,
     **policy_kwargs: Any,
 ) -> tuple[T, Any]:
     """Set verified ``{% generation %}`` markers on ``tokenizer_or_processor.chat_template``.
@@ -44,6 +45,8 @@ def patch_tokenizer(
         tokenizer_or_processor: anything with a ``chat_template`` attribute.
         policy: a ``Policy``; or give its fields as keyword arguments (``turns="last"``...).
         force: set templates even if they could not be verified.
+        keep_history: set the keep-history training variant instead (SPEC §8,
+            ``patch_template(..., keep_history=True)``): for training only.
 
     A template that passes every probe but has outputs no probe reached (status
     ``unverified-code``) is set, with a warning naming those outputs.
@@ -61,7 +64,7 @@ def patch_tokenizer(
     from templatefix import patcher
 
     if isinstance(current, str):
-        result = patcher.patch_template(current, policy=policy)
+        result = patcher.patch_template(current, policy=policy, keep_history=keep_history)
         _require_verified({"default": result}, force)
         _set(tokenizer_or_processor, owner, current, result.patched)
         return tokenizer_or_processor, result
@@ -71,7 +74,7 @@ def patch_tokenizer(
     results = {}
     for name, text in named.items():
         if text not in cache:
-            cache[text] = patcher.patch_template(text, policy=policy)
+            cache[text] = patcher.patch_template(text, policy=policy, keep_history=keep_history)
         results[name] = cache[text]
     _require_verified(results, force)
     if isinstance(current, list):

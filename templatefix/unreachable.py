@@ -1,5 +1,8 @@
 """Outputs no render can reach, proven from the template's AST: branches whose test is always false.
 
+A test written as a constant (``{% if true %}``, ``{% elif false %}``) decides its branches: the
+body of a false one, and every later branch of a true one, are never run.
+
 Jinja scopes ``{% set %}`` to the innermost ``for`` loop (and macro): an assignment inside a loop
 body does not change the variable after the loop. Templates that set a flag in a loop and test it
 afterwards therefore test the value set before the loop. gpt-oss's tool-schema macro does this:
@@ -61,10 +64,14 @@ def _visit(
         if isinstance(statement, nodes.For) and _always_false(statement.iter, assigned, surely_set):
             found.extend(output_nodes(statement.body))  # a loop over a list that is always empty
         if isinstance(statement, nodes.If):
+            taken = False  # an earlier branch's test is a true constant: the rest never run
             for branch in [statement, *statement.elif_]:
-                if _always_false(branch.test, assigned, surely_set):
+                if taken or _always_false(branch.test, assigned, surely_set):
                     found.extend(output_nodes(branch.body))
                 _visit(branch.body, assigned, surely_set, found)
+                taken = taken or _true_constant(branch.test)
+            if taken:
+                found.extend(output_nodes(statement.else_))
             _visit(statement.else_, assigned, surely_set, found)
         elif isinstance(statement, nodes.Assign) and isinstance(statement.target, nodes.Name):
             surely_set.add(statement.target.name)
@@ -139,12 +146,28 @@ def _always_false(
         return _always_false(test.left, assigned, surely_set) or _always_false(
             test.right, assigned, surely_set
         )
+    if isinstance(test, (nodes.Const, nodes.Not)):
+        return _true_constant(test, want=False)
     if not isinstance(test, nodes.Name) or test.name not in surely_set:
         return False  # not surely set before the test: the value may come from outside the scope
     bindings = assigned.get(test.name, [])
     if any(binding is None for binding in bindings):
         return False
     return all(_false_constant(binding.node) for binding in bindings if binding is not None)
+
+
+def _true_constant(test: nodes.Node, want: bool = True) -> bool:
+    """Whether ``test`` is built from constants alone (``true``, ``not false``, ``true or x``...)
+    and its truth is ``want``."""
+    if isinstance(test, nodes.Const):
+        return bool(test.value) is want
+    if isinstance(test, nodes.Not):
+        return _true_constant(test.node, not want)
+    if isinstance(test, (nodes.And, nodes.Or)):
+        decisive = isinstance(test, nodes.Or) is want  # one operand decides an ``or`` true, an ``and`` false
+        left, right = _true_constant(test.left, want), _true_constant(test.right, want)
+        return (left or right) if decisive else (left and right)
+    return False
 
 
 def _false_constant(node: nodes.Node) -> bool:

@@ -32,6 +32,7 @@ _STYLES = {"not verified": "red", "error": "bold red", "already proposed": "yell
 def process(spec: str, args: argparse.Namespace) -> Proposal:
     """One repo of a batch, start to end; every failure becomes a ``Proposal`` with status ``error``."""
     from templatefix.commands.check import policy_from_args
+    from templatefix.commands.patch import training_name
     from templatefix.io.sources import load_source
 
     policy = policy_from_args(args)
@@ -43,11 +44,12 @@ def process(spec: str, args: argparse.Namespace) -> Proposal:
         repo = prepare(
             source,
             policy,
-            as_named=args.as_named,
+            as_named=training_name(args, source),
             as_default=args.as_default,
             create_pr=True,
             engines=not args.no_engines,
             force=args.force,
+            keep_history=getattr(args, "keep_history", False),
         )
         return propose(target, repo, policy, create_pr=True, dry_run=args.dry_run, force=args.force)
     except TemplatefixError as error:

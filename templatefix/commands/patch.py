@@ -85,7 +85,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument(
         "--as-default",
         action="store_true",
-        help="with --create-pr: replace the default template even when an inference engine fails on it",
+        help="with --create-pr: replace the default template even when an inference engine fails on it; "
+        "with --keep-history: write the training variant in place of the default",
+    )
+    out.add_argument(
+        "--keep-history",
+        action="store_true",
+        help="patch the keep-history training variant (every assistant turn written as when it is last; "
+        "for training only) and write it as the named template 'training' next to the untouched default",
     )
     out.add_argument(
         "--no-engines", action="store_true", help="skip the inference-engine check (templatefix.engines)"
@@ -168,11 +175,12 @@ def run_one(spec: str, args: argparse.Namespace) -> int:
     repo = prepare(
         source,
         policy,
-        as_named=args.as_named,
+        as_named=training_name(args, source),
         as_default=args.as_default,
         create_pr=bool(args.create_pr),
         engines=not args.no_engines,
         force=args.force,
+        keep_history=args.keep_history,
     )
     files, changed = repo.files, repo.changed
     to_stdout = args.output == "-"
@@ -234,6 +242,19 @@ def run_one(spec: str, args: argparse.Namespace) -> int:
     return exit_code([_report_status(p.result) for p in repo.patched])
 
 
+def training_name(args: argparse.Namespace, source: LoadedSource | None = None) -> str | None:
+    """The named template the patch goes to: ``--as-named``, or ``training`` for a keep-history
+    variant (the default stays for inference) unless ``--as-default`` or SOURCE is a lone file."""
+    if args.as_named or not getattr(args, "keep_history", False) or args.as_default:
+        return args.as_named
+    default = source.templates.default if source is not None else None
+    if default is not None and default.kind == "jinja_file":
+        return None  # a lone .jinja file has no place for a named template: the output is the variant
+    from templatefix.commands.propose import TRAINING_NAME
+
+    return TRAINING_NAME
+
+
 def _report_status(result: Any) -> str:
     """The report status of a patch result (``verified``, ``unverified-code`` or ``failed``)."""
     if result.verified:
@@ -248,8 +269,10 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise TemplatefixError("--no-backup only applies to --in-place")
     if args.output == "-" and args.json:
         raise TemplatefixError("-o - and --json both write to stdout; pick one")
-    if args.as_default and not args.create_pr:
-        raise TemplatefixError("--as-default only applies to --create-pr (other outputs replace the default)")
+    if args.as_default and not (args.create_pr or args.keep_history):
+        raise TemplatefixError(
+            "--as-default only applies to --create-pr or --keep-history (other outputs replace the default)"
+        )
 
 
 def escape(text: str) -> str:
@@ -279,6 +302,8 @@ def _print_verdicts(console: Any, repo: RepoPatch, args: argparse.Namespace) -> 
         else:
             state = "[red]✗ not verified[/red]"
         console.print(f"  {state}  {escape(item.entry.label + shadow)}")
+        for line in item.result.describe() if hasattr(item.result, "describe") else ():
+            console.print(f"      {line}", markup=False)  # the keep-history variant: what it changes
         for reason in outcome.reasons if not (outcome.verified or unverified) else ():
             console.print(f"      - {reason}", markup=False)
         if unverified:

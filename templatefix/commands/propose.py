@@ -75,6 +75,7 @@ class PatchedEntry:
             reasons=tuple(str(r) for r in self.result.reasons),
             diff=self.diff,
             patched=self.result.patched,
+            history=tuple(self.result.describe()) if hasattr(self.result, "describe") else (),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -96,8 +97,11 @@ class PatchedEntry:
         return data
 
 
-def patch_entries(source: LoadedSource, policy: Policy, *, only_default: bool = False) -> list[PatchedEntry]:
-    """Patch each template of ``source`` (identical texts are patched once).
+def patch_entries(
+    source: LoadedSource, policy: Policy, *, only_default: bool = False, keep_history: bool = False
+) -> list[PatchedEntry]:
+    """Patch each template of ``source`` (identical texts are patched once); with ``keep_history``,
+    its keep-history training variant (``templatefix.patch.variants``).
 
     Raises:
         SourceError: a template is empty.
@@ -114,7 +118,9 @@ def patch_entries(source: LoadedSource, policy: Policy, *, only_default: bool = 
             raise SourceError(f"{entry.label}: the template is empty")
         if entry.template not in cache:
             try:
-                cache[entry.template] = templatefix.patch_template(entry.template, policy=policy)
+                cache[entry.template] = templatefix.patch_template(
+                    entry.template, policy=policy, keep_history=keep_history
+                )
             except TemplatefixError as error:  # name the template, as `check` does
                 raise type(error)(f"{entry.label}: {error}") from None
         patched.append(PatchedEntry(entry, cache[entry.template]))
@@ -169,6 +175,7 @@ def prepare(
     create_pr: bool = False,
     engines: bool = True,
     force: bool = False,
+    keep_history: bool = False,
 ) -> RepoPatch:
     """Patch ``source``, check the changed templates in every engine, and lay out the files.
 
@@ -179,11 +186,12 @@ def prepare(
             ``training`` unless ``as_default``.
         engines: run the engine check (``templatefix.engines.check_engines``).
         force: accept templates that failed verification.
+        keep_history: patch the keep-history training variant of each template (SPEC §8).
 
     Raises:
         TemplatefixError: bad input (empty template, a name clash for ``as_named``...).
     """
-    patched = patch_entries(source, policy, only_default=bool(as_named))
+    patched = patch_entries(source, policy, only_default=bool(as_named), keep_history=keep_history)
     if not patched:
         raise TemplatefixError(f"{source.spec}: no default template to use with --as-named")
     if engines:

@@ -145,6 +145,7 @@ class TemplateOutcome:
         reasons: why it is not verified.
         diff: unified diff original -> patched.
         patched: the patched text.
+        history: for a keep-history training variant, what it changes and its proof (else empty).
     """
 
     label: str
@@ -154,6 +155,7 @@ class TemplateOutcome:
     reasons: tuple[str, ...]
     diff: str
     patched: str
+    history: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,21 @@ def pull_request_text(
             "and template argument checked, the rendered text is byte-for-byte the same as before.",
             "",
         ]
+    for outcome in outcomes:
+        if outcome.history:
+            lines += [
+                f"**A training variant that keeps history** (`{outcome.label}`). The original template "
+                "writes earlier assistant turns differently from what the model generated (it drops their "
+                "reasoning, for example). This template writes every assistant turn as the original writes "
+                "it when that turn is the last one, so every turn trains on what the model produced. It is "
+                "for training only: later turns see history the original drops, and inference keeps the "
+                "original.",
+                "",
+                "```",
+                *outcome.history,
+                "```",
+                "",
+            ]
     lines += ["### Files", *[f"- `{path}`" for path in committed], ""]
     lines += ["### Verification", "", "| Template | Where | Result |", "|---|---|---|"]
     for outcome in outcomes:

@@ -126,6 +126,7 @@ def patch_template(
     policy: Policy | None = None,
     probes: Sequence[Any] | None = None,
     special_tokens: Mapping[str, Any] | None = None,
+    keep_history: bool = False,
     **policy_kwargs: Any,
 ) -> PatchResult:
     """Insert exact ``{% generation %}`` markers into ``template`` and verify them.
@@ -139,6 +140,10 @@ def patch_template(
         policy: what to train (SPEC §6); or give its fields as keyword arguments.
         probes: probe conversations (default: ``probes.probe_battery(template)``).
         special_tokens: values for ``bos_token`` etc. (default: placeholders).
+        keep_history: patch the keep-history training variant instead (SPEC §8,
+            ``templatefix.patch.variants``): every assistant turn written as when it is the last
+            one; the result is a ``KeepHistoryResult`` naming the rewritten tests and the proof.
+            For training only: inference keeps the original.
 
     Raises:
         TemplateSyntaxError: the template is not valid Jinja.
@@ -148,7 +153,15 @@ def patch_template(
         >>> print(result.diff)  # doctest: +SKIP
     """
     # The patcher and the verifier ask the oracle about the same probes, and every render of the
-    # patch (original, trace, patched, verifier) sees one moment for ``strftime_now``.
+    # patch (original, trace, patched, verifier; a keep-history variant's proof) sees one moment
+    # for ``strftime_now``.
+    if keep_history:
+        from templatefix.patch.variants import patch_keep_history
+
+        with frozen_clock():
+            return patch_keep_history(
+                template, policy=policy, probes=probes, special_tokens=special_tokens, **policy_kwargs
+            )
     with remembering(), frozen_clock():
         return _patch_template(template, policy, probes, special_tokens, policy_kwargs)
 

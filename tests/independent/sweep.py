@@ -168,8 +168,8 @@ def check_template(
         training, other = judge_both(text, result.patched, conversation, policy, prefix_rule, outcome)
         if training is None:
             outcome.skipped += 1
-            if verdict.failures:  # the original rejects it, and the patched template does not alike
-                outcome.findings.append(Finding(conversation, verdict.failures))
+            if other:  # the original rejects it, and the patched template does not alike
+                outcome.findings.append(Finding(conversation, other))
             continue
         outcome.judged += 1
         if training:
@@ -188,10 +188,12 @@ def judge_both(
     outcome: Outcome | None = None,
 ) -> tuple[list[Failure | WordFailure] | None, list[Failure | WordFailure]]:
     """(failures where users train, other failures) of the word rule and, if asked, the prefix
-    rule; ``(None, [])`` when the original rejects the conversation."""
+    rule; ``(None, errors)`` when the original rejects the conversation, where ``errors`` are the
+    renders on which the patched template does not raise as the original does (rule 1 holds
+    there too, under every policy)."""
     words = judge_words(original, patched, conversation.messages, policy, conversation.kwargs)
     if words.skipped:
-        return None, []
+        return None, [f for f in judge(original, patched, conversation).failures if f.rule == "error"]
     training: list[Failure | WordFailure] = list(words.training_failures)
     other: list[Failure | WordFailure] = []
     if outcome is not None:
