@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("patch", "check", "corpus", "show", "audit")
+COMMANDS = ("patch", "check", "corpus", "show", "audit", "app")
 
 #: Set to 1 to see the traceback of an internal error.
 DEBUG_ENV = "TEMPLATEFIX_DEBUG"

@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 from templatefix.errors import PatchFailure
+from templatefix.jinja.markers import has_markers
 from templatefix.patch.api import (
     PatchResult,
     patch_named_templates,
@@ -15,7 +16,7 @@ from templatefix.patch.api import (
     place_markers,
     unified_diff,
 )
-from templatefix.patch.strip import has_markers, strip_generation_markers
+from templatefix.patch.strip import strip_generation_markers
 
 __all__ = [
     "PatchFailure",

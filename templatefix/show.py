@@ -24,8 +24,6 @@ from templatefix.errors import RenderError, SourceError, TemplatefixError
 from templatefix.render import render, render_with_spans
 from templatefix.tokens import TokenIssue, diagnose, normalize_messages, require_fast, special_tokens_of
 
-GENERATION_TAG = "{% generation %}"
-
 EXAMPLE_TOOLS: list[dict[str, Any]] = [{
     "type": "function",
     "function": {
@@ -188,6 +186,51 @@ def build_view(
             continue
         roles = [str(messages[i].get("role", "?")) for i in range(_group_start(ends, number), number + 1)]
         view.turns.append(TurnCount(number, "+".join(dict.fromkeys(roles)), trained, total))
+    return view
+
+
+def build_text_view(
+    template: str, messages: Sequence[Mapping[str, Any]], **template_kwargs: Any
+) -> MaskView:
+    """The same view without a tokenizer: one cell per run of characters inside or outside the
+    spans (cut at message boundaries), so the trained text can be seen for a template alone.
+
+    Raises:
+        RenderError / TemplateRejected: from the template.
+
+    Example:
+        >>> template = ("{% for m in messages %}{{ m.role }}: {% if m.role == 'assistant' %}"
+        ...             "{% generation %}{{ m.content }}{% endgeneration %}{% else %}{{ m.content }}"
+        ...             "{% endif %}\\n{% endfor %}")
+        >>> view = build_text_view(template, [{"role": "user", "content": "hi"},
+        ...                                   {"role": "assistant", "content": "hello"}])
+        >>> [cell.text for cell in view.tokens if cell.trained]
+        ['hello']
+    """
+    messages = normalize_messages(messages)
+    text, raw_spans = render_with_spans(template, messages, **template_kwargs)
+    inside = [False] * len(text)
+    for start, end in raw_spans:
+        for index in range(max(start, 0), min(end, len(text))):
+            inside[index] = True
+    ends = _message_boundaries(template, messages, text, {}, dict(template_kwargs))
+    cuts = sorted({0, len(text), *(end for end in ends if end is not None)})
+    cuts += [i for i in range(1, len(text)) if inside[i] != inside[i - 1]]
+    cuts = sorted(set(cuts))
+    view = MaskView(text=text, tokens=[], turns=[])
+    known = [(end, number) for number, end in enumerate(ends) if end is not None]
+    counts: dict[int | None, list[int]] = {}
+    for index, (start, end) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+        message = next((number for last, number in known if start < last), None)
+        cell = TokenCell(index, -1, text[start:end], inside[start], False, message)
+        view.tokens.append(cell)
+        entry = counts.setdefault(message, [0, 0])
+        entry[0] += (end - start) if cell.trained else 0
+        entry[1] += end - start
+    for number, (trained, total) in sorted(counts.items(), key=lambda item: (item[0] is None, item[0] or 0)):
+        role = "(rest)" if number is None else str(messages[number].get("role", "?"))
+        view.turns.append(TurnCount(number, role, trained, total))
+    view.notes.append("no tokenizer: characters are shown in runs inside / outside the spans, not tokens")
     return view
 
 
@@ -356,7 +399,12 @@ def render_html(view: MaskView) -> str:
     ]
     lines += [f'<p class="warning">WARNING: {html.escape(w)}</p>' for w in view.warnings]
     lines += [f'<p class="note">{html.escape(n)}</p>' for n in view.notes]
-    lines.append(f'<p class="summary">trained tokens: <b>{view.trained}</b> / {view.total}</p>')
+    if view.tokens and all(cell.token_id < 0 for cell in view.tokens):  # build_text_view: characters
+        trained = sum(len(cell.text) for cell in view.tokens if cell.trained)
+        total = sum(len(cell.text) for cell in view.tokens)
+        lines.append(f'<p class="summary">trained characters: <b>{trained}</b> / {total}</p>')
+    else:
+        lines.append(f'<p class="summary">trained tokens: <b>{view.trained}</b> / {view.total}</p>')
     lines.append(
         '<p class="legend">legend: <span class="trained">trained</span><span class="untrained">not trained'
         '</span><span class="untrained special">special token</span><span class="dropped">no token</span>'

@@ -31,10 +31,11 @@ from typing import Any
 
 from templatefix.coverage import measure
 from templatefix.errors import RenderError, RenderLimitExceeded, TemplateSyntaxError
+from templatefix.jinja.markers import has_markers
 from templatefix.oracle import ProbeExpectation, TurnExpectation, expected_turns
 from templatefix.policy import Policy
 from templatefix.probes import policy_probes, probe_battery
-from templatefix.render import Span, compile_template, environment, merge_spans, render, render_with_spans
+from templatefix.render import Span, compile_template, merge_spans, render, render_with_spans
 from templatefix.report import EdgeDiff, ProbeResult, Report, TurnResult, context
 from templatefix.tokens import check_token_masks
 
@@ -42,25 +43,6 @@ ALTERNATIVES = (
     "honest alternatives: train the last turn only (--turns last), or split the conversation "
     "into one example per assistant turn, each training only its final turn (exact for any template)"
 )
-
-
-def has_generation_markers(template: str) -> bool:
-    """Whether ``template`` has a ``{% generation %}`` tag (comments and strings don't count).
-
-    Example:
-        >>> has_generation_markers("{# {% generation %} #}{{ x }}")
-        False
-        >>> has_generation_markers("{%- generation %}x{% endgeneration %}")
-        True
-    """
-    previous = ""
-    for _, token_type, value in environment().lex(template):
-        if token_type == "whitespace":
-            continue
-        if previous == "block_begin" and token_type == "name" and value == "generation":
-            return True
-        previous = token_type
-    return False
 
 
 def default_probes(template: str) -> list[Any]:
@@ -106,7 +88,7 @@ def verify(
             raise
         report.errors.append(f"patched template does not compile: {error}")
         return report
-    if not has_generation_markers(template):
+    if not has_markers(template):
         report.errors.append("no {% generation %} markers: nothing would be trained")
         return report
     token_check = check_token_masks if tokenizer is not None else None

@@ -167,22 +167,42 @@ def test_expand_turns_equals_cli_expansion(tmp_path: Path, qwen3_dir: Path) -> N
     assert audited.ok and audited.examples == 3
 
 
-def test_ray_data_map_batches_equals_datasets_map(qwen3_dir: Path) -> None:
-    """The README's Ray Data pipeline (``ray[data]``, skipped when not installed)."""
+def test_ray_data_map_batches_equals_datasets_map_and_cli_audit(
+    tmp_path: Path, qwen3_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's Ray Data pipeline on a local Ray cluster with two workers (``ray[data]``;
+    skipped when not installed, run by ``.ci/run``): the same columns as ``datasets.map`` and the
+    same counts, indices and messages as ``templatefix audit``."""
     ray = pytest.importorskip("ray")
     datasets = pytest.importorskip("datasets")
     data = rows()
-    reference = summarize(
-        datasets.Dataset.from_list(data).map(AuditTransform(qwen3_dir, TEMPLATE, max_length=20), batched=True)
-    ).to_json()
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in data), encoding="utf-8")
+    (tmp_path / "t.jinja").write_text(TEMPLATE, encoding="utf-8")
+    argv = ["audit", str(tmp_path / "data.jsonl"), "--tokenizer", str(qwen3_dir),
+            "--template", str(tmp_path / "t.jinja"), "--json", "--max-length", "20"]
+    assert main(argv) == 1
+    cli = json.loads(capsys.readouterr().out)
+    mapped = datasets.Dataset.from_list(data).map(
+        AuditTransform(qwen3_dir, TEMPLATE, max_length=20), batched=True
+    )
+    reference = summarize(mapped).to_json()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        assert ray.cluster_resources().get("CPU") == 2
         transformed = ray.data.from_items(data).map_batches(
-            AuditTransform(qwen3_dir, TEMPLATE, max_length=20, keep_columns=True), batch_size=8
+            AuditTransform(qwen3_dir, TEMPLATE, max_length=20, keep_columns=True), batch_size=8, concurrency=2
         )
         result = sorted(transformed.take_all(), key=lambda row: row["id"])  # data is in id order
-        expanded = ray.data.from_items(data).map_batches(expand_turns).take_all()
+        expanded = ray.data.from_items(data).map_batches(expand_turns, concurrency=2).take_all()
     finally:
         ray.shutdown()
-    assert summarize(result).to_json()["findings"] == reference["findings"]
+    assert sorted(result[0]) == sorted(mapped.column_names)
+    pipeline = summarize(result).to_json()
+    assert pipeline["findings"] == reference["findings"]
+    for name in CATEGORIES:
+        assert pipeline["findings"][name]["count"] == cli["findings"][name]["count"], name
+        assert pipeline["findings"][name]["indices"] == cli["findings"][name]["indices"], name
+    assert (pipeline["examples"], pipeline["tokens"], pipeline["trained_tokens"]) == (
+        cli["examples"], cli["tokens"], cli["trained_tokens"]
+    )
     assert len(expanded) == 7 * 4  # TWO, MULTI (2 turns), truncated: one turn each; no prompt for bad rows

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from templatefix.jinja.markers import has_markers
 from templatefix.policy import Policy
 from templatefix.probes import Probe, probe_battery
-from templatefix.verify import has_generation_markers, verify
+from templatefix.verify import verify
 
 ORIGINAL = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
@@ -109,7 +110,7 @@ def test_no_markers_is_a_clear_failure():
     report = verify(ORIGINAL, probes=PROBES)
     assert not report.verified
     assert report.errors == ["no {% generation %} markers: nothing would be trained"]
-    assert not has_generation_markers("{# {% generation %} #}" + ORIGINAL)
+    assert not has_markers("{# {% generation %} #}" + ORIGINAL)
 
 
 def test_probe_the_original_rejects_is_skipped_not_failed():

@@ -63,7 +63,7 @@ def run_batch(specs: list[str], args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from templatefix.commands.patch import quiet_hub
+    from templatefix.io.hub import quiet_hub
 
     if args.output is not None or args.in_place:
         raise TemplatefixError("several SOURCEs: -o and --in-place apply to one SOURCE; use --create-pr")

@@ -210,10 +210,10 @@ def _engine_check(
     """
     import templatefix
     from templatefix.engines import check_engines
+    from templatefix.jinja.markers import has_markers
     from templatefix.patcher import strip_generation_markers
-    from templatefix.verify import has_generation_markers
 
-    if not has_generation_markers(template) and original is None:
+    if not has_markers(template) and original is None:
         original = template
         template = templatefix.patch_template(template, policy=policy).patched
     baseline = original if original is not None else strip_generation_markers(template)

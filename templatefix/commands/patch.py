@@ -36,6 +36,7 @@ from templatefix.commands.check import add_policy_arguments, policy_from_args
 from templatefix.commands.propose import Proposal, RepoPatch, prepare, propose
 from templatefix.errors import NotVerifiedError, OutputError, PushError, TemplatefixError
 from templatefix.io.files import REPORT_FILE, plan_writes, report_bytes, write_files, write_in_place
+from templatefix.io.hub import quiet_hub
 from templatefix.io.sources import LoadedSource, load_source
 from templatefix.policy import Policy
 from templatefix.report import exit_code
@@ -272,17 +273,6 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise TemplatefixError(
             "--as-default only applies to --create-pr or --keep-history (other outputs replace the default)"
         )
-
-
-def quiet_hub() -> None:
-    """No progress bars or retry chatter from huggingface_hub: errors are reported in one line."""
-    try:
-        from huggingface_hub.utils import disable_progress_bars, logging
-
-        disable_progress_bars()
-        logging.set_verbosity_error()
-    except Exception:  # pragma: no cover - cosmetic only
-        pass
 
 
 def escape(text: str) -> str:

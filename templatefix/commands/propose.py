@@ -293,10 +293,13 @@ def propose(
     dry_run: bool = False,
     force: bool = False,
     branch: str | None = None,
+    token: str | bool | None = None,
 ) -> Proposal:
     """Open a pull request (or commit) on ``repo_id`` with ``repo.changed``, politely.
 
-    Never raises for the repo's state: every outcome, errors included, is a :class:`Proposal`.
+    ``token`` is handed to every Hub call (``None``: huggingface_hub's own resolution, as the
+    CLI does; ``False``: no token at all). Never raises for the repo's state: every outcome,
+    errors included, is a :class:`Proposal`.
     """
     from templatefix.io import hub
     from templatefix.io.pr import earlier_pull_request
@@ -327,7 +330,8 @@ def propose(
     )
     try:
         if create_pr:
-            earlier = earlier_pull_request(hub.pull_requests(repo_id, title_contains=TITLE_MARK), sha)
+            listed = hub.pull_requests(repo_id, token=token, title_contains=TITLE_MARK)
+            earlier = earlier_pull_request(listed, sha)
             if earlier is not None and not force:
                 return Proposal(
                     repo_id,
@@ -341,13 +345,13 @@ def propose(
             action = "open a pull request" if create_pr else "commit"
             return Proposal(repo_id, status, f"{repo_id}: dry run: would {action}", plan=plan)
         if same_repo and repo.source.commit:
-            head = hub.head_commit(repo_id, revision=branch)
+            head = hub.head_commit(repo_id, revision=branch, token=token)
             if head != repo.source.commit:
                 raise PushError(
                     f"{repo_id}: changed since its templates were read "
                     f"({repo.source.commit[:7]} -> {head[:7]}); nothing pushed: run again"
                 )
-        hub.push(plan)
+        hub.push(plan, token=token)
     except (PushError, OutputError, SourceError) as error:
         return Proposal(repo_id, "error", str(error), plan=plan)
     url = plan.result.get("pr_url") or plan.result.get("commit_url")

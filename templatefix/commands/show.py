@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
     from templatefix.io.files import atomic_write
     from templatefix.io.sources import load_template
+    from templatefix.jinja.markers import has_markers
     from templatefix.patcher import patch_template
     from templatefix.show import (
-        GENERATION_TAG,
         build_view,
         example_variants,
         load_conversation,
@@ -57,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
 
     notes: list[str] = []
     warnings: list[str] = []
-    if not _has_markers(template, GENERATION_TAG):
+    if not has_markers(template):
         result = patch_template(template)
         template = result.patched
-        if not _has_markers(template, GENERATION_TAG):
+        if not has_markers(template):
             warnings.append("the template has no {% generation %} markers and the patcher could not add "
                             "any: nothing is trained")
         elif result.verified:
@@ -95,9 +95,3 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(Path(args.html), render_html(view), require_folder=True)
         Console(stderr=True).print(f"wrote {args.html}")
     return 1 if warnings else 0
-
-
-def _has_markers(template: str, tag: str) -> bool:
-    import re
-
-    return re.search(r"\{%-?\s*generation\s*-?%\}", template) is not None or tag in template

@@ -82,7 +82,7 @@ def resolve_template(
         TemplatefixError: the template has no markers and the patcher could not add any.
         NotVerifiedError: ``strict`` and the patch is not verified.
     """
-    from templatefix.patcher import has_markers
+    from templatefix.jinja.markers import has_markers
 
     text = tokenizer_template(tokenizer) if template is None else template
     if has_markers(text):

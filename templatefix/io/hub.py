@@ -27,6 +27,20 @@ from typing import Any
 from templatefix.errors import PushError, SourceError
 from templatefix.io.layout import TEMPLATE_PATTERNS
 
+#: A token for huggingface_hub: a string; ``None`` lets huggingface_hub find one (``HF_TOKEN``,
+#: the cached login); ``False`` sends none at all (a web app must never use its own).
+Token = str | bool | None
+
+#: The files a fast tokenizer loads from (weights are never downloaded).
+TOKENIZER_PATTERNS = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -102,10 +116,21 @@ class PushPlan:
         }
 
 
-def _api(token: str | None) -> Any:
+def _api(token: Token) -> Any:
     from huggingface_hub import HfApi
 
     return HfApi(token=token)
+
+
+def quiet_hub() -> None:
+    """No progress bars or retry chatter from huggingface_hub: errors are reported in one line."""
+    try:
+        from huggingface_hub.utils import disable_progress_bars, logging
+
+        disable_progress_bars()
+        logging.set_verbosity_error()
+    except Exception:  # pragma: no cover - cosmetic only
+        pass
 
 
 def offline() -> bool:
@@ -116,7 +141,7 @@ def offline() -> bool:
     return bool(check() if callable(check) else constants.HF_HUB_OFFLINE)
 
 
-def download_templates(repo_id: str, *, revision: str | None = None, token: str | None = None) -> Snapshot:
+def download_templates(repo_id: str, *, revision: str | None = None, token: Token = None) -> Snapshot:
     """Download the template-bearing files of ``repo_id`` at ``revision`` (``snapshot_download``).
 
     Online, the revision is resolved to one commit and only files matching
@@ -141,7 +166,27 @@ def download_templates(repo_id: str, *, revision: str | None = None, token: str 
     return Snapshot(repo_id, root.name, root, files)
 
 
-def head_commit(repo_id: str, *, revision: str | None = None, token: str | None = None) -> str:
+def download_tokenizer(repo_id: str, *, revision: str | None = None, token: Token = None) -> Path | None:
+    """Download the fast-tokenizer files of ``repo_id`` (``snapshot_download``, no weights).
+
+    Returns:
+        The snapshot folder, or ``None`` when the repo has no ``tokenizer.json``.
+
+    Raises:
+        SourceError: repo or revision not found, no access, gated, network failure (one line).
+    """
+    from huggingface_hub import snapshot_download
+
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    try:
+        patterns = list(TOKENIZER_PATTERNS)
+        root = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, token=token))
+    except Exception as error:  # noqa: BLE001 - every Hub/network failure is one line
+        raise SourceError(describe_hub_error(error, where, token)) from None
+    return root if (root / "tokenizer.json").is_file() else None
+
+
+def head_commit(repo_id: str, *, revision: str | None = None, token: Token = None) -> str:
     """The commit ``revision`` (default: main) points to now.
 
     Raises:
@@ -154,7 +199,7 @@ def head_commit(repo_id: str, *, revision: str | None = None, token: str | None 
 
 
 def pull_requests(
-    repo_id: str, *, token: str | None = None, title_contains: str = ""
+    repo_id: str, *, token: Token = None, title_contains: str = ""
 ) -> Iterator[PullRequest]:
     """Every pull request on ``repo_id`` (open, closed, merged), newest first, with descriptions
     for those whose title contains ``title_contains``.
@@ -176,7 +221,7 @@ def pull_requests(
         raise PushError(describe_hub_error(error, repo_id, token)) from None
 
 
-def push(plan: PushPlan, *, token: str | None = None) -> PushPlan:
+def push(plan: PushPlan, *, token: Token = None) -> PushPlan:
     """Commit ``plan.files`` to ``plan.repo_id`` (or open a PR). Fills ``plan.result`` with URLs.
 
     Raises:
@@ -207,7 +252,7 @@ def push(plan: PushPlan, *, token: str | None = None) -> PushPlan:
     return plan
 
 
-def describe_hub_error(error: BaseException, where: str, token: str | None = None) -> str:
+def describe_hub_error(error: BaseException, where: str, token: Token = None) -> str:
     """One line for a ``huggingface_hub``/network error. Never includes the token.
 
     Example:
@@ -258,9 +303,11 @@ def describe_hub_error(error: BaseException, where: str, token: str | None = Non
     return message.replace(secret, "***") if secret else message
 
 
-def _token(token: str | None) -> str | None:
+def _token(token: Token) -> str | None:
     """The token huggingface_hub would send (for redaction only)."""
-    if token:
+    if token is False:
+        return None
+    if isinstance(token, str) and token:
         return token
     try:
         from huggingface_hub import get_token

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from templatefix.errors import SourceError
+from templatefix.io.hub import Token
 from templatefix.io.layout import (
     CHAT_TEMPLATE_DIR,
     CHAT_TEMPLATE_FILE,
@@ -118,7 +119,7 @@ def classify_source(spec: str) -> tuple[Literal["path", "hub"], str]:
     raise SourceError(f"{spec}: not a file, a directory, or a Hub repo id (owner/name)")
 
 
-def load_source(spec: str, *, revision: str | None = None, token: str | None = None) -> LoadedSource:
+def load_source(spec: str, *, revision: str | None = None, token: Token = None) -> LoadedSource:
     """Resolve and read SOURCE: the one loader behind ``patch``, ``check``, ``show`` and ``audit``.
 
     Hub ids are fetched through ``templatefix.io.hub`` (``snapshot_download`` of the template files
@@ -171,7 +172,7 @@ def load_local(path: Path, *, spec: str | None = None) -> LoadedSource:
 
 
 def load_hub(
-    repo_id: str, *, revision: str | None = None, token: str | None = None, spec: str | None = None
+    repo_id: str, *, revision: str | None = None, token: Token = None, spec: str | None = None
 ) -> LoadedSource:
     """Download the template files of ``repo_id`` at ``revision`` (never weights) and read them.
 

@@ -10,13 +10,20 @@ import ctypes
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from templatefix.errors import RenderLimitExceeded
 from templatefix.jinja.bounds import SECONDS_ENV
 
-if TYPE_CHECKING:
-    from templatefix.jinja.guard import Guard
+
+class Watched(Protocol):
+    """What the watchdog needs of a render it watches (``templatefix.jinja.guard.Guard``)."""
+
+    thread_id: int
+    deadline: float
+    fired: bool
+
+    def __hash__(self) -> int: ...
 
 
 class Deadline(RenderLimitExceeded):
@@ -50,10 +57,10 @@ class _Watchdog:
     def _reset(self) -> None:
         # A lock held at fork time stays held in the child, and the thread is gone: start afresh.
         self._lock = threading.Condition()
-        self._watched: set[Guard] = set()
+        self._watched: set[Watched] = set()
         self._thread: threading.Thread | None = None
 
-    def watch(self, state: Guard) -> None:
+    def watch(self, state: Watched) -> None:
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -63,7 +70,7 @@ class _Watchdog:
             self._watched.add(state)
             self._lock.notify()
 
-    def unwatch(self, state: Guard) -> None:
+    def unwatch(self, state: Watched) -> None:
         with self._lock:
             self._watched.discard(state)
             if state.fired:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from templatefix.jinja.markers import has_markers
 from templatefix.patch.api import (
     PatchResult,
     patch_named_templates,
@@ -17,7 +18,7 @@ from templatefix.patch.api import (
     place_markers,
     unified_diff,
 )
-from templatefix.patch.strip import has_markers, strip_generation_markers
+from templatefix.patch.strip import strip_generation_markers
 
 __all__ = [
     "PatchResult",

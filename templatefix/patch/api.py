@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from templatefix.errors import PatchFailure, RenderError, RenderLimitExceeded
+from templatefix.jinja.markers import has_markers
 from templatefix.oracle import remembering
 from templatefix.patch.label import resolve_units
 from templatefix.patch.observe import marks_after_prompt_text, observe
-from templatefix.patch.strip import has_markers, strip_generation_markers
+from templatefix.patch.strip import strip_generation_markers
 from templatefix.patch.writer import write
 from templatefix.policy import Policy
 from templatefix.source import TemplateSource

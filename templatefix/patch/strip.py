@@ -1,25 +1,15 @@
 """Existing markers: find ``{% generation %}`` tags and remove them without changing the render.
 
 Example:
-    >>> has_markers("{% generation %}{{ x }}{% endgeneration %}")
-    True
     >>> strip_generation_markers("a{% generation %}b{% endgeneration %}c")
     'abc'
 """
 
 from __future__ import annotations
 
-import re
-
 from templatefix.errors import RenderError, RenderLimitExceeded
+from templatefix.jinja.markers import find_markers
 from templatefix.source import Edit, TemplateSource
-
-_GENERATION_TAG = re.compile(r"\{%[-+]?\s*(?:end)?generation\s*[-+]?%\}")
-
-
-def has_markers(template: str) -> bool:
-    """Whether ``template`` holds a ``generation``/``endgeneration`` tag (a quick textual test)."""
-    return bool(_GENERATION_TAG.search(template))
 
 
 def strip_generation_markers(template: str) -> str:
@@ -37,8 +27,7 @@ def strip_generation_markers(template: str) -> str:
     line_edits: list[Edit] = []
     edits: list[Edit] = []
     comment_edits: list[Edit] = []
-    for begin, end in _generation_tag_tokens(source):
-        start, stop = source.tokens[begin].start, source.tokens[end].end
+    for start, stop in find_markers(source):
         tag = template[start:stop]
         edits.append(Edit(start, stop, ""))
         line_start = template.rfind("\n", 0, start) + 1
@@ -52,28 +41,6 @@ def strip_generation_markers(template: str) -> str:
         if _renders_like(candidate, template):
             return candidate
     return source.apply(comment_edits)
-
-
-def _generation_tag_tokens(source: TemplateSource) -> list[tuple[int, int]]:
-    """Token index ranges of each generation/endgeneration tag."""
-    found = []
-    tokens = source.tokens
-    for index, token in enumerate(tokens):
-        if token.kind == "name" and token.text in ("generation", "endgeneration"):
-            begin = index - 1
-            while begin >= 0 and tokens[begin].kind == "whitespace":
-                begin -= 1
-            end = index + 1
-            while end < len(tokens) and tokens[end].kind == "whitespace":
-                end += 1
-            if (
-                begin >= 0
-                and tokens[begin].kind == "block_begin"
-                and end < len(tokens)
-                and tokens[end].kind == "block_end"
-            ):
-                found.append((begin, end))
-    return found
 
 
 def _renders_like(candidate: str, reference: str) -> bool:
