@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from templatefix.errors import TemplatefixError
-from templatefix.patch.strip import has_markers, strip_generation_markers
+from templatefix.jinja.markers import has_markers
+from templatefix.patch.strip import strip_generation_markers
 from templatefix.patch.variants import keep_history_variant, patch_keep_history, prove
 from templatefix.probes import probe_battery
 

@@ -18,7 +18,7 @@ import sys
 from collections import Counter
 from typing import Any
 
-from templatefix.commands.propose import Proposal, prepare, propose
+from templatefix.commands.propose import Proposal, prepare, propose, training_name
 from templatefix.errors import TemplatefixError
 
 #: Summary rows, in the order shown.
@@ -32,7 +32,6 @@ _STYLES = {"not verified": "red", "error": "bold red", "already proposed": "yell
 def process(spec: str, args: argparse.Namespace) -> Proposal:
     """One repo of a batch, start to end; every failure becomes a ``Proposal`` with status ``error``."""
     from templatefix.commands.check import policy_from_args
-    from templatefix.commands.patch import training_name
     from templatefix.io.sources import load_source
 
     policy = policy_from_args(args)

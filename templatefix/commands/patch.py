@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from templatefix.commands.check import add_policy_arguments, policy_from_args
-from templatefix.commands.propose import Proposal, RepoPatch, prepare, propose
+from templatefix.commands.propose import Proposal, RepoPatch, prepare, propose, training_name
 from templatefix.errors import NotVerifiedError, OutputError, PushError, TemplatefixError
 from templatefix.io.files import REPORT_FILE, plan_writes, report_bytes, write_files, write_in_place
 from templatefix.io.hub import quiet_hub
@@ -240,19 +240,6 @@ def run_one(spec: str, args: argparse.Namespace) -> int:
     elif args.output is None and not args.in_place and push_target is None and changed:
         console.print("nothing written: use -o OUT, --in-place or --push-to to write the patch", style="dim")
     return exit_code([_report_status(p.result) for p in repo.patched])
-
-
-def training_name(args: argparse.Namespace, source: LoadedSource | None = None) -> str | None:
-    """The named template the patch goes to: ``--as-named``, or ``training`` for a keep-history
-    variant (the default stays for inference) unless ``--as-default`` or SOURCE is a lone file."""
-    if args.as_named or not getattr(args, "keep_history", False) or args.as_default:
-        return args.as_named
-    default = source.templates.default if source is not None else None
-    if default is not None and default.kind == "jinja_file":
-        return None  # a lone .jinja file has no place for a named template: the output is the variant
-    from templatefix.commands.propose import TRAINING_NAME
-
-    return TRAINING_NAME
 
 
 def _report_status(result: Any) -> str:

@@ -97,6 +97,17 @@ class PatchedEntry:
         return data
 
 
+def training_name(args: Any, source: LoadedSource | None = None) -> str | None:
+    """The named template the patch goes to: ``--as-named``, or ``training`` for a keep-history
+    variant (the default stays for inference) unless ``--as-default`` or SOURCE is a lone file."""
+    if args.as_named or not getattr(args, "keep_history", False) or args.as_default:
+        return args.as_named
+    default = source.templates.default if source is not None else None
+    if default is not None and default.kind == "jinja_file":
+        return None  # a lone .jinja file has no place for a named template: the output is the variant
+    return TRAINING_NAME
+
+
 def patch_entries(
     source: LoadedSource, policy: Policy, *, only_default: bool = False, keep_history: bool = False
 ) -> list[PatchedEntry]:

@@ -53,8 +53,9 @@ from jinja2.visitor import NodeVisitor
 from templatefix import environment as hf_environment
 from templatefix import limits
 from templatefix.errors import RenderLimitExceeded
+from templatefix.jinja.markers import has_markers
 from templatefix.patch.api import PatchResult, patch_template, unified_diff
-from templatefix.patch.strip import has_markers, strip_generation_markers
+from templatefix.patch.strip import strip_generation_markers
 from templatefix.policy import Policy
 from templatefix.render import environment, render, template_arguments
 from templatefix.source import Edit, TemplateSource
