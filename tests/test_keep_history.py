@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import templatefix
 from templatefix.cli import main
 from templatefix.patch.strip import strip_generation_markers
-from templatefix.patch.variants import KeepHistoryResult, keep_history_variant, patch_keep_history, prove
+from templatefix.patch.variants import KeepHistoryResult, keep_history_variant, prove
 from templatefix.probes import probe_battery, random_conversation
 from templatefix.render import render
 from templatefix.source import TemplateSource
@@ -101,14 +101,14 @@ def test_patch_tokenizer_sets_the_variant() -> None:
 
 
 def test_a_template_that_keeps_history_gives_itself() -> None:
-    result = patch_keep_history(CHATML)
+    result = templatefix.patch_template(CHATML, keep_history=True)
     assert result.rewrites == [] and result.variant == CHATML
     assert result.proof.holds and result.verified
     assert result.patched == templatefix.patch_template(CHATML).patched
 
 
 def test_an_unprovable_test_is_named_and_nothing_is_verified() -> None:
-    result = patch_keep_history(UNPROVABLE)
+    result = templatefix.patch_template(UNPROVABLE, keep_history=True)
     assert not result.verified and not result.passed
     assert any("`loop.index0 > ns.q`" in p and "both values" in p for p in result.problems), result.problems
     assert not result.proof.holds
@@ -219,7 +219,7 @@ def _read(corpus_dir: Path, name: str) -> str:
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
 def test_official_templates_get_a_proven_variant(corpus_dir: Path, name: str) -> None:
     original = _read(corpus_dir, name)
-    result = patch_keep_history(original)
+    result = templatefix.patch_template(original, keep_history=True)
     assert [(r.line, r.expression, r.value) for r in result.rewrites] == OFFICIAL[name]
     assert not result.problems
     assert result.proof.holds, result.proof.failures
@@ -244,7 +244,7 @@ def test_official_templates_get_a_proven_variant(corpus_dir: Path, name: str) ->
 def test_qwq_keeps_its_mismatch_and_nothing_else(corpus_dir: Path) -> None:
     """QwQ's generation prompt opens <think>, which its render of an answer without one lacks:
     the variant keeps every turn's <think> but stays a mismatch (SPEC §3), never exact."""
-    result = patch_keep_history(_read(corpus_dir, "qwen/QwQ-32B.jinja"))
+    result = templatefix.patch_template(_read(corpus_dir, "qwen/QwQ-32B.jinja"), keep_history=True)
     assert result.proof.mismatched == result.proof.turns > 0
     assert result.verified and result.status == "flagged"
     assert all("generation prompt disagrees" in flag for flag in result.flags)
@@ -254,7 +254,8 @@ def test_qwq_keeps_its_mismatch_and_nothing_else(corpus_dir: Path) -> None:
 def test_qwen3_later_revision_has_no_provable_variant(corpus_dir: Path) -> None:
     """With user content given as a list of parts the template finds no question, and writes no
     reasoning even for the last turn: its last-question test takes both values when last."""
-    result = patch_keep_history(_read(corpus_dir, "qwen/Qwen3.later-revision.jinja"))
+    later = _read(corpus_dir, "qwen/Qwen3.later-revision.jinja")
+    result = templatefix.patch_template(later, keep_history=True)
     assert not result.verified and not result.passed
     assert result.problems == [
         "line 43: `loop.index0 > ns.last_query_index` depends on later messages but takes both values "

@@ -20,7 +20,7 @@ from hub_server import TEST_TOKEN, FakeHub, hub_environment, hub_offline
 import templatefix
 from templatefix import PatchResult
 from templatefix.cli import main
-from templatefix.commands.propose import unified_diff
+from templatefix.patch.result import unified_diff
 from templatefix.policy import Policy
 
 TINY = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"

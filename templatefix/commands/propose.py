@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from templatefix.errors import OutputError, PushError, SourceError, TemplatefixE
 from templatefix.io.layout import TemplateEntry, named_template_files, patched_files
 from templatefix.io.pr import TITLE_MARK, PrContext, TemplateOutcome, fingerprint, pull_request_text
 from templatefix.io.sources import LoadedSource
+from templatefix.patch.result import unified_diff
 from templatefix.policy import Policy
 
 #: The name of the template a pull request adds when it leaves the default alone.
@@ -39,13 +39,6 @@ Status = Literal[
     "opened", "committed", "would open", "would commit", "already proposed", "already exact",
     "not verified", "error",
 ]  # fmt: skip
-
-
-def unified_diff(before: str, after: str, name: str) -> str:
-    """A unified diff of two template texts (line endings kept)."""
-    return "".join(
-        difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{name}", f"b/{name}")
-    )
 
 
 @dataclass

@@ -42,7 +42,7 @@ Example:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +54,7 @@ from templatefix import environment as hf_environment
 from templatefix import limits
 from templatefix.errors import RenderLimitExceeded
 from templatefix.jinja.markers import has_markers
-from templatefix.patch.api import PatchResult, patch_template, unified_diff
+from templatefix.patch.result import PatchResult, unified_diff
 from templatefix.patch.strip import strip_generation_markers
 from templatefix.policy import Policy
 from templatefix.render import environment, render, template_arguments
@@ -619,6 +619,7 @@ class KeepHistoryResult(PatchResult):
 
 def patch_keep_history(
     template: str,
+    patcher: Callable[..., PatchResult],
     *,
     policy: Policy | None = None,
     probes: Sequence[Any] | None = None,
@@ -628,7 +629,8 @@ def patch_keep_history(
     """Build the keep-history variant of ``template``, prove SPEC §8 and patch it.
 
     ``probes`` (default: T's battery) are used to find the tests and for the proof; the variant
-    is then patched and verified on its own battery, as any template is.
+    is then patched by ``patcher`` (``templatefix.patch_template``, which calls this function
+    for ``keep_history=True``) and verified on its own battery, as any template is.
 
     Raises:
         TemplateSyntaxError: the template is not valid Jinja.
@@ -642,7 +644,7 @@ def patch_keep_history(
     probe_list = list(probes) if probes is not None else probe_battery(original)
     variant = keep_history_variant(original, probe_list, special_tokens)
     proof = prove(original, variant.template, probe_list, special_tokens)
-    patch = patch_template(variant.template, policy=policy, probes=probes, special_tokens=special_tokens)
+    patch = patcher(variant.template, policy=policy, probes=probes, special_tokens=special_tokens)
     rewritten = 0
     if patch.report is not None:
         rewritten = sum(
