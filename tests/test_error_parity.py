@@ -359,3 +359,18 @@ def test_verified_corpus_patches_raise_where_their_originals_raise(
                         problems[name] = f"{where}: {before} vs {after}"
     assert verified >= 10 and raising > 0
     assert problems == {}
+
+
+def test_a_variable_set_to_text_just_before_may_be_cut_like_a_literal() -> None:
+    template = (
+        LOOP + "{% if m.name %}{% set p = '<|' + m.role + '|>' + m.name %}"
+        "{% else %}{% set p = '<|' ~ m.role %}{% endif %}{{ m.pre + p + m.content }}{% endfor %}"
+    )
+    result = written(template, ["out", ("out", 3, "in"), "in"])
+    assert "p[:3]" in result and "p[3:]" in result
+    for pre in ("", [1], None):
+        messages = [{"role": "assistant", "content": "x", "pre": pre}]
+        assert outcome(result, messages) == outcome(template, messages)
+    unknown = LOOP + "{% if m.name %}{% set p = m.name %}{% endif %}{{ '<' + p + m.content }}{% endfor %}"
+    with pytest.raises(PatchFailure, match="cuts an operand"):
+        written(unknown, ["out", ("out", 3, "in"), "in"])

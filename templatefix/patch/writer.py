@@ -489,8 +489,11 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
         if before.part == after.part:  # a cut inside one operand
             if after.part < 0 or constant_text(atom, after.part) is not None:
                 continue  # a literal: its slices are string literals
-            if parents[after.part] is not nodes.Add or _anchored(part_node(atom, after.part), macros):
+            operand = part_node(atom, after.part)
+            if parents[after.part] is not nodes.Add or _anchored(operand, macros):
                 continue  # written as text, or a str whenever it evaluates: sliced like a literal
+            if isinstance(operand, nodes.Name) and _set_to_text_before(source, atom, operand.name, macros):
+                continue  # a variable the template always sets to a str just before
             _refuse(source, whole, "it cuts an operand of '+' that is not a string literal")
         node, first = _add_at(whole, before.part)
         if node is None:
@@ -582,6 +585,53 @@ def _anchored(node: nodes.Node, macros: frozenset[str] = frozenset()) -> bool:
         return node.node.attr in _STRING_METHODS
     if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name):
         return node.node.name in macros
+    return False
+
+
+def _set_to_text_before(source: TemplateSource, atom: Atom, name: str, macros: frozenset[str]) -> bool:
+    """``name`` holds a str at the atom's output: in the statements before that output (in the same
+    body), ``{% set name = … %}`` with a string-valued expression, or an if/else whose every branch
+    ends up doing so."""
+
+    def sets(statements: list[nodes.Node]) -> bool:
+        found = False
+        for statement in statements:
+            if isinstance(statement, nodes.Assign) and isinstance(statement.target, nodes.Name):
+                if statement.target.name == name:
+                    found = _anchored(statement.node, macros)
+            elif isinstance(statement, nodes.If):
+                branches = [statement.body, *(e.body for e in statement.elif_), statement.else_]
+                if all(sets(branch) for branch in branches):
+                    found = True
+                elif any(_assigns(branch, name) for branch in branches):
+                    found = False
+            elif _assigns([statement], name):
+                found = False
+        return found
+
+    where = getattr(atom.output, "tf_span", None)
+
+    def is_output(statement: nodes.Node) -> bool:
+        return isinstance(statement, nodes.Output) and getattr(statement, "tf_span", None) == where
+
+    for holder in (source.ast, *source.ast.find_all(nodes.Node)):
+        for field in ("body", "else_"):
+            statements = getattr(holder, field, None)
+            if isinstance(statements, list) and any(is_output(s) for s in statements):
+                index = next(i for i, s in enumerate(statements) if is_output(s))
+                return sets(statements[:index])
+    return False
+
+
+def _assigns(statements: list[nodes.Node], name: str) -> bool:
+    """Some statement in ``statements`` (or nested in them) assigns ``name``."""
+    for statement in statements:
+        for node in (statement, *statement.find_all(nodes.Node)):
+            if isinstance(node, (nodes.Assign, nodes.AssignBlock, nodes.For)):
+                target = node.target
+                names = {n.name for n in (target, *target.find_all(nodes.Name)) if isinstance(n, nodes.Name)}
+                if name in names:
+                    return True
     return False
 
 
