@@ -47,7 +47,9 @@ QWEN3 = (
 TILDE = LOOP + "{{ '<|im_start|>' ~ m.role ~ '\n' ~ m.content ~ '<|im_end|>\n' }}" + TAIL
 #: Neither side of the `+` at the span edge is known to be a string.
 UNKNOWN_SIDES = (
-    LOOP + "{% set h = '<|' ~ m.role ~ '|>\n' %}{{ h + m.content }}{{ '<|end|>\n' }}{% endfor %}"
+    # `h` renders a header, but nothing proves it a str: its `else` side is the raw field
+    LOOP + "{% set h = '<|' ~ m.role ~ '|>\n' if m.role else m.role %}{{ h + m.content }}{{ '<|end|>\n' }}"
+    "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
@@ -111,6 +113,20 @@ def test_tilde_chain_needs_no_guard_and_still_renders_undefined_as_empty() -> No
     messages = conversation(drop=True)
     assert outcome(TILDE, messages) == outcome(result.patched, messages)
     assert outcome(TILDE, messages)[0] == "text"
+
+
+def test_a_variable_set_to_text_just_before_is_a_string_side() -> None:
+    """AI21 Jamba's shape: ``{% set prefix = … %}`` with a str, then ``prefix + content``: the
+    split keeps every error (``'' + content``) and the patch is verified."""
+    template = (
+        LOOP + "{% set h = '<|' ~ m.role ~ '|>\n' %}{{ h + m.content }}{{ '<|end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    result = patch_template(template)
+    assert result.verified, result.reasons
+    assert "'' + m.content" in result.patched
+    for messages in (conversation(), conversation(drop=True), conversation([{"type": "text", "text": "x"}])):
+        assert outcome(template, messages) == outcome(result.patched, messages)
 
 
 def test_a_split_that_cannot_keep_errors_is_refused_with_the_reason() -> None:

@@ -30,17 +30,6 @@ REFERENCES = sorted(p.name for p in REFERENCE_DIR.glob("*.jinja"))
 ALWAYS = ("gpt-oss/", "qwen/", "gemma/")
 OTHER_STRIDE = 6
 CONVERSATIONS_PER_TEMPLATE = 3
-#: Verified templates this judge shows wrong today (details: ``benchmarks/crosscheck.py``).
-#: Expected to fail until the patcher is fixed; not strict, so a fix shows up as XPASS in the
-#: summary and the entry can go.
-_GEMMA4_TEXT = (
-    "word rule: an assistant message with text and tool calls; the text, written after the tool "
-    "responses, is outside every span"
-)
-KNOWN_WRONG: dict[str, str] = {
-    "gemma/axolotl-gemma4.2026-05-27.jinja": _GEMMA4_TEXT,
-    "gemma/gemma-4-31B-it.2026-04-10.jinja": _GEMMA4_TEXT,
-}
 
 
 @pytest.fixture(scope="module")
@@ -188,13 +177,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         skip = pytest.mark.skip(reason=reason or f"no templates under {corpus}")
         metafunc.parametrize("sampled_template", [pytest.param(None, marks=skip)], ids=["no-corpus"])
         return
-    sample = [
-        pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_WRONG[name], strict=False))
-        if name in KNOWN_WRONG
-        else name
-        for name in _sample(names)
-    ]
-    metafunc.parametrize("sampled_template", sample, ids=_sample(names))
+    sample = _sample(names)
+    metafunc.parametrize("sampled_template", sample, ids=sample)
 
 
 def test_verified_corpus_sample(sampled_template: str, corpus_dir: Path) -> None:

@@ -284,17 +284,6 @@ CORPUS_SAMPLE = (
     "llama/Meta-Llama-3-8B-Instruct.jinja",
 )
 CONVERSATIONS = 3
-#: (template, policy) pairs this checker shows wrong on the code it was written against (details:
-#: ``benchmarks/crosscheck.py --all-policies``). Expected failures, not strict: a fix shows up
-#: as XPASS and the entry can go.
-_TEXT_BESIDE_CALL = "an assistant message with text and a tool call gets no span: its text is untrained"
-KNOWN_WRONG: dict[tuple[str, str], str] = {
-    ("templates/chatml.jinja", "tool_calls=not_trained"): _TEXT_BESIDE_CALL,
-    ("qwen/Qwen2.5-7B-Instruct.jinja", "tool_calls=not_trained"): _TEXT_BESIDE_CALL,
-    ("llama/Meta-Llama-3-8B-Instruct.jinja", "tool_calls=not_trained"): _TEXT_BESIDE_CALL,
-    ("gpt-oss/openai-gpt-oss-20b.2025-08-08.jinja", "reasoning=final_channel_only"):
-        "the tool call (commentary channel) is trained",
-}
 
 
 def _sample() -> list[Any]:
@@ -305,9 +294,7 @@ def _sample() -> list[Any]:
     params = []
     for name in names:
         for policy in POLICIES:
-            key = (name, policy_name(policy))
-            marks = [pytest.mark.xfail(reason=KNOWN_WRONG[key], strict=False)] if key in KNOWN_WRONG else []
-            params.append(pytest.param(name, policy, marks=marks, id=f"{name}-{policy_name(policy)}"))
+            params.append(pytest.param(name, policy, id=f"{name}-{policy_name(policy)}"))
     return params
 
 

@@ -233,6 +233,15 @@ def _run_expression(
     return text
 
 
+def _leaves(whole: nodes.Node) -> list[nodes.Node]:
+    """The operands of the chain ``whole``, in ``flatten_chain``'s order, as nodes of ``whole``."""
+    if isinstance(whole, nodes.Add):
+        return [*_leaves(whole.left), *_leaves(whole.right)]
+    if isinstance(whole, nodes.Concat):
+        return [leaf for child in whole.nodes for leaf in _leaves(child)]
+    return [whole]
+
+
 def _leaf_parents(whole: nodes.Node) -> list[type | None]:
     """For each operand of the chain (``flatten_chain``'s order), the type of the node whose operand
     it is: ``nodes.Add``, ``nodes.Concat``, or ``None`` when the expression is not a chain."""
@@ -481,6 +490,17 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
     guards = [[False, False] for _ in runs]
     whole = part_node(atom, -1)
     macros = _macros(source)
+    leaves = _leaves(whole)  # compared by identity with the chain's own nodes
+
+    def text_valued(node: nodes.Node) -> bool:
+        """A str whenever it evaluates: string-valued, a variable the template sets to a str just
+        before the output, or a ``+`` with such a side."""
+        if isinstance(node, nodes.Name):
+            return _set_to_text_before(source, atom, node.name, macros)
+        if isinstance(node, nodes.Add):
+            return text_valued(node.left) or text_valued(node.right)
+        return _anchored(node, macros)
+
     parents = _leaf_parents(whole)
     if len(runs) > 1 and "+" in atom.operators and _may_be_markup(source, whole):
         _refuse(source, whole, "an operand may be an HTML-escaping Markup string, whose '+' escapes")
@@ -498,16 +518,17 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
         node, first = _add_at(whole, before.part)
         if node is None:
             continue  # operands of `~`: str() each, which never raises
-        left, right = _anchored(node.left, macros), _anchored(node.right, macros)
+        left, right = text_valued(node.left), text_valued(node.right)
         if left and right:
             continue  # str + str whenever both evaluate
-        if left and part_node(atom, after.part) is node.right:
+        if left and leaves[after.part] is node.right:
             # `x + 'lit'` written in the same run already raises as `L + x` would
             parent = _parent_add(whole, node)
             guards[index][0] = not (
                 parent is not None
                 and constant_text(atom, after.part + 1) is not None
-                and part_node(atom, after.part + 1) is parent.right
+                and after.part + 1 < len(leaves)
+                and leaves[after.part + 1] is parent.right
                 and after.part + 1 in {unit.part for unit in runs[index]}
             )
         elif (

@@ -23,11 +23,12 @@ Policies are plain keyword values (the same names as ``templatefix.patch_templat
 - ``turns``: ``"all"``; ``"last"`` (only assistant messages after the last user message);
   ``"last_message"`` (only the final assistant message of the conversation).
 - ``reasoning``: ``"trained"``; ``"not_trained"`` (reasoning words outside);
-  ``"final_channel_only"``: the policy is defined on harmony's channels (gpt-oss), so when the
-  render writes channels (it contains ``<|channel|>``), a content word is inside only when the
-  channel it is written in (the nearest ``<|channel|>NAME`` before it) is ``final``, and
-  reasoning, tool-call names and arguments (the ``commentary`` channel) are outside; a render
-  without channels is judged as ``not_trained``. The judge reads the channel from the render, the
+  ``"final_channel_only"``: only the answers are trained. Reasoning, tool-call names and
+  arguments are outside, and so is every word of an assistant message that has tool calls (in
+  harmony, gpt-oss's format, such a message is written in the ``analysis`` and ``commentary``
+  channels). When the render writes channels (it contains ``<|channel|>``), a content word of
+  any other message is inside only when the channel it is written in (the nearest
+  ``<|channel|>NAME`` before it) is ``final``. The judge reads the channel from the render, the
   way the policy names it; it never looks at the template's source.
 - ``tool_calls``: ``"trained"``; ``"not_trained"`` (tool-call names and arguments outside; the
   content beside them stays inside).
@@ -173,8 +174,9 @@ def expected_words(
     """Every word of ``messages`` with where ``policy`` wants it (``channels``: the render writes
     harmony channels, see the module docstring)."""
     reasoning_policy = policy.get("reasoning", "trained")
-    by_channel = reasoning_policy == "final_channel_only" and channels
-    calls_trained = policy.get("tool_calls", "trained") == "trained" and not by_channel
+    final_only = reasoning_policy == "final_channel_only"
+    by_channel = final_only and channels
+    calls_trained = policy.get("tool_calls", "trained") == "trained" and not final_only
     words: list[Word] = []
 
     def add(index: int, role: str, name: str, text: str, trained: bool | None, kind: str) -> None:
@@ -187,7 +189,8 @@ def expected_words(
             for sub, text in _texts(message.get("content")):
                 add(index, role, "content" + sub, text, False, "text")
             continue
-        trained = _trained_message(messages, index, policy)
+        # under final_channel_only a message with tool calls is not an answer
+        trained = _trained_message(messages, index, policy) and not (final_only and message.get("tool_calls"))
         for sub, text in _texts(message.get("content")):
             content_trained = (None if by_channel else True) if trained else False
             add(index, role, "content" + sub, text, content_trained, "text")
