@@ -107,7 +107,11 @@ _ALL = _REASONING + _CONTENT + _CALLS + _END
 RIGHT_BY_POLICY: dict[str, str] = {
     "default": RIGHT,
     "reasoning=not_trained": _template(_REASONING + _gen(_CONTENT + _CALLS + _END)),
-    "reasoning=final_channel_only": _template(_REASONING + _gen(_CONTENT + _CALLS + _END)),
+    # only answers: a message with tool calls is not one
+    "reasoning=final_channel_only": _template(
+        "{% if m.tool_calls %}" + _ALL + "{% else %}" + _REASONING + _gen(_CONTENT + _CALLS + _END)
+        + "{% endif %}"
+    ),
     "tool_calls=not_trained": _template(_gen(_REASONING + _CONTENT) + _CALLS + _gen(_END)),
     "turns=last": _template(
         "{% if loop.index0 > ns.last %}" + _gen(_ALL) + "{% else %}" + _ALL + "{% endif %}", _LAST_USER
@@ -161,7 +165,9 @@ def test_default_patch_is_wrong_under_every_other_policy(name: str) -> None:
     assert failures and all(f.rule == "word" and f.expected == "outside" for f in failures)
     excluded = {
         "reasoning=not_trained": {"delta4q", "garnet7q", "bravo12q"},
-        "reasoning=final_channel_only": {"delta4q", "garnet7q", "bravo12q"},
+        "reasoning=final_channel_only": {
+            "delta4q", "garnet7q", "bravo12q", "fjord6q", "harbor8q", "indigo9q"
+        },
         "tool_calls=not_trained": {"harbor8q", "indigo9q"},
         "turns=last": {"cedar3q", "delta4q"},
         "turns=last_message": {"cedar3q", "delta4q", "fjord6q", "garnet7q", "harbor8q", "indigo9q"},
