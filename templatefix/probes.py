@@ -143,7 +143,7 @@ def fixed_battery(template: str, *, limit: int = MAX_BATTERY) -> list[Probe]:
     ``"reasoning_multi_turn[enable_thinking=False]"``. A flag value changes which markers are
     right (a literal that is the generation prompt's under one value and part of the answer under
     another), so every value is combined with every such shape; a combination whose renders
-    (the conversation, and the prompt before each assistant turn) and the outputs that wrote
+    (the conversation, and the prompt before its last assistant turn) and the outputs that wrote
     text equal the shape's without the flag is left out: it checks nothing the shape does not. At
     most :data:`MAX_FLAG_PROBES` flag combinations, added round-robin (every value's first shape
     before any value's second).
@@ -159,12 +159,12 @@ def fixed_battery(template: str, *, limit: int = MAX_BATTERY) -> list[Probe]:
     variants = [(flag, value) for flag, values in find_flags(template).items() for value in values]
     added = 0
     for shape in FLAG_SHAPES:
-        plain = make_probe(shape)
+        plain = _behaviour(template, make_probe(shape)) if variants else None
         for flag, value in variants:
             if added >= MAX_FLAG_PROBES:
                 return battery
             probe = make_probe(shape, {flag: value}, name=f"{shape}[{flag}={value!r}]")
-            if _behaviour(template, probe) == _behaviour(template, plain) is not None:
+            if plain is not None and _behaviour(template, probe) == plain:
                 continue
             battery.append(probe)
             added += 1
@@ -173,7 +173,7 @@ def fixed_battery(template: str, *, limit: int = MAX_BATTERY) -> list[Probe]:
 
 def _behaviour(template: str, probe: Probe) -> tuple[Any, ...] | None:
     """What the original template does on ``probe``: the full render, the render of the prompt
-    before each assistant turn, and the outputs that wrote text (not the branch outcomes: a flag
+    before its last assistant turn, and the outputs that wrote text (not the branch outcomes: a flag
     passed with its default value takes other outcomes of ``is defined`` and nothing else);
     ``None`` if a render fails (such a probe is kept: the patch must fail alike)."""
     from templatefix.coverage import probe_features
@@ -182,10 +182,8 @@ def _behaviour(template: str, probe: Probe) -> tuple[Any, ...] | None:
     kwargs = probe.render_kwargs()
     try:
         renders = [render(template, messages, **kwargs)]
-        for index, message in enumerate(messages):
-            if message.get("role") == "assistant":
-                prompt_kwargs = {**kwargs, "add_generation_prompt": True}
-                renders.append(render(template, messages[:index], **prompt_kwargs))
+        last = max((i for i, message in enumerate(messages) if message.get("role") == "assistant"), default=0)
+        renders.append(render(template, messages[:last], **{**kwargs, "add_generation_prompt": True}))
         features = probe_features(template, probe)
     except RenderError:
         return None
