@@ -50,6 +50,11 @@ from templatefix.shapes import make_probe as make_probe  # re-exported
 #: small; base shapes always fit, flag variants fill the rest.
 MAX_BATTERY = 30
 
+#: At most this many flag combinations (a flag value with a shape of
+#: :data:`templatefix.shapes.FLAG_SHAPES`) on top of :data:`MAX_BATTERY`; combinations that
+#: behave like the shape without the flag are not counted (nor kept).
+MAX_FLAG_PROBES = 90
+
 #: Seeds of the random conversations added to every battery (SPEC §4: random conversations
 #: too), chosen for variety: parts, parallel calls, reasoning before calls, empty answers.
 RANDOM_SEEDS = (3, 9, 12, 14, 18)
@@ -129,13 +134,19 @@ def _battery(template: str, limit: int, search: bool) -> tuple[Probe, ...]:
 
 
 def fixed_battery(template: str, *, limit: int = MAX_BATTERY) -> list[Probe]:
-    """The probe conversations every template gets (SPEC §4), at most ``limit`` of them.
+    """The probe conversations every template gets (SPEC §4).
 
-    First the base shapes (plus ``documents`` if the template reads ``documents``) with no flags
-    passed; then, for every flag value from :func:`find_flags`, the shapes in
-    :data:`FLAG_SHAPES`, named like ``"reasoning_multi_turn[enable_thinking=False]"``. Flag
-    variants are added round-robin (every value's first shape before any value's second), so
-    when the cap cuts the list every value is still probed at least once if it fits.
+    First the base shapes (plus ``documents`` if the template reads ``documents``) and the random
+    conversations, at most ``limit`` of them; then, for every flag value from :func:`find_flags`,
+    the shapes in :data:`FLAG_SHAPES` (tool calls with one and several calls, with and without
+    text and reasoning; earlier turns with and without reasoning), named like
+    ``"reasoning_multi_turn[enable_thinking=False]"``. A flag value changes which markers are
+    right (a literal that is the generation prompt's under one value and part of the answer under
+    another), so every value is combined with every such shape; a combination whose renders
+    (the conversation, and the prompt before its last assistant turn) and the outputs that wrote
+    text equal the shape's without the flag is left out: it checks nothing the shape does not. At
+    most :data:`MAX_FLAG_PROBES` flag combinations, added round-robin (every value's first shape
+    before any value's second).
 
     Raises:
         TemplateSyntaxError: the template is not valid Jinja.
@@ -144,14 +155,40 @@ def fixed_battery(template: str, *, limit: int = MAX_BATTERY) -> list[Probe]:
     if "documents" in template_reads(template):
         battery.append(make_probe("documents"))
     battery.extend(random_conversation(seed) for seed in RANDOM_SEEDS)
+    battery = battery[:limit]
     variants = [(flag, value) for flag, values in find_flags(template).items() for value in values]
+    added = 0
     for shape in FLAG_SHAPES:
+        plain = _behaviour(template, make_probe(shape)) if variants else None
         for flag, value in variants:
-            if len(battery) >= limit:
+            if added >= MAX_FLAG_PROBES:
                 return battery
-            name = f"{shape}[{flag}={value!r}]"
-            battery.append(make_probe(shape, {flag: value}, name=name))
-    return battery[:limit]
+            probe = make_probe(shape, {flag: value}, name=f"{shape}[{flag}={value!r}]")
+            if plain is not None and _behaviour(template, probe) == plain:
+                continue
+            battery.append(probe)
+            added += 1
+    return battery
+
+
+def _behaviour(template: str, probe: Probe) -> tuple[Any, ...] | None:
+    """What the original template does on ``probe``: the full render, the render of the prompt
+    before its last assistant turn, and the outputs that wrote text (not the branch outcomes: a flag
+    passed with its default value takes other outcomes of ``is defined`` and nothing else);
+    ``None`` if a render fails (such a probe is kept: the patch must fail alike)."""
+    from templatefix.coverage import probe_features
+
+    messages = list(probe.messages)
+    kwargs = probe.render_kwargs()
+    try:
+        renders = [render(template, messages, **kwargs)]
+        last = max((i for i, message in enumerate(messages) if message.get("role") == "assistant"), default=0)
+        renders.append(render(template, messages[:last], **{**kwargs, "add_generation_prompt": True}))
+        features = probe_features(template, probe)
+    except RenderError:
+        return None
+    outputs = frozenset(feature for feature in features or () if feature[0] == "out")
+    return (tuple(renders), outputs)
 
 
 def accepts(template: str, probe: Probe, special_tokens: Mapping[str, Any] | None = None) -> bool:

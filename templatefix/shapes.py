@@ -250,8 +250,20 @@ _BASE_SHAPES = {
 #: The base shapes' builders by name (``templatefix.derive`` varies them).
 BASE_SHAPE_BUILDERS = _BASE_SHAPES
 #: Shapes repeated under each flag value, most telling first: reasoning in some turns shows history
-#: rewriting and a final turn without reasoning after turns with it (Qwen3.6 with thinking off).
-FLAG_SHAPES = ("reasoning_some_turns", "reasoning_multi_turn", "reasoning_tool_calls", "system_multi_turn")
+#: rewriting and a final turn without reasoning after turns with it (Qwen3.6 with thinking off);
+#: then tool calls: one call after reasoning, then history (a flag can change what a call turn
+#: writes before its calls: an empty thinking block that is the prompt's under one value and the
+#: answer's under another), one call with neither text nor reasoning, two calls after text, two
+#: calls with neither.
+FLAG_SHAPES = (
+    "reasoning_some_turns",
+    "reasoning_tool_calls",
+    "tool_calls",
+    "tool_calls_multi",
+    "tool_calls_parallel",
+    "reasoning_multi_turn",
+    "system_multi_turn",
+)
 
 
 def _assistant_content_parts(words: WordSource) -> tuple[list[Message], dict[str, Any]]:

@@ -9,11 +9,12 @@ import pytest
 from hypothesis import given, settings
 from strategies import conversations, random_probes, tools_for
 
-from templatefix.coverage import SEARCH_KEEP, SEARCH_KEEP_OUTPUTS, measure
+from templatefix.coverage import SEARCH_KEEP, SEARCH_KEEP_OUTPUTS
 from templatefix.errors import TemplateSyntaxError
 from templatefix.probes import (
     FLAG_SHAPES,
     MAX_BATTERY,
+    MAX_FLAG_PROBES,
     RANDOM_SEEDS,
     SHAPES,
     Probe,
@@ -170,40 +171,76 @@ def test_battery_adds_documents_only_when_read() -> None:
 
 
 def test_battery_repeats_flag_shapes_under_every_value() -> None:
+    """``enable_thinking=False`` changes every shape's prompt (an empty thinking block); ``True``
+    renders like the flag not passed, so it is left out."""
     battery = fixed_battery(CHATML)
     flagged = [p for p in battery if p.kwargs.get("enable_thinking") is not None]
     assert {(p.name.split("[")[0], p.kwargs["enable_thinking"]) for p in flagged} == {
-        (shape, value) for shape in FLAG_SHAPES for value in (True, False)
+        (shape, False) for shape in FLAG_SHAPES
     }
+
+
+def test_battery_keeps_a_flag_value_that_only_changes_the_prompt() -> None:
+    template = (
+        "{% for m in messages %}{{ m.content }};{% endfor %}"
+        "{% if add_generation_prompt %}{% if fast %}F{% else %}S{% endif %}{% endif %}"
+    )
+    names = {probe.name for probe in fixed_battery(template)}
+    assert {f"{shape}[fast=True]" for shape in FLAG_SHAPES} <= names
 
 
 def _switches(count: int) -> str:
     return "".join(f"{{% if flag{i} %}}x{{% endif %}}" for i in range(count))
 
 
-def test_battery_cap_keeps_every_flag_value_that_fits() -> None:
+def _switched_turns(count: int) -> str:
+    """Every assistant turn with tool calls writes a marker per switch that is on."""
+    switches = "".join(f"{{% if flag{i} %}}s{i}{{% endif %}}" for i in range(count))
+    return (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}"
+        f"{{% if m.tool_calls %}}{switches}"
+        "{% for c in m.tool_calls %}{{ c.function.name }}{% endfor %}"
+        "{% endif %}</{{ m.role }}>{% endfor %}"
+    )
+
+
+def test_battery_combines_every_flag_value_with_every_tool_call_shape() -> None:
+    """More flag values than the base battery's cap leaves room for: each value that changes what a
+    call turn writes is still combined with every flag shape that has a call."""
+    count = 12
+    battery = fixed_battery(_switched_turns(count))
+    names = {probe.name for probe in battery}
+    call_shapes = [s for s in FLAG_SHAPES if any(m.get("tool_calls") for m in make_probe(s).messages)]
+    assert {"tool_calls", "tool_calls_parallel", "tool_calls_multi", "reasoning_tool_calls"} <= set(
+        call_shapes
+    )
+    for shape in call_shapes:
+        for i in range(count):
+            assert f"{shape}[flag{i}=True]" in names
+            # ``False`` renders like the switch not passed: nothing to check that the shape does not
+            assert f"{shape}[flag{i}=False]" not in names
+    # shapes without calls are the same under every value here
+    assert not any(name.startswith("system_multi_turn[") for name in names)
+
+
+def test_battery_keeps_every_flag_value_the_base_cap_would_cut() -> None:
     fitting = (MAX_BATTERY - (len(SHAPES) - 1) - len(RANDOM_SEEDS)) // 2  # two values per switch
-    battery = fixed_battery(_switches(fitting))
+    battery = fixed_battery(_switches(fitting + 5))
     probed = {(key, value) for p in battery for key, value in p.kwargs.items() if key.startswith("flag")}
-    assert probed == {(f"flag{i}", value) for i in range(fitting) for value in (True, False)}
-    assert len(fixed_battery(_switches(fitting + 5))) == MAX_BATTERY
-
-
-def test_search_reaches_the_flag_values_the_cap_cut() -> None:
-    """Flag values past the fixed battery's cap are found again by the coverage search."""
-    template = _switches((MAX_BATTERY - (len(SHAPES) - 1) - len(RANDOM_SEEDS)) // 2 + 5)
-    assert not measure(template, fixed_battery(template)).complete
-    assert measure(template, probe_battery(template)).complete
+    # ``flagN=False`` renders like no flag: only the values that change the render are probed
+    assert probed == {(f"flag{i}", True) for i in range(fitting + 5)}
+    base = len(SHAPES) - 1 + len(RANDOM_SEEDS)
+    assert len(fixed_battery(_switches(200))) == base + MAX_FLAG_PROBES
 
 
 def test_corpus_batteries_stay_within_bounds(corpus_templates: list[tuple[str, str]]) -> None:
     base = len(SHAPES) - 1 + len(RANDOM_SEEDS)
     for index, (name, text) in enumerate(corpus_templates):
         fixed = fixed_battery(text)
-        assert base <= len(fixed) <= MAX_BATTERY, name
+        assert base <= len(fixed) <= MAX_BATTERY + MAX_FLAG_PROBES, name
         # the search is the costly part: every tenth template
         battery = probe_battery(text) if index % 10 == 0 else fixed
-        bound = MAX_BATTERY + SEARCH_KEEP + SEARCH_KEEP_OUTPUTS + SOLVE_KEEP
+        bound = MAX_BATTERY + MAX_FLAG_PROBES + SEARCH_KEEP + SEARCH_KEEP_OUTPUTS + SOLVE_KEEP
         assert len(fixed) <= len(battery) <= bound, name
         assert len({probe.name for probe in battery}) == len(battery), name
         reads_documents = "documents" in template_reads(text)
