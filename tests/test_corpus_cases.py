@@ -249,30 +249,19 @@ def test_leading_newline_that_completes_the_prompt_is_refused(corpus_dir: Path) 
         "nemotron/trl-nemotron_3_ultra_training.jinja",
     ],
 )
-def test_thinking_prefix_inside_one_content_string_is_split(corpus_dir: Path, path: str) -> None:
+def test_thinking_prefix_inside_one_content_string_is_refused_when_it_depends_on_the_flag(
+    corpus_dir: Path, path: str
+) -> None:
     """Nemotron 3 writes ``"<think></think>" ~ content`` (or ``"<think>\\n" ~ reasoning ~ …``) as one
-    string, and its prompt ends ``<think></think>`` with thinking off but ``<think>\\n`` with it on
-    (the template defaults it on): the span starts after ``<think></think>``, ``<think>\\n`` or
-    (turns whose prompt disagrees) ``<think>``, depending on the flag and on how the string
-    starts. The patch slices the string there, with conditions on the string's own start
-    (``[:8] == "<think>\\n"``) and the flag as the template reads it; reasoning history under
-    thinking off, the case an exclusive-or of the two decides, is judged here."""
+    string, and its prompt ends ``<think></think>`` with thinking off but ``<think>\\n`` with it on.
+    With every flag value probed on the tool-call shapes, the span's start inside that string
+    depends on the text in ways no condition on the string's start and the flag separates: the
+    template is refused, with the place named, and nothing is written (an earlier placement that
+    passed fewer probes was wrong on thinking-off tool calls, ``tests/test_flag_probes.py``)."""
     original = _read(corpus_dir, path)
     result = patch_template(original)
-    assert result.passed and result.changed, result.reasons
-    messages = [
-        _user("first question"),
-        _assistant("first answer", reasoning_content="first thought"),
-        _user("second question"),
-        _assistant("second answer", reasoning_content="second thought"),
-    ]
-    plain = [*messages[:3], _assistant("plain answer")]
-    for thinking in (True, False, None):
-        kwargs = {} if thinking is None else {"enable_thinking": thinking}
-        for conversation in (messages, plain):
-            judged, problems = _judge(original, result.patched, Case(path, conversation, kwargs, turn=3))
-            assert 3 in judged, f"the conversation no longer shows the case ({kwargs})"
-            assert not problems, (kwargs, problems)
+    assert not result.verified and not result.passed and not result.changed
+    assert "depends on the text" in result.reasons[0] and "<think>" in result.reasons[0], result.reasons
 
 
 @pytest.mark.parametrize("path", ["other/AI21-Jamba-Large-1.6.jinja", "other/axolotl-jamba.jinja"])

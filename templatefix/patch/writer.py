@@ -242,6 +242,26 @@ def _leaves(whole: nodes.Node) -> list[nodes.Node]:
     return [whole]
 
 
+def _right_ranges(whole: nodes.Node) -> list[tuple[nodes.Add, int, int]]:
+    """Each ``+`` of the chain with the operand indices ``[lo, hi)`` of its right side."""
+    found: list[tuple[nodes.Add, int, int]] = []
+
+    def walk(node: nodes.Node, first: int) -> int:
+        if isinstance(node, nodes.Add):
+            middle = walk(node.left, first)
+            end = walk(node.right, middle)
+            found.append((node, middle, end))
+            return end
+        if isinstance(node, nodes.Concat):
+            for child in node.nodes:
+                first = walk(child, first)
+            return first
+        return first + 1
+
+    walk(whole, 0)
+    return found
+
+
 def _leaf_parents(whole: nodes.Node) -> list[type | None]:
     """For each operand of the chain (``flatten_chain``'s order), the type of the node whose operand
     it is: ``nodes.Add``, ``nodes.Concat``, or ``None`` when the expression is not a chain."""
@@ -517,7 +537,14 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
             _refuse(source, whole, "it cuts an operand of '+' that is not a string literal")
         node, first = _add_at(whole, before.part)
         if node is None:
-            continue  # operands of `~`: str() each, which never raises
+            # operands of `~`: str() each, which never raises. But a `+` whose right side holds
+            # this `~` now runs before the rest of its right side is evaluated: unless its left
+            # side is a str, the `+` could raise first, with another exception type.
+            for add, right_lo, right_hi in _right_ranges(whole):
+                inside = right_lo <= before.part and after.part < right_hi
+                if inside and not text_valued(add.left):
+                    _refuse(source, whole, "it cuts the right side of a '+' whose left side is not a string")
+            continue
         left, right = text_valued(node.left), text_valued(node.right)
         if left and right:
             continue  # str + str whenever both evaluate
