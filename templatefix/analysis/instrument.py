@@ -332,10 +332,10 @@ def flatten_chain(node: nodes.Node) -> tuple[list[nodes.Node], list[str]]:
     return [node], []
 
 
-def _reassigned_names(tree: nodes.Template) -> frozenset[str]:
-    """Names ``{% set name = … %}`` assigns anywhere outside macros and call blocks."""
+def _set_names(roots: list[nodes.Node]) -> set[str]:
+    """Names ``{% set name = … %}`` assigns under ``roots``, not in macros and call blocks."""
     found: set[str] = set()
-    stack: list[nodes.Node] = [tree]
+    stack = list(roots)
     while stack:
         node = stack.pop()
         if isinstance(node, (nodes.Macro, nodes.CallBlock)):
@@ -343,7 +343,12 @@ def _reassigned_names(tree: nodes.Template) -> frozenset[str]:
         if isinstance(node, nodes.Assign) and isinstance(node.target, nodes.Name):
             found.add(node.target.name)
         stack.extend(node.iter_child_nodes())
-    return frozenset(found)
+    return found
+
+
+def _reassigned_names(tree: nodes.Template) -> frozenset[str]:
+    """Names ``{% set name = … %}`` assigns anywhere outside macros and call blocks."""
+    return frozenset(_set_names([tree]))
 
 
 _ASSIGNED: dict[int, frozenset[str]] = {}
@@ -353,16 +358,7 @@ def _assigned_names(loop: nodes.For) -> frozenset[str]:
     """Names that ``{% set name = … %}`` assigns in a loop's body (not in macros inside it)."""
     names = _ASSIGNED.get(id(loop))
     if names is None:
-        found = set()
-        stack = list(loop.body)
-        while stack:
-            node = stack.pop()
-            if isinstance(node, (nodes.Macro, nodes.CallBlock)):
-                continue
-            if isinstance(node, nodes.Assign) and isinstance(node.target, nodes.Name):
-                found.add(node.target.name)
-            stack.extend(node.iter_child_nodes())
-        names = _ASSIGNED[id(loop)] = frozenset(found - {"loop"})
+        names = _ASSIGNED[id(loop)] = frozenset(_set_names(list(loop.body)) - {"loop"})
     return names
 
 
