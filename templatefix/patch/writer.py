@@ -242,15 +242,16 @@ def _leaves(whole: nodes.Node) -> list[nodes.Node]:
     return [whole]
 
 
-def _right_ranges(whole: nodes.Node) -> list[tuple[nodes.Add, int, int]]:
-    """Each ``+`` of the chain with the operand indices ``[lo, hi)`` of its right side."""
-    found: list[tuple[nodes.Add, int, int]] = []
+def _adds(whole: nodes.Node) -> list[tuple[nodes.Add, int, int, int]]:
+    """Each ``+`` of the chain with operand indices: its first, the first of its right side, and
+    one past its last."""
+    found: list[tuple[nodes.Add, int, int, int]] = []
 
     def walk(node: nodes.Node, first: int) -> int:
         if isinstance(node, nodes.Add):
             middle = walk(node.left, first)
             end = walk(node.right, middle)
-            found.append((node, middle, end))
+            found.append((node, first, middle, end))
             return end
         if isinstance(node, nodes.Concat):
             for child in node.nodes:
@@ -511,6 +512,7 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
     whole = part_node(atom, -1)
     macros = _macros(source)
     leaves = _leaves(whole)  # compared by identity with the chain's own nodes
+    concats = [whole] if isinstance(whole, nodes.Concat) else list(whole.find_all(nodes.Concat))
 
     def text_valued(node: nodes.Node) -> bool:
         """A str whenever it evaluates: string-valued, a variable the template sets to a str just
@@ -540,12 +542,15 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
             # operands of `~`: str() each, which never raises. But a `+` whose right side holds
             # this `~` now runs before the rest of its right side is evaluated: unless its left
             # side is a str, the `+` could raise first, with another exception type.
-            for add, right_lo, right_hi in _right_ranges(whole):
+            for add, _, right_lo, right_hi in _adds(whole):
                 inside = right_lo <= before.part and after.part < right_hi
                 if inside and not text_valued(add.left):
                     _refuse(source, whole, "it cuts the right side of a '+' whose left side is not a string")
             continue
         left, right = text_valued(node.left), text_valued(node.right)
+        if not (left and right) and any(node in concat.find_all(nodes.Add) for concat in concats):
+            # a guard goes at the end of a piece, outside the `~` that holds this `+`
+            _refuse(source, whole, "it cuts a '+' written inside a '~'")
         if left and right:
             continue  # str + str whenever both evaluate
         if left and leaves[after.part] is node.right:
@@ -589,23 +594,7 @@ def _run_parts(run: list[Unit]) -> list[int]:
 def _add_at(whole: nodes.Node, boundary: int) -> tuple[nodes.Add | None, int]:
     """The ``+`` between operands ``boundary`` and ``boundary + 1`` of the chain (``None`` when they
     are operands of ``~``), and the index of its first operand."""
-    found: list[tuple[nodes.Add, int]] = []
-
-    def walk(node: nodes.Node, first: int) -> int:
-        if isinstance(node, nodes.Add):
-            middle = walk(node.left, first)
-            if middle == boundary:
-                found.append((node, first))
-            return walk(node.right, middle + 1)
-        if isinstance(node, nodes.Concat):
-            position = first - 1
-            for child in node.nodes:
-                position = walk(child, position + 1)
-            return position
-        return first
-
-    walk(whole, 0)
-    return found[0] if found else (None, 0)
+    return next(((add, first) for add, first, middle, _ in _adds(whole) if middle == boundary + 1), (None, 0))
 
 
 def _parent_add(whole: nodes.Node, node: nodes.Node) -> nodes.Add | None:
