@@ -177,10 +177,11 @@ def test_default_patch_is_wrong_under_every_other_policy(name: str) -> None:
 
 
 def test_span_over_a_user_message_is_caught() -> None:
-    wrong = _LOOP + _HEAD + _gen(_ALL) + _NL + "{% else %}" + _gen(
+    # A text before the loop: transformers 4.56 drops a span that starts at offset 0 (its tracker reads empty lists as inactive).
+    wrong = "<s>" + _LOOP + _HEAD + _gen(_ALL) + _NL + "{% else %}" + _gen(
         "<|im_start|>{{ m.role }}" + _NL + "{{ m.content }}<|im_end|>"
     ) + _NL + "{% endif %}{% endfor %}"
-    failures = judge_words(ORIGINAL, wrong, CONVERSATION, {}).failures
+    failures = judge_words("<s>" + ORIGINAL, wrong, CONVERSATION, {}).failures
     assert {f.word for f in failures} == {"alpha1q", "bravo2q", "ember5q", "juniper10q"}
     assert all(f.expected == "outside" for f in failures)
 

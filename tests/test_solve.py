@@ -294,4 +294,5 @@ def test_no_corpus_output_proven_unsatisfiable_is_reached(corpus_templates: list
         for probe in fixed_battery(text) + [random_conversation(seed) for seed in range(40)]:
             features = probe_features(text, probe) or frozenset()
             assert not proven & {site for kind, site, _ in features if kind == "out"}, (name, probe.name)
-    assert checked >= 5
+    # where transformers keeps None-valued keys (4.56), 'is none' on a message field is reachable
+    assert checked >= (5 if detected_drops_none() else 4)
