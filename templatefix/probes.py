@@ -208,12 +208,13 @@ def accepts(template: str, probe: Probe, special_tokens: Mapping[str, Any] | Non
 
 
 def train_field_variants(probes: list[Probe], field_name: str) -> list[Probe]:
-    """``probes`` plus, for each probe with an assistant turn, one where a turn is switched off
-    through ``field_name`` (the ``train_field`` policy), so both kinds of turn are probed.
+    """``probes`` plus, for each probe with assistant turns, one per turn switched off through
+    ``field_name`` (the ``train_field`` policy), so every kind of turn is probed both ways.
 
-    With one assistant turn it gets ``field_name: false``; with several, the first one gets
-    ``false`` and the others ``true`` (so "the last turn", "the first turn" and "the field is
-    set" are all told apart from "the field is not false").
+    In each variant one assistant turn gets ``field_name: false``; with several turns the others
+    get ``true`` (so "the last turn", "the first turn" and "the field is set" are all told apart
+    from "the field is not false"). A turn in every position is switched off once: a template
+    writes a turn after tool results, or the last one, through other outputs than the first.
 
     Example:
         >>> probe = Probe("p", ({"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}))
@@ -223,12 +224,12 @@ def train_field_variants(probes: list[Probe], field_name: str) -> list[Probe]:
     variants = list(probes)
     for probe in probes:
         assistants = [i for i, m in enumerate(probe.messages) if m.get("role") == "assistant"]
-        if not assistants:
-            continue
-        messages = [dict(m) for m in probe.messages]
-        for position, index in enumerate(assistants):
-            messages[index][field_name] = len(assistants) > 1 and position > 0
-        variants.append(Probe(f"{probe.name}[{field_name}]", tuple(messages), dict(probe.kwargs)))
+        for off, switched in enumerate(assistants):
+            messages = [dict(m) for m in probe.messages]
+            for index in assistants:
+                messages[index][field_name] = len(assistants) > 1 and index != switched
+            suffix = f"[{field_name}]" if off == 0 else f"[{field_name}@{off}]"
+            variants.append(Probe(f"{probe.name}{suffix}", tuple(messages), dict(probe.kwargs)))
     return variants
 
 

@@ -36,9 +36,41 @@ def test_policy_field_must_be_a_name() -> None:
 
 def test_variants_switch_turns_off_both_ways() -> None:
     probe = Probe("two", tuple(MESSAGES[1:2] + [{"role": "assistant", "content": "x"}] + MESSAGES[3:5]))
-    base, variant = train_field_variants([probe], "train")
-    assert base is probe and variant.name == "two[train]"
-    assert [m.get("train") for m in variant.messages if m["role"] == "assistant"] == [False, True]
+    base, first, last = train_field_variants([probe], "train")
+    assert base is probe and first.name == "two[train]" and last.name == "two[train@1]"
+    assert [m.get("train") for m in first.messages if m["role"] == "assistant"] == [False, True]
+    assert [m.get("train") for m in last.messages if m["role"] == "assistant"] == [True, False]
+
+
+#: The answer after tool results is written by its own output (DeepSeek-R1's shape), which only a
+#: later assistant turn reaches.
+AFTER_TOOLS = (
+    "{% set ns = namespace(is_tool=false) %}{% for m in messages %}"
+    "{% if m.role == 'user' %}{% set ns.is_tool = false %}<U>{{ m.content }}"
+    "{% elif m.role == 'tool' %}{% set ns.is_tool = true %}<T>{{ m.content }}"
+    "{% elif m.role == 'assistant' %}"
+    "{% if ns.is_tool %}{{ '<T_END>' + m.content + '<E>' }}{% set ns.is_tool = false %}"
+    "{% else %}<A>{% if m.tool_calls %}{% for c in m.tool_calls %}<C>{{ c.function.name }}{% endfor %}"
+    "{% else %}{{ m.content }}{% endif %}<E>{% endif %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{% if ns.is_tool %}<T_END>{% else %}<A>{% endif %}{% endif %}"
+)
+
+
+def test_a_switched_off_answer_after_tool_results_is_untrained() -> None:
+    result = patch_template(AFTER_TOOLS, train_field="train")
+    assert result.verified, result.reasons
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "lookup", "arguments": {}}}]},
+        {"role": "tool", "content": "cold"},
+        {"role": "assistant", "content": "wrapped-up", "train": False},
+    ]
+    text, spans = render_with_spans(result.patched, messages)
+    assert text == render(AFTER_TOOLS, messages)
+    trained = "".join(text[start:end] for start, end in spans)
+    assert "lookup" in trained and "wrapped-up" not in trained
 
 
 @pytest.mark.parametrize("name", ["chatml.jinja", "gemma.jinja", "llama3.jinja"])
