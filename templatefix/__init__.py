@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+from templatefix.conversation import Probe
 from templatefix.errors import (
     InternalDisagreement,
     NotVerifiedError,
@@ -33,11 +34,12 @@ from templatefix.errors import (
     TemplateSyntaxError,
     UnsupportedTransformersError,
 )
+from templatefix.flags import find_flags
 from templatefix.io.sources import load_source
 from templatefix.oracle import ProbeExpectation, TurnExpectation, expected_turns
 from templatefix.patcher import PatchResult, patch_named_templates, patch_template
 from templatefix.policy import Policy
-from templatefix.probes import Probe, find_flags, probe_battery
+from templatefix.probes import probe_battery
 from templatefix.report import Report, print_report
 from templatefix.tokenizer_patch import patch_tokenizer
 from templatefix.tokens import TokenIssue, check_token_masks

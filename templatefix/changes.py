@@ -6,7 +6,7 @@ plain functions or factories of them; ``templatefix.derive`` decides which apply
 and on which conversations.
 
 Example:
-    >>> from templatefix.probes import make_probe
+    >>> from templatefix.shapes import make_probe
     >>> probe = make_probe("tool_calls")
     >>> messages, kwargs = [dict(m) for m in probe.messages], dict(probe.kwargs)
     >>> ends_with_call(messages, kwargs, WordSource(start=900)), messages[-1]["role"]
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from templatefix.probes import Message, WordSource, tool_schema
+from templatefix.conversation import Message, WordSource, tool_schema
 from templatefix.reads import ANY_VALUE, ELEMENT, MESSAGE, Path, Reads
 from templatefix.schemas import Change
 
@@ -121,7 +121,7 @@ def nested_arguments(messages: list[Message], kwargs: dict[str, Any], words: Wor
 
 
 def three_calls(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
-    from templatefix.probes import tool_call, tool_result
+    from templatefix.conversation import tool_call, tool_result
 
     for index, message in enumerate(messages):
         if message.get("tool_calls"):
@@ -139,7 +139,7 @@ def three_calls(messages: list[Message], kwargs: dict[str, Any], words: WordSour
 
 def two_tool_rounds(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
     """Call, result, another call, result, answer: a tool round right after a tool result."""
-    from templatefix.probes import tool_call, tool_result
+    from templatefix.conversation import tool_call, tool_result
 
     if not messages or messages[-1].get("role") != "assistant" or not calls(messages):
         return False

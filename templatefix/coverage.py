@@ -30,7 +30,7 @@ kept for branch outcomes alone. :data:`SEARCH_SECONDS` is a safety net only a ma
 times slower than usual reaches.
 
 Example:
-    >>> from templatefix.probes import make_probe
+    >>> from templatefix.shapes import make_probe
     >>> template = ("{% for m in messages %}{% if m.name is defined %}[{{ m.name }}]{% endif %}"
     ...             "{{ m.content }}{% endfor %}")
     >>> coverage = measure(template, [make_probe("single_turn")])

@@ -33,15 +33,9 @@ from typing import Any
 from jinja2 import nodes
 
 from templatefix import changes
+from templatefix.conversation import Probe, WordSource
 from templatefix.errors import RenderLimitExceeded
-from templatefix.probes import (
-    BASE_SHAPE_BUILDERS,
-    STANDARD_NAMES,
-    Probe,
-    WordSource,
-    find_flags,
-    template_reads,
-)
+from templatefix.flags import STANDARD_NAMES, find_flags, template_reads
 from templatefix.reads import ELEMENT, MESSAGE, Reads, template_reads_of
 from templatefix.render import compile_template
 from templatefix.schemas import (
@@ -54,6 +48,7 @@ from templatefix.schemas import (
     schema_unions,
     tools_without_calls,
 )
+from templatefix.shapes import BASE_SHAPE_BUILDERS
 
 #: Seeded random combinations tried after the systematic candidates.
 RANDOM_COMBINATIONS = 60
@@ -149,7 +144,7 @@ class Mutator:
     under a flag) is reached step by step. Deterministic for a given ``rng``.
 
     Example:
-        >>> from templatefix.probes import make_probe
+        >>> from templatefix.shapes import make_probe
         >>> template = "{% for m in messages %}{{ m.content }}{{ m.tool_calls }}{% endfor %}"
         >>> mutate = Mutator(template)
         >>> child = mutate([make_probe("tool_calls")], random.Random(0))
@@ -229,8 +224,8 @@ def tool_zoo(template: str, draws: int = SCHEMA_DRAWS) -> Probe | None:
     reached. ``None`` when the template does not read ``tools`` or no draw renders.
     """
     from templatefix.coverage import probe_features
-    from templatefix.probes import make_probe
     from templatefix.schemas import drawn_tool
+    from templatefix.shapes import make_probe
 
     if "tools" not in template_reads(template):
         return None

@@ -50,7 +50,7 @@ The records live in ``templatefix.analysis.expectations``, the probe texts and s
 public names stay importable from here.
 
 Example:
-    >>> from templatefix.probes import Probe
+    >>> from templatefix.conversation import Probe
     >>> chatml = ("{% for m in messages %}<|im_start|>{{ m.role }}\\n{{ m.content }}<|im_end|>\\n"
     ...           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\\n{% endif %}")
     >>> probe = Probe("one", ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}))

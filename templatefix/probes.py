@@ -9,8 +9,7 @@ with results, reasoning, content parts, empty content, documents when the templa
 and repeats the shapes that show history rewriting under every value of every flag the template
 reads (:func:`templatefix.flags.find_flags`, e.g. ``enable_thinking``). Shapes a template rejects
 stay in the battery; the verifier skips them (:func:`accepts`). The conversations' building
-blocks live in ``templatefix.conversation``, the base shapes in ``templatefix.shapes``; this
-module re-exports their public names.
+blocks live in ``templatefix.conversation``, the base shapes in ``templatefix.shapes``.
 
 Example:
     >>> battery = probe_battery("{% for m in messages %}{{ m.content }}{% endfor %}")
@@ -27,23 +26,21 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from templatefix.conversation import Message as Message  # re-exported
-from templatefix.conversation import Probe as Probe  # re-exported
-from templatefix.conversation import WordSource as WordSource  # re-exported
-from templatefix.conversation import assistant_message, system_message, user_message
-from templatefix.conversation import tool_call as tool_call  # re-exported
-from templatefix.conversation import tool_result as tool_result  # re-exported
-from templatefix.conversation import tool_schema as tool_schema  # re-exported
+from templatefix.conversation import (
+    Message,
+    Probe,
+    WordSource,
+    assistant_message,
+    system_message,
+    tool_call,
+    tool_result,
+    tool_schema,
+    user_message,
+)
 from templatefix.errors import RenderError
-from templatefix.flags import MAX_VALUES_PER_FLAG as MAX_VALUES_PER_FLAG  # re-exported
-from templatefix.flags import STANDARD_NAMES as STANDARD_NAMES  # re-exported
-from templatefix.flags import find_flags as find_flags  # re-exported
-from templatefix.flags import template_reads as template_reads  # re-exported
+from templatefix.flags import find_flags, template_reads
 from templatefix.render import render
-from templatefix.shapes import BASE_SHAPE_BUILDERS as BASE_SHAPE_BUILDERS  # re-exported
-from templatefix.shapes import FLAG_SHAPES as FLAG_SHAPES  # re-exported
-from templatefix.shapes import SHAPES as SHAPES  # re-exported
-from templatefix.shapes import make_probe as make_probe  # re-exported
+from templatefix.shapes import BASE_SHAPE_BUILDERS, FLAG_SHAPES, make_probe
 
 #: At most this many probes per battery. Each probe costs several renders per assistant turn in
 #: verification (prompt and full render per turn, patched and original), so the battery stays

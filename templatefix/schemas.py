@@ -11,7 +11,7 @@ Each function here is a conversation change (``templatefix.derive.Change``): it 
 ``kwargs["tools"]`` and returns whether it changed anything.
 
 Example:
-    >>> from templatefix.probes import WordSource
+    >>> from templatefix.conversation import WordSource
     >>> kwargs = {}
     >>> random_tool([], kwargs, WordSource(start=900))
     True
@@ -25,7 +25,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from templatefix.probes import Message, WordSource, tool_schema
+from templatefix.conversation import Message, WordSource, tool_schema
 
 #: A change to a conversation (messages and template arguments, changed in place); ``False`` when
 #: it does not apply to that conversation.

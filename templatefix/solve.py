@@ -27,7 +27,7 @@ probe reached; where the condition is contradictory (the same test wanted both w
 values, or one value compared equal to two constants) it says so.
 
 Example:
-    >>> from templatefix.probes import make_probe
+    >>> from templatefix.shapes import make_probe
     >>> template = ("{% for m in messages %}{% if m.tool_calls and m.tool_calls[0].function.name"
     ...             " in builtin_tools %}<|python_tag|>{% endif %}{{ m.content }}{% endfor %}")
     >>> found = reach(template, [make_probe("tool_calls")])

@@ -2,8 +2,8 @@
 
 :func:`conversations` draws valid conversations ending with an assistant message,
 :func:`tools_for` gives tool schemas for the functions they call, and :func:`random_probes`
-wraps both into :class:`templatefix.probes.Probe` objects. Every text is a distinct word from
-:class:`templatefix.probes.WordSource`, so the verifier can find each message in a render.
+wraps both into :class:`templatefix.conversation.Probe` objects. Every text is a distinct word from
+:class:`templatefix.conversation.WordSource`, so the verifier can find each message in a render.
 
 Tests import this as ``from strategies import ...`` (pytest puts ``tests/`` on ``sys.path``, as
 for ``tests/independent``); scripts under ``benchmarks/`` add ``tests/`` to ``sys.path`` first.
@@ -23,7 +23,7 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from templatefix.probes import Message, Probe, WordSource, tool_call, tool_result, tool_schema
+from templatefix.conversation import Message, Probe, WordSource, tool_call, tool_result, tool_schema
 
 
 def conversations(

@@ -271,15 +271,15 @@ def test_end_of_turn_written_by_the_next_message_is_in_the_expected_span(corpus_
     With ``documents`` the template moves its documents block to the last user message, so
     earlier turns are rewritten; their span starts after the header, not at the ``<|eom|>`` that
     ends the message before, which the same iteration writes first."""
+    from templatefix.conversation import Probe
     from templatefix.oracle import expected_turns
-    from templatefix.probes import Probe
 
     original = _read(corpus_dir, path)
     expectation = expected_turns(original, Probe("plain", tuple(PLAIN_TURNS)))
     first = expectation.turns[0]
     assert first.kind == "exact"
     assert expectation.text[first.start : first.end] == " first answer<|eom|>"
-    from templatefix.probes import make_probe
+    from templatefix.shapes import make_probe
 
     documents = make_probe("documents").kwargs
     rewritten = expected_turns(original, Probe("documents", tuple(PLAIN_TURNS), documents))
@@ -319,7 +319,7 @@ def test_rewritten_turn_keeps_the_end_of_turn_the_next_message_writes(corpus_dir
     differently in history (rewritten). Their ``<|eom|>`` is still written when the next message
     starts, and is still theirs: with that conversation among the probes the patch is not
     refused, and every span is judged right."""
-    from templatefix.probes import Probe
+    from templatefix.conversation import Probe
 
     original = _read(corpus_dir, path)
     kwargs = {"documents": DOCUMENTS, "tools": _tools("get_weather")}
@@ -375,8 +375,8 @@ def test_one_accumulated_output_cannot_be_marked(corpus_dir: Path) -> None:
     every message before it (counted from its start) or after it (from its end), however many such
     offsets a condition chooses among. No placement can follow it, so
     the patch is refused, naming the output."""
+    from templatefix.conversation import Probe
     from templatefix.oracle import expected_turns
-    from templatefix.probes import Probe
     from templatefix.trace import instrumented_for
 
     original = _read(corpus_dir, "other/Reka-Edge.jinja")

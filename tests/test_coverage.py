@@ -12,12 +12,14 @@ from jinja2 import Environment
 from strategies import random_probes
 
 from templatefix.cli import main
+from templatefix.conversation import Probe
 from templatefix.coverage import measure, probe_features, search
 from templatefix.derive import Mutator, applicable, candidates, tool_zoo
 from templatefix.patcher import patch_template
-from templatefix.probes import Probe, fixed_battery, make_probe, probe_battery
+from templatefix.probes import fixed_battery, probe_battery
 from templatefix.reads import MESSAGE, template_reads_of
 from templatefix.render import render
+from templatefix.shapes import make_probe
 from templatefix.source import TemplateSource
 from templatefix.trace import instrumented_for
 from templatefix.unreachable import dead_outputs

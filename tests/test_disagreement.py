@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from templatefix import InternalDisagreement, patch_template
+from templatefix.conversation import Probe
 from templatefix.errors import RenderError
 from templatefix.oracle import expected_turns
-from templatefix.probes import Probe
 from templatefix.trace import Instrumented
 
 CHATML = (

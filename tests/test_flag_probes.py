@@ -12,7 +12,8 @@ from independent.conversations import Conversation
 from independent.judge import judge
 
 from templatefix.patcher import patch_template
-from templatefix.probes import fixed_battery, make_probe
+from templatefix.probes import fixed_battery
+from templatefix.shapes import make_probe
 
 NEMOTRON_3 = ("nemotron/NVIDIA-Nemotron-3-Nano-30B-A3B.jinja", "nemotron/NVIDIA-Nemotron-3-Ultra.jinja")
 #: One call with no text, one after reasoning, two after text, two with neither.

@@ -25,10 +25,11 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from strategies import conversations
 
+from templatefix.conversation import Probe
 from templatefix.errors import RenderError, TemplatefixError
 from templatefix.oracle import expected_turns
 from templatefix.patcher import patch_template
-from templatefix.probes import Probe, probe_battery
+from templatefix.probes import probe_battery
 from templatefix.render import merge_spans, render_with_spans
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"

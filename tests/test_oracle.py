@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from templatefix.conversation import Probe
 from templatefix.errors import TemplateRejected
 from templatefix.oracle import (
     expected_turns,
@@ -11,7 +12,6 @@ from templatefix.oracle import (
     markup_boundary,
 )
 from templatefix.policy import Policy
-from templatefix.probes import Probe
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"

@@ -9,24 +9,21 @@ import pytest
 from hypothesis import given, settings
 from strategies import conversations, random_probes, tools_for
 
+from templatefix.conversation import Probe
 from templatefix.coverage import SEARCH_KEEP, SEARCH_KEEP_OUTPUTS
 from templatefix.errors import TemplateSyntaxError
+from templatefix.flags import find_flags, template_reads
 from templatefix.probes import (
-    FLAG_SHAPES,
     MAX_BATTERY,
     MAX_FLAG_PROBES,
     RANDOM_SEEDS,
-    SHAPES,
-    Probe,
     accepts,
-    find_flags,
     fixed_battery,
-    make_probe,
     probe_battery,
     random_conversation,
-    template_reads,
 )
 from templatefix.render import render
+from templatefix.shapes import FLAG_SHAPES, SHAPES, make_probe
 from templatefix.solve import SOLVE_KEEP
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -287,7 +284,7 @@ def test_reference_chatml_renders_random_conversations(probe: Probe) -> None:
 def test_probe_reasoning_reaches_a_template_reading_either_name() -> None:
     """On every supported transformers, a probe's reasoning is seen as ``thinking`` and as
     ``reasoning_content`` (5.x aliases them itself; on 4.x the probe gives both)."""
-    from templatefix.probes import Probe
+    from templatefix.conversation import Probe
     from templatefix.render import render
 
     probe = Probe("p", ({"role": "assistant", "content": "c", "reasoning_content": "r1"},), {})

@@ -16,9 +16,12 @@ import pytest
 from hypothesis import given, settings
 from strategies import random_probes
 
+from templatefix.conversation import Probe
 from templatefix.errors import TemplateRejected
-from templatefix.probes import Probe, find_flags, make_probe, probe_battery
+from templatefix.flags import find_flags
+from templatefix.probes import probe_battery
 from templatefix.render import compile_template, render
+from templatefix.shapes import make_probe
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"
 TEMPLATES = {path.stem: path.read_text(encoding="utf-8") for path in sorted(REFERENCE_DIR.glob("*.jinja"))}

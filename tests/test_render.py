@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from strategies import random_probes
 
+from templatefix.conversation import Probe
 from templatefix.errors import RenderError, TemplateRejected
-from templatefix.probes import Probe, fixed_battery, probe_battery
+from templatefix.probes import fixed_battery, probe_battery
 from templatefix.render import render
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"

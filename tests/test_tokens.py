@@ -323,7 +323,7 @@ def test_replayed_mask_equals_transformers(
 def test_oracle_expectation_flags_untrained_end_of_turn(load_tokenizer: Any) -> None:
     """With the oracle's expectation, an end-of-turn token left outside the span is named."""
     oracle = pytest.importorskip("templatefix.oracle")
-    probes = pytest.importorskip("templatefix.probes")
+    conversation = pytest.importorskip("templatefix.conversation")
     tokenizer = load_tokenizer("qwen3")
     good = (
         "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}{% generation %}"
@@ -331,7 +331,7 @@ def test_oracle_expectation_flags_untrained_end_of_turn(load_tokenizer: Any) -> 
         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
     bad = good.replace("<|im_end|>{% endgeneration %}", "{% endgeneration %}<|im_end|>")
-    probe = probes.Probe("two", (dict(TWO_TURNS[0]), dict(TWO_TURNS[1])), {})
+    probe = conversation.Probe("two", (dict(TWO_TURNS[0]), dict(TWO_TURNS[1])), {})
     for template, wanted in ((good, []), (bad, [EOT_OUTSIDE])):
         expectation = oracle.expected_turns(template, probe, None, tokenizer.special_tokens_map)
         assert kinds(check_token_masks(template, tokenizer, probe, expected=expectation)) == wanted

@@ -15,8 +15,8 @@ from independent.conversations import random_conversation
 from independent.judge import judge
 
 import templatefix
+from templatefix.conversation import Probe
 from templatefix.oracle import expected_turns
-from templatefix.probes import Probe
 
 #: Every turn ends with ``content + '\n\n'``: no end-of-turn token.
 QA_PLUS = (

@@ -9,7 +9,8 @@ import pytest
 
 from templatefix import Policy, patch_template, verify
 from templatefix.cli import main
-from templatefix.probes import Probe, train_field_variants
+from templatefix.conversation import Probe
+from templatefix.probes import train_field_variants
 from templatefix.render import render, render_with_spans
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"

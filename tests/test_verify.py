@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from templatefix.conversation import Probe
 from templatefix.jinja.markers import has_markers
 from templatefix.policy import Policy
-from templatefix.probes import Probe, probe_battery
+from templatefix.probes import probe_battery
 from templatefix.shapes import error_probes
 from templatefix.verify import verify
 

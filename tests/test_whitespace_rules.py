@@ -3,9 +3,9 @@ the end of G may be in the span or out."""
 
 from __future__ import annotations
 
+from templatefix.conversation import Probe
 from templatefix.oracle import expected_turns
 from templatefix.patcher import patch_template
-from templatefix.probes import Probe
 from templatefix.render import merge_spans, render_with_spans
 from templatefix.verify import verify
 

@@ -15,7 +15,7 @@ TurnKind = Literal["exact", "rewritten", "mismatch"]
 
 
 class ProbeLike(Protocol):
-    """What the oracle needs from a probe (``templatefix.probes.Probe`` fits)."""
+    """What the oracle needs from a probe (``templatefix.conversation.Probe`` fits)."""
 
     name: str
     messages: Sequence[Mapping[str, Any]]
