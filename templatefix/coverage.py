@@ -51,6 +51,7 @@ from typing import Any, Literal
 
 from jinja2 import nodes
 
+from templatefix import conditions
 from templatefix.errors import RenderError, RenderLimitExceeded
 from templatefix.source import TemplateSource
 from templatefix.trace import Instrumented, OutputSite, instrumented_for
@@ -262,17 +263,13 @@ def measure(
 
 
 def unsatisfiable(template: str, site_id: int) -> str | None:
-    """Why no render writes output ``site_id`` (``templatefix.solve.unsatisfiable``), or ``None``."""
-    from templatefix.solve import unsatisfiable as proven
-
-    return proven(template, site_id)
+    """Why no render writes output ``site_id`` (``templatefix.conditions.unsatisfiable``), or ``None``."""
+    return conditions.unsatisfiable(template, site_id)
 
 
 def _condition(template: str, site_id: int) -> str | None:
-    """The path condition no probe satisfied (``templatefix.solve.explain``)."""
-    from templatefix.solve import explain
-
-    return explain(template, site_id) or None
+    """The path condition no probe satisfied (``templatefix.conditions.explain``)."""
+    return conditions.explain(template, site_id) or None
 
 
 def _reached_by_empty_conversation(

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from jinja2 import Environment, nodes
 
 from templatefix import patch_template
+from templatefix.conditions import PathConditions, detected_drops_none, unsatisfiable
 from templatefix.coverage import _never_writes, measure, probe_features
 from templatefix.probes import fixed_battery, probe_battery, random_conversation
-from templatefix.solve import PathConditions, detected_drops_none, reach, unsatisfiable
+from templatefix.solve import reach
 from templatefix.trace import instrumented_for
 
 
