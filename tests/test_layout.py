@@ -268,7 +268,6 @@ def test_the_graph_sees_lazy_relative_and_submodule_imports(tmp_path):
     assert "TemplatefixError" in defined("templatefix.errors")
 
 
-@pytest.mark.xfail(strict=True, reason="cycles through probes/coverage/solve and patch.label/patch.writer")
 def test_no_import_cycles():
     cycle = find_cycle(graph())
     groups = strongly_connected(graph())

@@ -22,6 +22,7 @@ from jinja2 import nodes
 from templatefix.errors import PatchFailure
 from templatefix.patch.conditions import Observation, find_condition, prefix_features
 from templatefix.patch.observe import Cut, PartKey, PartRecord, Segment
+from templatefix.patch.slices import sliced_expression
 from templatefix.trace import Atom, Instrumented
 
 _LOG = logging.getLogger("templatefix.patcher")
@@ -261,8 +262,6 @@ def _classify(unit: Unit, instrumented: Instrumented, atom: Atom, anchors: list[
 
 def _sliced(instrumented: Instrumented, atom: Atom, part: int, length: int) -> str:
     """The piece's expression cut to its first ``length`` characters, as the writer slices it."""
-    from templatefix.patch.writer import sliced_expression
-
     return sliced_expression(instrumented.source, part_node(atom, part), 0, length)
 
 
