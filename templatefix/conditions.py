@@ -242,7 +242,7 @@ def _dump(node: nodes.Node) -> str:
 
 @lru_cache(maxsize=64)
 def _analysis(template: str) -> tuple[Any, PathConditions, Callable[[nodes.Node], set[Path]]]:
-    from templatefix.trace import instrumented_for
+    from templatefix.analysis.regions import instrumented_for
 
     instrumented = instrumented_for(template)
     tree = instrumented.source.ast

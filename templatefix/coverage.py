@@ -2,7 +2,7 @@
 
 SPEC §4: a patch is verified only if the probes reached every output of the template that writes
 text while rendering a conversation. :func:`measure` renders each probe with the coverage hooks
-of ``templatefix.trace`` (its full render, and its last prompt render with
+of ``templatefix.analysis`` (its full render, and its last prompt render with
 ``add_generation_prompt=True``) and lists every output with its status:
 
 - ``reached``: some probe render wrote text through it;
@@ -52,9 +52,11 @@ from typing import Any, Literal
 from jinja2 import nodes
 
 from templatefix import conditions
+from templatefix.analysis.instrument import Instrumented
+from templatefix.analysis.regions import instrumented_for
+from templatefix.analysis.sites import OutputSite
 from templatefix.errors import RenderError, RenderLimitExceeded
 from templatefix.source import TemplateSource
-from templatefix.trace import Instrumented, OutputSite, instrumented_for
 from templatefix.unreachable import dead_outputs, output_nodes
 
 OutputStatus = Literal[

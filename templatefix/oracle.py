@@ -21,7 +21,7 @@ For the assistant message at index ``i``::
 * ``F`` does not start with ``P``: **mismatch** (the generation prompt disagrees with the
   training render, e.g. QwQ's ``<think>\\n``). The span is placed by the rewritten shape.
 
-Where a turn's text ends in ``R`` comes from ``templatefix.trace.message_regions`` (the loop
+Where a turn's text ends in ``R`` comes from ``templatefix.analysis.regions.message_regions`` (the loop
 iteration that rendered the message); for a message no loop iteration rendered alone, from the
 probe's unique texts: the end-of-turn text seen in ``F``, or else the start of the next message
 (its first text minus its header as rendered in a prefix).
@@ -70,8 +70,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from templatefix.analysis.expectations import ProbeExpectation, ProbeLike, TurnExpectation, TurnKind
+from templatefix.analysis.instrument import Instrumented
 from templatefix.analysis.records import Trace
-from templatefix.analysis.regions import regions_of
+from templatefix.analysis.regions import instrumented_for, regions_of
 from templatefix.analysis.shape import place_by_shape
 from templatefix.analysis.texts import (
     LEADING_MARKUP,
@@ -91,7 +92,6 @@ from templatefix.analysis.texts import (
 from templatefix.errors import InternalDisagreement, RenderError, RenderLimitExceeded
 from templatefix.policy import FIELDS, Policy
 from templatefix.render import Span, render
-from templatefix.trace import Instrumented, instrumented_for
 
 __all__ = [
     "ProbeExpectation",

@@ -15,10 +15,11 @@ from independent.conversations import conversations, random_conversation
 from independent.judge import judge
 
 import templatefix
+from templatefix.analysis.records import Emission
+from templatefix.analysis.regions import instrumented_for
 from templatefix.patch.conditions import Observation, _features, prefix_features
 from templatefix.render import render
 from templatefix.source import TemplateSource
-from templatefix.trace import Emission, instrumented_for
 
 BUILT = (
     "{%- set enable_thinking = enable_thinking if enable_thinking is defined else true %}\n"

@@ -375,9 +375,9 @@ def test_one_accumulated_output_cannot_be_marked(corpus_dir: Path) -> None:
     every message before it (counted from its start) or after it (from its end), however many such
     offsets a condition chooses among. No placement can follow it, so
     the patch is refused, naming the output."""
+    from templatefix.analysis.regions import instrumented_for
     from templatefix.conversation import Probe
     from templatefix.oracle import expected_turns
-    from templatefix.trace import instrumented_for
 
     original = _read(corpus_dir, "other/Reka-Edge.jinja")
     instrumented = instrumented_for(original)

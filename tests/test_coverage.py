@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from jinja2 import Environment
 from strategies import random_probes
 
+from templatefix.analysis.regions import instrumented_for
 from templatefix.cli import main
 from templatefix.conversation import Probe
 from templatefix.coverage import measure, probe_features, search
@@ -21,7 +22,6 @@ from templatefix.reads import MESSAGE, template_reads_of
 from templatefix.render import render
 from templatefix.shapes import make_probe
 from templatefix.source import TemplateSource
-from templatefix.trace import instrumented_for
 from templatefix.unreachable import dead_outputs
 from templatefix.verify import verify
 

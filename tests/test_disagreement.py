@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 
 from templatefix import InternalDisagreement, patch_template
+from templatefix.analysis.instrument import Instrumented
 from templatefix.conversation import Probe
 from templatefix.errors import RenderError
 from templatefix.oracle import expected_turns
-from templatefix.trace import Instrumented
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
@@ -54,9 +54,9 @@ def test_patcher_raises_when_the_trace_disagrees(monkeypatch: pytest.MonkeyPatch
 def test_patcher_raises_when_its_trace_of_a_sample_disagrees(monkeypatch: pytest.MonkeyPatch) -> None:
     """The patcher checks the trace of each sample against the plain render itself (the trace it
     uses may come from the oracle's memo): a difference is a bug, not a skip."""
+    from templatefix.analysis.regions import instrumented_for
     from templatefix.patch.observe import Sample, trace_agreeing
     from templatefix.render import render
-    from templatefix.trace import instrumented_for
 
     sample = Sample("one", PROBE.messages, {})
     instrumented = instrumented_for(CHATML)

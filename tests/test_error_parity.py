@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jinja2 import nodes
 
+from templatefix.analysis.regions import instrumented_for
 from templatefix.conversation import Probe
 from templatefix.engines import compare
 from templatefix.engines.backends import RenderContext, Rendered, Transformers
@@ -30,7 +31,6 @@ from templatefix.patch.writer import write
 from templatefix.patcher import patch_template
 from templatefix.render import render
 from templatefix.shapes import error_probes
-from templatefix.trace import instrumented_for
 from templatefix.verify import error_parity, render_points, verify
 
 LOOP = "{% for m in messages %}"

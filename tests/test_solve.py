@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 from jinja2 import Environment, nodes
 
 from templatefix import patch_template
+from templatefix.analysis.regions import instrumented_for
 from templatefix.conditions import PathConditions, detected_drops_none, unsatisfiable
 from templatefix.coverage import _never_writes, measure, probe_features
 from templatefix.probes import fixed_battery, probe_battery, random_conversation
 from templatefix.solve import reach
-from templatefix.trace import instrumented_for
 
 
 def _reached_only_by_solving(template: str) -> list[Any]:

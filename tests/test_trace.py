@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from templatefix.analysis.regions import instrumented_for, message_regions
 from templatefix.errors import RenderError
 from templatefix.probes import fixed_battery
 from templatefix.render import render
 from templatefix.source import TemplateSource
-from templatefix.trace import instrumented_for, message_regions
 
 
 def test_instrumented_render_is_identical_on_the_corpus(corpus_templates: list[tuple[str, str]]) -> None:

@@ -4,7 +4,7 @@ How the assistant output is found (no family knowledge, no regex on the source):
 
 1. Parse the template into a lossless source model (``templatefix.source``).
 2. Observe (``templatefix.patch.observe``): render the probe conversations through the
-   instrumented template (``templatefix.trace``); every top-level output (literal text,
+   instrumented template (``templatefix.analysis``); every top-level output (literal text,
    ``{{ expression }}``, and each operand of a ``+``/``~`` chain) reports the characters it
    produced, with the loop variables in scope. The oracle (``templatefix.oracle``) says where
    each assistant turn's span must be, so every produced character is inside or outside.
@@ -33,6 +33,8 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from templatefix.analysis.instrument import Instrumented
+from templatefix.analysis.regions import instrumented_for
 from templatefix.clock import frozen_clock
 from templatefix.errors import PatchFailure, RenderError, RenderLimitExceeded
 from templatefix.jinja.markers import has_markers
@@ -46,7 +48,6 @@ from templatefix.patch.variants import patch_keep_history
 from templatefix.patch.writer import write
 from templatefix.policy import Policy
 from templatefix.source import TemplateSource
-from templatefix.trace import Instrumented, instrumented_for
 
 
 def patch_template(

@@ -8,7 +8,7 @@ the same iteration, and the template flags.
 
 Example:
     >>> from templatefix.source import TemplateSource
-    >>> from templatefix.trace import Emission
+    >>> from templatefix.analysis.records import Emission
     >>> def seen(role, inside):
     ...     return Observation(inside, Emission(0, 0, 1, None, {"m": {"role": role}}), {})
     >>> find_condition([seen("user", False), seen("assistant", True)], TemplateSource.parse("x"))
@@ -26,9 +26,10 @@ from typing import Any
 
 from jinja2 import nodes
 
+from templatefix.analysis.instrument import Instrumented
+from templatefix.analysis.records import Atom, Emission, LoopState
 from templatefix.patch.observe import Ending
 from templatefix.source import TemplateSource
-from templatefix.trace import Atom, Emission, Instrumented, LoopState
 
 #: Whether the policy trains the last turn only: offers "no user message later in the loop's
 #: list" as a feature (``templatefix.patch.api.place_markers`` sets it).

@@ -19,11 +19,12 @@ from typing import Any, Literal
 
 from jinja2 import nodes
 
+from templatefix.analysis.instrument import Instrumented
+from templatefix.analysis.records import Atom
 from templatefix.errors import PatchFailure
 from templatefix.patch.conditions import Observation, find_condition, prefix_features
 from templatefix.patch.observe import Cut, PartKey, PartRecord, Segment
 from templatefix.patch.slices import sliced_expression
-from templatefix.trace import Atom, Instrumented
 
 _LOG = logging.getLogger("templatefix.patcher")
 

@@ -28,10 +28,11 @@ from typing import Any
 
 from jinja2 import nodes
 
+from templatefix.analysis.instrument import Instrumented
+from templatefix.analysis.records import Atom, Emission, Trace
 from templatefix.errors import InternalDisagreement, RenderError, RenderLimitExceeded
 from templatefix.policy import Policy
 from templatefix.render import render, render_with_spans
-from templatefix.trace import Atom, Emission, Instrumented, Trace
 
 #: ``(atom id, part index)``; part ``-1`` is the whole atom.
 PartKey = tuple[int, int]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from jinja2 import nodes
 
+from templatefix.analysis.instrument import Instrumented
+from templatefix.analysis.records import Atom
 from templatefix.errors import PatchFailure
 from templatefix.patch.label import (
     Unit,
@@ -28,7 +30,6 @@ from templatefix.patch.label import (
 )
 from templatefix.patch.slices import _literal_slice, _node_text
 from templatefix.source import Edit, TemplateSource, Token
-from templatefix.trace import Atom, Instrumented
 
 
 @dataclass
