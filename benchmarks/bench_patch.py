@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from templatefix.errors import RenderError
-from templatefix.patcher import patch_template
+from templatefix.patch.api import patch_template
 from templatefix.probes import fixed_battery
 from templatefix.render import render
 

@@ -37,7 +37,8 @@ from templatefix.errors import (
 from templatefix.flags import find_flags
 from templatefix.io.sources import load_source
 from templatefix.oracle import ProbeExpectation, TurnExpectation, expected_turns
-from templatefix.patcher import PatchResult, patch_named_templates, patch_template
+from templatefix.patch.api import patch_named_templates, patch_template
+from templatefix.patch.result import PatchResult
 from templatefix.policy import Policy
 from templatefix.probes import probe_battery
 from templatefix.report import Report, print_report

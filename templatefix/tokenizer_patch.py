@@ -61,10 +61,10 @@ def patch_tokenizer(
     if current is None or (isinstance(current, (dict, list)) and not current):
         raise TemplatefixError(f"{type(tokenizer_or_processor).__name__} has no chat_template to patch")
 
-    from templatefix import patcher
+    from templatefix.patch import api
 
     if isinstance(current, str):
-        result = patcher.patch_template(current, policy=policy, keep_history=keep_history)
+        result = api.patch_template(current, policy=policy, keep_history=keep_history)
         _require_verified({"default": result}, force)
         _set(tokenizer_or_processor, owner, current, result.patched)
         return tokenizer_or_processor, result
@@ -74,7 +74,7 @@ def patch_tokenizer(
     results = {}
     for name, text in named.items():
         if text not in cache:
-            cache[text] = patcher.patch_template(text, policy=policy, keep_history=keep_history)
+            cache[text] = api.patch_template(text, policy=policy, keep_history=keep_history)
         results[name] = cache[text]
     _require_verified(results, force)
     if isinstance(current, list):

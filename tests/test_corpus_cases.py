@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from templatefix.patcher import patch_template
+from templatefix.patch.api import patch_template
 from templatefix.render import merge_spans, render, render_with_spans
 
 

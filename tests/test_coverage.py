@@ -16,7 +16,7 @@ from templatefix.cli import main
 from templatefix.conversation import Probe
 from templatefix.coverage import measure, probe_features, search
 from templatefix.derive import Mutator, applicable, candidates, tool_zoo
-from templatefix.patcher import patch_template
+from templatefix.patch.api import patch_template
 from templatefix.probes import fixed_battery, probe_battery
 from templatefix.reads import MESSAGE, template_reads_of
 from templatefix.render import render

@@ -26,9 +26,9 @@ from templatefix.conversation import Probe
 from templatefix.engines import compare
 from templatefix.engines.backends import RenderContext, Rendered, Transformers
 from templatefix.errors import PatchFailure, RenderError
+from templatefix.patch.api import patch_template
 from templatefix.patch.label import Unit
 from templatefix.patch.writer import write
-from templatefix.patcher import patch_template
 from templatefix.render import render
 from templatefix.shapes import error_probes
 from templatefix.verify import error_parity, render_points, verify

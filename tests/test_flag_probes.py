@@ -11,7 +11,7 @@ import pytest
 from independent.conversations import Conversation
 from independent.judge import judge
 
-from templatefix.patcher import patch_template
+from templatefix.patch.api import patch_template
 from templatefix.probes import fixed_battery
 from templatefix.shapes import make_probe
 

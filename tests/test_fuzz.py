@@ -28,7 +28,7 @@ from strategies import conversations
 from templatefix.conversation import Probe
 from templatefix.errors import RenderError, TemplatefixError
 from templatefix.oracle import expected_turns
-from templatefix.patcher import patch_template
+from templatefix.patch.api import patch_template
 from templatefix.probes import probe_battery
 from templatefix.render import merge_spans, render_with_spans
 

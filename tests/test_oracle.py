@@ -259,7 +259,7 @@ def test_span_stops_before_the_next_turns_header_written_after_the_turn() -> Non
 
 
 def test_patched_header_after_every_render_marks_nothing_in_a_prompt() -> None:
-    from templatefix.patcher import patch_template
+    from templatefix.patch.api import patch_template
     from templatefix.render import render_with_spans
 
     result = patch_template(HEADER_AFTER_EVERY_RENDER)

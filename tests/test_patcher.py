@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from strategies import conversations, tools_for
 
 from templatefix.errors import RenderError, TemplatefixError
-from templatefix.patcher import has_markers, patch_named_templates, patch_template, strip_generation_markers
+from templatefix.jinja.markers import has_markers
+from templatefix.patch.api import patch_named_templates, patch_template
+from templatefix.patch.strip import strip_generation_markers
 from templatefix.probes import probe_battery
 from templatefix.render import merge_spans, render, render_with_spans
 

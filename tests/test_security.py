@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from templatefix.errors import RenderError
-from templatefix.patcher import patch_template
+from templatefix.patch.api import patch_template
 from templatefix.render import environment, render, render_with_spans
 
 PACKAGE = Path(__file__).resolve().parent.parent / "templatefix"

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from test_patch_cli import TINY, TINY_PATCHED, UNVERIFIABLE, fake_patch_template
 
-from templatefix import patcher
 from templatefix.errors import NotVerifiedError, TemplatefixError
+from templatefix.patch import api as patch_api
 from templatefix.tokenizer_patch import patch_tokenizer
 
 CONVERSATION = [
@@ -32,7 +32,7 @@ class FakeProcessor:
 
 @pytest.fixture
 def fake_patcher(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(patcher, "patch_template", fake_patch_template)
+    monkeypatch.setattr(patch_api, "patch_template", fake_patch_template)
 
 
 def test_string_template(fake_patcher: None) -> None:

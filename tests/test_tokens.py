@@ -253,7 +253,7 @@ def _corpus_root() -> Path | None:
 def template_for(tokenizer_name: str) -> tuple[str, str]:
     """``(which, text)``: the patched official template when the patcher verifies it, else TRL's
     marked copy. ``which`` ("patched"/"trl") goes into the test id."""
-    from templatefix.patcher import patch_template
+    from templatefix.patch.api import patch_template
 
     root = _corpus_root()
     if root is None:

@@ -81,7 +81,7 @@ def _corpus() -> Path | None:
 @functools.cache
 def template_for(name: str) -> tuple[str, str, bool]:
     """``(which, template, exact)``: patched official when verified, else TRL's copy."""
-    from templatefix.patcher import patch_template
+    from templatefix.patch.api import patch_template
 
     corpus = _corpus()
     if corpus is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from templatefix.conversation import Probe
 from templatefix.oracle import expected_turns
-from templatefix.patcher import patch_template
+from templatefix.patch.api import patch_template
 from templatefix.render import merge_spans, render_with_spans
 from templatefix.verify import verify
 

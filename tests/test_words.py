@@ -11,7 +11,7 @@ from strategies import random_probes
 
 from templatefix.analysis.expectations import ProbeExpectation, TurnExpectation
 from templatefix.errors import RenderError
-from templatefix.patcher import patch_template
+from templatefix.patch.api import patch_template
 from templatefix.policy import Policy
 from templatefix.render import merge_spans, render_with_spans
 from templatefix.shapes import make_probe

@@ -223,7 +223,7 @@ def _engine_check(
     import templatefix
     from templatefix.engines import check_engines
     from templatefix.jinja.markers import has_markers
-    from templatefix.patcher import strip_generation_markers
+    from templatefix.patch.strip import strip_generation_markers
 
     if not has_markers(template) and original is None:
         original = template

@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def patch_one(path: str, root: str, policy: Policy) -> CorpusRow:
     """Patch and verify one file; never raises."""
-    from templatefix.patcher import patch_template
+    from templatefix.patch.api import patch_template
 
     name = os.path.relpath(path, root)
     started = time.perf_counter()

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from templatefix.io.files import atomic_write
     from templatefix.io.sources import load_template
     from templatefix.jinja.markers import has_markers
-    from templatefix.patcher import patch_template
+    from templatefix.patch.api import patch_template
     from templatefix.show import (
         build_view,
         example_variants,

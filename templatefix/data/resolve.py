@@ -61,7 +61,7 @@ def tokenizer_template(tokenizer: Any) -> str:
 @lru_cache(maxsize=16)
 def _patched(template: str, policy: Policy) -> Any:
     """The patch of ``template`` (the same template is patched once per process)."""
-    from templatefix.patcher import patch_template
+    from templatefix.patch.api import patch_template
 
     return patch_template(template, policy=policy)
 

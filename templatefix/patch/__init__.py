@@ -11,13 +11,8 @@
 from __future__ import annotations
 
 from templatefix.jinja.markers import has_markers
-from templatefix.patch.api import (
-    PatchResult,
-    patch_named_templates,
-    patch_template,
-    place_markers,
-    unified_diff,
-)
+from templatefix.patch.api import patch_named_templates, patch_template, place_markers
+from templatefix.patch.result import PatchResult, unified_diff
 from templatefix.patch.strip import strip_generation_markers
 
 __all__ = [
