@@ -408,7 +408,7 @@ def search(
     into the template. Candidates that reach only new branch outcomes are returned up to ``keep``
     of them, but all are mutated further; those that reach a new output are returned, up to
     ``keep_outputs`` of them. Candidates the template rejects, or whose render hits a bound
-    (``templatefix.limits``), are skipped. Stops when every output is reached, after
+    (``templatefix.jinja``), are skipped. Stops when every output is reached, after
     ``patience`` candidates in a row with nothing new, or when a budget runs out. Deterministic
     for a given ``seed``.
 

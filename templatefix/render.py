@@ -7,7 +7,7 @@ reasoning fields (``reasoning_content`` / ``thinking`` / ``reasoning``). We call
 itself (through ``templatefix.environment``, the one module that touches transformers' internals)
 instead of re-creating it, so any behaviour the installed transformers has, we have. Every compile
 and render is bounded in time and output size
-(``templatefix.limits``); a template past a bound raises ``RenderLimitExceeded``.
+(``templatefix.jinja``); a template past a bound raises ``RenderLimitExceeded``.
 
 Example:
     >>> from templatefix.render import render
@@ -24,9 +24,11 @@ from typing import Any
 
 import jinja2
 
-from templatefix import clock, limits
+from templatefix import clock
 from templatefix import environment as hf_environment
 from templatefix.errors import RenderError, RenderLimitExceeded, TemplateRejected, TemplateSyntaxError
+from templatefix.jinja import sandbox
+from templatefix.jinja.guard import count_output, guard
 
 Message = Mapping[str, Any]
 Span = tuple[int, int]
@@ -46,7 +48,7 @@ def environment() -> jinja2.Environment:
     """Our own instance of transformers' chat-template environment, with render bounds installed.
 
     Built by transformers' own factory, so it has exactly its settings, globals, filters and the
-    ``generation`` extension; ``templatefix.limits.install`` adds the time and size hooks (which
+    ``generation`` extension; ``templatefix.jinja.sandbox.install`` adds the time and size hooks (which
     change no rendered text) and ``templatefix.clock.install`` lets ``strftime_now`` be pinned for
     one patch (``clock.frozen_clock``). It is a separate instance from the ones transformers caches, so
     nothing we install reaches ``tokenizer.apply_chat_template``.
@@ -55,14 +57,14 @@ def environment() -> jinja2.Environment:
         >>> environment().from_string("{{ messages | length }}").render(messages=[1, 2])
         '2'
     """
-    return clock.install(limits.install(hf_environment.new_environment()))
+    return clock.install(sandbox.install(hf_environment.new_environment()))
 
 
 @functools.lru_cache(maxsize=256)
 def _compile(template: str) -> jinja2.Template:
     # Compile under a guard: jinja2 folds constant filter calls while compiling, and a bounded
     # filter that refuses (``'a' | center(10**10)``) makes it leave that call to render time.
-    with limits.guard():
+    with guard():
         return environment().from_string(template)
 
 
@@ -133,7 +135,7 @@ def render_with_spans(
     compiled = compile_template(template)
     arguments = template_arguments(special_tokens, **template_kwargs)
     try:
-        with limits.guard():
+        with guard():
             rendered, indices = _render_bounded(
                 compiled, messages, tools, documents, add_generation_prompt, arguments
             )
@@ -178,7 +180,7 @@ def _render_bounded(
     with hf_environment.tracking(compiled.environment, blocks, indices):
         for block in compiled.generate(**inputs.variables(add_generation_prompt)):
             blocks.append(block)
-            limits.count_output(len(block))
+            count_output(len(block))
         text = "".join(blocks)
     return text, indices
 

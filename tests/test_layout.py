@@ -278,7 +278,6 @@ def test_no_import_cycles():
     )
 
 
-@pytest.mark.xfail(strict=True, reason="limits, patcher and trace only re-export")
 def test_no_module_only_reexports():
     faces = [name for name in modules() if not is_package(name) and only_reexports(name)]
     assert faces == [], f"modules that only re-export (import from the defining module): {faces}"

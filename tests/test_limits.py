@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from templatefix import limits
 from templatefix.errors import RenderError, RenderLimitExceeded, TemplatefixError
+from templatefix.jinja.bounds import OUTPUT_ENV, SECONDS_ENV, Limits, configured, current
+from templatefix.jinja.guard import guard, render_template
 from templatefix.render import compile_template, environment, render, render_with_spans
 
 CHAT = "{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}"
@@ -80,7 +81,7 @@ def test_pathological_template_stops_with_a_clear_error(name: str) -> None:
     template, words = PATHOLOGICAL[name]
     rss_before = _max_rss_mb()
     start = time.monotonic()
-    with limits.configured(max_seconds=1.0, max_output_chars=1_000_000):
+    with configured(max_seconds=1.0, max_output_chars=1_000_000):
         with pytest.raises(RenderLimitExceeded) as caught:
             render(template, [{"role": "user", "content": "hi"}])
     elapsed = time.monotonic() - start
@@ -96,19 +97,19 @@ def test_pathological_template_stops_with_a_clear_error(name: str) -> None:
 def test_limits_are_configurable_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     template = "{{ 'a' * 50 }}"
     assert render(template, []) == "a" * 50
-    monkeypatch.setenv(limits.OUTPUT_ENV, "10")
+    monkeypatch.setenv(OUTPUT_ENV, "10")
     with pytest.raises(RenderLimitExceeded, match="limit of 10 "):
         render(template, [])
-    monkeypatch.setenv(limits.SECONDS_ENV, "0.2")
-    assert limits.current() == limits.Limits(max_seconds=0.2, max_output_chars=10)
-    monkeypatch.setenv(limits.SECONDS_ENV, "soon")
+    monkeypatch.setenv(SECONDS_ENV, "0.2")
+    assert current() == Limits(max_seconds=0.2, max_output_chars=10)
+    monkeypatch.setenv(SECONDS_ENV, "soon")
     with pytest.raises(RenderLimitExceeded, match="not a number"):
-        limits.current()
+        current()
 
 
 def test_configured_overrides_the_environment_and_restores(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(limits.OUTPUT_ENV, "10")
-    with limits.configured(max_output_chars=1000):
+    monkeypatch.setenv(OUTPUT_ENV, "10")
+    with configured(max_output_chars=1000):
         assert render("{{ 'a' * 50 }}", []) == "a" * 50
     with pytest.raises(RenderLimitExceeded):
         render("{{ 'a' * 50 }}", [])
@@ -116,16 +117,16 @@ def test_configured_overrides_the_environment_and_restores(monkeypatch: pytest.M
 
 def test_output_limit_counts_what_is_yielded() -> None:
     template = "{% for i in range(30) %}0123456789{% endfor %}"
-    with limits.configured(max_output_chars=300):
+    with configured(max_output_chars=300):
         assert len(render(template, [])) == 300
-    with limits.configured(max_output_chars=299), pytest.raises(RenderLimitExceeded, match="output reached"):
+    with configured(max_output_chars=299), pytest.raises(RenderLimitExceeded, match="output reached"):
         render(template, [])
 
 
 def test_time_limit_is_enforced_and_the_next_render_is_unaffected() -> None:
     slow = "{% set r = range(100000) %}{% for i in r %}{% for j in r %}{% endfor %}{% endfor %}"
     start = time.monotonic()
-    with limits.configured(max_seconds=0.3), pytest.raises(RenderLimitExceeded, match="longer than 0.3 s"):
+    with configured(max_seconds=0.3), pytest.raises(RenderLimitExceeded, match="longer than 0.3 s"):
         render(slow, [])
     assert time.monotonic() - start < 3
     # No exception from the watchdog may leak into later work.
@@ -140,17 +141,17 @@ def test_nested_guards_keep_the_outer_deadline() -> None:
     )
     start = time.monotonic()
     with pytest.raises(RenderLimitExceeded, match="0.2 s"):
-        with limits.guard(limits.Limits(max_seconds=0.2)):
-            with limits.guard(limits.Limits(max_seconds=60)):
+        with guard(Limits(max_seconds=0.2)):
+            with guard(Limits(max_seconds=60)):
                 template.render()
     assert time.monotonic() - start < 3
 
 
 def test_guard_covers_templates_compiled_from_the_shared_environment() -> None:
-    """What trace.py does: compile from ``environment()`` and render inside ``limits.guard()``."""
+    """What analysis.instrument does: compile from ``environment()`` and render inside ``guard()``."""
     template = environment().from_string("{{ 'ab' * n }}")
     assert template.render(n=3) == "ababab"  # no guard: plain rendering
-    with limits.guard(limits.Limits(max_output_chars=5)), pytest.raises(RenderLimitExceeded):
+    with guard(Limits(max_output_chars=5)), pytest.raises(RenderLimitExceeded):
         template.render(n=3)
 
 
@@ -224,14 +225,14 @@ def test_unsafe_attributes_render_as_nothing(expression: str) -> None:
 
 def test_limits_reject_nonsense_values() -> None:
     with pytest.raises(ValueError):
-        limits.Limits(max_seconds=0)
+        Limits(max_seconds=0)
     with pytest.raises(ValueError):
-        limits.Limits(max_output_chars=-1)
+        Limits(max_output_chars=-1)
 
 
 def test_render_template_is_render_with_bounds() -> None:
     template = environment().from_string("{% for m in messages %}{{ m }}-{% endfor %}{{ 'z' * n }}")
     variables = {"messages": ["a", "b"], "n": 3}
-    assert limits.render_template(template, **variables) == template.render(**variables)
-    with limits.configured(max_output_chars=4), pytest.raises(RenderLimitExceeded, match="output reached"):
-        limits.render_template(template, messages=["a", "b", "c"], n=0)
+    assert render_template(template, **variables) == template.render(**variables)
+    with configured(max_output_chars=4), pytest.raises(RenderLimitExceeded, match="output reached"):
+        render_template(template, messages=["a", "b", "c"], n=0)

@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from templatefix import environment as hf_environment
-from templatefix import limits
 from templatefix.analysis.records import Emission, Iteration, LoopState, Trace
 from templatefix.errors import RenderError, TemplateRejected
+from templatefix.jinja.guard import render_template
 from templatefix.render import template_arguments
 
 EMIT = "__templatefix_emit__"
@@ -217,7 +217,7 @@ def render_with_hooks(template: Any, variables: dict[str, Any], hooks: Hooks) ->
     """
     variables.update(hooks.table())
     try:
-        return limits.render_template(template, **variables)
+        return render_template(template, **variables)
     except RenderError:
         raise  # RenderLimitExceeded keeps its message
     except Exception as error:  # the original decides whether this conversation is valid

@@ -39,7 +39,6 @@ from typing import Any
 from jinja2 import nodes
 
 from templatefix import environment as hf_environment
-from templatefix import limits
 from templatefix.analysis.hooks import (
     BRANCH,
     COVER,
@@ -55,6 +54,7 @@ from templatefix.analysis.hooks import (
 )
 from templatefix.analysis.records import Atom, CoverageTrace, IfChain, Trace
 from templatefix.analysis.sites import Sites
+from templatefix.jinja.guard import guard
 from templatefix.render import environment
 from templatefix.source import TemplateSource
 
@@ -78,7 +78,7 @@ class Instrumented:
         _cover_conditional_expressions(instrumented, self._originals, self.sites)
         instrumented.body = self._transform_body(instrumented.body, loops=[], top_level=True)
         instrumented.set_environment(environment())
-        with limits.guard():  # jinja2 folds constant expressions while compiling
+        with guard():  # jinja2 folds constant expressions while compiling
             self.template = environment().from_string(instrumented)
 
     # -- AST transform -------------------------------------------------------------------------

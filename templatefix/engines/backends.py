@@ -39,7 +39,7 @@ from templatefix.errors import RenderError, TemplatefixError
 
 #: Seconds the node runner may take for one batch of renders.
 NODE_TIMEOUT = 120.0
-#: minijinja's bound on work per render (its "fuel"), like templatefix.limits for jinja2.
+#: minijinja's bound on work per render (its "fuel"), like templatefix.jinja's bounds for jinja2.
 MINIJINJA_FUEL = 50_000_000
 #: The npm package and version range the node runner expects.
 HF_JINJA_PACKAGE = "@huggingface/jinja@^0.5"
@@ -182,7 +182,7 @@ def _plain_environment() -> Any:
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from templatefix import limits
+    from templatefix.jinja import sandbox
 
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
@@ -191,7 +191,7 @@ def _plain_environment() -> Any:
         loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True
     )
     environment.globals.update(raise_exception=raise_exception, strftime_now=_strftime_now)
-    return limits.install(environment)
+    return sandbox.install(environment)
 
 
 class PlainJinja2(Engine):
@@ -204,14 +204,14 @@ class PlainJinja2(Engine):
         return _installed("jinja2")
 
     def render(self, templates: Sequence[str], contexts: Sequence[RenderContext]) -> list[list[Rendered]]:
-        from templatefix import limits
+        from templatefix.jinja.guard import guard, render_template
 
         environment = _plain_environment()
         variables = [context.variables() for context in contexts]
         results = []
         for template in templates:
             try:
-                with limits.guard():
+                with guard():
                     compiled = environment.from_string(template)
             except Exception as error:  # noqa: BLE001 - untrusted templates: any failure is the answer
                 results.append([Rendered(error=_jinja2_error(error)) for _ in contexts])
@@ -219,7 +219,7 @@ class PlainJinja2(Engine):
             row = []
             for values in variables:
                 try:
-                    row.append(Rendered(text=limits.render_template(compiled, **values)))
+                    row.append(Rendered(text=render_template(compiled, **values)))
                 except Exception as error:  # noqa: BLE001
                     row.append(Rendered(error=_jinja2_error(error)))
             results.append(row)

@@ -51,8 +51,8 @@ from jinja2 import nodes
 from jinja2.visitor import NodeVisitor
 
 from templatefix import environment as hf_environment
-from templatefix import limits
 from templatefix.errors import RenderLimitExceeded
+from templatefix.jinja.guard import count_output, guard
 from templatefix.jinja.markers import has_markers
 from templatefix.patch.result import PatchResult, unified_diff
 from templatefix.patch.strip import strip_generation_markers
@@ -317,7 +317,7 @@ def _analyse(
     _wrap(finder)
     recorder = _Recorder()
     try:
-        with limits.guard():
+        with guard():
             compiled = environment().from_string(source.ast, globals={RECORDER: recorder})
     except jinja2.TemplateError as error:  # never expected: the instrumented copy is plain Jinja
         return [], [f"the tests could not be instrumented ({type(error).__name__}: {error})"]
@@ -332,9 +332,9 @@ def _analyse(
         try:
             inputs = hf_environment.prepare_inputs(probe.conversation()[:k], tools, documents, arguments)
             recorder.messages = inputs.messages
-            with limits.guard():
+            with guard():
                 for block in compiled.generate(**inputs.variables(agp)):
-                    limits.count_output(len(block))
+                    count_output(len(block))
         except RenderLimitExceeded:
             raise
         except Exception:  # noqa: BLE001 - the template rejects this prefix: nothing to compare
