@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+from templatefix.analysis.expectations import ProbeExpectation, TurnExpectation
 from templatefix.conversation import Probe
 from templatefix.errors import (
     InternalDisagreement,
@@ -36,14 +37,15 @@ from templatefix.errors import (
 )
 from templatefix.flags import find_flags
 from templatefix.io.sources import load_source
-from templatefix.oracle import ProbeExpectation, TurnExpectation, expected_turns
+from templatefix.masks.issues import TokenIssue
+from templatefix.oracle import expected_turns
 from templatefix.patch.api import patch_named_templates, patch_template
 from templatefix.patch.result import PatchResult
 from templatefix.policy import Policy
 from templatefix.probes import probe_battery
 from templatefix.report import Report, print_report
 from templatefix.tokenizer_patch import patch_tokenizer
-from templatefix.tokens import TokenIssue, check_token_masks
+from templatefix.tokens import check_token_masks
 from templatefix.verify import verify
 
 __version__ = "0.1.0"

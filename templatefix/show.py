@@ -22,8 +22,9 @@ from typing import Any
 
 from templatefix.clock import frozen_clock, transformers_clock
 from templatefix.errors import RenderError, SourceError, TemplatefixError
+from templatefix.masks.issues import TokenIssue, diagnose
 from templatefix.render import render, render_with_spans
-from templatefix.tokens import TokenIssue, diagnose, normalize_messages, require_fast, special_tokens_of
+from templatefix.tokens import normalize_messages, require_fast, special_tokens_of
 
 EXAMPLE_TOOLS: list[dict[str, Any]] = [{
     "type": "function",

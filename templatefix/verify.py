@@ -32,11 +32,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from templatefix.analysis.expectations import ProbeExpectation, TurnExpectation
 from templatefix.clock import frozen_clock
 from templatefix.coverage import measure
 from templatefix.errors import RenderError, RenderLimitExceeded, TemplateSyntaxError
 from templatefix.jinja.markers import has_markers
-from templatefix.oracle import ProbeExpectation, TurnExpectation, expected_turns
+from templatefix.oracle import expected_turns
 from templatefix.policy import Policy
 from templatefix.probes import policy_probes, probe_battery
 from templatefix.render import Span, compile_template, merge_spans, render, render_with_spans

@@ -31,8 +31,6 @@ import ast
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 import templatefix
 
 PACKAGE_DIR = Path(templatefix.__file__).resolve().parent
@@ -283,7 +281,6 @@ def test_no_module_only_reexports():
     assert faces == [], f"modules that only re-export (import from the defining module): {faces}"
 
 
-@pytest.mark.xfail(strict=True, reason="code imports through re-exports")
 def test_code_imports_names_from_the_module_defining_them():
     found = indirect_imports()
     assert found == [], "imports through a module that does not define the name:\n" + "\n".join(found)

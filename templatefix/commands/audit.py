@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from templatefix.data.audit import AuditOptions, audit_rows, open_rows
+    from templatefix.data.audit import audit_rows
+    from templatefix.data.findings import AuditOptions
+    from templatefix.data.inputs import open_rows
     from templatefix.io.files import atomic_stream
     from templatefix.tokens import load_fast_tokenizer
 
@@ -116,7 +118,7 @@ def print_summary(result: Any, console: Any, out: Path | None = None) -> None:
     """The human summary: one row per category with counts, first indices and a sample message."""
     from rich.table import Table
 
-    from templatefix.data.audit import CATEGORIES
+    from templatefix.data.findings import CATEGORIES
 
     rate = result.tokens / result.seconds if result.seconds else 0.0
     table = Table(title=f"{result.examples} examples, {result.trained_tokens} / {result.tokens} tokens "

@@ -29,8 +29,9 @@ from typing import Any
 
 from templatefix.data.resolve import resolve_template
 from templatefix.errors import TemplatefixError
+from templatefix.masks.ranges import ranges_from_mask
 from templatefix.render import Span, merge_spans, render_with_spans
-from templatefix.tokens import normalize_messages, ranges_from_mask
+from templatefix.tokens import normalize_messages
 
 #: ``ProcessorMask.issue`` values.
 EMPTY = "empty"

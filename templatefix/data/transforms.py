@@ -39,15 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from templatefix.data.audit import (
-    CATEGORIES,
-    AuditOptions,
-    AuditResult,
-    AuditState,
-    ChunkResult,
-    ExampleAudit,
-    audit_examples,
-)
+from templatefix.data.examples import AuditState, audit_examples
+from templatefix.data.findings import CATEGORIES, AuditOptions, AuditResult, ChunkResult, ExampleAudit
 from templatefix.data.rows import (
     CONVERSATION_COLUMNS,
     RowError,

@@ -204,7 +204,7 @@ def marks_after_prompt_text(
     A cheap look (plain renders, no oracle) that says when prompt renders need observing at all.
     A message whose text the render does not hold bounds nothing.
     """
-    from templatefix.oracle import locate_texts
+    from templatefix.analysis.texts import locate_texts
 
     done: set[str] = set()
     for probe in probes:
