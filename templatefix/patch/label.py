@@ -169,11 +169,11 @@ def slice_anchors(record: PartRecord) -> list[int] | None:
             # distinct texts (the same message rendered in several probes counts once)
             cut_here = {c.text for c in record.cut_texts if offset in c.offsets}
             cut_as_tail = {c.text for c in record.cut_texts if (len(c.text) - tail) in c.offsets}
-            before = ({t[:offset] for t in cut_here}, {t[:offset] for t in record.texts})
-            after = ({t[len(t) - tail :] for t in cut_as_tail}, {t[len(t) - tail :] for t in record.texts})
-            if _fixed(*before, len(cut_here), len(record.texts)):
+            before = ({t[:offset] for t in cut_here}, [t[:offset] for t in record.texts])
+            after = ({t[len(t) - tail :] for t in cut_as_tail}, [t[len(t) - tail :] for t in record.texts])
+            if _fixed(*before, len(cut_here), -1):
                 starts.add(offset)
-            elif tail > 0 and _fixed(*after, len(cut_as_tail), len(record.texts)):
+            elif tail > 0 and _fixed(*after, len(cut_as_tail), 0):
                 ends.add(-tail)
             else:
                 return None
@@ -185,14 +185,20 @@ def slice_anchors(record: PartRecord) -> list[int] | None:
     return anchors
 
 
-def _fixed(pieces: set[str], everywhere: set[str], cut: int, texts: int) -> bool:
+def _fixed(pieces: set[str], sides: list[str], cut: int, edge: int) -> bool:
     """Whether the text on one side of a cut is fixed text, not a message's own words: the same
-    (``pieces``) in at least two distinct texts the edge cuts, or in every distinct text of the
-    part (``everywhere``; two or more, cut or not: an edge seen once, after a prefix every
-    emission starts with)."""
+    (``pieces``) in at least two distinct texts the edge cuts, or the same side of at least two
+    distinct texts of the part (``sides``: each distinct text's side at that offset, cut there
+    or not; an edge seen once, after a prefix other emissions start with too, such as
+    ``<think></think>`` before a reply that only one probe gave under its flag). Probe texts
+    never share their words, so text two of them share is the template's; in the second case
+    the piece must also end, at the cut (``edge``: its last character, -1, or first, 0), in
+    markup or space, not in a word two texts may start alike.
+    """
     if len(pieces) != 1:
         return False
-    return cut >= 2 or (texts >= 2 and everywhere == pieces)
+    (piece,) = pieces
+    return cut >= 2 or (sides.count(piece) >= 2 and not piece[edge].isalnum())
 
 
 def _edge_examples(record: PartRecord) -> str:
