@@ -193,12 +193,16 @@ def _fixed(pieces: set[str], sides: list[str], cut: int, edge: int) -> bool:
     ``<think></think>`` before a reply that only one probe gave under its flag). Probe texts
     never share their words, so text two of them share is the template's; in the second case
     the piece must also end, at the cut (``edge``: its last character, -1, or first, 0), in
-    markup or space, not in a word two texts may start alike.
+    markup or space, not in a word two texts may start alike. Whitespace a text starts with is
+    no word either: a generation prompt that ends with ``\n`` takes the first ``\n`` of a reply
+    that starts with one, so the edge sits after it in that reply alone.
     """
     if len(pieces) != 1:
         return False
     (piece,) = pieces
-    return cut >= 2 or (sides.count(piece) >= 2 and not piece[edge].isalnum())
+    if cut >= 2 or (edge < 0 and piece.isspace()):
+        return True
+    return sides.count(piece) >= 2 and not piece[edge].isalnum()
 
 
 def _edge_examples(record: PartRecord) -> str:

@@ -217,8 +217,12 @@ def _run_expression(
             text = _node_text(source, node)
         else:
             written_alone = unit.part < 0 or parents[unit.part] is not nodes.Add
-            as_text = written_alone and not _anchored(node, _macros(source))
+            macros = _macros(source)
+            as_text = written_alone and not _anchored(node, macros)
             text = _literal_slice(source, node, unit.lo, unit.hi, as_text=as_text)
+            if not (written_alone or _anchored(node, macros) or _always_text(source, atom, node, macros)):
+                # an operand of `'<A>' + x` (``chain_guards``): `'' + x` raises where `+` raises
+                text = f"('' + {_node_text(source, node)})[{unit.lo or ''}:{'' if unit.hi is None else unit.hi}]"
         leaves.setdefault(max(unit.part, 0), []).append(text)
     joined = {
         part: (texts[0], "leaf") if len(texts) == 1 else (" + ".join(texts), "+")
@@ -536,6 +540,9 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
                 continue  # written as text, or a str whenever it evaluates: sliced like a literal
             if isinstance(operand, nodes.Name) and _set_to_text_before(source, atom, operand.name, macros):
                 continue  # a variable the template always sets to a str just before
+            sibling = _add_sibling(whole, operand)
+            if sibling is not None and text_valued(sibling):
+                continue  # `'<A>' + x`: its slices are written `('' + x)[lo:hi]`, raising as `+` does
             _refuse(source, whole, "it cuts an operand of '+' that is not a string literal")
         node, first = _add_at(whole, before.part)
         if node is None:
@@ -574,6 +581,18 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
         else:
             _refuse(source, whole, "neither side of its '+' is known to be a string")
     return [(start, end) for start, end in guards]
+
+
+def _add_sibling(whole: nodes.Node, operand: nodes.Node) -> nodes.Node | None:
+    """The other side of the ``+`` whose side ``operand`` is (compared by identity), or None."""
+    adds = [whole] if isinstance(whole, nodes.Add) else []
+    adds += [node for node in whole.find_all(nodes.Add) if node is not whole]
+    for add in adds:
+        if add.left is operand:
+            return add.right
+        if add.right is operand:
+            return add.left
+    return None
 
 
 def _refuse(source: TemplateSource, node: nodes.Node, why: str) -> None:
@@ -623,6 +642,11 @@ def _anchored(node: nodes.Node, macros: frozenset[str] = frozenset()) -> bool:
     if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name):
         return node.node.name in macros
     return False
+
+
+def _always_text(source: TemplateSource, atom: Atom, node: nodes.Node, macros: frozenset[str]) -> bool:
+    """A variable the template sets to a str just before the atom's output."""
+    return isinstance(node, nodes.Name) and _set_to_text_before(source, atom, node.name, macros)
 
 
 def _set_to_text_before(source: TemplateSource, atom: Atom, name: str, macros: frozenset[str]) -> bool:
