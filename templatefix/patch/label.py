@@ -109,11 +109,16 @@ def resolve_units(instrumented: Instrumented, records: dict[PartKey, PartRecord]
             for segment in whole.segments:
                 if len(segment.cuts) > 1:
                     raise PatchFailure(where(instrumented, atom, "an assistant span edge falls inside"))
+                ranges = segment.emission.part_ranges
                 for index in range(len(atom.parts)):
-                    # The whole emission had one label, so every character of every part has it.
+                    # The whole emission had one label, so every character of every part has it;
+                    # the part's own text, where the emission's parts are known (prefix tests).
+                    text = None
+                    if segment.text is not None and ranges is not None and index < len(ranges):
+                        text = segment.text[ranges[index][0]:ranges[index][1]]
                     uniform = Segment(
                         [Cut(0, segment.cuts[0].inside)], _ANY_LENGTH, segment.emission, segment.flags,
-                        segment.ending,
+                        segment.ending, text,
                     )
                     parts.setdefault(index, PartRecord()).segments.append(uniform)
         if any(index >= 0 for index in parts):
