@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -203,10 +202,10 @@ def _place_markers(
         raise PatchFailure("the template never renders what the assistant says: no assistant output to mark")
     try:
         return _place(template, source, instrumented, probes, policy, special_tokens, seen)
-    except PatchFailure:
+    except PatchFailure as error:
         if not seen.open_whitespace or seen.whitespace_in:
             raise
-        first = sys.exc_info()
+        first = error
     # A turn that ends with the message's own words may end before or after the whitespace that
     # follows them (SPEC §2): the edge is an interval. Stopping after the last word cuts the
     # message's text at a place that depends on it ('A: ' + content + '\n\n' with content
@@ -217,7 +216,7 @@ def _place_markers(
     try:
         return _place(template, source, instrumented, probes, policy, special_tokens, retry)
     except PatchFailure:
-        raise first[1] from None  # the first placement's reason says more
+        raise first from None  # the first placement's reason says more
 
 
 def _place(

@@ -44,7 +44,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 from jinja2 import nodes
@@ -176,7 +176,7 @@ class Proof:
 class _Test:
     """One wrapped test expression: where it is and its operands in the and/or/not tree."""
 
-    node: nodes.Expr
+    node: nodes.Node
     start: int
     end: int
     line: int
@@ -230,7 +230,7 @@ class _TestFinder(NodeVisitor):
             self.roots.append(self._add(node.test))
         self.generic_visit(node)
 
-    def _add(self, node: nodes.Expr) -> int:
+    def _add(self, node: nodes.Node) -> int:
         span = getattr(node, "tf_span", None)
         start, end = span if span else (0, 0)
         index = len(self.tests)
@@ -245,17 +245,21 @@ class _TestFinder(NodeVisitor):
         return index
 
 
+_N = TypeVar("_N", bound=nodes.Node)
+
+
 def _wrap(finder: _TestFinder) -> None:
     """Replace each found test in its parent by ``RECORDER(id, test, (loop targets...))``."""
     wrapped = {id(test.node): index for index, test in enumerate(finder.tests)}
 
-    def call(node: nodes.Expr) -> nodes.Expr:
+    def call(node: _N) -> _N | nodes.Call:
         index = wrapped.get(id(node))
         if index is None:
             return node
         targets = nodes.Tuple([nodes.Name(name, "load") for name in finder.targets[index]], "load")
         new = nodes.Call(nodes.Name(RECORDER, "load"), [nodes.Const(index), node, targets], [], None, None)
-        return new.set_lineno(node.lineno)
+        new.set_lineno(node.lineno)
+        return new
 
     # Children first, so that an operand is wrapped inside its wrapped parent.
     for test in reversed(finder.tests):
@@ -265,7 +269,7 @@ def _wrap(finder: _TestFinder) -> None:
         elif isinstance(node, nodes.Not):
             node.node = call(node.node)
     for ast_node in finder.source.ast.find_all((nodes.If, nodes.CondExpr)):
-        if ast_node.test is not None:
+        if isinstance(ast_node, (nodes.If, nodes.CondExpr)) and ast_node.test is not None:
             ast_node.test = call(ast_node.test)
 
 
