@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from templatefix.clock import frozen_clock
 from templatefix.coverage import measure
@@ -408,10 +408,11 @@ def _judge_turn(
         pieces = ", ".join(f"{s[0]}..{s[1]}" for s in touching)
         expected = f"{target[0]}..{target[1]}"
         result.problems.append(f"{turn.kind} turn is split into spans {pieces}; expected {expected}")
-    for edge, expected_at, actual_at in (
+    edges: tuple[tuple[Literal["start", "end"], int, int], ...] = (
         ("start", target[0], actual_span[0]),
         ("end", target[1], (touching[-1] if touching else actual_span)[1]),
-    ):
+    )
+    for edge, expected_at, actual_at in edges:
         if expected_at == actual_at:
             continue
         diff = EdgeDiff(
