@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from jinja2 import nodes
 
@@ -55,6 +55,9 @@ from templatefix.errors import RenderError, RenderLimitExceeded
 from templatefix.source import TemplateSource
 from templatefix.trace import Instrumented, OutputSite, instrumented_for
 from templatefix.unreachable import dead_outputs, output_nodes
+
+if TYPE_CHECKING:
+    from templatefix.conversation import Probe
 
 OutputStatus = Literal[
     "reached", "unreached", "refusal", "uncalled-macro", "empty-conversation", "dead-branch", "unsatisfiable"
@@ -388,7 +391,7 @@ def output_sites(template: str) -> int:
 
 def search(
     template: str,
-    probes: Sequence[Any],
+    probes: Sequence[Probe],
     candidates: Iterable[Any],
     *,
     mutate: Callable[[Sequence[Any], random.Random, frozenset[str]], Any | None] | None = None,

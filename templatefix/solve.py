@@ -1026,7 +1026,12 @@ def _copy_between(
     for source, target in ((right, left), (left, right)):
         target_paths = sorted(path for path in resolve(target) if _settable(path))
 
-        def change(state: dict[str, Any], scope: Scope = None, source=source, paths=target_paths) -> bool:
+        def change(
+            state: dict[str, Any],
+            scope: Scope = None,
+            source: nodes.Node = source,
+            paths: list[Path] = target_paths,
+        ) -> bool:
             values = [v for v in _values_of(resolve, source, state) if isinstance(v, (str, int, float, bool))]
             if not values:
                 return False

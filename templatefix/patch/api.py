@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from templatefix.clock import frozen_clock
 from templatefix.errors import PatchFailure, RenderError, RenderLimitExceeded
@@ -47,12 +47,15 @@ from templatefix.policy import Policy
 from templatefix.source import TemplateSource
 from templatefix.trace import Instrumented, instrumented_for
 
+if TYPE_CHECKING:
+    from templatefix.conversation import Probe
+
 
 def patch_template(
     template: str,
     *,
     policy: Policy | None = None,
-    probes: Sequence[Any] | None = None,
+    probes: Sequence[Probe] | None = None,
     special_tokens: Mapping[str, Any] | None = None,
     keep_history: bool = False,
     **policy_kwargs: Any,
@@ -96,7 +99,7 @@ def patch_template(
 def _patch_template(
     template: str,
     policy: Policy | None,
-    probes: Sequence[Any] | None,
+    probes: Sequence[Probe] | None,
     special_tokens: Mapping[str, Any] | None,
     policy_kwargs: Mapping[str, Any],
 ) -> PatchResult:
@@ -170,7 +173,7 @@ def patch_named_templates(
 
 def place_markers(
     template: str,
-    probes: Sequence[Any],
+    probes: Sequence[Probe],
     policy: Policy,
     special_tokens: Mapping[str, Any] | None = None,
 ) -> str:
@@ -189,7 +192,7 @@ def place_markers(
 
 
 def _place_markers(
-    template: str, probes: Sequence[Any], policy: Policy, special_tokens: Mapping[str, Any] | None
+    template: str, probes: Sequence[Probe], policy: Policy, special_tokens: Mapping[str, Any] | None
 ) -> str:
     source = TemplateSource.parse(template)
     instrumented = instrumented_for(source)
@@ -223,7 +226,7 @@ def _place(
     template: str,
     source: TemplateSource,
     instrumented: Instrumented,
-    probes: Sequence[Any],
+    probes: Sequence[Probe],
     policy: Policy,
     special_tokens: Mapping[str, Any] | None,
     seen: Observations,

@@ -44,7 +44,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jinja2
 from jinja2 import nodes
@@ -59,6 +59,9 @@ from templatefix.patch.strip import strip_generation_markers
 from templatefix.policy import Policy
 from templatefix.render import environment, render, template_arguments
 from templatefix.source import Edit, TemplateSource
+
+if TYPE_CHECKING:
+    from templatefix.conversation import Probe
 
 #: The name the recording call gets inside the instrumented template.
 RECORDER = "templatefix_history_test"
@@ -294,7 +297,7 @@ class _Recorder:
         return value
 
 
-def _render_cases(probes: Sequence[Any]) -> list[tuple[int, int, bool]]:
+def _render_cases(probes: Sequence[Probe]) -> list[tuple[int, int, bool]]:
     """(probe, prefix length, add_generation_prompt) for every non-empty prefix of every probe."""
     return [
         (p, k, agp) for p, probe in enumerate(probes) for k in range(1, len(probe.messages) + 1)
@@ -310,7 +313,7 @@ def _split_kwargs(probe: Any, special_tokens: Mapping[str, Any] | None) -> tuple
 
 
 def _analyse(
-    template: str, probes: Sequence[Any], special_tokens: Mapping[str, Any] | None
+    template: str, probes: Sequence[Probe], special_tokens: Mapping[str, Any] | None
 ) -> tuple[list[Rewrite], list[str]]:
     """One round: the tests of ``template`` that depend on history, as rewrites and problems."""
     source = TemplateSource.parse(template)
@@ -408,7 +411,7 @@ def _analyse(
 
 def keep_history_variant(
     template: str,
-    probes: Sequence[Any] | None = None,
+    probes: Sequence[Probe] | None = None,
     special_tokens: Mapping[str, Any] | None = None,
 ) -> Variant:
     """The keep-history variant of ``template`` (generation markers removed first).
@@ -445,7 +448,7 @@ def keep_history_variant(
 def prove(
     original: str,
     variant: str,
-    probes: Sequence[Any],
+    probes: Sequence[Probe],
     special_tokens: Mapping[str, Any] | None = None,
 ) -> Proof:
     """Check SPEC §8 (a)–(c) for ``variant`` against ``original`` on ``probes`` (both unmarked).
@@ -626,7 +629,7 @@ def patch_keep_history(
     patcher: Callable[..., PatchResult],
     *,
     policy: Policy | None = None,
-    probes: Sequence[Any] | None = None,
+    probes: Sequence[Probe] | None = None,
     special_tokens: Mapping[str, Any] | None = None,
     **policy_kwargs: Any,
 ) -> KeepHistoryResult:
