@@ -43,7 +43,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from jinja2 import meta, nodes
 from jinja2.visitor import NodeVisitor
@@ -368,26 +368,26 @@ class _MessageNames:
         stores: dict[str, list[nodes.Node]] = {}
         for node in tree.find_all((nodes.For, nodes.Assign, nodes.Macro, nodes.CallBlock, nodes.With)):
             if isinstance(node, nodes.For):
-                for name in (
+                for stored in (
                     node.target.find_all(nodes.Name) if not isinstance(node.target, nodes.Name) else []
                 ):
-                    stores.setdefault(name.name, []).append(node.target)  # a tuple target: not a message
+                    stores.setdefault(stored.name, []).append(node.target)  # a tuple target: not a message
                 if isinstance(node.target, nodes.Name):
                     stores.setdefault(node.target.name, []).append(node)
             elif isinstance(node, nodes.Assign):
-                for name in (
+                for stored in (
                     [node.target] if isinstance(node.target, nodes.Name) else node.target.find_all(nodes.Name)
                 ):
-                    stores.setdefault(name.name, []).append(node.target)
+                    stores.setdefault(stored.name, []).append(node.target)
             elif isinstance(node, (nodes.Macro, nodes.CallBlock)):
                 for argument in node.args:
                     stores.setdefault(argument.name, []).append(argument)
-            else:
+            elif isinstance(node, nodes.With):
                 for target in node.targets:
-                    for name in (
+                    for stored in (
                         target.find_all(nodes.Name) if not isinstance(target, nodes.Name) else [target]
                     ):
-                        stores.setdefault(name.name, []).append(target)
+                        stores.setdefault(stored.name, []).append(target)
         messages_stores = stores.get("messages", [])
         if not all(self._list_assign(tree, store) for store in messages_stores):
             return  # ``messages`` rebound to something else than a part of itself
@@ -411,8 +411,8 @@ class _MessageNames:
         for index, statement in enumerate(tree.body):
             if isinstance(statement, nodes.Macro):
                 continue
-            for node in [statement, *statement.find_all(nodes.Node)]:
-                self.top[id(node)] = index
+            for inner in [statement, *statement.find_all(nodes.Node)]:
+                self.top[id(inner)] = index
             if isinstance(statement, nodes.For) and isinstance(statement.target, nodes.Name):
                 if (
                     statement.test is None
@@ -504,7 +504,7 @@ def _field_of(node: nodes.Node, name: str) -> str | None:
     return None
 
 
-def _message_field(node: nodes.Node, messages: _MessageNames) -> str | None:
+def _message_field(node: nodes.Node | None, messages: _MessageNames) -> str | None:
     """The key when ``node`` is ``m.key`` or ``m['key']`` on a name always holding a message."""
     if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
         return node.attr if node.node.name in messages.names else None
@@ -916,15 +916,21 @@ class _Edit:
         return changed
 
 
-def _ensure(path: Path, make: Callable[[Any], Any]) -> _Edit:
+class _Make(Protocol):
+    """The new value at a path from the old one (``_MISSING`` in, or out: absent)."""
+
+    def __call__(self, old: Any, /) -> Any: ...
+
+
+def _ensure(path: Path, make: _Make) -> Change:
     return _Edit(path, make)
 
 
-def _set(path: Path, value: Any) -> _Edit:
+def _set(path: Path, value: Any) -> Change:
     return _Edit(path, lambda old: copy.deepcopy(value))
 
 
-def _remove(path: Path) -> _Edit:
+def _remove(path: Path) -> Change:
     return _Edit(path, None)
 
 
@@ -1020,7 +1026,12 @@ def _copy_between(
     for source, target in ((right, left), (left, right)):
         target_paths = sorted(path for path in resolve(target) if _settable(path))
 
-        def change(state: dict[str, Any], scope: Scope = None, source=source, paths=target_paths) -> bool:
+        def change(
+            state: dict[str, Any],
+            scope: Scope = None,
+            source: nodes.Node = source,
+            paths: list[Path] = target_paths,
+        ) -> bool:
             values = [v for v in _values_of(resolve, source, state) if isinstance(v, (str, int, float, bool))]
             if not values:
                 return False
@@ -1071,7 +1082,7 @@ def reach(
                 reached_by.setdefault(site, []).append(probe)
     kept: list[Probe] = []
     budget = _Budget(candidates, work)
-    tried: set[tuple[int, ...]] = set()
+    tried: set[tuple[tuple[int, bool, str], ...]] = set()
     targets = [site for site in instrumented.sites.outputs if site.id in wanted - reached_by.keys()]
     if not targets:
         return []

@@ -12,10 +12,9 @@ neighbours where the template's structure decides (``fill_silent_atoms``,
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from jinja2 import nodes
 
@@ -25,6 +24,9 @@ from templatefix.patch.observe import Cut, PartKey, PartRecord, Segment
 from templatefix.trace import Atom, Instrumented
 
 _LOG = logging.getLogger("templatefix.patcher")
+
+if TYPE_CHECKING:
+    from templatefix.source import Spanned
 
 Label = Literal["in", "out", "cond", "none"]
 
@@ -80,7 +82,7 @@ def absolute(anchor: int | None, length: int) -> int:
 
 def where(instrumented: Instrumented, atom: Atom, what: str) -> str:
     """``what`` followed by the atom's source text and line, for a failure message."""
-    start, end = atom.node.tf_span
+    start, end = cast("Spanned", atom.node).tf_span
     text = instrumented.source.text[start:end]
     if len(text) > 60:
         text = text[:57] + "..."
@@ -140,8 +142,9 @@ def _part_units(instrumented: Instrumented, atom: Atom, part: int, record: PartR
             raise PatchFailure(f"{message}, at a place that depends on the text: {_edge_examples(record)}")
         anchors = found
     units = []
-    bounds: list[int | None] = [0, *anchors, None]
-    for lo, hi in itertools.pairwise(bounds):
+    lows: list[int] = [0, *anchors]
+    highs: list[int | None] = [*anchors, None]
+    for lo, hi in zip(lows, highs, strict=True):
         unit = Unit(atom.id, part, lo, hi)
         for segment in record.segments:
             start, end = absolute(lo, segment.length), absolute(hi, segment.length)
@@ -283,9 +286,9 @@ def _sliced(instrumented: Instrumented, atom: Atom, part: int, length: int) -> s
 
 def _template_texts(instrumented: Instrumented) -> list[str]:
     """The template's own string literals and literal text."""
-    found = []
+    found: list[str] = []
     for node in instrumented.source.ast.find_all((nodes.Const, nodes.TemplateData)):
-        value = node.data if isinstance(node, nodes.TemplateData) else node.value
+        value = node.data if isinstance(node, nodes.TemplateData) else cast(nodes.Const, node).value
         if isinstance(value, str) and value:
             found.append(value)
     return found
@@ -336,7 +339,7 @@ def fill_boundary_atoms(instrumented: Instrumented, by_atom: dict[int, list[Unit
         atoms_in.setdefault(id(atom.output), []).append(atom)
 
     def labels(atoms: list[Atom]) -> list[str]:
-        found = []
+        found: list[str] = []
         for atom in sorted(atoms, key=lambda a: a.id):
             found.extend(u.label for u in by_atom.get(atom.id, []) if u.label != "none")
         return found

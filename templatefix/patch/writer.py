@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from jinja2 import nodes
 
@@ -28,6 +29,9 @@ from templatefix.patch.label import (
 )
 from templatefix.source import Edit, TemplateSource, Token
 from templatefix.trace import Atom, Instrumented
+
+if TYPE_CHECKING:
+    from templatefix.source import Spanned
 
 
 @dataclass
@@ -80,7 +84,8 @@ def _write_literal(
     markers: list[Marker],
     edits: list[Edit],
 ) -> None:
-    token = source.token_at(atom.node.tf_span[0])
+    literal = cast(nodes.TemplateData, atom.node)  # ``atom.is_literal``
+    token = source.token_at(cast("Spanned", literal).tf_span[0])
     fill_none(units)
     for (label, condition), run in itertools.groupby(units, key=lambda u: (u.label, u.condition)):
         run_units = list(run)
@@ -92,7 +97,7 @@ def _write_literal(
         elif label == "cond":
             # Literal text that is assistant output only sometimes: branch on the condition, with
             # the text as a string expression in both branches.
-            text = json.dumps(atom.node.data[run_units[0].lo : run_units[-1].hi], ensure_ascii=False)
+            text = json.dumps(literal.data[run_units[0].lo : run_units[-1].hi], ensure_ascii=False)
             left = "+" if _needs_lstrip_guard(source, start) else ""
             right = "+" if _needs_trim_guard(source, end) else ""
             # Whitespace the lexer strips after the text (lstrip_blocks) would render once a tag
@@ -207,7 +212,7 @@ def _run_expression(
             merged.append(unit)
     run = merged
     if len(run) == 1 and run[0].part < 0 and run[0].lo == 0 and run[0].hi is None:
-        start, end = part_node(atom, -1).tf_span
+        start, end = cast("Spanned", part_node(atom, -1)).tf_span
         return source.text[start:end]  # the whole expression in a tag of its own
     parents = _leaf_parents(part_node(atom, -1))
     leaves: dict[int, list[str]] = {}
@@ -331,7 +336,7 @@ _PRIMARY = (
 
 
 def _node_text(source: TemplateSource, node: nodes.Node) -> str:
-    start, end = node.tf_span
+    start, end = cast("Spanned", node).tf_span
     text = source.text[start:end]
     if isinstance(node, _PRIMARY) or (text.startswith("(") and text.endswith(")")):
         return text
@@ -358,7 +363,7 @@ def _literal_slice(
         return f"{text}[{lo or ''}:{'' if hi is None else hi}]"  # hi < 0: from the end
     value: str = node.value
     piece = value[lo:hi]
-    start, end = node.tf_span
+    start, end = cast("Spanned", node).tf_span
     raw = source.text[start:end]
     quote = raw[:1]
     if len(raw) >= 2 and raw[-1] == quote and quote in "'\"":
@@ -393,7 +398,7 @@ def _raw_index(body: str, value: str, offset: int) -> int | None:
 
 def _tag_tokens(source: TemplateSource, node: nodes.Node) -> tuple[int, int]:
     """Indices of the ``{{`` and ``}}`` tokens around an output expression."""
-    start, end = node.tf_span
+    start, end = cast("Spanned", node).tf_span
     begin = source.token_index_at(start)
     while begin > 0 and source.tokens[begin].kind != "variable_begin":
         begin -= 1
@@ -425,13 +430,13 @@ def _marker_text(source: TemplateSource, marker: Marker) -> str:
     """The tag text, with whitespace control that keeps the render unchanged."""
     keyword = "generation" if marker.opening else "endgeneration"
     token = source.token_at(marker.offset) if marker.offset < len(source.text) else None
-    at_tag = token is not None and token.start == marker.offset
-    modifier = token.text[2:3] if at_tag and token.text[2:3] in "-+" else ""
-    if at_tag and token.kind in ("block_begin", "comment_begin"):
+    tag = token if token is not None and token.start == marker.offset else None  # a token starts here
+    modifier = tag.text[2:3] if tag is not None and tag.text[2:3] in "-+" else ""
+    if tag is not None and tag.kind in ("block_begin", "comment_begin"):
         # Right before a tag that strips (or keeps) the whitespace before it: do as it does, so
         # the whitespace is treated the same whichever of the two tags comes first.
         left = modifier
-    elif at_tag and token.kind == "variable_begin" and modifier == "-":
+    elif tag is not None and tag.kind == "variable_begin" and modifier == "-":
         left = "-"
     else:
         left = "+" if _needs_lstrip_guard(source, marker.offset) else ""
@@ -596,7 +601,7 @@ def _add_sibling(whole: nodes.Node, operand: nodes.Node) -> nodes.Node | None:
 
 
 def _refuse(source: TemplateSource, node: nodes.Node, why: str) -> None:
-    start, end = node.tf_span
+    start, end = cast("Spanned", node).tf_span
     expression = " ".join(source.text[start:end].split())
     if len(expression) > 80:
         expression = expression[:77] + "..."
