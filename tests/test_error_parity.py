@@ -412,6 +412,8 @@ def test_a_variable_set_to_text_just_before_may_be_cut_like_a_literal() -> None:
     for name in ("abcd", None, 5, ""):
         messages = [{"role": "assistant", "content": "x", "name": name}]
         assert outcome(guarded, messages) == outcome(unknown, messages)
-    beside_unknown = LOOP + "{% if m.name %}{% set p = m.name %}{% endif %}{{ m.pre + p + m.content }}{% endfor %}"
+    beside_unknown = (
+        LOOP + "{% if m.name %}{% set p = m.name %}{% endif %}{{ m.pre + p + m.content }}{% endfor %}"
+    )
     with pytest.raises(PatchFailure, match="cuts an operand"):
         written(beside_unknown, ["out", ("out", 3, "in"), "in"])

@@ -227,7 +227,8 @@ def _run_expression(
             text = _literal_slice(source, node, unit.lo, unit.hi, as_text=as_text)
             if not (written_alone or _anchored(node, macros) or _always_text(source, atom, node, macros)):
                 # an operand of `'<A>' + x` (``chain_guards``): `'' + x` raises where `+` raises
-                text = f"('' + {_node_text(source, node)})[{unit.lo or ''}:{'' if unit.hi is None else unit.hi}]"
+                bounds = f"{unit.lo or ''}:{'' if unit.hi is None else unit.hi}"
+                text = f"('' + {_node_text(source, node)})[{bounds}]"
         leaves.setdefault(max(unit.part, 0), []).append(text)
     joined = {
         part: (texts[0], "leaf") if len(texts) == 1 else (" + ".join(texts), "+")
