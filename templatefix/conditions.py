@@ -331,26 +331,26 @@ class _MessageNames:
         stores: dict[str, list[nodes.Node]] = {}
         for node in tree.find_all((nodes.For, nodes.Assign, nodes.Macro, nodes.CallBlock, nodes.With)):
             if isinstance(node, nodes.For):
-                for name in (
+                for stored in (
                     node.target.find_all(nodes.Name) if not isinstance(node.target, nodes.Name) else []
                 ):
-                    stores.setdefault(name.name, []).append(node.target)  # a tuple target: not a message
+                    stores.setdefault(stored.name, []).append(node.target)  # a tuple target: not a message
                 if isinstance(node.target, nodes.Name):
                     stores.setdefault(node.target.name, []).append(node)
             elif isinstance(node, nodes.Assign):
-                for name in (
+                for stored in (
                     [node.target] if isinstance(node.target, nodes.Name) else node.target.find_all(nodes.Name)
                 ):
-                    stores.setdefault(name.name, []).append(node.target)
+                    stores.setdefault(stored.name, []).append(node.target)
             elif isinstance(node, (nodes.Macro, nodes.CallBlock)):
                 for argument in node.args:
                     stores.setdefault(argument.name, []).append(argument)
-            else:
+            elif isinstance(node, nodes.With):
                 for target in node.targets:
-                    for name in (
+                    for stored in (
                         target.find_all(nodes.Name) if not isinstance(target, nodes.Name) else [target]
                     ):
-                        stores.setdefault(name.name, []).append(target)
+                        stores.setdefault(stored.name, []).append(target)
         messages_stores = stores.get("messages", [])
         if not all(self._list_assign(tree, store) for store in messages_stores):
             return  # ``messages`` rebound to something else than a part of itself
@@ -374,8 +374,8 @@ class _MessageNames:
         for index, statement in enumerate(tree.body):
             if isinstance(statement, nodes.Macro):
                 continue
-            for node in [statement, *statement.find_all(nodes.Node)]:
-                self.top[id(node)] = index
+            for inner in [statement, *statement.find_all(nodes.Node)]:
+                self.top[id(inner)] = index
             if isinstance(statement, nodes.For) and isinstance(statement.target, nodes.Name):
                 if (
                     statement.test is None
@@ -467,7 +467,7 @@ def _field_of(node: nodes.Node, name: str) -> str | None:
     return None
 
 
-def _message_field(node: nodes.Node, messages: _MessageNames) -> str | None:
+def _message_field(node: nodes.Node | None, messages: _MessageNames) -> str | None:
     """The key when ``node`` is ``m.key`` or ``m['key']`` on a name always holding a message."""
     if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
         return node.attr if node.node.name in messages.names else None

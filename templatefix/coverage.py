@@ -44,10 +44,10 @@ import itertools
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from jinja2 import nodes
 
@@ -58,6 +58,9 @@ from templatefix.analysis.sites import OutputSite
 from templatefix.errors import RenderError, RenderLimitExceeded
 from templatefix.source import TemplateSource
 from templatefix.unreachable import dead_outputs, output_nodes
+
+if TYPE_CHECKING:
+    from templatefix.conversation import Probe
 
 OutputStatus = Literal[
     "reached", "unreached", "refusal", "uncalled-macro", "empty-conversation", "dead-branch", "unsatisfiable"
@@ -368,7 +371,7 @@ def _bodies(node: nodes.Node) -> Iterable[list[nodes.Node]]:
 def _expression(source: TemplateSource, site: OutputSite) -> str:
     """How an output reads in the template: ``{{ expr }}`` or the quoted literal text."""
     if site.literal:
-        text = site.node.data
+        text = cast(nodes.TemplateData, site.node).data  # a literal site is template text
         return json.dumps(text if len(text) <= 60 else text[:28] + "…" + text[-28:], ensure_ascii=False)
     span = getattr(site.node, "tf_span", None)
     if span is None:
@@ -387,7 +390,7 @@ def output_sites(template: str) -> int:
 
 def search(
     template: str,
-    probes: Sequence[Any],
+    probes: Sequence[Probe],
     candidates: Iterable[Any],
     *,
     mutate: Callable[[Sequence[Any], random.Random, frozenset[str]], Any | None] | None = None,
@@ -424,7 +427,7 @@ def search(
     guards = _guard_names(instrumented)
     started = time.perf_counter()  # the budget is for the candidates; ``probes`` are measured anyway
     rng = random.Random(seed)
-    stream = iter(candidates)
+    stream: Iterator[Any] | None = iter(candidates)
     kept: list[Any] = []  # what the search returns
     parents: list[Any] = []  # every candidate that reached something new: mutated further
     rejected: list[Any] = []

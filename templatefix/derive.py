@@ -299,7 +299,8 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
         found.append(Variation("nested_arguments", changes.nested_arguments, _TOOL_SHAPES[:1]))
     content = reads.use(_CONTENT)
     if content.tests & {"string", "iterable", "sequence", "mapping"} or reads.reads(_CONTENT + (ELEMENT,)):
-        carriers = (*_CHAT_SHAPES, "tool_calls", "tool_calls_multi")  # the last: a system message and tools
+        # the last: a system message and tools
+        carriers: tuple[str, ...] = (*_CHAT_SHAPES, "tool_calls", "tool_calls_multi")
         found.append(Variation("parts_everywhere", changes.parts_everywhere, carriers))
     if reads.use(_CONTENT + (ELEMENT,)).tests & {"string"}:
         found.append(Variation("string_parts", changes.string_parts, _CHAT_SHAPES[:1]))

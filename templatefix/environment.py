@@ -36,9 +36,9 @@ import datetime as _datetime
 import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeGuard, cast
 
 import jinja2
 from jinja2 import nodes
@@ -87,17 +87,23 @@ def new_environment() -> jinja2.Environment:
     return environment
 
 
+class _Tracking(Protocol):
+    """What transformers' generation extension adds to its environment (``new_environment`` checks it)."""
+
+    def activate_tracker(self, blocks: list[str], indices: list[Any]) -> AbstractContextManager[Any]: ...
+
+
 @contextmanager
 def tracking(environment: jinja2.Environment, blocks: list[str], indices: list[Any]) -> Iterator[None]:
     """Record ``{% generation %}`` spans into ``indices`` while rendering into ``blocks``.
 
     The same call ``_render_with_assistant_indices`` makes around ``template.generate``.
     """
-    with environment.activate_tracker(blocks, indices):
+    with cast(_Tracking, environment).activate_tracker(blocks, indices):
         yield
 
 
-def is_generation_block(node: nodes.Node) -> bool:
+def is_generation_block(node: nodes.Node) -> TypeGuard[nodes.CallBlock]:
     """Whether ``node`` is a parsed ``{% generation %}…{% endgeneration %}`` block.
 
     transformers' extension parses the tag into a ``CallBlock`` calling a method of the
@@ -228,12 +234,13 @@ def _pinned_class(moment: _datetime.datetime) -> type[_datetime.datetime]:
 
 @contextmanager
 def _swapped_clock(moment: _datetime.datetime) -> Iterator[None]:
-    current = _ctu.datetime
-    _ctu.datetime = _pinned_class(moment)
+    namespace = vars(_ctu)  # the module's globals: the name its strftime_now looks up
+    current = namespace["datetime"]
+    namespace["datetime"] = _pinned_class(moment)
     try:
         yield
     finally:
-        _ctu.datetime = current
+        namespace["datetime"] = current
 
 
 @functools.lru_cache(maxsize=1)
@@ -310,7 +317,8 @@ def prepare_inputs(
     for document in document_list or ():
         if not isinstance(document, dict):
             raise TypeError("Documents should be a list of dicts with 'title' and 'text' keys!")
-    plain: Callable[[Any], Any] = _ctu._plain_template_data if behaviour.plain_data else _identity
+    # read from the module's globals: not every supported transformers defines these helpers
+    plain: Callable[[Any], Any] = vars(_ctu)["_plain_template_data"] if behaviour.plain_data else _identity
     chat = plain(chat)
     for message in chat:
         if not isinstance(message, dict):
@@ -318,7 +326,7 @@ def prepare_inputs(
                 f"Chat messages should be dicts, dataclasses or pydantic models, but got {message!r}."
             )
     if behaviour.aliases_reasoning:
-        chat = _ctu._alias_reasoning_fields(chat)
+        chat = vars(_ctu)["_alias_reasoning_fields"](chat)
     return TemplateInputs(chat, plain(tool_schemas), plain(document_list), plain(dict(arguments)))
 
 

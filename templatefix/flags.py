@@ -194,8 +194,8 @@ def _assignments(node: nodes.Node, tests: list[nodes.Node]) -> Iterator[tuple[st
         for argument in node.args:
             yield argument.name, False
     elif isinstance(node, nodes.With):
-        for target in node.targets:
-            for name in _assigned_names(target):
+        for bound in node.targets:
+            for name in _assigned_names(bound):
                 yield name.name, False
     if isinstance(node, nodes.If):
         yield from _assignments_in(node.body, [*tests, node.test])

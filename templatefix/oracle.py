@@ -197,7 +197,7 @@ def _trace_regions(
             f"the instrumented trace saw {len(regions)} messages in {probe.name}, "
             f"which has {len(probe.messages)}"
         )
-    return [tuple(region) if region is not None else None for region in regions]
+    return list(regions)
 
 
 def expected_turns(

@@ -230,11 +230,11 @@ class _Walker:
                 self.expr(default)
             self.statements(node.body)
         else:
-            for child in node.iter_child_nodes():
-                if isinstance(child, nodes.Expr):
-                    self.expr(child)
+            for inner in node.iter_child_nodes():
+                if isinstance(inner, nodes.Expr):
+                    self.expr(inner)
                 else:
-                    self.statement(child)
+                    self.statement(inner)
 
     def _constant_binding(self, name: str, value: nodes.Node) -> None:
         """``{% set roles = ['user', ...] %}`` and ``namespace(messages=messages, ...)``."""
@@ -242,7 +242,7 @@ class _Walker:
         if constants:
             self.constant_names.setdefault(name, []).extend(constants)
         callee = value.node if isinstance(value, nodes.Call) else None
-        if isinstance(callee, nodes.Name) and callee.name == "namespace":
+        if isinstance(value, nodes.Call) and isinstance(callee, nodes.Name) and callee.name == "namespace":
             for keyword in value.kwargs:
                 self._bind(f"{name}.{keyword.key}", self.expr(keyword.value))
 

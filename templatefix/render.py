@@ -150,7 +150,7 @@ def render_with_spans(
         raise RenderLimitExceeded("render stopped: it ran out of memory") from None
     except Exception as error:  # templates are untrusted code: any failure is a render failure
         raise _failure(RenderError(f"template error: {type(error).__name__}: {error}"), error) from None
-    return rendered, [tuple(span) for span in indices]
+    return rendered, [(start, end) for start, end in indices]
 
 
 def _failure(failure: RenderError, error: BaseException) -> RenderError:

@@ -195,6 +195,25 @@ def _whitespace_content(words: WordSource) -> tuple[list[Message], dict[str, Any
     return messages, {}
 
 
+def _whitespace_tool_calls(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """Leading and trailing newlines in the turns around a tool call: text beside the call, the
+    answer after its result, and a later answer. A generation prompt that ends with ``\n`` takes
+    the first ``\n`` of a reply that starts with one, and a template writes each of these turns
+    through its own output."""
+    name = "lookup_" + words()
+    tools = [tool_schema(name, words)]
+    call = tool_call(name, words)
+    messages = [
+        user_message(words),
+        {"role": "assistant", "content": f"\n{words()}\n", "tool_calls": [call]},
+        tool_result(call, words),
+        {"role": "assistant", "content": f"\n\n{words()}\n"},
+        user_message(words),
+        {"role": "assistant", "content": f"\n{words()} "},
+    ]
+    return messages, {"tools": tools}
+
+
 def _content_parts(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     """Contents as lists of text parts: one part, and two in the assistant turns. The system
     message is a string (templates that add it to a string reject a list there, and would then
@@ -246,6 +265,7 @@ _BASE_SHAPES = {
     "content_parts": _content_parts,
     "empty_content": _empty_content,
     "whitespace_content": _whitespace_content,
+    "whitespace_tool_calls": _whitespace_tool_calls,
 }
 #: The base shapes' builders by name (``templatefix.derive`` varies them).
 BASE_SHAPE_BUILDERS = _BASE_SHAPES

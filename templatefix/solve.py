@@ -32,7 +32,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from jinja2 import nodes
 
@@ -456,15 +456,21 @@ class _Edit:
         return changed
 
 
-def _ensure(path: Path, make: Callable[[Any], Any]) -> _Edit:
+class _Make(Protocol):
+    """The new value at a path from the old one (``_MISSING`` in, or out: absent)."""
+
+    def __call__(self, old: Any, /) -> Any: ...
+
+
+def _ensure(path: Path, make: _Make) -> Change:
     return _Edit(path, make)
 
 
-def _set(path: Path, value: Any) -> _Edit:
+def _set(path: Path, value: Any) -> Change:
     return _Edit(path, lambda old: copy.deepcopy(value))
 
 
-def _remove(path: Path) -> _Edit:
+def _remove(path: Path) -> Change:
     return _Edit(path, None)
 
 
@@ -560,7 +566,12 @@ def _copy_between(
     for source, target in ((right, left), (left, right)):
         target_paths = sorted(path for path in resolve(target) if _settable(path))
 
-        def change(state: dict[str, Any], scope: Scope = None, source=source, paths=target_paths) -> bool:
+        def change(
+            state: dict[str, Any],
+            scope: Scope = None,
+            source: nodes.Node = source,
+            paths: list[Path] = target_paths,
+        ) -> bool:
             values = [v for v in _values_of(resolve, source, state) if isinstance(v, (str, int, float, bool))]
             if not values:
                 return False
@@ -609,7 +620,7 @@ def reach(
                 reached_by.setdefault(site, []).append(probe)
     kept: list[Probe] = []
     budget = _Budget(candidates, work)
-    tried: set[tuple[int, ...]] = set()
+    tried: set[tuple[tuple[int, bool, str], ...]] = set()
     targets = [site for site in instrumented.sites.outputs if site.id in wanted - reached_by.keys()]
     if not targets:
         return []

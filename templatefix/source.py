@@ -24,9 +24,10 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any, Protocol, cast
 
 import jinja2
 from jinja2 import nodes
@@ -38,6 +39,24 @@ from templatefix.render import compile_template, environment
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 _SKIPPED_KINDS = frozenset({"whitespace", "comment_begin", "comment", "comment_end"})
+
+
+class Spanned(Protocol):
+    """A node of ``TemplateSource.ast`` whose tokens cover characters ``tf_span = (start, end)``."""
+
+    tf_span: tuple[int, int]
+
+
+class _Recorded(Protocol):
+    """A node a parse method returned: the indices of its first and last tokens."""
+
+    tf_tokens: tuple[int, int]
+
+
+class _Tagged(Protocol):
+    """A statement: the characters from its ``{%`` to the ``%}`` closing its last tag."""
+
+    tf_tag_span: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -231,12 +250,12 @@ def _lexer_value(token: Token) -> str:
     return _NEWLINE.sub("\n", token.text)
 
 
-def _record(method):  # type: ignore[no-untyped-def]
-    def recording(self: _OffsetParser, *args, **kwargs):  # type: ignore[no-untyped-def]
+def _record(method: Callable[..., Any]) -> Callable[..., Any]:
+    def recording(self: _OffsetParser, *args: Any, **kwargs: Any) -> Any:
         first = self.stream.current.lineno
         result = method(self, *args, **kwargs)
         if isinstance(result, nodes.Node) and not hasattr(result, "tf_tokens"):
-            result.tf_tokens = (first, self._consumed_until())
+            cast(_Recorded, result).tf_tokens = (first, self._consumed_until())
         return result
 
     recording.__name__ = method.__name__
@@ -262,9 +281,9 @@ def _finish_spans(template: nodes.Template, source: TemplateSource) -> None:
         if not spans:
             return None
         span = (min(s for s, _ in spans), max(e for _, e in spans))
-        node.tf_span = span
+        cast(Spanned, node).tf_span = span
         if isinstance(node, nodes.Stmt) and not isinstance(node, nodes.Output) and recorded is not None:
-            node.tf_tag_span = _statement_tag_span(source, recorded)
+            cast(_Tagged, node).tf_tag_span = _statement_tag_span(source, recorded)
         return span
 
     visit(template)

@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from templatefix.analysis.expectations import ProbeExpectation, TurnExpectation
 from templatefix.clock import frozen_clock
@@ -46,6 +46,9 @@ from templatefix.shapes import error_probes
 from templatefix.tokens import check_token_masks
 from templatefix.words import check_words
 
+if TYPE_CHECKING:
+    from templatefix.conversation import Probe
+
 ALTERNATIVES = (
     "honest alternatives: train the last assistant message only (--turns last_message), "
     "or split the conversation "
@@ -53,7 +56,7 @@ ALTERNATIVES = (
 )
 
 
-def default_probes(template: str) -> list[Any]:
+def default_probes(template: str) -> list[Probe]:
     """The probe battery for ``template`` (SPEC §4): ``templatefix.probes.probe_battery``."""
     return list(probe_battery(template))
 
@@ -92,7 +95,7 @@ def verify(
     original: str | None = None,
     *,
     policy: Policy | None = None,
-    probes: Sequence[Any] | None = None,
+    probes: Sequence[Probe] | None = None,
     special_tokens: Mapping[str, Any] | None = None,
     tokenizer: Any = None,
     name: str = "template",
@@ -409,10 +412,11 @@ def _judge_turn(
         pieces = ", ".join(f"{s[0]}..{s[1]}" for s in touching)
         expected = f"{target[0]}..{target[1]}"
         result.problems.append(f"{turn.kind} turn is split into spans {pieces}; expected {expected}")
-    for edge, expected_at, actual_at in (
+    edges: tuple[tuple[Literal["start", "end"], int, int], ...] = (
         ("start", target[0], actual_span[0]),
         ("end", target[1], (touching[-1] if touching else actual_span)[1]),
-    ):
+    )
+    for edge, expected_at, actual_at in edges:
         if expected_at == actual_at:
             continue
         diff = EdgeDiff(

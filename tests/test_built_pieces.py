@@ -116,3 +116,51 @@ def test_prefix_features_name_only_template_text() -> None:
     assert [test(o) for o in observations] == [False, True, False]
     unknown = [Observation(True, Emission(0, 0, 1, None, {}), {})]
     assert prefix_features(unknown, lambda n: "x", [7], ["<think>"]) == []
+
+
+#: The same piece written in the tool-call branch (``(content | trim) ~ '\n'`` before the calls):
+#: under each flag value only one probe writes a reply there, so the edge after
+#: ``<think></think>`` is cut in one text alone; other texts of the piece start the same way.
+BUILT_TOOLS = BUILT.replace(
+    "        {{- '<|im_start|>assistant\\n' ~ (content | trim) ~ '<|im_end|>\\n' }}\n",
+    "        {%- if m.tool_calls %}\n"
+    "            {{- '<|im_start|>assistant\\n' }}\n"
+    "            {%- if content | trim | length > 0 %}{{- (content | trim) ~ '\\n' }}{%- endif %}\n"
+    "            {%- for c in m.tool_calls %}{{- '<tool_call>' ~ c.function.name ~ '</tool_call>\\n' }}"
+    "{%- endfor %}\n"
+    "            {{- '<|im_end|>\\n' }}\n"
+    "        {%- else %}\n"
+    "            {{- '<|im_start|>assistant\\n' ~ (content | trim) ~ '<|im_end|>\\n' }}\n"
+    "        {%- endif %}\n",
+)
+
+
+def test_an_edge_cut_in_one_text_after_markup_other_texts_share_is_a_slice_bound() -> None:
+    assert BUILT_TOOLS != BUILT
+    result = templatefix.patch_template(BUILT_TOOLS)
+    assert result.verified, result.reasons
+    owed = 0
+    for seed in range(12):
+        conversation = random_conversation(seed)
+        for thinking in (None, True, False):
+            conversation.kwargs.clear()
+            conversation.kwargs.update({} if thinking is None else {"enable_thinking": thinking})
+            verdict = judge(BUILT_TOOLS, result.patched, conversation)
+            assert verdict.ok, [str(f) for f in verdict.failures]
+            owed += verdict.owed
+    assert owed > 0
+
+
+def test_a_single_cut_needs_shared_markup_not_a_shared_first_letter() -> None:
+    from templatefix.patch.label import slice_anchors
+    from templatefix.patch.observe import CutText, PartRecord
+
+    texts = {"<think></think>alpha1", "<think></think>", "bravo2 x", "bravo3 y"}
+    shared_markup = PartRecord([], set(texts), [CutText(frozenset({15}), "<think></think>alpha1")])
+    assert slice_anchors(shared_markup) == [15]
+    # 'b' starts two texts, but a cut after it is inside a word: not a fixed anchor
+    first_letter = PartRecord([], set(texts), [CutText(frozenset({1}), "bravo2 x")])
+    assert slice_anchors(first_letter) is None
+    # text no other piece starts with
+    alone = PartRecord([], set(texts), [CutText(frozenset({7}), "bravo2 x")])
+    assert slice_anchors(alone) is None

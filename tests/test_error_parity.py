@@ -229,6 +229,22 @@ def test_a_literal_cut_in_two_needs_no_guard() -> None:
     assert "{{ '<|a|>' + m.content + '<|end|>' }}" in result  # the chain itself is whole: no guard
 
 
+def test_a_value_cut_after_a_string_operand_is_sliced_through_a_guard() -> None:
+    """``'<|a|>' + m.content + '<|end|>'`` cut one character into the content (a generation prompt
+    ending with ``\n`` takes a reply's first ``\n``): the slices are of ``'' + m.content``, which
+    raises as the original's ``+`` does for a value that is not a str."""
+    template = LOOP + "{{ '<|a|>' + m.content + '<|end|>' }}{% endfor %}"
+    result = written(template, ["out", ("out", 1, "in"), "in"])
+    assert "('' + m.content)[:1]" in result and "('' + m.content)[1:]" in result
+    for content in ("\nx", "x", "", [{"type": "text", "text": "x"}], None, 3, {"k": "v"}):
+        messages = [{"role": "assistant", "content": content}]
+        assert outcome(result, messages) == outcome(template, messages), content
+    assert outcome(result, [{"role": "assistant"}]) == outcome(template, [{"role": "assistant"}])
+    # with no string beside it, `+` may add numbers or lists: refused
+    with pytest.raises(PatchFailure, match="not a string literal"):
+        written(LOOP + "{{ m.content + m.extra }}{% endfor %}", [("out", 1, "in"), "in"])
+
+
 def test_right_nested_plus_is_refused() -> None:
     template = LOOP + "{{ '<|a|>' + (m.content + m.extra) }}{% endfor %}"
     with pytest.raises(PatchFailure, match="line 1: .* right side of its '\\+' is not one operand"):
@@ -281,6 +297,9 @@ def chains(draw: st.DrawFn) -> tuple[str, list[Any], list[dict[str, Any]]]:
     for part in atom.parts:
         if isinstance(part, nodes.Const) and len(part.value) > 1 and draw(st.booleans()):
             labels.append(("in", draw(st.integers(1, len(part.value) - 1)), "out"))
+        elif not isinstance(part, nodes.Const) and draw(st.integers(0, 3)) == 0:
+            # a cut inside a value: after a leading character, as after a prompt's trailing '\n'
+            labels.append(draw(st.sampled_from([("out", 1, "in"), ("in", 1, "out")])))
         else:
             labels.append(draw(st.sampled_from(["in", "out"])))
     messages = []
@@ -388,5 +407,13 @@ def test_a_variable_set_to_text_just_before_may_be_cut_like_a_literal() -> None:
         messages = [{"role": "assistant", "content": "x", "pre": pre}]
         assert outcome(result, messages) == outcome(template, messages)
     unknown = LOOP + "{% if m.name %}{% set p = m.name %}{% endif %}{{ '<' + p + m.content }}{% endfor %}"
+    guarded = written(unknown, ["out", ("out", 3, "in"), "in"])  # beside a string: sliced through '' +
+    assert "('' + p)[:3]" in guarded
+    for name in ("abcd", None, 5, ""):
+        messages = [{"role": "assistant", "content": "x", "name": name}]
+        assert outcome(guarded, messages) == outcome(unknown, messages)
+    beside_unknown = (
+        LOOP + "{% if m.name %}{% set p = m.name %}{% endif %}{{ m.pre + p + m.content }}{% endfor %}"
+    )
     with pytest.raises(PatchFailure, match="cuts an operand"):
-        written(unknown, ["out", ("out", 3, "in"), "in"])
+        written(beside_unknown, ["out", ("out", 3, "in"), "in"])

@@ -177,7 +177,8 @@ def test_default_patch_is_wrong_under_every_other_policy(name: str) -> None:
 
 
 def test_span_over_a_user_message_is_caught() -> None:
-    # A text before the loop: transformers 4.56 drops a span that starts at offset 0 (its tracker reads empty lists as inactive).
+    # A text before the loop: transformers 4.56 drops a span that starts at offset 0 (its tracker
+    # reads empty lists as inactive).
     wrong = "<s>" + _LOOP + _HEAD + _gen(_ALL) + _NL + "{% else %}" + _gen(
         "<|im_start|>{{ m.role }}" + _NL + "{{ m.content }}<|im_end|>"
     ) + _NL + "{% endif %}{% endfor %}"

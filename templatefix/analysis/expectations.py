@@ -17,9 +17,14 @@ TurnKind = Literal["exact", "rewritten", "mismatch"]
 class ProbeLike(Protocol):
     """What the oracle needs from a probe (``templatefix.conversation.Probe`` fits)."""
 
-    name: str
-    messages: Sequence[Mapping[str, Any]]
-    kwargs: Mapping[str, Any]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def messages(self) -> Sequence[Mapping[str, Any]]: ...
+
+    @property
+    def kwargs(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True)

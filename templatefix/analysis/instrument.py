@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from jinja2 import nodes
 
@@ -58,6 +58,8 @@ from templatefix.jinja.guard import guard
 from templatefix.render import environment
 from templatefix.source import TemplateSource
 
+_N = TypeVar("_N", bound=nodes.Node)
+
 
 class Instrumented:
     """A template compiled with recording hooks, plus the atoms and loops it reports on."""
@@ -80,6 +82,11 @@ class Instrumented:
         instrumented.set_environment(environment())
         with guard():  # jinja2 folds constant expressions while compiling
             self.template = environment().from_string(instrumented)
+
+    def _original(self, node: _N) -> _N:
+        """The node of ``source.ast`` that ``node`` of the instrumented copy was copied from."""
+        # the copy has the original's shape, so its counterpart is a node of the same class
+        return cast(_N, self._originals[id(node)])
 
     # -- AST transform -------------------------------------------------------------------------
     def _transform_body(
@@ -110,7 +117,7 @@ class Instrumented:
     ) -> list[nodes.Node]:
         if isinstance(node, nodes.For):
             inner_top = top_level and not node.recursive
-            original_loop = self._originals[id(node)]
+            original_loop = self._original(node)
             loop_id = len(self.loops)
             self.loops.append(original_loop)
             inner_loops = [*loops, original_loop] if inner_top else loops
@@ -142,7 +149,7 @@ class Instrumented:
     def _instrument_if(self, node: nodes.If, loops: list[nodes.For]) -> None:
         """Record which branch of an if/elif chain is taken (conditions for markers reuse the tests)."""
         if_id = len(self.ifs)
-        original = self._originals[id(node)]
+        original = self._original(node)
         self.ifs.append(IfChain(if_id, original, [original.test] + [e.test for e in original.elif_], loops))
         branches = [node, *node.elif_]
         for index, branch in enumerate(branches):
@@ -154,15 +161,15 @@ class Instrumented:
     def _instrument_output(
         self, output: nodes.Output, loops: list[nodes.For], assigned: dict[str, nodes.Assign] | None = None
     ) -> None:
-        original_output = self._originals[id(output)]
-        new_children: list[nodes.Node] = []
+        original_output = self._original(output)
+        new_children: list[nodes.Expr] = []
         for child, original_child in zip(output.nodes, original_output.nodes, strict=True):
             inlined = None
             if isinstance(child, nodes.Name) and assigned and child.name in assigned:
                 # `{% set x = a + b %}{{ x }}`: x is a+b here, so report (and later split) a and b.
                 assign = assigned[child.name]
                 inlined = self._originals[id(assign.node)]
-                child = copy_tree(assign.node)
+                child = copy_tree(cast(nodes.Expr, assign.node))  # a `{% set %}` value is an expression
             parts, operators = flatten_chain(inlined if inlined is not None else original_child)
             atom = Atom(len(self.atoms), original_child, original_output, parts, operators, loops, inlined)
             self.atoms.append(atom)
@@ -195,17 +202,17 @@ class Instrumented:
         output.nodes = new_children
         output.set_lineno(output.lineno)
 
-    def _wrap_parts(self, expression: nodes.Node, atom_id: int) -> nodes.Node:
+    def _wrap_parts(self, expression: nodes.Expr, atom_id: int) -> nodes.Expr:
         """Wrap each operand of the chain in a recording call that returns it unchanged."""
         counter = [0]
 
-        def wrap(node: nodes.Node) -> nodes.Node:
-            if isinstance(node, (nodes.Add, nodes.Concat)):
-                if isinstance(node, nodes.Add):
-                    node.left = wrap(node.left)
-                    node.right = wrap(node.right)
-                else:
-                    node.nodes = [wrap(n) for n in node.nodes]
+        def wrap(node: nodes.Expr) -> nodes.Expr:
+            if isinstance(node, nodes.Add):
+                node.left = wrap(node.left)
+                node.right = wrap(node.right)
+                return node
+            if isinstance(node, nodes.Concat):
+                node.nodes = [wrap(n) for n in node.nodes]
                 return node
             index = counter[0]
             counter[0] += 1
@@ -294,12 +301,12 @@ def _cover_conditional_expressions(tree: nodes.Node, originals: dict[int, nodes.
     for node in list(tree.find_all(nodes.CondExpr)):
         site = sites.branch_ids.get(id(originals.get(id(node))))
         if site is not None:
-            node.test = _call(
-                BRANCH, nodes.Const(site), nodes.Const(0), nodes.Const(1), node.test
-            ).set_lineno(node.lineno)
+            test = _call(BRANCH, nodes.Const(site), nodes.Const(0), nodes.Const(1), node.test)
+            test.set_lineno(node.lineno)
+            node.test = test
 
 
-def copy_tree(node: nodes.Node) -> nodes.Node:
+def copy_tree(node: _N) -> _N:
     """A deep copy of a jinja2 AST that shares, never copies, the environment its nodes point at.
 
     Parsed nodes keep a reference to their environment; copying it would copy transformers'

@@ -10,6 +10,7 @@ were taken, by these numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from jinja2 import nodes
 
@@ -93,11 +94,11 @@ class Sites:
         elif isinstance(node, nodes.CondExpr):
             self._branch(node, 1)
         elifs = {id(branch) for branch in node.elif_} if isinstance(node, nodes.If) else set()
-        for child in node.iter_child_nodes():
-            if id(child) in elifs:
-                self._visit_elif(child, macro)
+        for inner in node.iter_child_nodes():
+            if id(inner) in elifs:
+                self._visit_elif(cast(nodes.If, inner), macro)  # one of ``node.elif_``
             else:
-                self._visit(child, macro)
+                self._visit(inner, macro)
 
     def _visit_elif(self, node: nodes.If, macro: str | None) -> None:
         for child in node.iter_child_nodes():

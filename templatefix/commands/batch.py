@@ -112,7 +112,7 @@ def print_summary(results: list[Proposal], console: Any) -> None:
         detail = result.url or result.message.removeprefix(f"{result.repo_id}: ")
         table.add_row(Text(result.repo_id), Text(result.status, style=style), Text(detail))
     console.print(table)
-    counts = Counter(result.status for result in results)
+    counts: Counter[str] = Counter(result.status for result in results)
     console.print(
         ", ".join(f"{status}: {counts[status]}" for status in SUMMARY_ORDER if counts[status]), markup=False
     )

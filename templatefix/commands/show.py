@@ -74,19 +74,20 @@ def run(args: argparse.Namespace) -> int:
         messages, kwargs = load_conversation(args.conversation)
         view = build_view(template, tokenizer, messages, **kwargs)
     else:
-        view = None
+        found = None
         rejected = []
         for label, messages, kwargs in example_variants():
             try:
-                view = build_view(template, tokenizer, messages, **kwargs)
+                found = build_view(template, tokenizer, messages, **kwargs)
             except TemplateRejected as error:
                 rejected.append(str(error))
                 continue
             notes.append(f"built-in example: {label}")
             break
-        if view is None:
+        if found is None:
             raise TemplateRejected(f"the template rejects every built-in example ({rejected[-1]}); "
                                    "give one with --conversation")
+        view = found
     view.title = f"{described} with {args.tokenizer}"
     view.notes[:0] = notes
     view.warnings[:0] = warnings

@@ -96,7 +96,7 @@ def history_verdicts(
         else:
             kind = "rewritten"
         start = common_prefix(text, prompt)
-        following = [prompts[i] for i in assistants[position + 1 :] if prompts[i] is not None]
+        following = [later for later in (prompts[i] for i in assistants[position + 1 :]) if later is not None]
         end = common_prefix(text, following[0]) if following else len(text)
         if any(s < max(end, start + 1) and e > start for s, e in merged_spans):
             verdicts.append((index, kind))

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
-from typing import Any
+from typing import Any, cast
 
 from templatefix.data.resolve import resolve_template
 from templatefix.errors import TemplatefixError
@@ -205,7 +205,8 @@ class AssistantMaskCollator:
         labels = torch.full_like(out["input_ids"], -100)
         for row, messages in enumerate(conversations):
             special = tokenizer.special_tokens_map
-            text, spans = render_with_spans(self.template, messages, special_tokens=special)
+            template = cast(str, self.template)  # resolved in __post_init__
+            text, spans = render_with_spans(template, messages, special_tokens=special)
             keep = out["attention_mask"][row].bool()
             ids = out["input_ids"][row][keep].tolist()
             mask = torch.tensor(expanded_mask(text, spans, tokenizer, ids), dtype=torch.bool)

@@ -148,53 +148,55 @@ def compare(
     version: str | None,
 ) -> EngineResult:
     """Judge one engine's renders of the original and the patched template."""
-    base = {"engine": engine.name, "used_by": engine.used_by, "version": version}
+
+    def result(
+        status: Status, *, detail: str = "", where: str | None = None, compared: int = 0
+    ) -> EngineResult:
+        return EngineResult(
+            engine=engine.name, used_by=engine.used_by, status=status, version=version, detail=detail,
+            where=where, compared=compared,
+        )
+
     pairs = list(zip(contexts, original, patched, strict=True))
     readable = [(c, o, p) for c, o, p in pairs if o.ok]
     errors = {after.error for _, _, after in readable if not after.ok}
     if readable and len(errors) == 1 and all(not after.ok for _, _, after in readable):
-        return EngineResult(**base, status="fails", detail=errors.pop() or "", compared=len(readable))
+        return result("fails", detail=errors.pop() or "", compared=len(readable))
     for context, _, after in readable:
         if not after.ok:
-            return EngineResult(
-                **base, status="fails", detail=after.error or "", where=context.label, compared=len(readable)
-            )
+            return result("fails", detail=after.error or "", where=context.label, compared=len(readable))
     for context, before, after in readable:
         if before.text != after.text:
-            return EngineResult(
-                **base,
-                status="differs",
+            return result(
+                "differs",
                 detail=first_difference(before.text or "", after.text or ""),
                 where=context.label,
                 compared=len(readable),
             )
     if not readable:
-        context, before, _ = pairs[0] if pairs else (None, Rendered(error="no probe"), None)
-        return EngineResult(
-            **base,
-            status="unreadable",
+        first, before, _ = pairs[0] if pairs else (None, Rendered(error="no probe"), None)
+        return result(
+            "unreadable",
             detail=f"the original fails too: {before.error}",
-            where=context.label if context else None,
+            where=first.label if first else None,
         )
     for context, before, after in pairs:
         if not before.ok and after.ok:  # the patch made a refused render work: not the same template
-            return EngineResult(
-                **base,
-                status="differs",
+            return result(
+                "differs",
                 detail=f"the original fails here ({before.error}) but the patched template renders",
                 where=context.label,
                 compared=len(readable),
             )
         if not before.ok and before.error_type and after.error_type not in (None, before.error_type):
-            return EngineResult(
-                **base,
-                status="differs",
+            return result(
+                "differs",
                 detail=f"the original raises {before.error_type} here ({before.error}) but the patched "
                 f"template raises {after.error_type} ({after.error})",
                 where=context.label,
                 compared=len(readable),
             )
-    return EngineResult(**base, status="identical", compared=len(readable))
+    return result("identical", compared=len(readable))
 
 
 @frozen_clock()  # original and patched see one moment for strftime_now in every engine

@@ -147,9 +147,12 @@ def atomic_stream(path: Path, *, text: bool = True, require_folder: bool = False
         folder.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        mode = "w" if text else "wb"
-        options = {"encoding": "utf-8", "newline": ""} if text else {}
-        with os.fdopen(handle, mode, **options) as stream:
+        opened: IO[Any]
+        if text:
+            opened = os.fdopen(handle, "w", encoding="utf-8", newline="")
+        else:
+            opened = os.fdopen(handle, "wb")
+        with opened as stream:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())

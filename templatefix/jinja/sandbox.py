@@ -14,7 +14,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jinja2
 from jinja2 import nodes
@@ -29,6 +29,9 @@ INTERCEPTED_BINOPS = frozenset({"*", "**", "+", "%"})
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 #: Filters whose integer arguments are output widths or repeat counts.
 _WIDTH_FILTERS = frozenset({"center"})
+
+if TYPE_CHECKING:
+    from jinja2.sandbox import SandboxedEnvironment
 
 
 def _length(value: Any) -> int | None:
@@ -195,10 +198,11 @@ def install(environment: jinja2.Environment) -> jinja2.Environment:
         return environment
     if not getattr(environment, "sandboxed", False):
         raise TypeError("limits.install needs a sandboxed environment")
-    sandbox_call = environment.call
-    sandbox_getattr = environment.getattr
-    sandbox_getitem = environment.getitem
-    sandbox_binop = environment.call_binop
+    sandbox = cast("SandboxedEnvironment", environment)  # jinja2 sets ``sandboxed`` on that class only
+    sandbox_call = sandbox.call
+    sandbox_getattr = sandbox.getattr
+    sandbox_getitem = sandbox.getitem
+    sandbox_binop = sandbox.call_binop
 
     def call(__context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         guard = active_guard()
@@ -220,18 +224,18 @@ def install(environment: jinja2.Environment) -> jinja2.Environment:
             raise too_slow(guard)
         return sandbox_getitem(obj, argument)
 
-    def call_binop(context: Any, op: str, left: Any, right: Any) -> Any:
+    def call_binop(context: Any, operator: str, left: Any, right: Any) -> Any:
         guard = active_guard()
         if guard is not None:
             if time.monotonic() > guard.deadline:
                 raise too_slow(guard)
-            _check_binop(guard, op, left, right)
-        return sandbox_binop(context, op, left, right)
+            _check_binop(guard, operator, left, right)
+        return sandbox_binop(context, operator, left, right)
 
-    environment.call = call  # type: ignore[method-assign]
-    environment.getattr = getattr_  # type: ignore[method-assign]
-    environment.getitem = getitem  # type: ignore[method-assign]
-    environment.call_binop = call_binop  # type: ignore[method-assign]
+    sandbox.call = call  # type: ignore[method-assign]
+    sandbox.getattr = getattr_  # type: ignore[method-assign]
+    sandbox.getitem = getitem  # type: ignore[method-assign]
+    sandbox.call_binop = call_binop  # type: ignore[method-assign]
     environment.intercepted_binops = INTERCEPTED_BINOPS  # type: ignore[attr-defined]
     environment.code_generator_class = _CodeGenerator
     environment.templatefix_concat = _concat  # type: ignore[attr-defined]

@@ -127,7 +127,7 @@ def diagnose(
                 ))
             else:
                 issues.append(TokenIssue(
-                    END_AT_TOKEN_ZERO, 0, token_text(0), tuple(offsets[0]),
+                    END_AT_TOKEN_ZERO, 0, token_text(0), (offsets[0][0], offsets[0][1]),
                     f"span at chars {start_char}-{end_char} ends in token 0, which transformers reads as "
                     f"missing and masks to the end of the sequence ({len(rest)} extra tokens trained); "
                     f"do not end a span inside the first token",

@@ -29,9 +29,8 @@ Example:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from templatefix.analysis.instrument import Instrumented
 from templatefix.analysis.regions import instrumented_for
@@ -49,12 +48,15 @@ from templatefix.patch.writer import write
 from templatefix.policy import Policy
 from templatefix.source import TemplateSource
 
+if TYPE_CHECKING:
+    from templatefix.conversation import Probe
+
 
 def patch_template(
     template: str,
     *,
     policy: Policy | None = None,
-    probes: Sequence[Any] | None = None,
+    probes: Sequence[Probe] | None = None,
     special_tokens: Mapping[str, Any] | None = None,
     keep_history: bool = False,
     **policy_kwargs: Any,
@@ -98,7 +100,7 @@ def patch_template(
 def _patch_template(
     template: str,
     policy: Policy | None,
-    probes: Sequence[Any] | None,
+    probes: Sequence[Probe] | None,
     special_tokens: Mapping[str, Any] | None,
     policy_kwargs: Mapping[str, Any],
 ) -> PatchResult:
@@ -172,7 +174,7 @@ def patch_named_templates(
 
 def place_markers(
     template: str,
-    probes: Sequence[Any],
+    probes: Sequence[Probe],
     policy: Policy,
     special_tokens: Mapping[str, Any] | None = None,
 ) -> str:
@@ -191,7 +193,7 @@ def place_markers(
 
 
 def _place_markers(
-    template: str, probes: Sequence[Any], policy: Policy, special_tokens: Mapping[str, Any] | None
+    template: str, probes: Sequence[Probe], policy: Policy, special_tokens: Mapping[str, Any] | None
 ) -> str:
     source = TemplateSource.parse(template)
     instrumented = instrumented_for(source)
@@ -204,10 +206,10 @@ def _place_markers(
         raise PatchFailure("the template never renders what the assistant says: no assistant output to mark")
     try:
         return _place(template, source, instrumented, probes, policy, special_tokens, seen)
-    except PatchFailure:
+    except PatchFailure as error:
         if not seen.open_whitespace or seen.whitespace_in:
             raise
-        first = sys.exc_info()
+        first = error
     # A turn that ends with the message's own words may end before or after the whitespace that
     # follows them (SPEC §2): the edge is an interval. Stopping after the last word cuts the
     # message's text at a place that depends on it ('A: ' + content + '\n\n' with content
@@ -218,14 +220,14 @@ def _place_markers(
     try:
         return _place(template, source, instrumented, probes, policy, special_tokens, retry)
     except PatchFailure:
-        raise first[1] from None  # the first placement's reason says more
+        raise first from None  # the first placement's reason says more
 
 
 def _place(
     template: str,
     source: TemplateSource,
     instrumented: Instrumented,
-    probes: Sequence[Any],
+    probes: Sequence[Probe],
     policy: Policy,
     special_tokens: Mapping[str, Any] | None,
     seen: Observations,

@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from jinja2 import nodes
 
@@ -30,6 +30,9 @@ from templatefix.analysis.instrument import Instrumented
 from templatefix.analysis.records import Atom, Emission, LoopState
 from templatefix.patch.observe import Ending
 from templatefix.source import TemplateSource
+
+if TYPE_CHECKING:
+    from templatefix.source import Spanned
 
 #: Whether the policy trains the last turn only: offers "no user message later in the loop's
 #: list" as a feature (``templatefix.patch.api.place_markers`` sets it).
@@ -64,7 +67,10 @@ class Observation:
         return self.emission.loop
 
 
-Test = Callable[[Observation], bool]
+class Test(Protocol):
+    """Whether a feature holds at an observation (loop values are bound as default arguments)."""
+
+    def __call__(self, observation: Observation, /) -> bool: ...
 
 
 def find_condition(
@@ -365,6 +371,8 @@ def _messages_is_conversation(source: TemplateSource, atom: Atom | None) -> bool
     if atom is None:
         return True
     for macro in source.ast.find_all((nodes.Macro, nodes.CallBlock)):
+        if not isinstance(macro, (nodes.Macro, nodes.CallBlock)):
+            continue
         if any(arg.name == "messages" for arg in macro.args) and any(
             output is atom.output for output in macro.find_all(nodes.Output)
         ):
@@ -402,7 +410,7 @@ def _branch_features(
         near = innermost is not None and bool(chain.loops) and chain.loops[-1] is innermost
         texts = []
         for j, test in enumerate(chain.tests):
-            start, end = test.tf_span
+            start, end = cast("Spanned", test).tf_span
             texts.append(_group(" ".join(source.text[start:end].split())))
             text = " or ".join(texts)
             feature: tuple[str, Test] = (text, lambda o, k=chain_id, j=j: o.emission.branches[k] <= j)

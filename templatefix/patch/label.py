@@ -12,10 +12,9 @@ neighbours where the template's structure decides (``fill_silent_atoms``,
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from jinja2 import nodes
 
@@ -27,6 +26,9 @@ from templatefix.patch.observe import Cut, PartKey, PartRecord, Segment
 from templatefix.patch.slices import sliced_expression
 
 _LOG = logging.getLogger("templatefix.patcher")
+
+if TYPE_CHECKING:
+    from templatefix.source import Spanned
 
 Label = Literal["in", "out", "cond", "none"]
 
@@ -82,7 +84,7 @@ def absolute(anchor: int | None, length: int) -> int:
 
 def where(instrumented: Instrumented, atom: Atom, what: str) -> str:
     """``what`` followed by the atom's source text and line, for a failure message."""
-    start, end = atom.node.tf_span
+    start, end = cast("Spanned", atom.node).tf_span
     text = instrumented.source.text[start:end]
     if len(text) > 60:
         text = text[:57] + "..."
@@ -111,11 +113,16 @@ def resolve_units(instrumented: Instrumented, records: dict[PartKey, PartRecord]
             for segment in whole.segments:
                 if len(segment.cuts) > 1:
                     raise PatchFailure(where(instrumented, atom, "an assistant span edge falls inside"))
+                ranges = segment.emission.part_ranges
                 for index in range(len(atom.parts)):
-                    # The whole emission had one label, so every character of every part has it.
+                    # The whole emission had one label, so every character of every part has it;
+                    # the part's own text, where the emission's parts are known (prefix tests).
+                    text = None
+                    if segment.text is not None and ranges is not None and index < len(ranges):
+                        text = segment.text[ranges[index][0]:ranges[index][1]]
                     uniform = Segment(
                         [Cut(0, segment.cuts[0].inside)], _ANY_LENGTH, segment.emission, segment.flags,
-                        segment.ending,
+                        segment.ending, text,
                     )
                     parts.setdefault(index, PartRecord()).segments.append(uniform)
         if any(index >= 0 for index in parts):
@@ -137,8 +144,9 @@ def _part_units(instrumented: Instrumented, atom: Atom, part: int, record: PartR
             raise PatchFailure(f"{message}, at a place that depends on the text: {_edge_examples(record)}")
         anchors = found
     units = []
-    bounds: list[int | None] = [0, *anchors, None]
-    for lo, hi in itertools.pairwise(bounds):
+    lows: list[int] = [0, *anchors]
+    highs: list[int | None] = [*anchors, None]
+    for lo, hi in zip(lows, highs, strict=True):
         unit = Unit(atom.id, part, lo, hi)
         for segment in record.segments:
             start, end = absolute(lo, segment.length), absolute(hi, segment.length)
@@ -171,11 +179,11 @@ def slice_anchors(record: PartRecord) -> list[int] | None:
             # distinct texts (the same message rendered in several probes counts once)
             cut_here = {c.text for c in record.cut_texts if offset in c.offsets}
             cut_as_tail = {c.text for c in record.cut_texts if (len(c.text) - tail) in c.offsets}
-            before = ({t[:offset] for t in cut_here}, {t[:offset] for t in record.texts})
-            after = ({t[len(t) - tail :] for t in cut_as_tail}, {t[len(t) - tail :] for t in record.texts})
-            if _fixed(*before, len(cut_here), len(record.texts)):
+            before = ({t[:offset] for t in cut_here}, [t[:offset] for t in record.texts])
+            after = ({t[len(t) - tail :] for t in cut_as_tail}, [t[len(t) - tail :] for t in record.texts])
+            if _fixed(*before, len(cut_here), -1):
                 starts.add(offset)
-            elif tail > 0 and _fixed(*after, len(cut_as_tail), len(record.texts)):
+            elif tail > 0 and _fixed(*after, len(cut_as_tail), 0):
                 ends.add(-tail)
             else:
                 return None
@@ -187,14 +195,24 @@ def slice_anchors(record: PartRecord) -> list[int] | None:
     return anchors
 
 
-def _fixed(pieces: set[str], everywhere: set[str], cut: int, texts: int) -> bool:
+def _fixed(pieces: set[str], sides: list[str], cut: int, edge: int) -> bool:
     """Whether the text on one side of a cut is fixed text, not a message's own words: the same
-    (``pieces``) in at least two distinct texts the edge cuts, or in every distinct text of the
-    part (``everywhere``; two or more, cut or not: an edge seen once, after a prefix every
-    emission starts with)."""
+    (``pieces``) in at least two distinct texts the edge cuts, or the same side of at least two
+    distinct texts of the part (``sides``: each distinct text's side at that offset, cut there
+    or not; an edge seen once, after a prefix other emissions start with too, such as
+    ``<think></think>`` before a reply that only one probe gave under its flag). Probe texts
+    never share their words, so text two of them share is the template's; in the second case
+    the piece must also end, at the cut (``edge``: its last character, -1, or first, 0), in
+    markup or space, not in a word two texts may start alike. Whitespace a text starts with is
+    no word either: a generation prompt that ends with ``\n`` takes the first ``\n`` of a reply
+    that starts with one, so the edge sits after it in that reply alone.
+    """
     if len(pieces) != 1:
         return False
-    return cut >= 2 or (texts >= 2 and everywhere == pieces)
+    (piece,) = pieces
+    if cut >= 2 or (edge < 0 and piece.isspace()):
+        return True
+    return sides.count(piece) >= 2 and not piece[edge].isalnum()
 
 
 def _edge_examples(record: PartRecord) -> str:
@@ -268,9 +286,9 @@ def _sliced(instrumented: Instrumented, atom: Atom, part: int, length: int) -> s
 
 def _template_texts(instrumented: Instrumented) -> list[str]:
     """The template's own string literals and literal text."""
-    found = []
+    found: list[str] = []
     for node in instrumented.source.ast.find_all((nodes.Const, nodes.TemplateData)):
-        value = node.data if isinstance(node, nodes.TemplateData) else node.value
+        value = node.data if isinstance(node, nodes.TemplateData) else cast(nodes.Const, node).value
         if isinstance(value, str) and value:
             found.append(value)
     return found
@@ -321,7 +339,7 @@ def fill_boundary_atoms(instrumented: Instrumented, by_atom: dict[int, list[Unit
         atoms_in.setdefault(id(atom.output), []).append(atom)
 
     def labels(atoms: list[Atom]) -> list[str]:
-        found = []
+        found: list[str] = []
         for atom in sorted(atoms, key=lambda a: a.id):
             found.extend(u.label for u in by_atom.get(atom.id, []) if u.label != "none")
         return found

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import nodes
 
@@ -33,6 +33,9 @@ from templatefix.analysis.records import Atom, Emission, Trace
 from templatefix.errors import InternalDisagreement, RenderError, RenderLimitExceeded
 from templatefix.policy import Policy
 from templatefix.render import render, render_with_spans
+
+if TYPE_CHECKING:
+    from templatefix.conversation import Probe
 
 #: ``(atom id, part index)``; part ``-1`` is the whole atom.
 PartKey = tuple[int, int]
@@ -166,7 +169,7 @@ def prompt_samples(probe: Any) -> Iterable[Sample]:
 def observe(
     template: str,
     instrumented: Instrumented,
-    probes: Sequence[Any],
+    probes: Sequence[Probe],
     policy: Policy,
     special_tokens: Mapping[str, Any] | None = None,
     seen: Observations | None = None,
@@ -196,7 +199,7 @@ def observe(
 
 
 def marks_after_prompt_text(
-    patched: str, probes: Sequence[Any], special_tokens: Mapping[str, Any] | None = None
+    patched: str, probes: Sequence[Probe], special_tokens: Mapping[str, Any] | None = None
 ) -> bool:
     """Whether ``patched`` marks text in some prompt render (:func:`prompt_samples`) past the start
     of the first text of a message that follows the last assistant turn: text no turn owns.

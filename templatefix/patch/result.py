@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from templatefix.policy import Policy
+
+if TYPE_CHECKING:
+    from templatefix.report import Report
 
 
 @dataclass
@@ -39,7 +42,7 @@ class PatchResult:
     original: str
     patched: str
     verified: bool
-    report: Any
+    report: Report | None
     reasons: list[str] = field(default_factory=list)
     diff: str = ""
     changed: bool = False
@@ -64,7 +67,7 @@ class PatchResult:
     @property
     def unverified_code(self) -> list[str]:
         """The outputs no probe reached, ``line N: expression`` (empty at full coverage)."""
-        return self.report.unverified_code() if hasattr(self.report, "unverified_code") else []
+        return self.report.unverified_code() if self.report is not None else []
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,7 +80,7 @@ class PatchResult:
             "flags": self.flags,
             "policy": self.policy.to_dict(),
             "diff": self.diff,
-            "report": self.report.to_json() if hasattr(self.report, "to_json") else None,
+            "report": self.report.to_json() if self.report is not None else None,
         }
 
 

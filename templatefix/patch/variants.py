@@ -44,7 +44,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jinja2
 from jinja2 import nodes
@@ -59,6 +59,9 @@ from templatefix.patch.strip import strip_generation_markers
 from templatefix.policy import Policy
 from templatefix.render import environment, render, template_arguments
 from templatefix.source import Edit, TemplateSource
+
+if TYPE_CHECKING:
+    from templatefix.conversation import Probe
 
 #: The name the recording call gets inside the instrumented template.
 RECORDER = "templatefix_history_test"
@@ -176,7 +179,7 @@ class Proof:
 class _Test:
     """One wrapped test expression: where it is and its operands in the and/or/not tree."""
 
-    node: nodes.Expr
+    node: nodes.Node
     start: int
     end: int
     line: int
@@ -230,7 +233,7 @@ class _TestFinder(NodeVisitor):
             self.roots.append(self._add(node.test))
         self.generic_visit(node)
 
-    def _add(self, node: nodes.Expr) -> int:
+    def _add(self, node: nodes.Node) -> int:
         span = getattr(node, "tf_span", None)
         start, end = span if span else (0, 0)
         index = len(self.tests)
@@ -245,17 +248,21 @@ class _TestFinder(NodeVisitor):
         return index
 
 
+_N = TypeVar("_N", bound=nodes.Node)
+
+
 def _wrap(finder: _TestFinder) -> None:
     """Replace each found test in its parent by ``RECORDER(id, test, (loop targets...))``."""
     wrapped = {id(test.node): index for index, test in enumerate(finder.tests)}
 
-    def call(node: nodes.Expr) -> nodes.Expr:
+    def call(node: _N) -> _N | nodes.Call:
         index = wrapped.get(id(node))
         if index is None:
             return node
         targets = nodes.Tuple([nodes.Name(name, "load") for name in finder.targets[index]], "load")
         new = nodes.Call(nodes.Name(RECORDER, "load"), [nodes.Const(index), node, targets], [], None, None)
-        return new.set_lineno(node.lineno)
+        new.set_lineno(node.lineno)
+        return new
 
     # Children first, so that an operand is wrapped inside its wrapped parent.
     for test in reversed(finder.tests):
@@ -265,7 +272,7 @@ def _wrap(finder: _TestFinder) -> None:
         elif isinstance(node, nodes.Not):
             node.node = call(node.node)
     for ast_node in finder.source.ast.find_all((nodes.If, nodes.CondExpr)):
-        if ast_node.test is not None:
+        if isinstance(ast_node, (nodes.If, nodes.CondExpr)) and ast_node.test is not None:
             ast_node.test = call(ast_node.test)
 
 
@@ -290,7 +297,7 @@ class _Recorder:
         return value
 
 
-def _render_cases(probes: Sequence[Any]) -> list[tuple[int, int, bool]]:
+def _render_cases(probes: Sequence[Probe]) -> list[tuple[int, int, bool]]:
     """(probe, prefix length, add_generation_prompt) for every non-empty prefix of every probe."""
     return [
         (p, k, agp) for p, probe in enumerate(probes) for k in range(1, len(probe.messages) + 1)
@@ -306,7 +313,7 @@ def _split_kwargs(probe: Any, special_tokens: Mapping[str, Any] | None) -> tuple
 
 
 def _analyse(
-    template: str, probes: Sequence[Any], special_tokens: Mapping[str, Any] | None
+    template: str, probes: Sequence[Probe], special_tokens: Mapping[str, Any] | None
 ) -> tuple[list[Rewrite], list[str]]:
     """One round: the tests of ``template`` that depend on history, as rewrites and problems."""
     source = TemplateSource.parse(template)
@@ -404,7 +411,7 @@ def _analyse(
 
 def keep_history_variant(
     template: str,
-    probes: Sequence[Any] | None = None,
+    probes: Sequence[Probe] | None = None,
     special_tokens: Mapping[str, Any] | None = None,
 ) -> Variant:
     """The keep-history variant of ``template`` (generation markers removed first).
@@ -441,7 +448,7 @@ def keep_history_variant(
 def prove(
     original: str,
     variant: str,
-    probes: Sequence[Any],
+    probes: Sequence[Probe],
     special_tokens: Mapping[str, Any] | None = None,
 ) -> Proof:
     """Check SPEC §8 (a)–(c) for ``variant`` against ``original`` on ``probes`` (both unmarked).
@@ -622,7 +629,7 @@ def patch_keep_history(
     patcher: Callable[..., PatchResult],
     *,
     policy: Policy | None = None,
-    probes: Sequence[Any] | None = None,
+    probes: Sequence[Probe] | None = None,
     special_tokens: Mapping[str, Any] | None = None,
     **policy_kwargs: Any,
 ) -> KeepHistoryResult:

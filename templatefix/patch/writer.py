@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from jinja2 import nodes
 
@@ -30,6 +31,9 @@ from templatefix.patch.label import (
 )
 from templatefix.patch.slices import _literal_slice, _node_text
 from templatefix.source import Edit, TemplateSource, Token
+
+if TYPE_CHECKING:
+    from templatefix.source import Spanned
 
 
 @dataclass
@@ -82,7 +86,8 @@ def _write_literal(
     markers: list[Marker],
     edits: list[Edit],
 ) -> None:
-    token = source.token_at(atom.node.tf_span[0])
+    literal = cast(nodes.TemplateData, atom.node)  # ``atom.is_literal``
+    token = source.token_at(cast("Spanned", literal).tf_span[0])
     fill_none(units)
     for (label, condition), run in itertools.groupby(units, key=lambda u: (u.label, u.condition)):
         run_units = list(run)
@@ -94,7 +99,7 @@ def _write_literal(
         elif label == "cond":
             # Literal text that is assistant output only sometimes: branch on the condition, with
             # the text as a string expression in both branches.
-            text = json.dumps(atom.node.data[run_units[0].lo : run_units[-1].hi], ensure_ascii=False)
+            text = json.dumps(literal.data[run_units[0].lo : run_units[-1].hi], ensure_ascii=False)
             left = "+" if _needs_lstrip_guard(source, start) else ""
             right = "+" if _needs_trim_guard(source, end) else ""
             # Whitespace the lexer strips after the text (lstrip_blocks) would render once a tag
@@ -209,7 +214,7 @@ def _run_expression(
             merged.append(unit)
     run = merged
     if len(run) == 1 and run[0].part < 0 and run[0].lo == 0 and run[0].hi is None:
-        start, end = part_node(atom, -1).tf_span
+        start, end = cast("Spanned", part_node(atom, -1)).tf_span
         return source.text[start:end]  # the whole expression in a tag of its own
     parents = _leaf_parents(part_node(atom, -1))
     leaves: dict[int, list[str]] = {}
@@ -219,8 +224,13 @@ def _run_expression(
             text = _node_text(source, node)
         else:
             written_alone = unit.part < 0 or parents[unit.part] is not nodes.Add
-            as_text = written_alone and not _anchored(node, _macros(source))
+            macros = _macros(source)
+            as_text = written_alone and not _anchored(node, macros)
             text = _literal_slice(source, node, unit.lo, unit.hi, as_text=as_text)
+            if not (written_alone or _anchored(node, macros) or _always_text(source, atom, node, macros)):
+                # an operand of `'<A>' + x` (``chain_guards``): `'' + x` raises where `+` raises
+                bounds = f"{unit.lo or ''}:{'' if unit.hi is None else unit.hi}"
+                text = f"('' + {_node_text(source, node)})[{bounds}]"
         leaves.setdefault(max(unit.part, 0), []).append(text)
     joined = {
         part: (texts[0], "leaf") if len(texts) == 1 else (" + ".join(texts), "+")
@@ -316,7 +326,7 @@ def _rejoin(whole: nodes.Node, leaves: dict[int, tuple[str, str]]) -> tuple[str,
 
 def _tag_tokens(source: TemplateSource, node: nodes.Node) -> tuple[int, int]:
     """Indices of the ``{{`` and ``}}`` tokens around an output expression."""
-    start, end = node.tf_span
+    start, end = cast("Spanned", node).tf_span
     begin = source.token_index_at(start)
     while begin > 0 and source.tokens[begin].kind != "variable_begin":
         begin -= 1
@@ -348,13 +358,13 @@ def _marker_text(source: TemplateSource, marker: Marker) -> str:
     """The tag text, with whitespace control that keeps the render unchanged."""
     keyword = "generation" if marker.opening else "endgeneration"
     token = source.token_at(marker.offset) if marker.offset < len(source.text) else None
-    at_tag = token is not None and token.start == marker.offset
-    modifier = token.text[2:3] if at_tag and token.text[2:3] in "-+" else ""
-    if at_tag and token.kind in ("block_begin", "comment_begin"):
+    tag = token if token is not None and token.start == marker.offset else None  # a token starts here
+    modifier = tag.text[2:3] if tag is not None and tag.text[2:3] in "-+" else ""
+    if tag is not None and tag.kind in ("block_begin", "comment_begin"):
         # Right before a tag that strips (or keeps) the whitespace before it: do as it does, so
         # the whitespace is treated the same whichever of the two tags comes first.
         left = modifier
-    elif at_tag and token.kind == "variable_begin" and modifier == "-":
+    elif tag is not None and tag.kind == "variable_begin" and modifier == "-":
         left = "-"
     else:
         left = "+" if _needs_lstrip_guard(source, marker.offset) else ""
@@ -463,6 +473,9 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
                 continue  # written as text, or a str whenever it evaluates: sliced like a literal
             if isinstance(operand, nodes.Name) and _set_to_text_before(source, atom, operand.name, macros):
                 continue  # a variable the template always sets to a str just before
+            sibling = _add_sibling(whole, operand)
+            if sibling is not None and text_valued(sibling):
+                continue  # `'<A>' + x`: its slices are written `('' + x)[lo:hi]`, raising as `+` does
             _refuse(source, whole, "it cuts an operand of '+' that is not a string literal")
         node, first = _add_at(whole, before.part)
         if node is None:
@@ -503,8 +516,20 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
     return [(start, end) for start, end in guards]
 
 
+def _add_sibling(whole: nodes.Node, operand: nodes.Node) -> nodes.Node | None:
+    """The other side of the ``+`` whose side ``operand`` is (compared by identity), or None."""
+    adds = [whole] if isinstance(whole, nodes.Add) else []
+    adds += [node for node in whole.find_all(nodes.Add) if node is not whole]
+    for add in adds:
+        if add.left is operand:
+            return add.right
+        if add.right is operand:
+            return add.left
+    return None
+
+
 def _refuse(source: TemplateSource, node: nodes.Node, why: str) -> None:
-    start, end = node.tf_span
+    start, end = cast("Spanned", node).tf_span
     expression = " ".join(source.text[start:end].split())
     if len(expression) > 80:
         expression = expression[:77] + "..."
@@ -550,6 +575,11 @@ def _anchored(node: nodes.Node, macros: frozenset[str] = frozenset()) -> bool:
     if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name):
         return node.node.name in macros
     return False
+
+
+def _always_text(source: TemplateSource, atom: Atom, node: nodes.Node, macros: frozenset[str]) -> bool:
+    """A variable the template sets to a str just before the atom's output."""
+    return isinstance(node, nodes.Name) and _set_to_text_before(source, atom, node.name, macros)
 
 
 def _set_to_text_before(source: TemplateSource, atom: Atom, name: str, macros: frozenset[str]) -> bool:

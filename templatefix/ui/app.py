@@ -234,7 +234,7 @@ def _body(page: str) -> str:
     return f'<div class="templatefix-view">{style}{body}</div>'
 
 
-def _escape(text: str) -> str:
+def _escape(text: object) -> str:
     return html.escape(str(text)).replace("\n", " ")
 
 
