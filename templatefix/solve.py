@@ -79,7 +79,8 @@ class Atom:
     """One test on the way to an output, and the value it must have there.
 
     ``kind``: ``"test"`` (``node`` is the test expression), ``"nonempty"`` (``node`` is a
-    ``for`` loop's iterable, which must have an element).
+    ``for`` loop's iterable, which must have an element), ``"writes"`` (``node`` is the output
+    itself, whose values must be there for it to write text).
     """
 
     node: nodes.Node
@@ -208,7 +209,11 @@ class PathConditions:
         if depth >= _DEPTH:
             return [condition]
         result: list[Condition] = []
-        for caller, at_call in self.walk.calls.get(macro, []):
+        # call sites outside the macro first: a recursive macro's own calls would fill the
+        # alternatives with chains that stop at the depth limit, never reaching the template's
+        # call that gives them their value
+        sites = sorted(self.walk.calls.get(macro, []), key=lambda site: site[0] == macro)
+        for caller, at_call in sites:
             for outer in self._in_context(caller, at_call, depth + 1):
                 result.append(outer + condition)
                 if len(result) >= MAX_ALTERNATIVES:
@@ -532,6 +537,23 @@ class _Solver:
         roots = tuple(sorted(template_reads(template) - STANDARD_NAMES))
         self.reads = template_reads_of(template, roots)
         self.words = WordSource(start=9100)
+        #: the conversations the changes will be applied to (``_paths`` ranks by them)
+        self.states: list[dict[str, Any]] = []
+        self._located: dict[Path, bool] = {}
+        self.macros = {macro.name: macro for macro in self.instrumented.source.ast.find_all(nodes.Macro)}
+
+    def on(self, bases: Sequence[Probe]) -> None:
+        """Rank paths by the conversations ``bases``: a path whose container they hold first."""
+        self.states = [{**dict(base.kwargs), "messages": list(base.messages)} for base in bases]
+        self._located = {}
+
+    def _in_bases(self, path: Path) -> bool:
+        """Whether some base holds the container of ``path`` (so a change there can apply)."""
+        found = self._located.get(path)
+        if found is None:
+            found = any(_locations(state, path, None) for state in self.states)
+            self._located[path] = found
+        return found
 
     # -- conditions with local flags expanded ------------------------------------------------
     def expanded(self, condition: Condition, depth: int = 0) -> list[Condition]:
@@ -558,6 +580,8 @@ class _Solver:
     def options(self, atom: Atom) -> list[Change]:
         if atom.kind == "nonempty":
             return self._nonempty(atom.node)
+        if atom.kind == "writes":
+            return self._writes(atom.node)
         try:
             changes = self._test(atom.node, atom.want)
         except RecursionError:  # pragma: no cover - absurdly deep expressions
@@ -572,10 +596,69 @@ class _Solver:
 
     def _loop_paths(self, node: nodes.Node) -> list[Path]:
         paths = {path[:-1] if path[-1:] == ("*items",) else path for path in self.resolve(node)}
-        return sorted(path for path in paths if _settable(path))[:2]
+        return sorted((path for path in paths if _settable(path)), key=self._rank)[:2]
 
     def _paths(self, node: nodes.Node) -> list[Path]:
-        return sorted(path for path in self.resolve(node) if _settable(path))
+        """The settable paths ``node`` reads, those the bases hold first (a schema read by a
+        recursive macro resolves to many paths, most of them absent from any conversation)."""
+        return sorted((path for path in self.resolve(node) if _settable(path)), key=self._rank)
+
+    def _rank(self, path: Path) -> tuple[bool, Path]:
+        return (not self._in_bases(path), path)
+
+    def _writes(self, node: nodes.Node) -> list[Change]:
+        """The values output ``node`` reads, made present (shaped by the template's reads): an
+        output of a value the conversation lacks writes nothing, or fails (``'x' + undefined``).
+        All of them at once first, then each alone."""
+        changes: list[Change] = self._macro_examples(node)
+        seen: set[Path] = set()
+        for part in [node, *node.find_all((nodes.Name, nodes.Getattr, nodes.Getitem))]:
+            if not isinstance(part, (nodes.Name, nodes.Getattr, nodes.Getitem)):
+                continue
+            for path in self._paths(part)[:2]:
+                if path not in seen:
+                    seen.add(path)
+                    changes.append(
+                        _ensure(path, lambda old, path=path: old if _present(old) else self._truthy(path))
+                    )
+        if len(changes) > 1:
+            together = changes[0]
+            for change in changes[1:]:
+                together = _chain(together, change)
+            changes.insert(0, together)
+        return changes[:4]
+
+    def _macro_examples(self, node: nodes.Node) -> list[Change]:
+        """For a value ``node`` passes to a macro (``render_type(tool.returns)``) that the
+        conversation lacks: a copy of a value the conversation already passes to the same
+        parameter (a parameter's schema for a return schema), the surest shape it renders."""
+        changes: list[Change] = []
+        for call in node.find_all(nodes.Call):
+            macro = self.macros.get(call.node.name) if isinstance(call.node, nodes.Name) else None
+            if macro is None:
+                continue
+            bound = list(zip(macro.args, call.args, strict=False))
+            bound += [(arg, kw.value) for kw in call.kwargs for arg in macro.args if arg.name == kw.key]
+            for parameter, argument in bound:
+                own = self._paths(argument)[:2]
+                if not own:
+                    continue
+                others = sorted(set(self.resolve(nodes.Name(parameter.name, "load"))) - set(own))
+                examples = [
+                    value
+                    for path in others
+                    if _settable(path)
+                    for state in self.states
+                    for container, key in _locations(state, path, None)
+                    if isinstance(value := _get(container, key), dict) and value
+                ]
+                if examples:
+                    example = examples[0]
+                    changes += [
+                        _ensure(path, lambda old, e=example: old if _present(old) else copy.deepcopy(e))
+                        for path in own
+                    ]
+        return changes[:2]
 
     def _nonempty(self, node: nodes.Node) -> list[Change]:
         paths = self._paths(node)
@@ -638,7 +721,10 @@ class _Solver:
             return []
         value, other = typed
         made = value if want else other
-        changes = [_ensure(path, lambda old, made=made: _typed(made, old, self.words)) for path in paths]
+        makers: list[Callable[[Any], Any]] = [lambda old: _typed(made, old, self.words)]
+        if made == "list":  # a list of parts (content), or of the value it held (a type name)
+            makers.append(lambda old: [old] if isinstance(old, (str, int, float)) else _MISSING)
+        changes = [_ensure(path, make) for path in paths for make in makers]
         return changes[:4]
 
     def _compare(self, left: nodes.Node, op: str, right: nodes.Node, want: bool) -> list[Change]:
@@ -792,6 +878,8 @@ def _other(value: Any, words: WordSource) -> Any:
 
 
 def _resized(old: Any, count: int, words: WordSource) -> Any:
+    if isinstance(old, dict):  # a mapping keeps its kind: its first entries, or copies of them
+        return _grown(old, count) if len(old) < count else dict(list(old.items())[:count])
     items = list(old) if isinstance(old, list) else []
     if not items:
         items = [words()]
@@ -1120,10 +1208,12 @@ def _solve_one(
     from templatefix.coverage import _probe_run
 
     bases = _bases(solver, condition, reached_by)
+    solver.on(bases)
     fields = _message_fields(solver, condition)
     seen: set[str] = set()
     alternatives = []
     for expanded in solver.expanded(condition):
+        expanded = (*expanded, Atom(solver.instrumented.sites.outputs[target].node, True, "writes"))
         options = [[_same, *solver.options(atom)] for atom in expanded]
         if any(len(choices) > 1 for choices in options):
             # a test wanted false is mostly false already: change it last
