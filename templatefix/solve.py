@@ -540,6 +540,7 @@ class _Solver:
         #: the conversations the changes will be applied to (``_paths`` ranks by them)
         self.states: list[dict[str, Any]] = []
         self._located: dict[Path, bool] = {}
+        self._made: dict[Path, Any] = {}
         self.macros = {macro.name: macro for macro in self.instrumented.source.ast.find_all(nodes.Macro)}
 
     def on(self, bases: Sequence[Probe]) -> None:
@@ -691,12 +692,17 @@ class _Solver:
         return [_ensure(path, _falsy) for path in paths[:3]] + [_remove(path) for path in paths[:3]]
 
     def _truthy(self, path: Path) -> Any:
-        """A true value for ``path``, shaped like the template reads it."""
-        if self.reads.reads(path):
-            value = synthesize(path, self.reads, self.words)
-            if value:
-                return value
-        return [self.words()] if path[-1:] in (("tools",), ("documents",)) else self.words()
+        """A true value for ``path``, shaped like the template reads it (made once per path:
+        shaping a value walks every read path)."""
+        made = self._made.get(path)
+        if made is None:
+            made = None
+            if self.reads.reads(path):
+                made = synthesize(path, self.reads, self.words)
+            if not made:
+                made = [self.words()] if path[-1:] in (("tools",), ("documents",)) else self.words()
+            self._made[path] = made
+        return copy.deepcopy(made)
 
     def _jinja_test(self, node: nodes.Test, want: bool) -> list[Change]:
         name = node.name
@@ -771,6 +777,15 @@ class _Solver:
     def _method(self, node: nodes.Call, want: bool) -> list[Change]:
         method = node.node.attr  # type: ignore[attr-defined]
         argument = node.args[0] if node.args else None
+        if method == "get" and isinstance(argument, nodes.Const) and isinstance(argument.value, str):
+            # ``schema.get('enum')``: the key read through ``get``, true or false
+            paths = [path + (argument.value,) for path in self._paths(node.node.node)][:3]  # type: ignore[attr-defined]
+            if want:
+                return [
+                    _ensure(path, lambda old, path=path: old if _present(old) else self._truthy(path))
+                    for path in paths
+                ]
+            return [_remove(path) for path in paths]
         if method not in ("startswith", "endswith") or not isinstance(argument, nodes.Const):
             return []
         if not isinstance(argument.value, str):
@@ -889,7 +904,8 @@ def _resized(old: Any, count: int, words: WordSource) -> Any:
 
 
 def _grown(old: Any, count: int) -> Any:
-    """``old`` (a list or mapping) with at least ``count`` entries, copies of its own."""
+    """``old`` (a list or mapping) with at least ``count`` entries, copies of its own; a single
+    value, a list of ``count`` copies of it."""
     if isinstance(old, list) and old:
         items = list(old)
         while len(items) < count:
@@ -901,6 +917,8 @@ def _grown(old: Any, count: int) -> Any:
         while len(grown) < count:
             grown[f"{next(reversed(old))}_{len(grown)}"] = copy.deepcopy(last)
         return grown
+    if isinstance(old, (str, int, float)) and not isinstance(old, bool):  # a type name: a list of it
+        return [old] * count
     return old
 
 
