@@ -309,6 +309,26 @@ def explain(template: str, site_id: int) -> str:
     return " | or | ".join(parts)
 
 
+def _constant_names(tree: nodes.Template) -> dict[str, Any]:
+    """Names the template sets to one constant (a text, number or boolean) every time it binds
+    them: their value where the template reads them after setting them (a proposal only: a
+    caller may pass the name too, and the render decides)."""
+    binds: dict[str, int] = {}
+    for name in tree.find_all(nodes.Name):
+        if name.ctx in ("store", "param"):
+            binds[name.name] = binds.get(name.name, 0) + 1
+    values: dict[str, list[Any]] = {}
+    for assign in tree.find_all(nodes.Assign):
+        if isinstance(assign.target, nodes.Name) and isinstance(assign.node, nodes.Const):
+            if isinstance(assign.node.value, (str, int, float, bool)):
+                values.setdefault(assign.target.name, []).append(assign.node.value)
+    return {
+        name: found[0]
+        for name, found in values.items()
+        if len(found) == binds.get(name, 0) and len(set(found)) == 1
+    }
+
+
 def _assigned_names(tree: nodes.Template) -> set[str]:
     """Names the template binds itself (``{% set %}``, loop targets, macro parameters)."""
     names = {node.name for node in tree.find_all(nodes.Name) if node.ctx in ("store", "param")}
@@ -539,8 +559,9 @@ class _Solver:
         self.words = WordSource(start=9100)
         #: the conversations the changes will be applied to (``_paths`` ranks by them)
         self.states: list[dict[str, Any]] = []
-        self._located: dict[Path, bool] = {}
+        self._located: dict[Path, int] = {}
         self._made: dict[Path, Any] = {}
+        self.constant_names = _constant_names(self.instrumented.source.ast)
         self.macros = {macro.name: macro for macro in self.instrumented.source.ast.find_all(nodes.Macro)}
 
     def on(self, bases: Sequence[Probe]) -> None:
@@ -548,11 +569,13 @@ class _Solver:
         self.states = [{**dict(base.kwargs), "messages": list(base.messages)} for base in bases]
         self._located = {}
 
-    def _in_bases(self, path: Path) -> bool:
-        """Whether some base holds the container of ``path`` (so a change there can apply)."""
+    def _in_bases(self, path: Path) -> int:
+        """0 when some base holds a value at ``path``, 1 when one holds its container (so a
+        change there can apply), 2 otherwise."""
         found = self._located.get(path)
         if found is None:
-            found = any(_locations(state, path, None) for state in self.states)
+            pairs = [pair for state in self.states for pair in _locations(state, path, None)]
+            found = 0 if any(_get(*pair) is not _MISSING for pair in pairs) else 1 if pairs else 2
             self._located[path] = found
         return found
 
@@ -602,10 +625,24 @@ class _Solver:
     def _paths(self, node: nodes.Node) -> list[Path]:
         """The settable paths ``node`` reads, those the bases hold first (a schema read by a
         recursive macro resolves to many paths, most of them absent from any conversation)."""
-        return sorted((path for path in self.resolve(node) if _settable(path)), key=self._rank)
+        paths = {path for path in self.resolve(node) if _settable(path)}
+        if not paths and isinstance(node, nodes.Name):
+            paths = self._through_macros(node.name)
+        return sorted(paths, key=self._rank)
 
-    def _rank(self, path: Path) -> tuple[bool, Path]:
-        return (not self._in_bases(path), path)
+    def _through_macros(self, name: str) -> set[Path]:
+        """For a local set to a macro's output (``{% set content = render(message.content) %}``):
+        what the macro is given, whose text the output carries."""
+        paths: set[Path] = set()
+        for value, _ in self.conditions.assignments(name):
+            if isinstance(value, nodes.Call) and isinstance(value.node, nodes.Name):
+                if value.node.name in self.macros:
+                    for argument in [*value.args, *(kw.value for kw in value.kwargs)]:
+                        paths |= {path for path in self.resolve(argument) if _settable(path)}
+        return paths
+
+    def _rank(self, path: Path) -> tuple[int, Path]:
+        return (self._in_bases(path), path)
 
     def _writes(self, node: nodes.Node) -> list[Change]:
         """The values output ``node`` reads, made present (shaped by the template's reads): an
@@ -733,7 +770,14 @@ class _Solver:
         changes = [_ensure(path, make) for path in paths for make in makers]
         return changes[:4]
 
+    def _folded(self, node: nodes.Node) -> nodes.Node:
+        """``node``, or the constant it always holds (a name the template sets to one constant)."""
+        if isinstance(node, nodes.Name) and node.name in self.constant_names:
+            return nodes.Const(self.constant_names[node.name], lineno=node.lineno)
+        return node
+
     def _compare(self, left: nodes.Node, op: str, right: nodes.Node, want: bool) -> list[Change]:
+        left, right = self._folded(left), self._folded(right)
         if op == "ne":
             op, want = "eq", not want
         if op == "notin":
@@ -776,7 +820,7 @@ class _Solver:
 
     def _method(self, node: nodes.Call, want: bool) -> list[Change]:
         method = node.node.attr  # type: ignore[attr-defined]
-        argument = node.args[0] if node.args else None
+        argument = self._folded(node.args[0]) if node.args else None
         if method == "get" and isinstance(argument, nodes.Const) and isinstance(argument.value, str):
             # ``schema.get('enum')``: the key read through ``get``, true or false
             paths = [path + (argument.value,) for path in self._paths(node.node.node)][:3]  # type: ignore[attr-defined]
