@@ -1221,7 +1221,7 @@ def reach(
                 reached_by.setdefault(site, []).append(probe)
     kept: list[Probe] = []
     budget = _Budget(candidates, work)
-    tried: set[tuple[int, ...]] = set()
+    tried: set[tuple[Any, ...]] = set()
     targets = [site for site in instrumented.sites.outputs if site.id in wanted - reached_by.keys()]
     if not targets:
         return []
@@ -1232,7 +1232,10 @@ def reach(
         if site.id in reached_by or budget.spent or len(kept) >= SOLVE_KEEP:
             continue
         for condition in solver.conditions.of(site.node):
-            key = tuple(atom.key for atom in condition)
+            # an output that reads values is its own target (its values are part of what is
+            # solved); literals under one condition share it
+            reads_values = not isinstance(site.node, (nodes.TemplateData, nodes.Const))
+            key = (*(atom.key for atom in condition), site.id if reads_values else None)
             if key in tried:
                 continue
             tried.add(key)
