@@ -1222,6 +1222,7 @@ def reach(
     kept: list[Probe] = []
     budget = _Budget(candidates, work)
     tried: set[tuple[Any, ...]] = set()
+    failed: set[tuple[Any, ...]] = set()
     targets = [site for site in instrumented.sites.outputs if site.id in wanted - reached_by.keys()]
     if not targets:
         return []
@@ -1232,14 +1233,17 @@ def reach(
         if site.id in reached_by or budget.spent or len(kept) >= SOLVE_KEEP:
             continue
         for condition in solver.conditions.of(site.node):
-            # an output that reads values is its own target (its values are part of what is
-            # solved); literals under one condition share it
+            # a condition nothing satisfied is not tried again; one that was satisfied is tried
+            # again for an output that reads values (they are part of what is solved), not for
+            # the literals beside it
+            key = tuple(atom.key for atom in condition)
             reads_values = not isinstance(site.node, (nodes.TemplateData, nodes.Const))
-            key = (*(atom.key for atom in condition), site.id if reads_values else None)
-            if key in tried:
+            if key in failed or (key in tried and not reads_values):
                 continue
             tried.add(key)
             found = _solve_one(template, solver, site.id, condition, reached_by, budget)
+            if found is None:
+                failed.add(key)
             if found is not None and any(probe.name == found.name for probe in [*probes, *kept]):
                 found = None  # a name already taken (a base's name carries its own reach)
             if found is not None:
