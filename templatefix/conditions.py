@@ -42,7 +42,8 @@ class Atom:
     """One test on the way to an output, and the value it must have there.
 
     ``kind``: ``"test"`` (``node`` is the test expression), ``"nonempty"`` (``node`` is a
-    ``for`` loop's iterable, which must have an element).
+    ``for`` loop's iterable, which must have an element), ``"writes"`` (``node`` is the output
+    itself, whose values must be there for it to write text).
     """
 
     node: nodes.Node
@@ -171,7 +172,11 @@ class PathConditions:
         if depth >= _DEPTH:
             return [condition]
         result: list[Condition] = []
-        for caller, at_call in self.walk.calls.get(macro, []):
+        # call sites outside the macro first: a recursive macro's own calls would fill the
+        # alternatives with chains that stop at the depth limit, never reaching the template's
+        # call that gives them their value
+        sites = sorted(self.walk.calls.get(macro, []), key=lambda site: site[0] == macro)
+        for caller, at_call in sites:
             for outer in self._in_context(caller, at_call, depth + 1):
                 result.append(outer + condition)
                 if len(result) >= MAX_ALTERNATIVES:
@@ -265,6 +270,26 @@ def explain(template: str, site_id: int) -> str:
         reason = contradiction(condition, assigned)
         parts.append(f"{described} [unsatisfiable: {reason}]" if reason else described)
     return " | or | ".join(parts)
+
+
+def _constant_names(tree: nodes.Template) -> dict[str, Any]:
+    """Names the template sets to one constant (a text, number or boolean) every time it binds
+    them: their value where the template reads them after setting them (a proposal only: a
+    caller may pass the name too, and the render decides)."""
+    binds: dict[str, int] = {}
+    for name in tree.find_all(nodes.Name):
+        if name.ctx in ("store", "param"):
+            binds[name.name] = binds.get(name.name, 0) + 1
+    values: dict[str, list[Any]] = {}
+    for assign in tree.find_all(nodes.Assign):
+        if isinstance(assign.target, nodes.Name) and isinstance(assign.node, nodes.Const):
+            if isinstance(assign.node.value, (str, int, float, bool)):
+                values.setdefault(assign.target.name, []).append(assign.node.value)
+    return {
+        name: found[0]
+        for name, found in values.items()
+        if len(found) == binds.get(name, 0) and len(set(found)) == 1
+    }
 
 
 def _assigned_names(tree: nodes.Template) -> set[str]:

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from jinja2 import nodes
 
 from templatefix.changes import synthesize
-from templatefix.conditions import _DEPTH, MAX_ALTERNATIVES, Atom, Condition, _analysis
+from templatefix.conditions import _DEPTH, MAX_ALTERNATIVES, Atom, Condition, _analysis, _constant_names
 from templatefix.conversation import Probe, WordSource
 from templatefix.coverage import _never_writes, _probe_run
 from templatefix.errors import RenderLimitExceeded
@@ -72,6 +72,27 @@ class _Solver:
         roots = tuple(sorted(template_reads(template) - STANDARD_NAMES))
         self.reads = template_reads_of(template, roots)
         self.words = WordSource(start=9100)
+        #: the conversations the changes will be applied to (``_paths`` ranks by them)
+        self.states: list[dict[str, Any]] = []
+        self._located: dict[Path, int] = {}
+        self._made: dict[Path, Any] = {}
+        self.constant_names = _constant_names(self.instrumented.source.ast)
+        self.macros = {macro.name: macro for macro in self.instrumented.source.ast.find_all(nodes.Macro)}
+
+    def on(self, bases: Sequence[Probe]) -> None:
+        """Rank paths by the conversations ``bases``: a path whose container they hold first."""
+        self.states = [{**dict(base.kwargs), "messages": list(base.messages)} for base in bases]
+        self._located = {}
+
+    def _in_bases(self, path: Path) -> int:
+        """0 when some base holds a value at ``path``, 1 when one holds its container (so a
+        change there can apply), 2 otherwise."""
+        found = self._located.get(path)
+        if found is None:
+            pairs = [pair for state in self.states for pair in _locations(state, path, None)]
+            found = 0 if any(_get(*pair) is not _MISSING for pair in pairs) else 1 if pairs else 2
+            self._located[path] = found
+        return found
 
     # -- conditions with local flags expanded ------------------------------------------------
     def expanded(self, condition: Condition, depth: int = 0) -> list[Condition]:
@@ -98,6 +119,8 @@ class _Solver:
     def options(self, atom: Atom) -> list[Change]:
         if atom.kind == "nonempty":
             return self._nonempty(atom.node)
+        if atom.kind == "writes":
+            return self._writes(atom.node)
         try:
             changes = self._test(atom.node, atom.want)
         except RecursionError:  # pragma: no cover - absurdly deep expressions
@@ -112,10 +135,83 @@ class _Solver:
 
     def _loop_paths(self, node: nodes.Node) -> list[Path]:
         paths = {path[:-1] if path[-1:] == ("*items",) else path for path in self.resolve(node)}
-        return sorted(path for path in paths if _settable(path))[:2]
+        return sorted((path for path in paths if _settable(path)), key=self._rank)[:2]
 
     def _paths(self, node: nodes.Node) -> list[Path]:
-        return sorted(path for path in self.resolve(node) if _settable(path))
+        """The settable paths ``node`` reads, those the bases hold first (a schema read by a
+        recursive macro resolves to many paths, most of them absent from any conversation)."""
+        paths = {path for path in self.resolve(node) if _settable(path)}
+        if not paths and isinstance(node, nodes.Name):
+            paths = self._through_macros(node.name)
+        return sorted(paths, key=self._rank)
+
+    def _through_macros(self, name: str) -> set[Path]:
+        """For a local set to a macro's output (``{% set content = render(message.content) %}``):
+        what the macro is given, whose text the output carries."""
+        paths: set[Path] = set()
+        for value, _ in self.conditions.assignments(name):
+            if isinstance(value, nodes.Call) and isinstance(value.node, nodes.Name):
+                if value.node.name in self.macros:
+                    for argument in [*value.args, *(kw.value for kw in value.kwargs)]:
+                        paths |= {path for path in self.resolve(argument) if _settable(path)}
+        return paths
+
+    def _rank(self, path: Path) -> tuple[int, Path]:
+        return (self._in_bases(path), path)
+
+    def _writes(self, node: nodes.Node) -> list[Change]:
+        """The values output ``node`` reads, made present (shaped by the template's reads): an
+        output of a value the conversation lacks writes nothing, or fails (``'x' + undefined``).
+        All of them at once first, then each alone."""
+        changes: list[Change] = self._macro_examples(node)
+        seen: set[Path] = set()
+        for part in [node, *node.find_all((nodes.Name, nodes.Getattr, nodes.Getitem))]:
+            if not isinstance(part, (nodes.Name, nodes.Getattr, nodes.Getitem)):
+                continue
+            for path in self._paths(part)[:2]:
+                if path not in seen:
+                    seen.add(path)
+                    changes.append(
+                        _ensure(path, lambda old, path=path: old if _present(old) else self._truthy(path))
+                    )
+        if len(changes) > 1:
+            together = changes[0]
+            for change in changes[1:]:
+                together = _chain(together, change)
+            changes.insert(0, together)
+        return changes[:4]
+
+    def _macro_examples(self, node: nodes.Node) -> list[Change]:
+        """For a value ``node`` passes to a macro (``render_type(tool.returns)``) that the
+        conversation lacks: a copy of a value the conversation already passes to the same
+        parameter (a parameter's schema for a return schema), the surest shape it renders."""
+        changes: list[Change] = []
+        for call in node.find_all(nodes.Call):
+            macro = self.macros.get(call.node.name) if isinstance(call.node, nodes.Name) else None
+            if macro is None:
+                continue
+            bound = list(zip(macro.args, call.args, strict=False))
+            bound += [(arg, kw.value) for kw in call.kwargs for arg in macro.args if arg.name == kw.key]
+            for parameter, argument in bound:
+                own = self._paths(argument)[:2]
+                if not own:
+                    continue
+                others = sorted(set(self.resolve(nodes.Name(parameter.name, "load"))) - set(own))
+                examples = [
+                    value
+                    for path in others
+                    if _settable(path)
+                    for state in self.states
+                    for container, key in _locations(state, path, None)
+                    if isinstance(value := _get(container, key), dict) and value
+                ]
+                if examples:
+                    example = examples[0]
+                    changes += [
+                        _ensure(path, lambda old, e=example: old if _present(old) else copy.deepcopy(e))
+                        for path in own
+                    ]
+        return changes[:2]
 
     def _nonempty(self, node: nodes.Node) -> list[Change]:
         paths = self._paths(node)
@@ -148,12 +244,17 @@ class _Solver:
         return [_ensure(path, _falsy) for path in paths[:3]] + [_remove(path) for path in paths[:3]]
 
     def _truthy(self, path: Path) -> Any:
-        """A true value for ``path``, shaped like the template reads it."""
-        if self.reads.reads(path):
-            value = synthesize(path, self.reads, self.words)
-            if value:
-                return value
-        return [self.words()] if path[-1:] in (("tools",), ("documents",)) else self.words()
+        """A true value for ``path``, shaped like the template reads it (made once per path:
+        shaping a value walks every read path)."""
+        made = self._made.get(path)
+        if made is None:
+            made = None
+            if self.reads.reads(path):
+                made = synthesize(path, self.reads, self.words)
+            if not made:
+                made = [self.words()] if path[-1:] in (("tools",), ("documents",)) else self.words()
+            self._made[path] = made
+        return copy.deepcopy(made)
 
     def _jinja_test(self, node: nodes.Test, want: bool) -> list[Change]:
         name = node.name
@@ -178,10 +279,20 @@ class _Solver:
             return []
         value, other = typed
         made = value if want else other
-        changes = [_ensure(path, lambda old, made=made: _typed(made, old, self.words)) for path in paths]
+        makers: list[Callable[[Any], Any]] = [lambda old: _typed(made, old, self.words)]
+        if made == "list":  # a list of parts (content), or of the value it held (a type name)
+            makers.append(lambda old: [old] if isinstance(old, (str, int, float)) else _MISSING)
+        changes = [_ensure(path, make) for path in paths for make in makers]
         return changes[:4]
 
+    def _folded(self, node: nodes.Node) -> nodes.Node:
+        """``node``, or the constant it always holds (a name the template sets to one constant)."""
+        if isinstance(node, nodes.Name) and node.name in self.constant_names:
+            return nodes.Const(self.constant_names[node.name], lineno=node.lineno)
+        return node
+
     def _compare(self, left: nodes.Node, op: str, right: nodes.Node, want: bool) -> list[Change]:
+        left, right = self._folded(left), self._folded(right)
         if op == "ne":
             op, want = "eq", not want
         if op == "notin":
@@ -224,7 +335,16 @@ class _Solver:
 
     def _method(self, node: nodes.Call, want: bool) -> list[Change]:
         method = node.node.attr  # type: ignore[attr-defined]
-        argument = node.args[0] if node.args else None
+        argument = self._folded(node.args[0]) if node.args else None
+        if method == "get" and isinstance(argument, nodes.Const) and isinstance(argument.value, str):
+            # ``schema.get('enum')``: the key read through ``get``, true or false
+            paths = [path + (argument.value,) for path in self._paths(node.node.node)][:3]  # type: ignore[attr-defined]
+            if want:
+                return [
+                    _ensure(path, lambda old, path=path: old if _present(old) else self._truthy(path))
+                    for path in paths
+                ]
+            return [_remove(path) for path in paths]
         if method not in ("startswith", "endswith") or not isinstance(argument, nodes.Const):
             return []
         if not isinstance(argument.value, str):
@@ -332,6 +452,8 @@ def _other(value: Any, words: WordSource) -> Any:
 
 
 def _resized(old: Any, count: int, words: WordSource) -> Any:
+    if isinstance(old, dict):  # a mapping keeps its kind: its first entries, or copies of them
+        return _grown(old, count) if len(old) < count else dict(list(old.items())[:count])
     items = list(old) if isinstance(old, list) else []
     if not items:
         items = [words()]
@@ -341,7 +463,8 @@ def _resized(old: Any, count: int, words: WordSource) -> Any:
 
 
 def _grown(old: Any, count: int) -> Any:
-    """``old`` (a list or mapping) with at least ``count`` entries, copies of its own."""
+    """``old`` (a list or mapping) with at least ``count`` entries, copies of its own; a single
+    value, a list of ``count`` copies of it."""
     if isinstance(old, list) and old:
         items = list(old)
         while len(items) < count:
@@ -353,6 +476,8 @@ def _grown(old: Any, count: int) -> Any:
         while len(grown) < count:
             grown[f"{next(reversed(old))}_{len(grown)}"] = copy.deepcopy(last)
         return grown
+    if isinstance(old, (str, int, float)) and not isinstance(old, bool):  # a type name: a list of it
+        return [old] * count
     return old
 
 
@@ -621,6 +746,7 @@ def reach(
     kept: list[Probe] = []
     budget = _Budget(candidates, work)
     tried: set[tuple[tuple[int, bool, str], ...]] = set()
+    failed: set[tuple[tuple[int, bool, str], ...]] = set()
     targets = [site for site in instrumented.sites.outputs if site.id in wanted - reached_by.keys()]
     if not targets:
         return []
@@ -631,11 +757,17 @@ def reach(
         if site.id in reached_by or budget.spent or len(kept) >= SOLVE_KEEP:
             continue
         for condition in solver.conditions.of(site.node):
+            # a condition nothing satisfied is not tried again; one that was satisfied is tried
+            # again for an output that reads values (they are part of what is solved), not for
+            # the literals beside it
             key = tuple(atom.key for atom in condition)
-            if key in tried:
+            reads_values = not isinstance(site.node, (nodes.TemplateData, nodes.Const))
+            if key in failed or (key in tried and not reads_values):
                 continue
             tried.add(key)
             found = _solve_one(template, solver, site.id, condition, reached_by, budget)
+            if found is None:
+                failed.add(key)
             if found is not None and any(probe.name == found.name for probe in [*probes, *kept]):
                 found = None  # a name already taken (a base's name carries its own reach)
             if found is not None:
@@ -667,10 +799,12 @@ def _solve_one(
     budget: _Budget,
 ) -> Probe | None:
     bases = _bases(solver, condition, reached_by)
+    solver.on(bases)
     fields = _message_fields(solver, condition)
     seen: set[str] = set()
     alternatives = []
     for expanded in solver.expanded(condition):
+        expanded = (*expanded, Atom(solver.instrumented.sites.outputs[target].node, True, "writes"))
         options = [[_same, *solver.options(atom)] for atom in expanded]
         if any(len(choices) > 1 for choices in options):
             # a test wanted false is mostly false already: change it last

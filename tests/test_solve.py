@@ -297,3 +297,104 @@ def test_no_corpus_output_proven_unsatisfiable_is_reached(corpus_templates: list
             assert not proven & {site for kind, site, _ in features if kind == "out"}, (name, probe.name)
     # where transformers keeps None-valued keys (4.56), 'is none' on a message field is reachable
     assert checked >= (5 if detected_drops_none() else 4)
+
+
+# --- tool schemas, message fields and locals the template reads --------------------------------
+
+#: A recursive schema macro with three recursive call sites (items, additionalProperties, the
+#: members of a type list) besides the template's own call.
+SCHEMA_MACRO = (
+    "{% macro ty(spec) %}{% if spec.type == 'string' %}str"
+    "{% elif spec.type == 'array' %}list[{{ ty(spec['items']) }}]"
+    "{% elif spec.type == 'object' %}dict{% if spec.additionalProperties is defined %}"
+    "[{{ ty(spec.additionalProperties) }}]{% endif %}"
+    "{% elif spec.type is string %}{{ spec.type }}"
+    "{% else %}{% for t in spec.type %}{{ ty({'type': t}) }}{% endfor %}{% endif %}{% endmacro %}"
+)
+
+
+def _reached_after_solving(template: str, expressions: set[str]) -> list[Any]:
+    """The solver's probes, after checking that the outputs written as ``expressions`` are
+    unreached by the fixed battery and reached with the solver's probes."""
+    battery = fixed_battery(template)
+    before = {o.expression for o in measure(template, battery).unreached}
+    assert expressions <= before
+    found = reach(template, battery)
+    after = {o.expression for o in measure(template, battery + found).unreached}
+    assert not expressions & after, after
+    return found
+
+
+def test_a_recursive_macro_is_reached_through_the_templates_own_call() -> None:
+    # three recursive call sites come before the template's own call: the alternatives of the
+    # path condition must not all be chains of the macro calling itself
+    template = (
+        SCHEMA_MACRO + "{% for tool in tools or [] %}{% set f = tool.function %}"
+        "{% for name, p in f.parameters.properties | items %}{{ name }}: {{ ty(p) }}{% endfor %}{% endfor %}"
+        + LOOP
+    )
+    found = _reached_after_solving(template, {'"list["', '"dict"'})
+    kinds = {
+        str(p.get("type"))
+        for probe in found
+        for tool in probe.kwargs.get("tools", [])
+        for p in tool["function"]["parameters"]["properties"].values()
+    }
+    assert "array" in kinds
+
+
+def test_empty_properties_stay_a_mapping() -> None:
+    template = (
+        "{% for tool in tools or [] %}{{ tool.function.name }}:"
+        "{% for name, p in tool.function.parameters.properties | items %}{{ name }}{% endfor %}"
+        "{% if tool.function.parameters.properties | length == 0 %}{{ '{}' }}{% endif %}{% endfor %}" + LOOP
+    )
+    found = _reached_only_by_solving(template)
+    assert any(
+        tool["function"]["parameters"]["properties"] == {}
+        for probe in found
+        for tool in probe.kwargs.get("tools", [])
+    )
+
+
+def test_a_message_field_read_only_by_the_output_is_made_present() -> None:
+    template = (
+        "{% for m in messages %}{% if m.role == 'assistant' and m.tool_calls %}"
+        "<plan>{{ m.tool_plan }}</plan>{% for c in m.tool_calls %}{{ c.function.name }}{% endfor %}"
+        "{% endif %}{{ m.content }}{% endfor %}"
+    )
+    found = _reached_only_by_solving(template)
+    assert any(m.get("tool_plan") for probe in found for m in probe.messages)
+
+
+def test_a_name_set_to_a_constant_stands_for_it() -> None:
+    template = (
+        "{% for m in messages %}{% set tag = 'CONTINUE ' %}{% if m.role == 'assistant' and "
+        "m.content.endswith(tag) %}{{ m.content[:-9] }}[cont]{% else %}{{ m.content }}{% endif %}{% endfor %}"
+    )
+    found = _reached_only_by_solving(template)
+    assert any(str(m.get("content", "")).endswith("CONTINUE ") for probe in found for m in probe.messages)
+
+
+def test_a_local_set_to_a_macros_output_is_changed_through_its_argument() -> None:
+    template = (
+        "{% macro text(c) %}{% if c is string %}{{ c }}{% else %}{{ c | map(attribute='text') | join }}"
+        "{% endif %}{% endmacro %}"
+        "{% for m in messages %}{% set content = text(m.content) %}"
+        "{% if content.startswith('/cmd') %}[command]{% endif %}{{ content }}{% endfor %}"
+    )
+    _reached_only_by_solving(template)
+
+
+def test_a_key_read_through_get() -> None:
+    template = (
+        "{% for tool in tools or [] %}{% for name, p in tool.function.parameters.properties | items %}"
+        "{{ name }}{% if p.get('enum') %}: {{ p.enum | join('|') }}{% endif %}{% endfor %}{% endfor %}" + LOOP
+    )
+    found = _reached_only_by_solving(template)
+    assert any(
+        p.get("enum")
+        for probe in found
+        for tool in probe.kwargs.get("tools", [])
+        for p in tool["function"]["parameters"]["properties"].values()
+    )
