@@ -234,11 +234,14 @@ def test_fixed_corpus_case(corpus_dir: Path, case: Case) -> None:
 def test_leading_newline_that_completes_the_prompt_is_refused(corpus_dir: Path) -> None:
     """DeepSeek-R1-Distill's generation prompt ends ``<｜Assistant｜>\\n`` while its render of a turn
     has ``<｜Assistant｜>`` + content: only content that starts with a newline continues the prompt,
-    so where the span starts depends on the message's first character. No marker can follow that."""
+    so where the span starts depends on the message's first character. The patch follows that at
+    line 38 (a test on the content's first character). After tool results the template writes
+    ``<｜tool▁outputs▁end｜>\\n`` whether or not a prompt is asked for, and a turn that does not
+    start with a newline there puts the span before that text: no marker follows it (line 31)."""
     original = _read(corpus_dir, "deepseek/DeepSeek-R1-Distill-Qwen-32B.llamacpp-2025-01-30.jinja")
     result = patch_template(original)
     assert not result.verified and not result.changed
-    assert "content" in result.reasons[0] and "line 38" in result.reasons[0], result.reasons
+    assert "message['content']" in result.reasons[0] and "line 31" in result.reasons[0], result.reasons
 
 
 @pytest.mark.parametrize(

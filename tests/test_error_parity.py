@@ -417,3 +417,35 @@ def test_a_variable_set_to_text_just_before_may_be_cut_like_a_literal() -> None:
     )
     with pytest.raises(PatchFailure, match="cuts an operand"):
         written(beside_unknown, ["out", ("out", 3, "in"), "in"])
+
+
+def test_a_value_cut_before_a_side_that_may_raise_is_refused() -> None:
+    """``m.content + ('<|a|>' ~ (m.extra + '!'))``: the original evaluates the right side before its
+    ``+``, so an undefined ``m.extra`` raises first; ``('' + m.content)[:1]`` would raise first."""
+    template = LOOP + "{{ m.content + '<|a|>' ~ (m.extra + '!') }}{% endfor %}"
+    with pytest.raises(PatchFailure, match="not a string literal"):
+        written(template, [("out", 1, "in"), "in", "in", "in"])
+    before_literal = LOOP + "{{ m.content + '<|a|>' }}{% endfor %}"  # a literal cannot raise
+    result = written(before_literal, [("out", 1, "in"), "in"])
+    for content in ("\nx", None, 3, [1]):
+        messages = [{"role": "assistant", "content": content}]
+        assert outcome(result, messages) == outcome(before_literal, messages)
+
+
+@pytest.mark.parametrize(
+    ("template", "labels"),
+    [
+        # a literal cut on the right side of `m.extra + ...`, before `m.content.strip()`
+        (
+            "{{ ((m.extra) + '<|a|>\n' ~ m.content.strip()) + '!' }}",
+            ["in", ("in", 1, "out"), ("out", 1, "in"), "in"],
+        ),
+        # a value cut on the right side of `m.content + ...`, before `m.content.strip()`
+        ("{{ (m.content) + m.content ~ m.content.strip() }}", ["out", ("out", 1, "in"), ("in", 1, "out")]),
+    ],
+)
+def test_a_cut_before_more_of_the_right_side_of_a_plus_is_refused(template: str, labels: list[Any]) -> None:
+    """Found by the chain property: the `+` would run before the rest of its right side, whose
+    error (an undefined ``strip``) the original raises first."""
+    with pytest.raises(PatchFailure, match="right side of a '\\+' whose left side is not a string"):
+        written(LOOP + template + "{% endfor %}", labels)

@@ -466,6 +466,14 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
     for index in range(1, len(runs)):
         before, after = runs[index - 1][-1], runs[index][0]
         if before.part == after.part:  # a cut inside one operand
+            if after.part >= 0:
+                # inside the right side of a `+`, before more of that side: the `+` now runs
+                # before the rest is evaluated, so unless its left side is a str it could raise
+                # first, with another exception type (as a cut between `~` operands, below)
+                for add, _, right_lo, right_hi in _adds(whole):
+                    if right_lo <= after.part < right_hi - 1 and not text_valued(add.left):
+                        why = "it cuts the right side of a '+' whose left side is not a string"
+                        _refuse(source, whole, why)
             if after.part < 0 or constant_text(atom, after.part) is not None:
                 continue  # a literal: its slices are string literals
             operand = part_node(atom, after.part)
@@ -473,9 +481,14 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
                 continue  # written as text, or a str whenever it evaluates: sliced like a literal
             if isinstance(operand, nodes.Name) and _set_to_text_before(source, atom, operand.name, macros):
                 continue  # a variable the template always sets to a str just before
-            sibling = _add_sibling(whole, operand)
-            if sibling is not None and text_valued(sibling):
-                continue  # `'<A>' + x`: its slices are written `('' + x)[lo:hi]`, raising as `+` does
+            sibling, on_right = _add_sibling(whole, operand)
+            if sibling is not None and (
+                (on_right and text_valued(sibling)) or (constant_text_node(sibling) and not on_right)
+            ):
+                # `'<A>' + x` (or `x + '</A>'`): its slices are written `('' + x)[lo:hi]`, which
+                # raises as the `+` does. The side beside it is evaluated first, or cannot raise:
+                # in `x + (y + '!')` the original raises y's error before the `+` raises x's.
+                continue
             _refuse(source, whole, "it cuts an operand of '+' that is not a string literal")
         node, first = _add_at(whole, before.part)
         if node is None:
@@ -516,16 +529,22 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
     return [(start, end) for start, end in guards]
 
 
-def _add_sibling(whole: nodes.Node, operand: nodes.Node) -> nodes.Node | None:
-    """The other side of the ``+`` whose side ``operand`` is (compared by identity), or None."""
+def _add_sibling(whole: nodes.Node, operand: nodes.Node) -> tuple[nodes.Node | None, bool]:
+    """The other side of the ``+`` whose side ``operand`` is (compared by identity), and whether
+    ``operand`` is its right side; ``(None, False)`` when it is no side of a ``+``."""
     adds = [whole] if isinstance(whole, nodes.Add) else []
     adds += [node for node in whole.find_all(nodes.Add) if node is not whole]
     for add in adds:
         if add.left is operand:
-            return add.right
+            return add.right, False
         if add.right is operand:
-            return add.left
-    return None
+            return add.left, True
+    return None, False
+
+
+def constant_text_node(node: nodes.Node) -> bool:
+    """A string constant: evaluating it never raises."""
+    return isinstance(node, nodes.Const) and isinstance(node.value, str)
 
 
 def _refuse(source: TemplateSource, node: nodes.Node, why: str) -> None:
