@@ -247,24 +247,37 @@ def test_leading_newline_that_completes_the_prompt_is_refused(corpus_dir: Path) 
 @pytest.mark.parametrize(
     "path",
     [
+        "nemotron/NVIDIA-Nemotron-3-Nano-30B-A3B.jinja",
         "nemotron/NVIDIA-Nemotron-3-Ultra.jinja",
         "nemotron/trl-nemotron_3_super_training.jinja",
-        "nemotron/trl-nemotron_3_ultra_training.jinja",
     ],
 )
-def test_thinking_prefix_inside_one_content_string_is_refused_when_it_depends_on_the_flag(
+def test_thinking_prefix_inside_one_content_string_follows_the_flag_and_the_text(
     corpus_dir: Path, path: str
 ) -> None:
     """Nemotron 3 writes ``"<think></think>" ~ content`` (or ``"<think>\\n" ~ reasoning ~ …``) as one
     string, and its prompt ends ``<think></think>`` with thinking off but ``<think>\\n`` with it on.
-    With every flag value probed on the tool-call shapes, the span's start inside that string
-    depends on the text in ways no condition on the string's start and the flag separates: the
-    template is refused, with the place named, and nothing is written (an earlier placement that
-    passed fewer probes was wrong on thinking-off tool calls, ``tests/test_flag_probes.py``)."""
+    The span starts inside that string at a place that depends on the flag and on how the string
+    starts; the patch tests both, passes every probe, and the independent judge finds it right on
+    random conversations under every flag value (an earlier placement that passed fewer probes was
+    wrong on thinking-off tool calls, ``tests/test_flag_probes.py``)."""
+    from independent.conversations import random_conversation
+    from independent.judge import judge
+
     original = _read(corpus_dir, path)
     result = patch_template(original)
-    assert not result.verified and not result.passed and not result.changed
-    assert "depends on the text" in result.reasons[0] and "<think>" in result.reasons[0], result.reasons
+    assert result.passed and result.changed, result.reasons
+    assert "[:8] == " in result.patched or "[:15] == " in result.patched
+    owed = 0
+    for seed in range(6):
+        conversation = random_conversation(seed)
+        for thinking in (None, True, False):
+            conversation.kwargs.clear()
+            conversation.kwargs.update({} if thinking is None else {"enable_thinking": thinking})
+            verdict = judge(original, result.patched, conversation)
+            assert verdict.ok, (seed, thinking, [str(f) for f in verdict.failures])
+            owed += verdict.owed
+    assert owed > 0
 
 
 @pytest.mark.parametrize("path", ["other/AI21-Jamba-Large-1.6.jinja", "other/axolotl-jamba.jinja"])
