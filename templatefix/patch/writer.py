@@ -483,7 +483,8 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
                 continue  # a variable the template always sets to a str just before
             sibling, on_right = _add_sibling(whole, operand)
             if sibling is not None and (
-                (on_right and text_valued(sibling)) or (constant_text_node(sibling) and not on_right)
+                (on_right and text_valued(sibling))
+                or (not on_right and isinstance(sibling, nodes.Const) and _anchored(sibling))
             ):
                 # `'<A>' + x` (or `x + '</A>'`): its slices are written `('' + x)[lo:hi]`, which
                 # raises as the `+` does. The side beside it is evaluated first, or cannot raise:
@@ -540,11 +541,6 @@ def _add_sibling(whole: nodes.Node, operand: nodes.Node) -> tuple[nodes.Node | N
         if add.right is operand:
             return add.left, True
     return None, False
-
-
-def constant_text_node(node: nodes.Node) -> bool:
-    """A string constant: evaluating it never raises."""
-    return isinstance(node, nodes.Const) and isinstance(node.value, str)
 
 
 def _refuse(source: TemplateSource, node: nodes.Node, why: str) -> None:
