@@ -533,9 +533,7 @@ def chain_guards(source: TemplateSource, atom: Atom, runs: list[list[Unit]]) -> 
 def _add_sibling(whole: nodes.Node, operand: nodes.Node) -> tuple[nodes.Node | None, bool]:
     """The other side of the ``+`` whose side ``operand`` is (compared by identity), and whether
     ``operand`` is its right side; ``(None, False)`` when it is no side of a ``+``."""
-    adds = [whole] if isinstance(whole, nodes.Add) else []
-    adds += [node for node in whole.find_all(nodes.Add) if node is not whole]
-    for add in adds:
+    for add, _, _, _ in _adds(whole):
         if add.left is operand:
             return add.right, False
         if add.right is operand:
