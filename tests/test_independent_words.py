@@ -324,3 +324,32 @@ def test_policy_sample(name: str, policy: dict[str, Any]) -> None:
         pytest.skip(f"templatefix does not call it verified ({outcome.status}): nothing is promised")
     assert outcome.judged > 0
     assert not outcome.findings, outcome.first_failure()
+
+
+#: Content parts are written by their own output, which the probes reach only in turns of one
+#: assistant message: "the last message" and "the last turn" fit the same observations there.
+_PARTS = (
+    "{% for m in messages %}{% if m.role == 'assistant' %}<|im_start|>assistant\n"
+    "{% if m.content is string %}{{ m.content }}{% else %}{% for p in m.content %}{{ p.text }}{% endfor %}"
+    "{% endif %}{% for c in m.tool_calls or [] %}<tool_call>{{ c.function.name }}</tool_call>{% endfor %}"
+    "<|im_end|>\n{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_turns_last_means_the_last_turn_where_probes_cannot_tell() -> None:
+    from templatefix.patch.api import patch_template
+
+    policy = {"turns": "last"}
+    result = patch_template(_PARTS, **policy)
+    assert result.verified, result.reasons
+    messages = [
+        {"role": "user", "content": "weather ember5q"},
+        {"role": "assistant", "content": [{"type": "text", "text": "checking fjord6q"}],
+         "tool_calls": [_call("get_weather_harbor8q", city="indigo9q")]},
+        {"role": "tool", "content": "cold juniper10q"},
+        {"role": "assistant", "content": "cold alpha11q"},
+    ]
+    verdict = judge_words(_PARTS, result.patched, messages, policy)
+    assert [str(f) for f in verdict.failures] == []
+    assert verdict.inside >= 3

@@ -90,8 +90,8 @@ def find_condition(
     3. every other identifier key of each loop variable (``x.tool_calls``…), truthy; and
        ``x.key is false`` for keys some message sets to ``false`` (a per-message switch); each
        plain value a ``{% set %}`` in the loop's body names (``reasoning_content``), truthy;
-    4. ``x is sameas messages[-1]`` for each loop variable; under ``turns="last"``
-       (:data:`LAST_TURN`), "``x`` is a message of the last turn";
+    4. under ``turns="last"`` (:data:`LAST_TURN`), "``x`` is a message of the last turn"; then
+       ``x is sameas messages[-1]`` for each loop variable;
     5. ``loop.last``, ``loop.first``, the previous/next item's role;
     6. how the conversation ends: its last message's role, for each role seen last
        (``messages[-1] is defined and messages[-1].role == 'assistant'``, the assistant's first;
@@ -274,11 +274,13 @@ def _features(
             features.append((f"{name}.{key} is false", lambda o, n=name, k=key: _get(o.scope, n, k) is False))
     for name in sorted({n for o in observations for n in o.emission.assigned}):
         features.append((name, lambda o, n=name: o.emission.assigned.get(n, False)))
-    for name in sorted(names):
-        features.append((f"{name} is sameas messages[-1]", lambda o, n=name: n in o.emission.final))
     if LAST_TURN.get():
+        # before "the last message": where the probes cannot tell the two apart (an output only
+        # a turn's single message reached), the policy's own "last turn" is the one meant
         with_role = sorted(name for name, keys in names.items() if "role" in keys)
         features.extend(_last_turn_features(observations, with_role, source, atom, quote))
+    for name in sorted(names):
+        features.append((f"{name} is sameas messages[-1]", lambda o, n=name: n in o.emission.final))
     if any(o.loop is not None for o in observations):
         features.append(("loop.last", lambda o: o.loop is not None and o.loop.last))
         features.append(("loop.first", lambda o: o.loop is not None and o.loop.first))
