@@ -11,8 +11,8 @@ and by the flag as the template reads it.
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
-from independent.conversations import conversations, random_conversation
-from independent.judge import judge
+from independent.conversations import conversations
+from independent.judge import judge, judge_seeds_under_flag
 
 import templatefix
 from templatefix.analysis.records import Emission
@@ -66,17 +66,7 @@ def test_built_piece_patch_passes_the_independent_judge(conversation: object) ->
 
 def test_built_piece_patch_judged_on_seeded_conversations() -> None:
     patched = templatefix.patch_template(BUILT).patched
-    owed = 0
-    for seed in range(10):
-        conversation = random_conversation(seed)
-        for thinking in (None, True, False):
-            kwargs = {} if thinking is None else {"enable_thinking": thinking}
-            conversation.kwargs.clear()
-            conversation.kwargs.update(kwargs)
-            verdict = judge(BUILT, patched, conversation)
-            assert verdict.ok, [str(f) for f in verdict.failures]
-            owed += verdict.owed
-    assert owed > 0
+    assert judge_seeds_under_flag(BUILT, patched, 10, "enable_thinking") > 0
 
 
 def test_trace_records_a_defaulted_flag_as_the_template_reads_it() -> None:
@@ -139,16 +129,7 @@ def test_an_edge_cut_in_one_text_after_markup_other_texts_share_is_a_slice_bound
     assert BUILT_TOOLS != BUILT
     result = templatefix.patch_template(BUILT_TOOLS)
     assert result.verified, result.reasons
-    owed = 0
-    for seed in range(12):
-        conversation = random_conversation(seed)
-        for thinking in (None, True, False):
-            conversation.kwargs.clear()
-            conversation.kwargs.update({} if thinking is None else {"enable_thinking": thinking})
-            verdict = judge(BUILT_TOOLS, result.patched, conversation)
-            assert verdict.ok, [str(f) for f in verdict.failures]
-            owed += verdict.owed
-    assert owed > 0
+    assert judge_seeds_under_flag(BUILT_TOOLS, result.patched, 12, "enable_thinking") > 0
 
 
 def test_a_single_cut_needs_shared_markup_not_a_shared_first_letter() -> None:

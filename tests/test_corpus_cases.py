@@ -261,23 +261,13 @@ def test_thinking_prefix_inside_one_content_string_follows_the_flag_and_the_text
     starts; the patch tests both, passes every probe, and the independent judge finds it right on
     random conversations under every flag value (an earlier placement that passed fewer probes was
     wrong on thinking-off tool calls, ``tests/test_flag_probes.py``)."""
-    from independent.conversations import random_conversation
-    from independent.judge import judge
+    from independent.judge import judge_seeds_under_flag
 
     original = _read(corpus_dir, path)
     result = patch_template(original)
     assert result.passed and result.changed, result.reasons
     assert "[:8] == " in result.patched or "[:15] == " in result.patched
-    owed = 0
-    for seed in range(6):
-        conversation = random_conversation(seed)
-        for thinking in (None, True, False):
-            conversation.kwargs.clear()
-            conversation.kwargs.update({} if thinking is None else {"enable_thinking": thinking})
-            verdict = judge(original, result.patched, conversation)
-            assert verdict.ok, (seed, thinking, [str(f) for f in verdict.failures])
-            owed += verdict.owed
-    assert owed > 0
+    assert judge_seeds_under_flag(original, result.patched, 6, "enable_thinking") > 0
 
 
 @pytest.mark.parametrize("path", ["other/AI21-Jamba-Large-1.6.jinja", "other/axolotl-jamba.jinja"])

@@ -444,3 +444,26 @@ def describe(failure: Failure, conversation: Conversation) -> str:
     """A failure with the conversation as JSON, for test output and findings."""
     return f"{failure}\nconversation: {json.dumps(conversation.to_json(), ensure_ascii=False)}"
 
+
+
+def judge_seeds_under_flag(
+    original: str, patched: str, seeds: int, flag: str, values: tuple[Any, ...] = (None, True, False)
+) -> int:
+    """Judge ``random_conversation(seed)`` for each seed below ``seeds`` with ``flag`` at each of
+    ``values`` (``None``: not passed); every verdict must be ok. Returns the turns owed in all.
+
+    Raises:
+        AssertionError: a verdict failed (the seed, the flag value and the failures).
+    """
+    from independent.conversations import random_conversation
+
+    owed = 0
+    for seed in range(seeds):
+        conversation = random_conversation(seed)
+        for value in values:
+            conversation.kwargs.clear()
+            conversation.kwargs.update({} if value is None else {flag: value})
+            verdict = judge(original, patched, conversation)
+            assert verdict.ok, (seed, value, [str(f) for f in verdict.failures])
+            owed += verdict.owed
+    return owed
