@@ -57,7 +57,7 @@ from templatefix.analysis.regions import instrumented_for
 from templatefix.analysis.sites import OutputSite
 from templatefix.errors import RenderError, RenderLimitExceeded
 from templatefix.source import TemplateSource
-from templatefix.unreachable import dead_outputs, output_nodes
+from templatefix.unreachable import dead_reasons, output_nodes
 
 if TYPE_CHECKING:
     from templatefix.conversation import Probe
@@ -253,13 +253,15 @@ def measure(
             status = not_text[site.id]
             if status == "unsatisfiable":
                 condition = unsatisfiable(template, site.id)
+            elif status == "dead-branch":
+                condition = dead_reasons(source.ast).get(id(site.node))
         elif site.id in empty:
             status = "empty-conversation"
         else:
             status = "unreached"
         if status == "unreached":
             condition = _condition(template, site.id)
-        elif status != "unsatisfiable":
+        elif status not in ("unsatisfiable", "dead-branch"):
             condition = None
         outputs.append(OutputCoverage(site.line, _expression(source, site), status, site.macro, condition))
     total = sum(branch.count + 1 for branch in instrumented.sites.branches)
@@ -305,8 +307,8 @@ def _never_writes(tree: nodes.Template, instrumented: Instrumented) -> dict[int,
             result[site.id] = "uncalled-macro"
         elif _is_empty_constant(site.node):
             result[site.id] = "refusal"
-    for node in dead_outputs(tree):
-        site_id = sites.output_ids.get(id(node))
+    for node in dead_reasons(tree):
+        site_id = sites.output_ids.get(node)
         if site_id is not None and site_id not in result:
             result[site_id] = "dead-branch"
     for body in _bodies(tree):

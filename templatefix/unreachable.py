@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any, cast
 
 from jinja2 import nodes
 
@@ -41,11 +42,43 @@ _SCOPES = (nodes.For, nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.Sco
 
 
 def dead_outputs(tree: nodes.Template) -> list[nodes.Node]:
-    """The output nodes (``TemplateData`` and expressions of ``{{ }}``) in always-false branches."""
+    """The output nodes (``TemplateData`` and expressions of ``{{ }}``) no render reaches."""
+    reasons = dead_reasons(tree)
+    return [node for output in tree.find_all(nodes.Output) for node in output.nodes if id(node) in reasons]
+
+
+#: The last trees :func:`dead_reasons` proved, kept alive so that their ``id`` stays theirs.
+_PROVEN: dict[int, tuple[nodes.Template, dict[int, str]]] = {}
+
+
+def dead_reasons(tree: nodes.Template) -> dict[int, str]:
+    """``id`` of each output node no render reaches, with the reason.
+
+    Two proofs: an always-false test on a name set only to false constants in the scope that reads
+    it (:func:`_visit`), and the values :class:`_Flow` finds the same on every path.
+    """
+    known = _PROVEN.get(id(tree))
+    if known is not None and known[0] is tree:
+        return known[1]
+    if len(_PROVEN) >= 16:
+        _PROVEN.clear()
+    reasons = _dead_reasons(tree)
+    _PROVEN[id(tree)] = (tree, reasons)
+    return reasons
+
+
+def _dead_reasons(tree: nodes.Template) -> dict[int, str]:
     found: list[nodes.Node] = []
     for scope in _scopes(tree):
         _visit(_body(scope), _assignments(scope), set(), found)
-    return found
+    reasons = {
+        id(node): "its test is false in every render: a constant, or a name the scope sets only to "
+        "false constants before it (a {% set %} in a for loop is not seen after the loop)"
+        for node in found
+    }
+    for node, why in _flow_dead(tree).items():
+        reasons.setdefault(node, why)
+    return reasons
 
 
 def _visit(
@@ -184,3 +217,567 @@ def output_nodes(body: list[nodes.Node]) -> Iterator[nodes.Node]:
         for output in [statement, *statement.find_all(nodes.Output)]:
             if isinstance(output, nodes.Output):
                 yield from output.nodes
+
+
+# --- values known on every path: a forward analysis of ``{% set %}`` and namespace attributes ---
+
+#: The analysis gives up (proves nothing) after visiting this many statements.
+_BUDGET = 200_000
+
+
+class _Unknown:
+    def __repr__(self) -> str:
+        return "unknown"
+
+
+class _Empty:
+    """An empty list, tuple or mapping literal: falsy and of length zero for good (the sandbox
+    forbids changing a list or mapping in place)."""
+
+    def __repr__(self) -> str:
+        return "empty"
+
+
+UNKNOWN: Any = _Unknown()
+EMPTY: Any = _Empty()
+_SCALARS = (str, int, float, bool, type(None))
+
+Key = tuple[str, ...]  # ("name", x) or ("attr", namespace, attribute)
+State = dict[Key, Any]  # a key not in the state has an unknown value
+
+
+class _GiveUp(Exception):
+    """The template has a construct the analysis does not model: it proves nothing."""
+
+
+def _join(a: State | None, b: State | None) -> State | None:
+    """What is known after a path through ``a`` or one through ``b`` (``None``: no path)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return {k: v for k, v in a.items() if k in b and _same(v, b[k])}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is b or (type(a) is type(b) and a == b)
+
+
+def _truth(value: Any) -> bool | None:
+    if value is UNKNOWN:
+        return None
+    if value is EMPTY:
+        return False
+    return bool(value)
+
+
+class _Flow:
+    """Runs the template's statements over abstract states: each name set by ``{% set %}`` and
+    each attribute of a ``namespace`` maps to its value where that value is the same on every path
+    (a constant), and tests whose value is then decided close their branches.
+
+    Sound by construction, it only ever forgets:
+    - ``{% set %}`` in a ``for`` body is local to the loop (Jinja's scoping): the body starts
+      every iteration with the names it sets unknown, and after the loop they have their value
+      from before it. Namespace attributes outlive the loop: the loop runs zero or more times, so
+      the state after it joins the state before it with the state after any number of iterations
+      (a fixpoint), ``{% continue %}`` and ``{% break %}`` included.
+    - A namespace is followed only when its name is bound once, by ``namespace(...)``, and is
+      read only as ``ns.attr`` (no alias can change it unseen). Its attributes change only
+      through ``{% set ns.attr = ... %}``.
+    - Macros: when every macro is defined at the top level, bound once, only called directly
+      (never passed around, no ``{% call %}``) and not recursive, each call runs the macro's body
+      with the caller's namespace attributes (names unknown: a macro sees the caller's names at
+      call time), and the caller goes on with the attributes the body leaves. Otherwise a macro's
+      body runs once with everything unknown, and a namespace written in a macro is not followed.
+    - Anything else (a value from the caller, a loop variable, a call, a filter) is unknown.
+    Templates with ``include``, ``import``, ``extends``, blocks or recursive loops prove nothing.
+    """
+
+    def __init__(self, tree: nodes.Template) -> None:
+        self.tree = tree
+        self.live: set[int] = set()
+        self.dead: dict[int, str] = {}
+        self.work = 0
+        self.loops: list[tuple[list[State], list[State]]] = []  # (breaks, continues) per loop
+        self.calling: list[str] = []
+        self.memo: dict[tuple[str, tuple[tuple[Key, Any], ...]], State | None] = {}
+        if any(tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends, nodes.Block))):
+            raise _GiveUp
+        if any(loop.recursive for loop in tree.find_all(nodes.For)):
+            raise _GiveUp
+        bound: dict[str, int] = {}
+        for name in tree.find_all(nodes.Name):
+            if name.ctx in ("store", "param"):
+                bound[name.name] = bound.get(name.name, 0) + 1
+        macros = list(tree.find_all(nodes.Macro))
+        for macro in macros:
+            bound[macro.name] = bound.get(macro.name, 0) + 1
+        self.macros = {m.name: m for m in macros}
+        self.inline = (
+            all(m in tree.body for m in macros)
+            and all(bound[m.name] == 1 for m in macros)
+            and not any(tree.find_all(nodes.CallBlock))
+            and not any(m.find_all(nodes.Call) for macro in macros for m in macro.defaults)
+            and self._macros_only_called(tree)
+        )
+        self.namespaces = self._namespaces(tree, bound)
+        # namespaces a macro sees: those the template creates outside loops and other scopes (a
+        # macro does not see a loop's own names)
+        self.global_namespaces = {
+            a.target.name
+            for a in _own_assigns(tree.body, (*_SCOPES, nodes.AssignBlock))
+            if isinstance(a.target, nodes.Name) and a.target.name in self.namespaces
+        }
+
+    def _macros_only_called(self, tree: nodes.Template) -> bool:
+        callees = {id(call.node) for call in tree.find_all(nodes.Call)}
+        return all(
+            id(name) in callees
+            for name in tree.find_all(nodes.Name)
+            if name.name in self.macros or name.name == "caller"
+        )
+
+    def _namespaces(self, tree: nodes.Template, bound: dict[str, int]) -> set[str]:
+        """The namespace names whose attributes are followed (see the class docstring)."""
+        if bound.get("namespace"):
+            return set()
+        created: set[str] = set()
+        for assign in tree.find_all(nodes.Assign):
+            if _namespace_call(assign.node) and isinstance(assign.target, nodes.Name):
+                created.add(assign.target.name)
+        followed = {name for name in created if bound.get(name) == 1 and name not in self.macros}
+        attribute_reads = {id(get.node) for get in tree.find_all(nodes.Getattr)}
+        for name in tree.find_all(nodes.Name):
+            if name.name in followed and name.ctx == "load" and id(name) not in attribute_reads:
+                followed.discard(name.name)  # passed around: an alias may change it unseen
+        if not self.inline:
+            for body in tree.find_all((nodes.Macro, nodes.CallBlock)):
+                for ref in body.find_all(nodes.NSRef):
+                    followed.discard(ref.name)
+        return followed
+
+    # --- statements
+
+    def run_template(self) -> None:
+        self.run(self.tree.body, {}, "")
+        if not self.inline:
+            for scope in self.tree.find_all((nodes.Macro, nodes.CallBlock)):
+                self.run(cast("nodes.Macro | nodes.CallBlock", scope).body, {}, "")
+
+    def run(self, body: list[nodes.Node], state: State | None, why: str) -> State | None:
+        for statement in body:
+            if state is None:
+                self.mark_dead(statement, why)
+                continue
+            state = self.statement(statement, state)
+            if state is None:
+                why = "it follows a {% break %} or {% continue %}"
+        return state
+
+    def mark_dead(self, statement: nodes.Node, why: str) -> None:
+        """Record the outputs of a statement no render reaches (macros defined there are not
+        run there, and their outputs not claimed)."""
+        self.work += 1
+        stack = [statement]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, nodes.Output):
+                for child in node.nodes:
+                    self.dead.setdefault(id(child), why)
+            if not isinstance(node, (nodes.Macro, nodes.CallBlock)):
+                stack.extend(node.iter_child_nodes())
+
+    def statement(self, node: nodes.Node, state: State) -> State | None:
+        self.work += 1
+        if self.work > _BUDGET:
+            raise _GiveUp
+        if isinstance(node, nodes.Output):
+            for child in node.nodes:
+                self.live.add(id(child))
+                state = self.evaluate(child, state)[0]
+            return state
+        if isinstance(node, nodes.If):
+            return self.branches(node, state)
+        if isinstance(node, nodes.For):
+            return self.loop(node, state)
+        if isinstance(node, nodes.Assign):
+            state, read = self.evaluate(node.node, state)
+            state = dict(state)
+            target = node.target
+            if isinstance(target, nodes.Name):
+                state[("name", target.name)] = self.value(node.node, read)
+                if target.name in self.namespaces:
+                    self.forget_namespace(state, target.name)
+                    if isinstance(node.node, nodes.Call):
+                        for keyword in node.node.kwargs:
+                            value = self.value(keyword.value, read)
+                            if value is not UNKNOWN:
+                                state[("attr", target.name, keyword.key)] = value
+            elif isinstance(target, nodes.NSRef):
+                key = ("attr", target.name, target.attr)
+                state[key] = self.value(node.node, read) if target.name in self.namespaces else UNKNOWN
+            else:
+                for name in target.find_all(nodes.Name):
+                    state.pop(("name", name.name), None)
+            return {k: v for k, v in state.items() if v is not UNKNOWN}
+        if isinstance(node, nodes.AssignBlock):
+            after = self.scoped(node.body, state, node)
+            if after is not None and isinstance(node.target, nodes.NSRef):
+                after.pop(("attr", node.target.name, node.target.attr), None)
+            elif after is not None:
+                for name in _target_names(node.target):
+                    after.pop(("name", name.name), None)
+            return after
+        if isinstance(node, nodes.Macro):
+            return state  # run where it is called (or on its own, see run_template)
+        if isinstance(node, (nodes.Break, nodes.Continue)):
+            if not self.loops:
+                raise _GiveUp
+            self.loops[-1][0 if isinstance(node, nodes.Break) else 1].append(state)
+            return None
+        if isinstance(node, nodes.With):
+            for value in node.values:
+                state = self.evaluate(value, state)[0]
+            targets = {name.name for target in node.targets for name in _target_names(target)}
+            inner = {k: v for k, v in state.items() if not (k[0] == "name" and k[1] in targets)}
+            after = self.scoped(node.body, inner, node)
+            if after is None:
+                return None
+            after = {k: v for k, v in after.items() if not (k[0] == "name" and k[1] in targets)}
+            return _join(after, state)
+        if isinstance(node, nodes.FilterBlock):
+            state = self.evaluate(node.filter, state)[0]
+            return self.scoped(node.body, state, node)
+        if isinstance(node, nodes.Scope):
+            return self.scoped(node.body, state, node)
+        if isinstance(node, nodes.CallBlock):
+            return self.evaluate(node.call, state)[0]  # its body runs on its own (not inline)
+        if isinstance(node, nodes.ExprStmt):
+            return self.evaluate(node.node, state)[0]
+        raise _GiveUp  # a statement the analysis does not model
+
+    def scoped(self, body: list[nodes.Node], state: State, scope: nodes.Node) -> State | None:
+        """Run a body whose ``{% set %}`` names may stay local: after it they are unknown."""
+        after = self.run(body, state, "")
+        if after is None:
+            return None
+        local = _stored_names(body)
+        return {k: v for k, v in after.items() if not (k[0] == "name" and k[1] in local)}
+
+    def branches(self, node: nodes.If, state: State) -> State | None:
+        result: State | None = None
+        rest: State | None = state
+        rest_why = ""
+        for branch in [node, *node.elif_]:
+            if rest is None:
+                self.run(branch.body, None, rest_why)
+                continue
+            rest, read = self.evaluate(branch.test, rest)
+            truth = self.truth(branch.test, read)
+            if truth is False:
+                self.run(branch.body, None, self.decided(branch.test, read, False))
+            else:
+                result = _join(result, self.run(branch.body, rest, ""))
+            if truth is True:
+                rest_why = self.decided(branch.test, read, True)
+                rest = None
+        return _join(result, self.run(node.else_, rest, rest_why))
+
+    def loop(self, node: nodes.For, state: State) -> State | None:
+        state, read = self.evaluate(node.iter, state)
+        local = _stored_names(node.body) | {name.name for name in _target_names(node.target)} | {"loop"}
+        local_namespaces = {
+            a.target.name
+            for a in _own_assigns(node.body)
+            if isinstance(a.target, nodes.Name) and a.target.name in self.namespaces
+        }
+
+        def fresh(s: State | None) -> State | None:
+            if s is None:
+                return None
+            return {
+                k: v
+                for k, v in s.items()
+                if not (k[0] == "name" and k[1] in local)
+                and not (k[0] == "attr" and k[1] in local_namespaces)
+            }
+
+        if self.truth(node.iter, read) is False:
+            self.run(node.body, None, self.decided(node.iter, read, False, loop=True))
+            ends: State | None = state
+        else:
+            start = fresh(state)
+            ends = state
+            for _ in range(len(start or {}) + 2):  # each round forgets a key, or is the last
+                breaks: list[State] = []
+                continues: list[State] = []
+                self.loops.append((breaks, continues))
+                entry: State | None = start
+                if node.test is not None and entry is not None:
+                    entry, test_read = self.evaluate(node.test, entry)
+                    if self.truth(node.test, test_read) is False:
+                        self.run(node.body, None, self.decided(node.test, test_read, False))
+                        entry = None
+                end = self.run(node.body, entry, "")
+                self.loops.pop()
+                for more in continues:
+                    end = _join(end, more)
+                if node.test is not None:
+                    end = _join(end, start)  # an item the filter skips
+                ends = _join(state, end)
+                for more in breaks:
+                    ends = _join(ends, more)
+                next_start = _join(start, fresh(end))
+                if next_start == start:
+                    break
+                start = next_start
+            else:
+                raise _GiveUp
+        if ends is None:
+            return None
+        # names set in the body are the loop's own; the state after it has their value from before
+        after = {k: v for k, v in ends.items() if not (k[0] == "name" and k[1] in local)}
+        for name in local:
+            if ("name", name) in state:
+                after[("name", name)] = state[("name", name)]
+        after = {k: v for k, v in after.items() if not (k[0] == "attr" and k[1] in local_namespaces)}
+        if node.else_:
+            return _join(after, self.scoped(node.else_, after, node))
+        return after
+
+    @staticmethod
+    def forget_namespace(state: State, name: str) -> None:
+        for key in [k for k in state if k[0] == "attr" and k[1] == name]:
+            del state[key]
+
+    # --- expressions
+
+    def evaluate(self, node: nodes.Node, state: State) -> tuple[State, State]:
+        """Run the macro calls in expression ``node``: the state after it, and what is known at
+        every point of it (where its values are read)."""
+        if not self.inline or not any(self._macro_calls(node)):
+            return state, state
+        seen: list[State] = [state]
+        after = self._calls(node, state, seen)
+        read: State | None = None
+        for s in seen:
+            read = _join(read, s)
+        assert read is not None
+        return after, read
+
+    def _macro_calls(self, node: nodes.Node) -> Iterator[nodes.Node]:
+        for call in [node, *node.find_all(nodes.Call)]:
+            if self._macro(call) is not None:
+                yield call
+
+    def _macro(self, node: nodes.Node) -> nodes.Macro | None:
+        """The macro ``node`` calls, if it is a call of one."""
+        if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name):
+            return self.macros.get(node.node.name)
+        return None
+
+    def _calls(self, node: nodes.Node, state: State, seen: list[State]) -> State:
+        """Run the macro calls under ``node`` in evaluation order."""
+        optional: list[nodes.Node] = []
+        if isinstance(node, nodes.CondExpr):
+            optional = [node.expr1, *([node.expr2] if node.expr2 is not None else [])]
+        elif isinstance(node, (nodes.And, nodes.Or)):
+            optional = [node.right]
+        for child in node.iter_child_nodes():
+            if any(child is o for o in optional):
+                state = _join(state, self._calls(child, state, seen)) or state
+            else:
+                state = self._calls(child, state, seen)
+        macro = self._macro(node)
+        if macro is not None:
+            state = self.call(macro, state)
+            seen.append(state)
+        return state
+
+    def call(self, macro: nodes.Macro, state: State) -> State:
+        """Run ``macro``'s body from the caller's namespace attributes; the caller goes on with
+        the attributes it leaves (or those before, where the call fails)."""
+        if macro.name in self.calling:
+            raise _GiveUp  # recursion
+        entry = {k: v for k, v in state.items() if k[0] == "attr" and k[1] in self.global_namespaces}
+        memo = (macro.name, tuple(sorted(entry.items(), key=repr)))
+        if memo not in self.memo:
+            self.calling.append(macro.name)
+            loops, self.loops = self.loops, []
+            end = self.run(macro.body, entry, "")
+            self.loops = loops
+            self.calling.pop()
+            self.memo[memo] = (
+                None
+                if end is None
+                else {k: v for k, v in end.items() if k[0] == "attr" and k[1] in self.global_namespaces}
+            )
+        end = self.memo[memo]
+        kept = {k: v for k, v in state.items() if k[0] == "name" or k[1] not in self.global_namespaces}
+        if end is None:
+            return kept  # the body never ends (cannot happen without loops): nothing known
+        return {**kept, **end}
+
+    def value(self, node: nodes.Node, state: State) -> Any:
+        """The value of ``node`` where it is the same in every render reaching it, else UNKNOWN."""
+        if isinstance(node, nodes.Const):
+            return node.value if isinstance(node.value, _SCALARS) else UNKNOWN
+        if isinstance(node, (nodes.List, nodes.Tuple, nodes.Dict)):
+            return EMPTY if not node.items else UNKNOWN
+        if isinstance(node, nodes.Name):
+            return state.get(("name", node.name), UNKNOWN)
+        if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
+            if node.node.name in self.namespaces:
+                return state.get(("attr", node.node.name, node.attr), UNKNOWN)
+            return UNKNOWN
+        if isinstance(node, nodes.Not):
+            truth = self.truth(node.node, state)
+            return UNKNOWN if truth is None else not truth
+        if isinstance(node, nodes.CondExpr):
+            truth = self.truth(node.test, state)
+            if truth is True:
+                return self.value(node.expr1, state)
+            if truth is False:
+                return self.value(node.expr2, state) if node.expr2 is not None else UNKNOWN
+            return UNKNOWN
+        if isinstance(node, nodes.Compare) and len(node.ops) == 1 and node.ops[0].op in ("eq", "ne"):
+            left, right = self.value(node.expr, state), self.value(node.ops[0].expr, state)
+            if left is UNKNOWN or right is UNKNOWN or left is EMPTY or right is EMPTY:
+                return UNKNOWN
+            return (left == right) is (node.ops[0].op == "eq")
+        if isinstance(node, nodes.Test) and not node.args and not node.kwargs:
+            value = self.value(node.node, state)
+            if value is UNKNOWN:
+                return UNKNOWN
+            if node.name == "none":
+                return value is None
+            if node.name in ("defined", "undefined"):
+                return node.name == "defined"
+            if node.name == "string" and value is not EMPTY:
+                return isinstance(value, str)
+            return UNKNOWN
+        if isinstance(node, (nodes.And, nodes.Or)):
+            truth = self.truth(node, state)
+            left = self.value(node.left, state)
+            right = self.value(node.right, state)
+            if truth is None or left is UNKNOWN:
+                return UNKNOWN
+            # ``a and b`` is ``a`` when ``a`` is false, else ``b``; ``a or b`` the other way round
+            left_decides = (_truth(left) is False) is isinstance(node, nodes.And)
+            return left if left_decides else right
+        return UNKNOWN
+
+    def truth(self, node: nodes.Node, state: State) -> bool | None:
+        """Whether test ``node`` is true (``None``: it may be either)."""
+        if isinstance(node, nodes.Not):
+            truth = self.truth(node.node, state)
+            return None if truth is None else not truth
+        if isinstance(node, (nodes.And, nodes.Or)):
+            left, right = self.truth(node.left, state), self.truth(node.right, state)
+            decisive = isinstance(node, nodes.Or)  # ``or``: one true side decides; ``and``: one false
+            if left is decisive or right is decisive:
+                return decisive
+            if left is not None and right is not None:
+                return not decisive
+            return None
+        return _truth(self.value(node, state))
+
+    def decided(self, test: nodes.Node, state: State, truth: bool, loop: bool = False) -> str:
+        """Why a test has the same value in every render: the values it reads there."""
+        facts: list[str] = []
+        for read in [test, *test.find_all((nodes.Name, nodes.Getattr))]:
+            if isinstance(read, (nodes.Name, nodes.Getattr)):
+                value = self.value(read, state)
+                if value is not UNKNOWN and (text := _text(read)) and not any(text in f for f in facts):
+                    facts.append(f"{text} is {_shown(value)}")
+        what = f"'{_text(test) or 'the test'}'"
+        said = f"loops over {what}, which is empty" if loop else f"{what} is {str(truth).lower()}"
+        where = f" ({', '.join(facts)} on every path there)" if facts else ""
+        return f"{said} in every render{where}"
+
+
+def _namespace_call(node: nodes.Node) -> bool:
+    return (
+        isinstance(node, nodes.Call)
+        and isinstance(node.node, nodes.Name)
+        and node.node.name == "namespace"
+        and not node.args
+        and node.dyn_args is None
+        and node.dyn_kwargs is None
+    )
+
+
+def _own_assigns(
+    body: list[nodes.Node], scopes: tuple[type[nodes.Node], ...] = _SCOPES
+) -> Iterator[nodes.Assign]:
+    """The ``{% set %}`` statements of ``body``, not inside a nested scope."""
+    stack = list(body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, nodes.Assign):
+            yield node
+        if not isinstance(node, scopes):
+            stack.extend(node.iter_child_nodes())
+
+
+def _stored_names(body: list[nodes.Node]) -> set[str]:
+    """Every name stored in ``body`` outside nested scopes (``{% set %}``, set blocks, with)."""
+    names: set[str] = set()
+    stack = list(body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, nodes.Name) and node.ctx == "store":
+            names.add(node.name)
+        if not isinstance(node, (nodes.For, nodes.Macro, nodes.CallBlock)):
+            stack.extend(node.iter_child_nodes())
+    return names
+
+
+def _target_names(target: nodes.Node) -> list[nodes.Name]:
+    return [target] if isinstance(target, nodes.Name) else list(target.find_all(nodes.Name))
+
+
+def _text(node: nodes.Node) -> str | None:
+    """Jinja text for the simple expressions a proof names."""
+    if isinstance(node, nodes.Name):
+        return node.name
+    if isinstance(node, nodes.Getattr):
+        inner = _text(node.node)
+        return f"{inner}.{node.attr}" if inner else None
+    if isinstance(node, nodes.Const):
+        return _shown(node.value)
+    if isinstance(node, nodes.Not):
+        inner = _text(node.node)
+        return f"not {inner}" if inner else None
+    if isinstance(node, (nodes.And, nodes.Or)):
+        left, right = _text(node.left), _text(node.right)
+        word = "and" if isinstance(node, nodes.And) else "or"
+        return f"({left} {word} {right})" if left and right else None
+    if isinstance(node, nodes.Compare) and len(node.ops) == 1:
+        left, right = _text(node.expr), _text(node.ops[0].expr)
+        symbol = {"eq": "==", "ne": "!=", "lt": "<", "gt": ">", "lteq": "<=", "gteq": ">=", "in": "in"}
+        op = symbol.get(node.ops[0].op, node.ops[0].op)
+        return f"{left} {op} {right}" if left and right else None
+    if isinstance(node, nodes.Test):
+        inner = _text(node.node)
+        return f"{inner} is {node.name}" if inner and not node.args else None
+    return None
+
+
+def _shown(value: Any) -> str:
+    if value is EMPTY:
+        return "empty"
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    return repr(value)
+
+
+def _flow_dead(tree: nodes.Template) -> dict[int, str]:
+    """``id`` of each output node :class:`_Flow` proves no render reaches, with the reason."""
+    try:
+        flow = _Flow(tree)
+        flow.run_template()
+    except _GiveUp:
+        return {}
+    return {node: why for node, why in flow.dead.items() if node not in flow.live}
