@@ -13,7 +13,8 @@ of ``templatefix.analysis`` (its full render, and its last prompt render with
 - ``empty-conversation``: only a render of an empty ``messages`` list writes it (no turn to
   train, so no conversation reaches it);
 - ``dead-branch``: it is in an ``{% if %}`` whose test is false in every render, proven from the
-  AST (``templatefix.unreachable``: a flag set inside a ``for`` loop is not seen after it).
+  AST (``templatefix.unreachable``: a flag set inside a ``for`` loop is not seen after it, a value
+  set on every path before the test), with the reason.
 
 Only ``unreached`` counts against coverage; the other classes are proven from the AST or from a
 render, never assumed, and are listed too.

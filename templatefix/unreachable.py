@@ -21,6 +21,13 @@ empty string, list or mapping), and that the scope assigns before the test; and 
 bound by a loop or a macro parameter in that scope, or assigned in
 a way the scope cannot see (``{% set %}`` blocks, imports), are never treated as constant.
 
+A second proof, :class:`_Flow`, runs the statements over the values known on every path: each
+``{% set %}`` name and each attribute of a ``namespace`` maps to a constant where it has the same
+one on every path reaching a statement. A test those values decide closes its branches. rnj-1
+sets ``emit.started`` to true on both branches of its tools test, so the message loop's ``{% if
+not emit.started %}{{ bos_token }}`` never writes; Solar Open calls ``render_system_message``
+first, while ``sys_ns.is_first_block`` is still true. See :class:`_Flow` for what it assumes.
+
 Example:
     >>> from jinja2 import Environment
     >>> tree = Environment().parse(
@@ -28,6 +35,12 @@ Example:
     ...     "{% if seen %}dead{% endif %}")
     >>> [node.data for node in dead_outputs(tree)]
     ['dead']
+    >>> tree = Environment().parse(
+    ...     "{% set ns = namespace(started=false) %}"
+    ...     "{% if tools %}{% set ns.started = true %}{% else %}{% set ns.started = true %}{% endif %}"
+    ...     "{% if not ns.started %}dead{% endif %}")
+    >>> [node.data for node in dead_outputs(tree)], list(dead_reasons(tree).values())
+    (['dead'], ["'not ns.started' is false in every render (ns.started is true on every path there)"])
 """
 
 from __future__ import annotations
@@ -315,7 +328,7 @@ class _Flow:
             bound[macro.name] = bound.get(macro.name, 0) + 1
         self.macros = {m.name: m for m in macros}
         self.inline = (
-            all(m in tree.body for m in macros)
+            all(any(m is top for top in tree.body) for m in macros)
             and all(bound[m.name] == 1 for m in macros)
             and not any(tree.find_all(nodes.CallBlock))
             and not any(m.find_all(nodes.Call) for macro in macros for m in macro.defaults)
@@ -423,6 +436,8 @@ class _Flow:
             return {k: v for k, v in state.items() if v is not UNKNOWN}
         if isinstance(node, nodes.AssignBlock):
             after = self.scoped(node.body, state, node)
+            if after is not None and node.filter is not None:
+                after = self.evaluate(node.filter, after)[0]
             if after is not None and isinstance(node.target, nodes.NSRef):
                 after.pop(("attr", node.target.name, node.target.attr), None)
             elif after is not None:
@@ -586,7 +601,9 @@ class _Flow:
             optional = [node.right]
         for child in node.iter_child_nodes():
             if any(child is o for o in optional):
-                state = _join(state, self._calls(child, state, seen)) or state
+                joined = _join(state, self._calls(child, state, seen))
+                assert joined is not None
+                state = joined
             else:
                 state = self._calls(child, state, seen)
         macro = self._macro(node)

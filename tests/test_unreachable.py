@@ -1,0 +1,315 @@
+"""Outputs proven unreachable from the AST (``templatefix.unreachable``): values that are the same on
+every path (``{% set %}`` names, namespace attributes) decide tests, and the proof never claims an
+output some render writes.
+
+Every template here writes its outputs as ``{{ 'oN' }}`` so that a render shows which it reached:
+each test checks its claim against renders over many inputs, so a wrong proof fails here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jinja2 import nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from templatefix.coverage import measure
+from templatefix.source import TemplateSource
+from templatefix.unreachable import dead_outputs, dead_reasons
+
+ENV = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"])
+_UNSET = object()
+#: Inputs every template here is rendered with: a caller's flag, a list, names a ``{% set %}``
+#: may or may not override.
+INPUTS = [
+    {"flag": flag, "xs": xs, "x": x}
+    for flag, xs, x in itertools.product(
+        [True, False, None, "a", 0, _UNSET], [[], [1], [0, "a"], [None, 1, True]], [_UNSET, 1, None]
+    )
+]
+
+
+def _dead(template: str) -> set[str]:
+    """The ``oN`` outputs proven dead."""
+    tree = ENV.parse(template)
+    return {node.value for node in dead_outputs(tree) if isinstance(node, nodes.Const)}
+
+
+def _rendered(template: str) -> set[str]:
+    """The ``oN`` outputs some render over :data:`INPUTS` writes."""
+    compiled = ENV.from_string(template)
+    seen: set[str] = set()
+    for values in INPUTS:
+        try:
+            text = compiled.render(**{k: v for k, v in values.items() if v is not _UNSET})
+        except Exception:  # a render that fails writes nothing
+            continue
+        seen |= set(re.findall(r"o\d+", text))
+    return seen
+
+
+def _outputs(template: str) -> set[str]:
+    return set(re.findall(r"'(o\d+)'", template))
+
+
+def _check(template: str, dead: set[str]) -> None:
+    """``dead`` are exactly the outputs proven dead, no render writes them, and every other output
+    is written by some render (so the test would catch a proof claiming it)."""
+    assert _dead(template) == dead
+    assert _rendered(template) == _outputs(template) - dead
+
+
+# --- proven dead -------------------------------------------------------------------------------
+
+
+def test_a_namespace_flag_set_on_every_branch_is_known_after_the_if() -> None:
+    # both branches set the flag (through an inner test on its known value): the loop tests it
+    _check(
+        "{% set emit = namespace(started=false) %}"
+        "{% if flag %}{% if not emit.started %}{{ 'o1' }}{% set emit.started = true %}{% endif %}"
+        "{% else %}{% if not emit.started %}{{ 'o2' }}{% set emit.started = true %}{% endif %}{% endif %}"
+        "{% for m in xs %}{% if not emit.started %}{{ 'o3' }}{% set emit.started = true %}{% endif %}"
+        "{{ 'o4' }}{% endfor %}",
+        {"o3"},
+    )
+
+
+def test_a_constant_set_before_a_chain_decides_it() -> None:
+    # the caller's ``x`` is overridden: the first test is always true, the elif never runs
+    _check(
+        "{% set x = 'default' %}{% if x is none or x == 'default' %}{{ 'o1' }}"
+        "{% elif x == 'yaml' %}{{ 'o2' }}{% else %}{{ 'o3' }}{% endif %}",
+        {"o2", "o3"},
+    )
+
+
+def test_a_macro_runs_with_the_namespace_of_its_call_site() -> None:
+    # the first call finds the flag true; only the second call takes the "not first" branch
+    template = (
+        "{% set sys = namespace(first=true) %}"
+        "{% macro part(n) %}{% if not sys.first %}{{ n }}{% endif %}{% set sys.first = false %}{% endmacro %}"
+        "{% macro head() %}{% if not sys.first %}{{ 'o1' }}{% endif %}{% set sys.first = false %}"
+        "{{ 'o2' }}{% endmacro %}"
+        "{% if flag %}{{ head() }}{{ part('o3') }}{% endif %}"
+    )
+    _check(template, {"o1"})
+
+
+def test_a_break_ends_the_iteration_and_an_empty_list_runs_no_iteration() -> None:
+    _check(
+        "{% set none_yet = [] %}{% for m in none_yet %}{{ 'o1' }}{% endfor %}"
+        "{% for m in xs %}{{ 'o2' }}{% break %}{{ 'o3' }}{% endfor %}",
+        {"o1", "o3"},
+    )
+
+
+def test_a_namespace_created_in_the_loop_is_fresh_every_iteration() -> None:
+    _check(
+        "{% for m in xs %}{% set it = namespace(seen=false) %}{% if it.seen %}{{ 'o1' }}{% endif %}"
+        "{% set it.seen = true %}{{ 'o2' }}{% endfor %}",
+        {"o1"},
+    )
+
+
+def test_a_name_set_in_a_loop_is_not_seen_after_it_but_a_namespace_attribute_is() -> None:
+    _check(
+        "{% set hit = false %}{% set ns = namespace(hit=false) %}"
+        "{% for m in xs %}{% set hit = true %}{% set ns.hit = true %}{% endfor %}"
+        "{% if hit %}{{ 'o1' }}{% endif %}{% if ns.hit %}{{ 'o2' }}{% endif %}"
+        "{% if not ns.hit %}{{ 'o3' }}{% endif %}",
+        {"o1"},
+    )
+
+
+# --- look alike, but reachable: no proof may claim these -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # set on one branch only
+        "{% set ns = namespace(f=false) %}{% if flag %}{% set ns.f = true %}{% endif %}"
+        "{% if ns.f %}{{ 'o1' }}{% else %}{{ 'o2' }}{% endif %}",
+        # set in a loop that may run zero times
+        "{% set ns = namespace(f=false) %}{% for m in xs %}{% set ns.f = true %}{% endfor %}"
+        "{% if not ns.f %}{{ 'o1' }}{% else %}{{ 'o2' }}{% endif %}",
+        # a later iteration sees what an earlier one set
+        "{% set ns = namespace(seen=false) %}{% for m in xs %}{% if ns.seen %}{{ 'o1' }}{% endif %}"
+        "{% set ns.seen = true %}{% endfor %}",
+        # continue and break carry the state they leave with
+        "{% set ns = namespace(f=false) %}{% for m in xs %}{% if m %}{% set ns.f = true %}{% continue %}"
+        "{% endif %}{% endfor %}{% if ns.f %}{{ 'o1' }}{% endif %}",
+        "{% set ns = namespace(f=false) %}{% for m in xs %}{% set ns.f = true %}{% break %}{% endfor %}"
+        "{% if ns.f %}{{ 'o1' }}{% endif %}",
+        # the caller's value is read before the template sets the name
+        "{% if x %}{{ 'o1' }}{% endif %}{% set x = false %}",
+        # a loop variable or a with-target shadows the name
+        "{% set x = false %}{% for x in xs %}{% if x %}{{ 'o1' }}{% endif %}{% endfor %}",
+        "{% set x = false %}{% with x = flag %}{% if x %}{{ 'o1' }}{% endif %}{% endwith %}",
+        # the namespace is passed to a macro: an alias changes it
+        "{% macro m(n) %}{% set n.f = true %}{% endmacro %}{% set ns = namespace(f=false) %}"
+        "{% if flag %}{{ m(ns) }}{% endif %}{% if ns.f %}{{ 'o1' }}{% endif %}",
+        # a macro is called in one side of a conditional expression only
+        "{% set ns = namespace(f=false) %}{% macro m() %}{% set ns.f = true %}{% endmacro %}"
+        "{{ m() if flag else '' }}{% if ns.f %}{{ 'o1' }}{% endif %}{% if not ns.f %}{{ 'o2' }}{% endif %}",
+        # a macro is called through a name: the namespace it writes is not followed
+        "{% set ns = namespace(f=false) %}{% macro m() %}{% set ns.f = true %}{% endmacro %}"
+        "{% set call = m %}{% if flag %}{{ call() }}{% endif %}{% if ns.f %}{{ 'o1' }}{% endif %}",
+        # a macro called from a {% call %} block writes the namespace
+        "{% set ns = namespace(f=false) %}{% macro m() %}{% set ns.f = true %}{{ caller() }}{% endmacro %}"
+        "{% if flag %}{% call m() %}{{ 'o2' }}{% endcall %}{% endif %}{% if ns.f %}{{ 'o1' }}{% endif %}",
+        # a macro writes the namespace at its second call only
+        "{% set ns = namespace(n=0, f=false) %}"
+        "{% macro m() %}{% if ns.n == 1 %}{% set ns.f = true %}{% endif %}{% set ns.n = 1 %}{% endmacro %}"
+        "{% for v in xs %}{{ m() }}{% endfor %}{% if ns.f %}{{ 'o1' }}{% endif %}",
+        # the value is a loop filter's: the flag is set only for items that pass
+        "{% set ns = namespace(f=false) %}{% for m in xs if m %}{% set ns.f = true %}{% endfor %}"
+        "{% if ns.f %}{{ 'o1' }}{% else %}{{ 'o2' }}{% endif %}",
+        # the for loop's else runs when no item did
+        "{% set ns = namespace(f=true) %}{% for m in xs %}{% else %}{% set ns.f = false %}{% endfor %}"
+        "{% if not ns.f %}{{ 'o1' }}{% else %}{{ 'o2' }}{% endif %}",
+    ],
+)
+def test_reachable_outputs_are_not_claimed(template: str) -> None:
+    _check(template, set())
+
+
+# --- the property: nothing proven dead is ever written ---------------------------------------------
+
+
+def _tag(statement: str) -> str:
+    return "{% " + statement + " %}"
+
+
+class _Random:
+    """A random template over names, a namespace, ifs, loops (break, continue, filters), macros
+    that write the namespace (called in conditional expressions too), set blocks, with, filter
+    and call blocks."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.count = 0
+
+    def output(self) -> str:
+        self.count += 1
+        return "{{ 'o" + str(self.count) + "' }}"
+
+    def value(self) -> str:
+        return self.rng.choice(
+            ["true", "false", "none", "0", "1", "'a'", "''", "[]", "flag", "x", "ns.a", "not ns.b", "x == 1"]
+        )
+
+    def test(self, depth: int = 0, in_loop: bool = False) -> str:
+        atoms = ["x", "ns.a", "ns.b", "flag", "x == 1", "x is none", "x is defined", "ns.a == 'a'"]
+        atoms += ["x is string", "ns.b != 1", "true", "false"] + (["m", "loop.first"] if in_loop else [])
+        roll = self.rng.random()
+        if depth < 2 and roll < 0.2:
+            return "not " + self.test(depth + 1, in_loop)
+        if depth < 2 and roll < 0.45:
+            word = self.rng.choice(["and", "or"])
+            return f"({self.test(depth + 1, in_loop)} {word} {self.test(depth + 1, in_loop)})"
+        return self.rng.choice(atoms)
+
+    def block(self, depth: int, in_loop: bool, in_macro: bool, count: int | None = None) -> str:
+        count = count if count is not None else self.rng.randint(1, 4)
+        return "".join(self.statement(depth, in_loop, in_macro) for _ in range(count))
+
+    def statement(self, depth: int, in_loop: bool, in_macro: bool) -> str:
+        roll = self.rng.random()
+        if roll < 0.25 or depth >= 3 and roll > 0.55:
+            return self.output()
+        if roll < 0.40:
+            return _tag(f"set x = {self.value()}")
+        if roll < 0.55:
+            return _tag(f"set ns.{self.rng.choice('ab')} = {self.value()}")
+        inner = depth + 1
+        if roll < 0.72:
+            text = _tag(f"if {self.test(0, in_loop)}") + self.block(inner, in_loop, in_macro)
+            if self.rng.random() < 0.4:
+                text += _tag(f"elif {self.test(0, in_loop)}") + self.block(inner, in_loop, in_macro)
+            if self.rng.random() < 0.5:
+                text += _tag("else") + self.block(inner, in_loop, in_macro)
+            return text + _tag("endif")
+        if roll < 0.84:
+            iterable = self.rng.choice(["xs", "xs", "[]", "flag"])
+            condition = f" if {self.test(0, True)}" if self.rng.random() < 0.2 else ""
+            text = _tag(f"for m in {iterable}{condition}") + self.block(inner, True, in_macro)
+            if self.rng.random() < 0.2:
+                text += _tag("else") + self.block(inner, in_loop, in_macro)
+            return text + _tag("endfor")
+        if in_loop and roll < 0.88:
+            return _tag(self.rng.choice(["break", "continue"]))
+        if not in_macro and roll < 0.93:
+            call = self.rng.choice(["m1", "m2"]) + "()"
+            word = self.rng.choice(["and", "or"])
+            return self.rng.choice(
+                [
+                    "{{ " + call + " }}",
+                    "{{ " + f"{call} if {self.test(0, in_loop)} else ''" + " }}",
+                    _tag(f"if {self.test(0, in_loop)} {word} {call}") + self.output() + _tag("endif"),
+                ]
+            )
+        body = self.block(inner, in_loop, in_macro)
+        return self.rng.choice(
+            [
+                _tag("set z") + body + _tag("endset") + "{{ z }}",
+                _tag(f"with x = {self.value()}") + body + _tag("endwith"),
+                _tag("filter trim") + body + _tag("endfilter"),
+            ]
+        )
+
+    def template(self, with_call_block: bool) -> str:
+        first = self.rng.choice(["false", "true", "none", "'a'"])
+        head = _tag(f"set ns = namespace(a={first}, b={self.rng.choice(['1', '0', 'none'])})")
+        macros = "".join(
+            _tag(f"macro {name}()")
+            + self.block(1, False, True)
+            + ("{{ caller() }}" if with_call_block and name == "m1" else "")
+            + _tag("endmacro")
+            for name in ("m1", "m2")
+        )
+        body = self.block(0, False, False, self.rng.randint(2, 6))
+        if with_call_block:
+            body += _tag("call m1()") + self.block(2, False, True) + _tag("endcall")
+        return head + macros + body
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), with_call_block=st.booleans())
+def test_no_output_proven_dead_is_written(seed: int, with_call_block: bool) -> None:
+    template = _Random(random.Random(seed)).template(with_call_block)
+    dead = _dead(template)
+    assert not dead & _rendered(template), template
+
+
+# --- corpus templates ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "reason"),
+    [
+        # emit.started is set true by both branches of the tools test before the message loop
+        ("rnj-1.gguf.jinja", 78, "'not emit.started' is false in every render (emit.started is true"),
+        # tool_output_format is set to "default" before the chain that tests it
+        ("unsloth-Apriel-1.5.jinja", 23, "is true in every render (tool_output_format is 'default'"),
+        # render_system_message is called once, first: sys_ns.is_first_block is still true there
+        ("Solar-Open-100B.jinja", 21, "'not sys_ns.is_first_block' is false in every render"),
+    ],
+)
+def test_corpus_outputs_behind_a_value_set_on_every_path_are_dead(
+    corpus_dir: Path, name: str, line: int, reason: str
+) -> None:
+    text = next(corpus_dir.glob(f"templates/**/{name}")).read_text(encoding="utf-8")
+    coverage = measure(text, [])
+    dead = [o for o in coverage.outputs if o.status == "dead-branch"]
+    assert [o.line for o in dead] == [line]
+    assert dead[0].condition is not None and reason in dead[0].condition
+    # the proof is the flow analysis's, not the older scope rule's
+    tree = TemplateSource.parse(text).ast
+    assert all("every render" in why for why in dead_reasons(tree).values())
