@@ -307,7 +307,7 @@ class _Flow:
     Templates with ``include``, ``import``, ``extends``, blocks or recursive loops prove nothing.
     """
 
-    def __init__(self, tree: nodes.Template) -> None:
+    def __init__(self, tree: nodes.Template, inline: bool = True) -> None:
         self.tree = tree
         self.live: set[int] = set()
         self.dead: dict[int, str] = {}
@@ -328,7 +328,8 @@ class _Flow:
             bound[macro.name] = bound.get(macro.name, 0) + 1
         self.macros = {m.name: m for m in macros}
         self.inline = (
-            all(any(m is top for top in tree.body) for m in macros)
+            inline
+            and all(any(m is top for top in tree.body) for m in macros)
             and all(bound[m.name] == 1 for m in macros)
             and not any(tree.find_all(nodes.CallBlock))
             and not any(m.find_all(nodes.Call) for macro in macros for m in macro.defaults)
@@ -792,9 +793,11 @@ def _shown(value: Any) -> str:
 
 def _flow_dead(tree: nodes.Template) -> dict[int, str]:
     """``id`` of each output node :class:`_Flow` proves no render reaches, with the reason."""
-    try:
-        flow = _Flow(tree)
-        flow.run_template()
-    except _GiveUp:
-        return {}
-    return {node: why for node, why in flow.dead.items() if node not in flow.live}
+    for inline in (True, False):
+        try:
+            flow = _Flow(tree, inline)
+            flow.run_template()
+        except _GiveUp:
+            continue  # recursive macros or too much work: again, each macro body on its own
+        return {node: why for node, why in flow.dead.items() if node not in flow.live}
+    return {}
