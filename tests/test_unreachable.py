@@ -117,6 +117,15 @@ def test_a_namespace_created_in_the_loop_is_fresh_every_iteration() -> None:
     )
 
 
+def test_a_recursive_macro_leaves_the_rest_of_the_proof() -> None:
+    # macros are run each on its own then: a constant still decides a test outside them
+    _check(
+        "{% macro r(n) %}{% if n %}{{ 'o2' }}{{ r(n - 1) }}{% endif %}{% endmacro %}"
+        "{% set x = 'a' %}{% if x == 'b' %}{{ 'o1' }}{% endif %}{{ r(xs|length) }}",
+        {"o1"},
+    )
+
+
 def test_a_name_set_in_a_loop_is_not_seen_after_it_but_a_namespace_attribute_is() -> None:
     _check(
         "{% set hit = false %}{% set ns = namespace(hit=false) %}"
@@ -164,6 +173,9 @@ def test_a_name_set_in_a_loop_is_not_seen_after_it_but_a_namespace_attribute_is(
         # a macro called from a {% call %} block writes the namespace
         "{% set ns = namespace(f=false) %}{% macro m() %}{% set ns.f = true %}{{ caller() }}{% endmacro %}"
         "{% if flag %}{% call m() %}{{ 'o2' }}{% endcall %}{% endif %}{% if ns.f %}{{ 'o1' }}{% endif %}",
+        # a recursive macro writes the namespace
+        "{% set ns = namespace(f=false) %}{% macro r(n) %}{% if n %}{% set ns.f = true %}{{ r(n - 1) }}"
+        "{% endif %}{% endmacro %}{{ r(xs|length) }}{% if ns.f %}{{ 'o1' }}{% endif %}",
         # a macro writes the namespace at its second call only
         "{% set ns = namespace(n=0, f=false) %}"
         "{% macro m() %}{% if ns.n == 1 %}{% set ns.f = true %}{% endif %}{% set ns.n = 1 %}{% endmacro %}"
