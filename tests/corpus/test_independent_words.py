@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CORPUS_ENV, _data_dir
 from hypothesis import HealthCheck, given, settings
 from independent.conversations import WORD, Conversation, conversations, random_conversation, switch_off
 from independent.sweep import POLICIES, check_template, policy_conversation, policy_name
 from independent.words import check_policy, expected_words, judge_words
+from support.data import CORPUS_ENV, data_dir
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "templates"
 
 # -- the generator -------------------------------------------------------------------------
 
@@ -295,7 +295,7 @@ CONVERSATIONS = 3
 
 
 def _sample() -> list[Any]:
-    corpus, _ = _data_dir(CORPUS_ENV, "corpus")
+    corpus, _ = data_dir(CORPUS_ENV, "corpus")
     names = [f"templates/{n}" for n in REFERENCES]
     if corpus is not None:
         names += [n for n in CORPUS_SAMPLE if (corpus / "templates" / n).is_file()]
@@ -312,7 +312,7 @@ def test_policy_sample(name: str, policy: dict[str, Any]) -> None:
     if name.startswith("templates/"):
         path = REFERENCE_DIR / name.removeprefix("templates/")
     else:
-        corpus, _ = _data_dir(CORPUS_ENV, "corpus")
+        corpus, _ = data_dir(CORPUS_ENV, "corpus")
         assert corpus is not None
         path = corpus / "templates" / name
     with open(path, encoding="utf-8", newline="") as handle:

@@ -260,7 +260,7 @@ def test_thinking_prefix_inside_one_content_string_follows_the_flag_and_the_text
     The span starts inside that string at a place that depends on the flag and on how the string
     starts; the patch tests both, passes every probe, and the independent judge finds it right on
     random conversations under every flag value (an earlier placement that passed fewer probes was
-    wrong on thinking-off tool calls, ``tests/test_flag_probes.py``)."""
+    wrong on thinking-off tool calls, ``tests/probes/test_flag_probes.py``)."""
     from independent.judge import judge_seeds_under_flag
 
     original = _read(corpus_dir, path)
