@@ -287,7 +287,11 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
         found.append(Variation("no_call_type", changes.no_call_type, _TOOL_SHAPES[:1]))
     if calls:
         found.append(
-            Variation("string_arguments", changes.string_arguments, _TOOL_SHAPES[1:])
+            Variation(
+                "string_arguments",
+                changes.string_arguments,
+                (*_TOOL_SHAPES[1:], "tool_calls_two_turns", "tool_calls_rich_schema"),
+            )
         )
         found.append(Variation("two_arguments", changes.two_arguments, _TOOL_SHAPES))
         found.append(Variation("typed_arguments", changes.typed_arguments, _TOOL_SHAPES[:2]))

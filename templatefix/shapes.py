@@ -97,6 +97,25 @@ def _tool_calls_multi(words: WordSource) -> tuple[list[Message], dict[str, Any]]
     return messages, {"tools": tools}
 
 
+def _tool_calls_two_turns(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """A tool call in each of two turns: a template that keeps state across messages (a flag set
+    at the first call and never reset) writes the second call turn unlike its generation prompt."""
+    name = "lookup_" + words()
+    tools = [tool_schema(name, words)]
+    first, second = tool_call(name, words), tool_call(name, words)
+    messages = [
+        user_message(words),
+        {"role": "assistant", "content": words(), "tool_calls": [first]},
+        tool_result(first, words),
+        assistant_message(words),
+        user_message(words),
+        {"role": "assistant", "content": "", "tool_calls": [second]},
+        tool_result(second, words),
+        assistant_message(words),
+    ]
+    return messages, {"tools": tools}
+
+
 def _tool_calls_parallel(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     """Two parallel calls with no text: separators between calls must not depend on content."""
     first, second = "search_" + words(), "fetch_" + words()
@@ -135,6 +154,30 @@ def _tool_calls_parallel_string_arguments(words: WordSource) -> tuple[list[Messa
     for call in messages[2]["tool_calls"]:
         call["function"]["arguments"] = json.dumps({"query": words(), "scope": words()})
     return messages, kwargs
+
+
+def _tool_calls_rich_schema(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """A tool whose schema has what real tool definitions carry beyond a name and one string
+    parameter: ``strict``, ``additionalProperties``, an array parameter with ``items``, a
+    ``default``, an ``enum`` and a list of types. Templates write such keys through outputs of their own."""
+    name = "lookup_" + words()
+    rich = tool_schema(name, words)
+    function = rich["function"]
+    function["strict"] = True
+    parameters = function["parameters"]
+    parameters["properties"]["query"]["default"] = words()
+    parameters["properties"]["tags"] = {"type": "array", "description": words(), "items": {"type": "string"}}
+    parameters["properties"]["mode"] = {"type": "string", "description": words(), "enum": [words(), words()]}
+    parameters["properties"]["limit"] = {"type": ["integer", "string"], "description": words()}
+    parameters["additionalProperties"] = False
+    call = tool_call(name, words)
+    messages = [
+        user_message(words),
+        {"role": "assistant", "content": words(), "tool_calls": [call]},
+        tool_result(call, words),
+        assistant_message(words),
+    ]
+    return messages, {"tools": [tool_schema("search_" + words(), words), rich]}
 
 
 def _reasoning(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
@@ -232,6 +275,28 @@ def _content_parts(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     return messages, {}
 
 
+def _content_parts_tool_calls(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """Contents as lists of parts beside a tool call, after its result and in a later turn: a
+    template writes the parts of a call turn through the same output as any other turn's parts,
+    and a policy that leaves call turns untrained must tell them apart."""
+
+    def parts(count: int = 1) -> list[dict[str, str]]:
+        return [{"type": "text", "text": words()} for _ in range(count)]
+
+    name = "lookup_" + words()
+    tools = [tool_schema(name, words)]
+    call = tool_call(name, words)
+    messages = [
+        {"role": "user", "content": parts()},
+        {"role": "assistant", "content": parts(2), "tool_calls": [call]},
+        tool_result(call, words),
+        {"role": "assistant", "content": parts()},
+        {"role": "user", "content": parts()},
+        {"role": "assistant", "content": parts(2)},
+    ]
+    return messages, {"tools": tools}
+
+
 def _empty_content(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     messages = [
         user_message(words),
@@ -255,14 +320,17 @@ _BASE_SHAPES = {
     "tool_calls_string_arguments": _tool_calls_string_arguments,
     "tool_calls_multi": _tool_calls_multi,
     "tool_calls_parallel": _tool_calls_parallel,
+    "tool_calls_two_turns": _tool_calls_two_turns,
     "tool_calls_no_id": _tool_calls_no_id,
     "tool_calls_two_arguments": _tool_calls_two_arguments,
     "tool_calls_parallel_string_arguments": _tool_calls_parallel_string_arguments,
+    "tool_calls_rich_schema": _tool_calls_rich_schema,
     "reasoning": _reasoning,
     "reasoning_multi_turn": _reasoning_multi_turn,
     "reasoning_some_turns": _reasoning_some_turns,
     "reasoning_tool_calls": _reasoning_tool_calls,
     "content_parts": _content_parts,
+    "content_parts_tool_calls": _content_parts_tool_calls,
     "empty_content": _empty_content,
     "whitespace_content": _whitespace_content,
     "whitespace_tool_calls": _whitespace_tool_calls,

@@ -154,7 +154,7 @@ def test_hand_made_right_patch_passes(name: str) -> None:
     policy = POLICY_BY_NAME[name]
     verdict = judge_words(ORIGINAL, RIGHT_BY_POLICY[name], _messages(policy), policy)
     assert [str(f) for f in verdict.failures] == []
-    assert verdict.inside >= 2 and verdict.outside >= 4
+    assert verdict.inside >= 1 and verdict.outside >= 4
 
 
 @pytest.mark.parametrize("name", [n for n in RIGHT_BY_POLICY if n != "default"])
@@ -353,3 +353,23 @@ def test_turns_last_means_the_last_turn_where_probes_cannot_tell() -> None:
     verdict = judge_words(_PARTS, result.patched, messages, policy)
     assert [str(f) for f in verdict.failures] == []
     assert verdict.inside >= 3
+
+
+def test_final_channel_only_leaves_parts_beside_a_call_untrained() -> None:
+    """Under ``final_channel_only`` a message with tool calls is not trained, also when its text is
+    a list of parts written by the same output as a final answer's parts."""
+    from templatefix.patch.api import patch_template
+
+    policy = {"reasoning": "final_channel_only"}
+    result = patch_template(_PARTS, **policy)
+    assert result.verified, result.reasons
+    messages = [
+        {"role": "user", "content": "weather ember5q"},
+        {"role": "assistant", "content": [{"type": "text", "text": "checking fjord6q"}],
+         "tool_calls": [_call("get_weather_harbor8q", city="indigo9q")]},
+        {"role": "tool", "content": "cold juniper10q"},
+        {"role": "assistant", "content": [{"type": "text", "text": "cold alpha11q"}]},
+    ]
+    verdict = judge_words(_PARTS, result.patched, messages, policy)
+    assert [str(f) for f in verdict.failures] == []
+    assert verdict.inside >= 1 and verdict.outside >= 4
