@@ -73,7 +73,7 @@ from templatefix.analysis.expectations import ProbeExpectation, ProbeLike, TurnE
 from templatefix.analysis.instrument import Instrumented
 from templatefix.analysis.records import Trace
 from templatefix.analysis.regions import instrumented_for, regions_of
-from templatefix.analysis.shape import place_by_shape
+from templatefix.analysis.shape import generation_prompt_of, place_by_shape
 from templatefix.analysis.texts import (
     LEADING_MARKUP,
     MARKUP_RUN,
@@ -506,7 +506,7 @@ def _expect_turn(
         kind = "mismatch"
         note = "the generation prompt disagrees with the template's own render of this turn"
 
-    generation_prompt = prompt[markup_boundary(prompt, common_prefix_length(prompt, before)):]
+    generation_prompt = generation_prompt_of(prompt, before)
     start, end_out, end_in, eot_range, located_by = place_by_shape(
         renderer, index, full, located, regions, generation_prompt, eot
     )

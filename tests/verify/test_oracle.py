@@ -283,3 +283,19 @@ def test_the_next_header_after_the_last_turn_is_outside_its_span():
     assert [turn.kind for turn in expectation.turns] == ["exact", "exact"]
     # jinja drops the template's final newline: P ends with one ``\n``, each reply starts with the other
     assert spans_text(expectation) == ["\nbravo2<|eot_id|>", "\ndelta4<|eot_id|>"]
+
+
+#: A preamble written only when the generation prompt is asked for: P does not continue the
+#: render without it, so every turn is a mismatch.
+PREAMBLE_WITH_PROMPT = (
+    "{% if add_generation_prompt %}<|sys|>S<|eot|>{% endif %}{% for m in messages %}<|start|>{{ m.role }}"
+    "<|message|>{{ m.content }}<|eot|>{% endfor %}{% if add_generation_prompt %}<|start|>assistant{% endif %}"
+)
+
+
+def test_a_preamble_only_with_the_prompt_leaves_the_generation_prompt_what_follows_the_conversation():
+    """The generation prompt is what P adds after the conversation (``<|start|>assistant``), not all
+    of P from where it first differs: a mismatch turn's span starts after it (SPEC §3)."""
+    expectation = expected_turns(PREAMBLE_WITH_PROMPT, TWO_TURNS)
+    assert [turn.kind for turn in expectation.turns] == ["mismatch", "mismatch"]
+    assert spans_text(expectation) == ["<|message|>bravo2<|eot|>", "<|message|>delta4<|eot|>"]
