@@ -449,3 +449,16 @@ def test_second_tool_call_turn_of_deepseek_r1_is_flagged(corpus_dir: Path) -> No
     assert result.verified and result.status == "flagged", (result.status, result.reasons)
     named = [flag for flag in result.flags if "tool_calls_two_turns" in flag]
     assert any("generation prompt disagrees" in flag for flag in named), result.flags
+
+
+@pytest.mark.parametrize(
+    "path", ["command-r/c4ai-command-r-plus.tool_use.jinja", "command-r/c4ai-command-r-v01.tool_use.jinja"]
+)
+def test_rich_tool_schema_reaches_the_union_separator(corpus_dir: Path, path: str) -> None:
+    """Command R writes a parameter whose ``type`` is a list as ``Union[str,int]``: the ``,`` between
+    the types is reached by the battery's tool schema with a list of types, so every output is
+    reached and the patch is verified (it was unverified code)."""
+    result = patch_template(_read(corpus_dir, path))
+    assert result.verified, result.reasons
+    assert result.status in ("exact", "flagged")
+    assert not result.unverified_code
