@@ -146,6 +146,16 @@ def _tool_calls_two_turns(words: WordSource) -> tuple[list[Message], dict[str, A
     return messages, {"tools": tools}
 
 
+def _tool_calls_two_turns_string_arguments(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """:func:`_tool_calls_two_turns` with the arguments as JSON strings (templates that add them to
+    a string reject the other)."""
+    messages, kwargs = _tool_calls_two_turns(words)
+    for message in messages:
+        for call in message.get("tool_calls") or ():
+            call["function"]["arguments"] = json.dumps(call["function"]["arguments"])
+    return messages, kwargs
+
+
 def _tool_calls_parallel(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     """Two parallel calls with no text: separators between calls must not depend on content."""
     first, second = "search_" + words(), "fetch_" + words()
@@ -189,7 +199,7 @@ def _tool_calls_parallel_string_arguments(words: WordSource) -> tuple[list[Messa
 def _tool_calls_rich_schema(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     """A tool whose schema has what real tool definitions carry beyond a name and one string
     parameter: ``strict``, ``additionalProperties``, an array parameter with ``items``, a
-    ``default``, an ``enum`` and a list of types. Templates write such keys through outputs of their own."""
+    ``default``, an ``enum`` of strings and one of integers, and a list of types. Templates write such keys through outputs of their own."""
     name = "lookup_" + words()
     rich = tool_schema(name, words)
     function = rich["function"]
@@ -199,6 +209,7 @@ def _tool_calls_rich_schema(words: WordSource) -> tuple[list[Message], dict[str,
     parameters["properties"]["tags"] = {"type": "array", "description": words(), "items": {"type": "string"}}
     parameters["properties"]["mode"] = {"type": "string", "description": words(), "enum": [words(), words()]}
     parameters["properties"]["limit"] = {"type": ["integer", "string"], "description": words()}
+    parameters["properties"]["level"] = {"type": "integer", "description": words(), "enum": [1, 2]}
     parameters["additionalProperties"] = False
     call = tool_call(name, words)
     messages = [
@@ -352,6 +363,7 @@ _BASE_SHAPES = {
     "tool_calls_multi": _tool_calls_multi,
     "tool_calls_parallel": _tool_calls_parallel,
     "tool_calls_two_turns": _tool_calls_two_turns,
+    "tool_calls_two_turns_string_arguments": _tool_calls_two_turns_string_arguments,
     "tool_calls_ends_with_user": _tool_calls_ends_with_user,
     "tool_calls_no_id": _tool_calls_no_id,
     "tool_calls_two_arguments": _tool_calls_two_arguments,

@@ -447,7 +447,7 @@ def test_second_tool_call_turn_of_deepseek_r1_is_flagged(corpus_dir: Path) -> No
     assert not render(original, messages).startswith(prompt)
     result = patch_template(original)
     assert result.verified and result.status == "flagged", (result.status, result.reasons)
-    named = [flag for flag in result.flags if "tool_calls_two_turns" in flag]
+    named = [flag for flag in result.flags if "tool_calls_two_turns_string_arguments" in flag]
     assert any("generation prompt disagrees" in flag for flag in named), result.flags
 
 
