@@ -199,7 +199,8 @@ def _tool_calls_parallel_string_arguments(words: WordSource) -> tuple[list[Messa
 def _tool_calls_rich_schema(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     """A tool whose schema has what real tool definitions carry beyond a name and one string
     parameter: ``strict``, ``additionalProperties``, an array parameter with ``items``, a
-    ``default``, an ``enum`` of strings and one of integers, and a list of types. Templates write such keys through outputs of their own."""
+    ``default``, an ``enum`` of strings and one of integers, and a list of types. Templates write
+    such keys through outputs of their own."""
     name = "lookup_" + words()
     rich = tool_schema(name, words)
     function = rich["function"]
