@@ -1,4 +1,4 @@
-"""Long fuzzing campaign for ``patch_template`` (the strategies and cross-check of tests/test_fuzz.py).
+"""Long fuzzing campaign for ``patch_template`` (the strategies and cross-check of tests/corpus/test_fuzz.py).
 
 Usage:
     TEMPLATEFIX_CORPUS=../shared/corpus python benchmarks/fuzz.py --n 10000 [--seed 1] [--minutes 15]
@@ -22,10 +22,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from corpus.test_fuzz import check_one, corpus_seeds, mutated, reference_seeds  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from strategies import conversations  # noqa: E402
-from test_fuzz import check_one, corpus_seeds, mutated, reference_seeds  # noqa: E402
+from support.strategies import conversations  # noqa: E402
 
 
 def main() -> int:

@@ -104,8 +104,10 @@ def candidates(template: str, seed: int = 0) -> Iterator[Probe]:
                 probe = _build(variation.carriers[round_], [variation], {})
                 if probe is not None:
                     yield probe
-    options = [variation for variation in systematic if variation.name.startswith("option_")]
-    if len(options) > 1:  # a template may need all its options at once (a date and a function list)
+    # a template may need all its arguments at once (a date and a function list; documents and
+    # the options that say how to cite them)
+    options = [v for v in systematic if v.name.startswith("option_") or v.name == "documents"]
+    if len(options) > 1:
         for shape in options[0].carriers:
             probe = _build(shape, options, {})
             if probe is not None:
@@ -287,7 +289,11 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
         found.append(Variation("no_call_type", changes.no_call_type, _TOOL_SHAPES[:1]))
     if calls:
         found.append(
-            Variation("string_arguments", changes.string_arguments, _TOOL_SHAPES[1:])
+            Variation(
+                "string_arguments",
+                changes.string_arguments,
+                (*_TOOL_SHAPES[1:], "tool_calls_rich_schema"),
+            )
         )
         found.append(Variation("two_arguments", changes.two_arguments, _TOOL_SHAPES))
         found.append(Variation("typed_arguments", changes.typed_arguments, _TOOL_SHAPES[:2]))

@@ -73,7 +73,7 @@ from templatefix.analysis.expectations import ProbeExpectation, ProbeLike, TurnE
 from templatefix.analysis.instrument import Instrumented
 from templatefix.analysis.records import Trace
 from templatefix.analysis.regions import instrumented_for, regions_of
-from templatefix.analysis.shape import place_by_shape
+from templatefix.analysis.shape import generation_prompt_of, place_by_shape
 from templatefix.analysis.texts import (
     LEADING_MARKUP,
     MARKUP_RUN,
@@ -506,7 +506,7 @@ def _expect_turn(
         kind = "mismatch"
         note = "the generation prompt disagrees with the template's own render of this turn"
 
-    generation_prompt = prompt[markup_boundary(prompt, common_prefix_length(prompt, before)):]
+    generation_prompt = generation_prompt_of(prompt, before)
     start, end_out, end_in, eot_range, located_by = place_by_shape(
         renderer, index, full, located, regions, generation_prompt, eot
     )
@@ -525,7 +525,7 @@ def _next_header_length(renderer: _Renderer, index: int, core: str, prompt: str)
     Only whole markup tokens count, and text must remain before them; the iteration's start in
     ``F`` comes from the trace (only traced when ``core`` and ``P`` end with the same markup).
     """
-    shared = core[len(core) - common_suffix_length(core, prompt):]
+    shared = core[len(core) - common_suffix_length(core, prompt.rstrip()):]
     if not any(c in "<[" and MARKUP_RUN.fullmatch(shared, i) for i, c in enumerate(shared)):
         return 0
     final = renderer(index + 1, False)
@@ -534,7 +534,10 @@ def _next_header_length(renderer: _Renderer, index: int, core: str, prompt: str)
     if region is None or region[0] >= len(prompt):
         return 0
     header = prompt[region[0]:]
-    if header.strip() and MARKUP_RUN.fullmatch(header) and core.endswith(header.rstrip()):
+    role = renderer.messages[index].get("role")
+    # markup, and the role's name between markup tokens (``<|start_header_id|>assistant<|end_header_id|>``)
+    markup = header.replace(role, "") if isinstance(role, str) and role else header
+    if markup.strip() and MARKUP_RUN.fullmatch(markup) and core.endswith(header.rstrip()):
         rest = core[: len(core) - len(header.rstrip())]
         return len(header.rstrip()) if rest.strip() else 0
     return 0

@@ -171,7 +171,7 @@ def _render_bounded(
 
     The inputs are prepared as the installed ``apply_chat_template`` prepares them
     (``templatefix.environment.prepare_inputs``), then rendered inside transformers' span tracker,
-    with each yielded block counted against the output limit. ``tests/test_render.py`` holds it
+    with each yielded block counted against the output limit. ``tests/rendering/test_render.py`` holds it
     to ``apply_chat_template`` byte for byte.
     """
     inputs = hf_environment.prepare_inputs(messages, tools, documents, arguments)

@@ -49,6 +49,36 @@ def _multi_turn(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     return [user_message(words), assistant_message(words), user_message(words), assistant_message(words)], {}
 
 
+def _ends_with_user(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """Two answered turns, then a user message with no answer (a render ending with a user
+    message, as a prompt or a cut conversation is): the earlier turns keep their spans, and
+    nothing the template writes after the last message is trained."""
+    messages = [
+        system_message(words),
+        user_message(words),
+        assistant_message(words),
+        user_message(words),
+        assistant_message(words),
+        user_message(words),
+    ]
+    return messages, {}
+
+
+def _tool_calls_ends_with_user(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """Text and a tool call, its result, an answer, then a user message with no answer."""
+    name = "lookup_" + words()
+    tools = [tool_schema(name, words)]
+    call = tool_call(name, words)
+    messages = [
+        user_message(words),
+        {"role": "assistant", "content": words(), "tool_calls": [call]},
+        tool_result(call, words),
+        assistant_message(words),
+        user_message(words),
+    ]
+    return messages, {"tools": tools}
+
+
 def _tool_calls(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     name = "lookup_" + words()
     tools = [tool_schema(name, words)]
@@ -97,6 +127,35 @@ def _tool_calls_multi(words: WordSource) -> tuple[list[Message], dict[str, Any]]
     return messages, {"tools": tools}
 
 
+def _tool_calls_two_turns(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """A tool call in each of two turns: a template that keeps state across messages (a flag set
+    at the first call and never reset) writes the second call turn unlike its generation prompt."""
+    name = "lookup_" + words()
+    tools = [tool_schema(name, words)]
+    first, second = tool_call(name, words), tool_call(name, words)
+    messages = [
+        user_message(words),
+        {"role": "assistant", "content": words(), "tool_calls": [first]},
+        tool_result(first, words),
+        assistant_message(words),
+        user_message(words),
+        {"role": "assistant", "content": "", "tool_calls": [second]},
+        tool_result(second, words),
+        assistant_message(words),
+    ]
+    return messages, {"tools": tools}
+
+
+def _tool_calls_two_turns_string_arguments(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """:func:`_tool_calls_two_turns` with the arguments as JSON strings (templates that add them to
+    a string reject the other)."""
+    messages, kwargs = _tool_calls_two_turns(words)
+    for message in messages:
+        for call in message.get("tool_calls") or ():
+            call["function"]["arguments"] = json.dumps(call["function"]["arguments"])
+    return messages, kwargs
+
+
 def _tool_calls_parallel(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     """Two parallel calls with no text: separators between calls must not depend on content."""
     first, second = "search_" + words(), "fetch_" + words()
@@ -135,6 +194,32 @@ def _tool_calls_parallel_string_arguments(words: WordSource) -> tuple[list[Messa
     for call in messages[2]["tool_calls"]:
         call["function"]["arguments"] = json.dumps({"query": words(), "scope": words()})
     return messages, kwargs
+
+
+def _tool_calls_rich_schema(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """A tool whose schema has what real tool definitions carry beyond a name and one string
+    parameter: ``strict``, ``additionalProperties``, an array parameter with ``items``, a
+    ``default``, an ``enum`` of strings and one of integers, and a list of types. Templates write
+    such keys through outputs of their own."""
+    name = "lookup_" + words()
+    rich = tool_schema(name, words)
+    function = rich["function"]
+    function["strict"] = True
+    parameters = function["parameters"]
+    parameters["properties"]["query"]["default"] = words()
+    parameters["properties"]["tags"] = {"type": "array", "description": words(), "items": {"type": "string"}}
+    parameters["properties"]["mode"] = {"type": "string", "description": words(), "enum": [words(), words()]}
+    parameters["properties"]["limit"] = {"type": ["integer", "string"], "description": words()}
+    parameters["properties"]["level"] = {"type": "integer", "description": words(), "enum": [1, 2]}
+    parameters["additionalProperties"] = False
+    call = tool_call(name, words)
+    messages = [
+        user_message(words),
+        {"role": "assistant", "content": words(), "tool_calls": [call]},
+        tool_result(call, words),
+        assistant_message(words),
+    ]
+    return messages, {"tools": [tool_schema("search_" + words(), words), rich]}
 
 
 def _reasoning(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
@@ -232,6 +317,28 @@ def _content_parts(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     return messages, {}
 
 
+def _content_parts_tool_calls(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
+    """Contents as lists of parts beside a tool call, after its result and in a later turn: a
+    template writes the parts of a call turn through the same output as any other turn's parts,
+    and a policy that leaves call turns untrained must tell them apart."""
+
+    def parts(count: int = 1) -> list[dict[str, str]]:
+        return [{"type": "text", "text": words()} for _ in range(count)]
+
+    name = "lookup_" + words()
+    tools = [tool_schema(name, words)]
+    call = tool_call(name, words)
+    messages = [
+        {"role": "user", "content": parts()},
+        {"role": "assistant", "content": parts(2), "tool_calls": [call]},
+        tool_result(call, words),
+        {"role": "assistant", "content": parts()},
+        {"role": "user", "content": parts()},
+        {"role": "assistant", "content": parts(2)},
+    ]
+    return messages, {"tools": tools}
+
+
 def _empty_content(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     messages = [
         user_message(words),
@@ -251,18 +358,24 @@ _BASE_SHAPES = {
     "single_turn": _single_turn,
     "system_multi_turn": _system_multi_turn,
     "multi_turn": _multi_turn,
+    "ends_with_user": _ends_with_user,
     "tool_calls": _tool_calls,
     "tool_calls_string_arguments": _tool_calls_string_arguments,
     "tool_calls_multi": _tool_calls_multi,
     "tool_calls_parallel": _tool_calls_parallel,
+    "tool_calls_two_turns": _tool_calls_two_turns,
+    "tool_calls_two_turns_string_arguments": _tool_calls_two_turns_string_arguments,
+    "tool_calls_ends_with_user": _tool_calls_ends_with_user,
     "tool_calls_no_id": _tool_calls_no_id,
     "tool_calls_two_arguments": _tool_calls_two_arguments,
     "tool_calls_parallel_string_arguments": _tool_calls_parallel_string_arguments,
+    "tool_calls_rich_schema": _tool_calls_rich_schema,
     "reasoning": _reasoning,
     "reasoning_multi_turn": _reasoning_multi_turn,
     "reasoning_some_turns": _reasoning_some_turns,
     "reasoning_tool_calls": _reasoning_tool_calls,
     "content_parts": _content_parts,
+    "content_parts_tool_calls": _content_parts_tool_calls,
     "empty_content": _empty_content,
     "whitespace_content": _whitespace_content,
     "whitespace_tool_calls": _whitespace_tool_calls,

@@ -25,48 +25,18 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CORPUS_ENV = "TEMPLATEFIX_CORPUS"
-TOKENIZERS_ENV = "TEMPLATEFIX_TOKENIZERS"
-
-
-def _data_dir(env_var: str, what: str) -> tuple[Path | None, str]:
-    """The directory ``env_var`` names, or ``(None, reason to skip)``."""
-    value = os.environ.get(env_var)
-    hint = f"set {env_var} to the {what} directory (e.g. {env_var}=../shared/{what} from the repo)"
-    if not value:
-        return None, f"{env_var} is unset: {hint}"
-    candidates = [Path(value)] if Path(value).is_absolute() else [Path.cwd() / value, REPO_ROOT / value]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate.resolve(), ""
-    return None, f"{env_var}={value!r} is not a directory: {hint}"
-
-
-def _read_exact(path: Path) -> str:
-    """File text with line endings untouched (``newline=""`` keeps CRLF)."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        return handle.read()
-
-
-@lru_cache(maxsize=1)
-def _corpus_templates(corpus: Path) -> tuple[tuple[str, str], ...]:
-    root = corpus / "templates"
-    paths = sorted(root.rglob("*.jinja"))
-    return tuple((path.relative_to(root).as_posix(), _read_exact(path)) for path in paths)
+from support.data import CORPUS_ENV, TOKENIZERS_ENV, corpus_templates_in, data_dir
 
 
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
-    path, reason = _data_dir(CORPUS_ENV, "corpus")
+    path, reason = data_dir(CORPUS_ENV, "corpus")
     if path is None:
         pytest.skip(reason)
     return path
@@ -74,7 +44,7 @@ def corpus_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def corpus_templates(corpus_dir: Path) -> list[tuple[str, str]]:
-    templates = list(_corpus_templates(corpus_dir))
+    templates = list(corpus_templates_in(corpus_dir))
     if not templates:
         pytest.skip(f"no templates/**/*.jinja under {corpus_dir}")
     return templates
@@ -82,7 +52,7 @@ def corpus_templates(corpus_dir: Path) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="session")
 def tokenizers_dir() -> Path:
-    path, reason = _data_dir(TOKENIZERS_ENV, "tokenizers")
+    path, reason = data_dir(TOKENIZERS_ENV, "tokenizers")
     if path is None:
         pytest.skip(reason)
     return path
@@ -108,8 +78,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``corpus_template`` over every corpus file (one skipped case if unset)."""
     if "corpus_template" not in metafunc.fixturenames:
         return
-    corpus, reason = _data_dir(CORPUS_ENV, "corpus")
-    templates = _corpus_templates(corpus) if corpus is not None else ()
+    corpus, reason = data_dir(CORPUS_ENV, "corpus")
+    templates = corpus_templates_in(corpus) if corpus is not None else ()
     if not templates:
         skip = pytest.mark.skip(reason=reason or f"no templates/**/*.jinja under {corpus}")
         metafunc.parametrize("corpus_template", [pytest.param(None, marks=skip)], ids=["no-corpus"])

@@ -118,6 +118,19 @@ def place_by_shape(
     return start, end_out, end_in, eot_range, located_by
 
 
+def generation_prompt_of(prompt: str, before: str) -> str:
+    """What ``add_generation_prompt`` appends: ``prompt`` (rendered with it) after ``before`` (the
+    same conversation without it), from a markup boundary. ``prompt`` usually continues
+    ``before``; a template that also writes a preamble when asked (a system block first) holds
+    ``before`` further in, and the generation prompt is what follows it there."""
+    cut = common_prefix_length(prompt, before)
+    if cut < len(before) and before.strip():
+        found = prompt.rfind(before)
+        if found > 0:
+            cut = found + len(before)
+    return prompt[markup_boundary(prompt, cut):]
+
+
 def _other_generation_prompts(renderer: PrefixRenders, index: int, own: str) -> list[str]:
     """The generation prompts of the conversation's other assistant turns, distinct from ``own``."""
     found: list[str] = []
@@ -128,7 +141,7 @@ def _other_generation_prompts(renderer: PrefixRenders, index: int, own: str) -> 
             prompt, before = renderer(other, True), renderer(other, False)
         except RenderError:
             continue
-        generation_prompt = prompt[markup_boundary(prompt, common_prefix_length(prompt, before)):]
+        generation_prompt = generation_prompt_of(prompt, before)
         if generation_prompt.strip() and generation_prompt != own and generation_prompt not in found:
             found.append(generation_prompt)
     return found

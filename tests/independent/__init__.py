@@ -5,6 +5,6 @@ It shares no code with the ``templatefix`` package: it renders through transform
 (``independent.conversations``, with a hypothesis strategy and a plain ``random.Random`` path)
 and judges spans from the original template's prefix renders alone (``independent.judge``) and
 by the words each message field carries, under every policy (``independent.words``).
-``templatefix`` is only the thing under test (``tests/test_independent_check.py``,
+``templatefix`` is only the thing under test (``tests/corpus/test_independent_check.py``,
 ``benchmarks/crosscheck.py``).
 """

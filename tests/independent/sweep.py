@@ -3,9 +3,9 @@
 Two judges: the prefix rule (``independent.judge``, SPEC rules 1-3, default policy only) and the
 word rule (``independent.words``, SPEC §6-§7, every policy). Under a ``train_field`` policy each
 conversation gets that field switched off on some assistant messages
-(``conversations.switch_off``). Shared by ``tests/test_independent_check.py`` (a small sample in CI) and
-``benchmarks/crosscheck.py`` (the whole corpus by hand). ``templatefix.patch_template`` is the
-thing under test; everything that judges it lives in ``independent``.
+(``conversations.switch_off``). Shared by ``tests/corpus/test_independent_check.py`` (a small
+sample in CI) and ``benchmarks/crosscheck.py`` (the whole corpus by hand).
+``templatefix.patch_template`` is the thing under test; everything that judges it lives in ``independent``.
 
 Example:
     >>> outcome = check_template("chatml", open("templates/chatml.jinja").read(), 2)  # doctest: +SKIP

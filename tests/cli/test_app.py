@@ -23,12 +23,12 @@ import pytest
 gradio = pytest.importorskip("gradio", reason="the app extra: pip install -e '.[app]'")
 gradio_client = pytest.importorskip("gradio_client")
 
-from hub_server import TEST_TOKEN, FakeHub, hub_environment  # noqa: E402
+from support.hub_server import TEST_TOKEN, FakeHub, hub_environment  # noqa: E402
 
 import templatefix  # noqa: E402
 from templatefix.ui.app import MAX_TEMPLATE_CHARS, Workers, build_app  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHATML = (ROOT / "templates" / "chatml.jinja").read_text(encoding="utf-8")
 #: The server's own token: it must never reach the Hub.
 APP_OWN_TOKEN = "hf_appOWNtokenNEVERsent0123456789"

@@ -13,14 +13,14 @@ from typing import Any
 import jinja2
 import pytest
 from hypothesis import HealthCheck, given, settings
-from strategies import random_probes
+from support.strategies import random_probes
 
 from templatefix.conversation import Probe
 from templatefix.errors import RenderError, TemplateRejected
 from templatefix.probes import fixed_battery, probe_battery
 from templatefix.render import render
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "templates"
 REFERENCE_TEMPLATES = sorted(REFERENCE_DIR.glob("*.jinja"))
 #: The real tokenizer whose special tokens suit each reference template best.
 REFERENCE_TOKENIZER = {"chatml": "qwen3", "gemma": "gemma3", "harmony": "gpt-oss", "llama3": "llama3"}
@@ -114,7 +114,7 @@ def test_random_conversations_render_like_transformers(probe: Probe, load_tokeni
 
 def test_none_valued_keys_are_dropped_as_transformers_does(qwen3: Any) -> None:
     # OpenAI-style messages carry content=None next to tool calls; apply_chat_template drops such keys.
-    template = (Path(__file__).resolve().parent.parent / "templates" / "chatml.jinja").read_text(
+    template = (Path(__file__).resolve().parents[2] / "templates" / "chatml.jinja").read_text(
         encoding="utf-8"
     )
     call = {"id": "call00001", "type": "function", "function": {"name": "f", "arguments": {"q": "x"}}}

@@ -3,7 +3,7 @@
 - Reference templates: hypothesis draws conversations; templatefix's patch must pass the judge.
 - Corpus sample: every gpt-oss, Qwen and Gemma template plus every ``OTHER_STRIDE``-th other one;
   where templatefix says verified, a few seeded conversations must pass the judge (the prefix
-  rule and the word rule, default policy; other policies: ``tests/test_independent_words.py``).
+  rule and the word rule, default policy; other policies: ``tests/corpus/test_independent_words.py``).
   ``benchmarks/crosscheck.py`` runs the whole corpus with more conversations.
 - The judge is not vacuous: TRL's Qwen2.5 copy (its span takes the header's ``\\n``), hand-made
   wrong patches and a changed byte are each reported at the right edge.
@@ -15,16 +15,16 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS_ENV, _corpus_templates, _data_dir
 from hypothesis import HealthCheck, given, seed, settings
 from independent.conversations import Conversation, conversations, random_conversation
 from independent.judge import judge
 from independent.render import render_text
 from independent.sweep import check_template
+from support.data import CORPUS_ENV, corpus_templates_in, data_dir
 
 import templatefix
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "templates"
 REFERENCES = sorted(p.name for p in REFERENCE_DIR.glob("*.jinja"))
 #: Families always in the CI sample; of the rest, every OTHER_STRIDE-th template (sorted by name).
 ALWAYS = ("gpt-oss/", "qwen/", "gemma/")
@@ -171,8 +171,8 @@ def _sample(names: list[str]) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "sampled_template" not in metafunc.fixturenames:
         return
-    corpus, reason = _data_dir(CORPUS_ENV, "corpus")
-    names = [name for name, _ in _corpus_templates(corpus)] if corpus is not None else []
+    corpus, reason = data_dir(CORPUS_ENV, "corpus")
+    names = [name for name, _ in corpus_templates_in(corpus)] if corpus is not None else []
     if not names:
         skip = pytest.mark.skip(reason=reason or f"no templates under {corpus}")
         metafunc.parametrize("sampled_template", [pytest.param(None, marks=skip)], ids=["no-corpus"])
@@ -200,7 +200,7 @@ def test_verified_corpus_sample(sampled_template: str, corpus_dir: Path) -> None
 
 def test_corpus_sample_is_mostly_judged(corpus_dir: Path) -> None:
     """The seeded conversations reach the sample: the original accepts them for most templates."""
-    names = _sample([name for name, _ in _corpus_templates(corpus_dir)])
+    names = _sample([name for name, _ in corpus_templates_in(corpus_dir)])
     accepted = 0
     for name in names:
         text = (corpus_dir / "templates" / name).read_text(encoding="utf-8")

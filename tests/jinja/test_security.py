@@ -22,8 +22,8 @@ from templatefix.errors import RenderError
 from templatefix.patch.api import patch_template
 from templatefix.render import environment, render, render_with_spans
 
-PACKAGE = Path(__file__).resolve().parent.parent / "templatefix"
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"
+PACKAGE = Path(__file__).resolve().parents[2] / "templatefix"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "templates"
 
 #: Token types a patch may add anywhere: tag delimiters (with whitespace control) and spacing.
 STRUCTURE = {"whitespace", "block_begin", "block_end", "variable_begin", "variable_end"}

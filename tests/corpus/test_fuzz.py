@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
-from strategies import conversations
+from support.strategies import conversations
 
 from templatefix.conversation import Probe
 from templatefix.errors import RenderError, TemplatefixError
@@ -32,7 +32,7 @@ from templatefix.patch.api import patch_template
 from templatefix.probes import probe_battery
 from templatefix.render import merge_spans, render_with_spans
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "templates"
 #: A few corpus templates of different styles, used when TEMPLATEFIX_CORPUS is set.
 CORPUS_SEEDS = (
     "qwen/Qwen2.5-7B-Instruct.jinja",

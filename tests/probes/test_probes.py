@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from hypothesis import given, settings
-from strategies import conversations, random_probes, tools_for
+from support.strategies import conversations, random_probes, tools_for
 
 from templatefix.conversation import Probe
 from templatefix.coverage import SEARCH_KEEP, SEARCH_KEEP_OUTPUTS
@@ -26,7 +26,7 @@ from templatefix.render import render
 from templatefix.shapes import FLAG_SHAPES, SHAPES, make_probe
 from templatefix.solve import SOLVE_KEEP
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "templates"
 CHATML = (REFERENCE_DIR / "chatml.jinja").read_text(encoding="utf-8")
 GEMMA = (REFERENCE_DIR / "gemma.jinja").read_text(encoding="utf-8")
 

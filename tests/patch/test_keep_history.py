@@ -346,7 +346,7 @@ def test_trl_copies_that_are_not_keep_history_variants(
 def test_pull_request_proposes_the_variant_as_the_training_template(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
 ) -> None:
-    from hub_server import TEST_TOKEN, FakeHub, hub_environment
+    from support.hub_server import TEST_TOKEN, FakeHub, hub_environment
 
     fake = FakeHub(token=TEST_TOKEN)
     fake.add_repo("org/drops", {"chat_template.jinja": DROPS_HISTORY.encode()})

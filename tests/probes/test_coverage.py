@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from jinja2 import Environment
-from strategies import random_probes
+from support.strategies import random_probes
 
 from templatefix.analysis.regions import instrumented_for
 from templatefix.cli import main

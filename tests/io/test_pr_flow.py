@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hub_server import TEST_TOKEN, FakeHub, hub_environment
+from support.hub_server import TEST_TOKEN, FakeHub, hub_environment
 from test_patch_cli import TINY, TINY_PATCHED, UNVERIFIABLE, fake_patch_template
 
 import templatefix
@@ -22,7 +22,7 @@ from templatefix.cli import main
 from templatefix.engines import HFJinja, MiniJinja, Unavailable
 from templatefix.io.pr import PrMarker, fingerprint
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 TRAINING = "additional_chat_templates/training.jinja"
 
 

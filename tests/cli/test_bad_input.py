@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hub_server import TEST_TOKEN, FakeHub, hub_environment
+from support.hub_server import TEST_TOKEN, FakeHub, hub_environment
 
 from templatefix.cli import main
 

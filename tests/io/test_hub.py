@@ -1,4 +1,5 @@
-"""templatefix.io.hub against the loopback Hub (tests/hub_server.py), through the real huggingface_hub."""
+"""templatefix.io.hub against the loopback Hub (tests/support/hub_server.py), through the real
+huggingface_hub."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hub_server import TEST_TOKEN, FakeHub, hub_environment, hub_offline
+from support.hub_server import TEST_TOKEN, FakeHub, hub_environment, hub_offline
 
 from templatefix.errors import PushError, SourceError
 from templatefix.io.hub import (

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from hypothesis import given, settings
-from strategies import random_probes
+from support.strategies import random_probes
 
 from templatefix.conversation import Probe
 from templatefix.errors import TemplateRejected
@@ -23,7 +23,7 @@ from templatefix.probes import probe_battery
 from templatefix.render import compile_template, render
 from templatefix.shapes import make_probe
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "templates"
 TEMPLATES = {path.stem: path.read_text(encoding="utf-8") for path in sorted(REFERENCE_DIR.glob("*.jinja"))}
 NAMES = list(TEMPLATES)
 

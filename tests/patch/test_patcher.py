@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from strategies import conversations, tools_for
+from support.strategies import conversations, tools_for
 
 from templatefix.errors import RenderError, TemplatefixError
 from templatefix.jinja.markers import has_markers
@@ -17,11 +17,11 @@ from templatefix.patch.strip import strip_generation_markers
 from templatefix.probes import probe_battery
 from templatefix.render import merge_spans, render, render_with_spans
 
-REFERENCE = sorted((Path(__file__).resolve().parent.parent / "templates").glob("*.jinja"))
+REFERENCE = sorted((Path(__file__).resolve().parents[2] / "templates").glob("*.jinja"))
 
 #: Official templates of the first families: every one must be patched and pass rules 1–3 on every
 #: probe (issue #3); whether the probes also reach every output (SPEC §4, "verified") is measured
-#: by tests/test_coverage.py and reported per template.
+#: by tests/probes/test_coverage.py and reported per template.
 MUST_VERIFY = [
     "gpt-oss/openai-gpt-oss-20b.2025-08-04.jinja",
     "gpt-oss/openai-gpt-oss-20b.2025-08-05.jinja",
@@ -220,7 +220,7 @@ def _patch_corpus_file(path: str) -> tuple[str, str, bool, bool, str]:
     """(name, status, passed, renders identically, first reason); crashes become 'crash'.
 
     ``passed`` is rules 1–3 on every probe; ``verified`` also asks the probes to reach every output
-    (SPEC §4), which ``tests/test_coverage.py`` measures.
+    (SPEC §4), which ``tests/probes/test_coverage.py`` measures.
     """
     text = _read(Path(path))
     try:

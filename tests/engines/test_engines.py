@@ -22,7 +22,7 @@ from templatefix.engines import (
     first_difference,
 )
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 REFERENCE = sorted(p.name for p in TEMPLATES.glob("*.jinja"))
 ORIGINAL = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
 MARKED = (

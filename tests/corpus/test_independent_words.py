@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CORPUS_ENV, _data_dir
 from hypothesis import HealthCheck, given, settings
 from independent.conversations import WORD, Conversation, conversations, random_conversation, switch_off
 from independent.sweep import POLICIES, check_template, policy_conversation, policy_name
 from independent.words import check_policy, expected_words, judge_words
+from support.data import CORPUS_ENV, data_dir
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "templates"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "templates"
 
 # -- the generator -------------------------------------------------------------------------
 
@@ -154,7 +154,7 @@ def test_hand_made_right_patch_passes(name: str) -> None:
     policy = POLICY_BY_NAME[name]
     verdict = judge_words(ORIGINAL, RIGHT_BY_POLICY[name], _messages(policy), policy)
     assert [str(f) for f in verdict.failures] == []
-    assert verdict.inside >= 2 and verdict.outside >= 4
+    assert verdict.inside >= 1 and verdict.outside >= 4
 
 
 @pytest.mark.parametrize("name", [n for n in RIGHT_BY_POLICY if n != "default"])
@@ -295,7 +295,7 @@ CONVERSATIONS = 3
 
 
 def _sample() -> list[Any]:
-    corpus, _ = _data_dir(CORPUS_ENV, "corpus")
+    corpus, _ = data_dir(CORPUS_ENV, "corpus")
     names = [f"templates/{n}" for n in REFERENCES]
     if corpus is not None:
         names += [n for n in CORPUS_SAMPLE if (corpus / "templates" / n).is_file()]
@@ -312,7 +312,7 @@ def test_policy_sample(name: str, policy: dict[str, Any]) -> None:
     if name.startswith("templates/"):
         path = REFERENCE_DIR / name.removeprefix("templates/")
     else:
-        corpus, _ = _data_dir(CORPUS_ENV, "corpus")
+        corpus, _ = data_dir(CORPUS_ENV, "corpus")
         assert corpus is not None
         path = corpus / "templates" / name
     with open(path, encoding="utf-8", newline="") as handle:
@@ -353,3 +353,47 @@ def test_turns_last_means_the_last_turn_where_probes_cannot_tell() -> None:
     verdict = judge_words(_PARTS, result.patched, messages, policy)
     assert [str(f) for f in verdict.failures] == []
     assert verdict.inside >= 3
+
+
+def test_final_channel_only_leaves_parts_beside_a_call_untrained() -> None:
+    """Under ``final_channel_only`` a message with tool calls is not trained, also when its text is
+    a list of parts written by the same output as a final answer's parts."""
+    from templatefix.patch.api import patch_template
+
+    policy = {"reasoning": "final_channel_only"}
+    result = patch_template(_PARTS, **policy)
+    assert result.verified, result.reasons
+    messages = [
+        {"role": "user", "content": "weather ember5q"},
+        {"role": "assistant", "content": [{"type": "text", "text": "checking fjord6q"}],
+         "tool_calls": [_call("get_weather_harbor8q", city="indigo9q")]},
+        {"role": "tool", "content": "cold juniper10q"},
+        {"role": "assistant", "content": [{"type": "text", "text": "cold alpha11q"}]},
+    ]
+    verdict = judge_words(_PARTS, result.patched, messages, policy)
+    assert [str(f) for f in verdict.failures] == []
+    assert verdict.inside >= 1 and verdict.outside >= 4
+
+
+@pytest.mark.corpus
+def test_gemma4_answers_stay_trained_when_the_conversation_ends_with_a_user_message(corpus_dir: Path) -> None:
+    """Gemma 4 writes a call turn's text after the tool responses. Which of its outputs are trained
+    is learnt also from renders that end with a user message: there, every earlier answer is
+    still a turn of its own and must be trained (before, the patch trained answers only when the
+    last message was the assistant's)."""
+    from templatefix.patch.api import patch_template
+
+    path = corpus_dir / "templates" / "gemma" / "gemma-4-31B-it.2026-04-10.jinja"
+    original = path.read_text(encoding="utf-8")
+    result = patch_template(original)
+    assert result.verified, result.reasons
+    messages = [
+        {"role": "user", "content": "hello ember5q"},
+        {"role": "assistant", "content": "hi fjord6q"},
+        {"role": "user", "content": "more harbor7q"},
+        {"role": "assistant", "content": "sure indigo8q"},
+        {"role": "user", "content": "thanks juniper9q"},
+    ]
+    verdict = judge_words(original, result.patched, messages, {})
+    assert [str(f) for f in verdict.failures] == []
+    assert verdict.inside >= 2

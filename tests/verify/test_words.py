@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from strategies import random_probes
+from support.strategies import random_probes
 
 from templatefix.analysis.expectations import ProbeExpectation, TurnExpectation
 from templatefix.errors import RenderError
@@ -19,7 +19,7 @@ from templatefix.words import check_words, probe_words
 
 verify_module = importlib.import_module("templatefix.verify")  # the module, not the function
 
-REFERENCE = Path(__file__).resolve().parent.parent / "templates"
+REFERENCE = Path(__file__).resolve().parents[2] / "templates"
 
 CALL = {
     "id": "call00001", "type": "function", "function": {"name": "look_kilo111", "arguments": {"q": "echo105"}}

@@ -243,7 +243,7 @@ def _corpus_root() -> Path | None:
     value = os.environ.get("TEMPLATEFIX_CORPUS")
     if not value:
         return None
-    for candidate in (Path(value), Path.cwd() / value, Path(__file__).resolve().parent.parent / value):
+    for candidate in (Path(value), Path.cwd() / value, Path(__file__).resolve().parents[2] / value):
         if (candidate / "templates").is_dir():
             return candidate
     return None

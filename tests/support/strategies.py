@@ -5,7 +5,7 @@
 wraps both into :class:`templatefix.conversation.Probe` objects. Every text is a distinct word from
 :class:`templatefix.conversation.WordSource`, so the verifier can find each message in a render.
 
-Tests import this as ``from strategies import ...`` (pytest puts ``tests/`` on ``sys.path``, as
+Tests import this as ``from support.strategies import ...`` (pytest puts ``tests/`` on ``sys.path``, as
 for ``tests/independent``); scripts under ``benchmarks/`` add ``tests/`` to ``sys.path`` first.
 
 Example:

@@ -13,7 +13,7 @@ from templatefix.conversation import Probe
 from templatefix.probes import train_field_variants
 from templatefix.render import render, render_with_spans
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 MESSAGES = [
     {"role": "system", "content": "Be terse."},
     {"role": "user", "content": "2 + 2?"},

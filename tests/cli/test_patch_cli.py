@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hub_server import TEST_TOKEN, FakeHub, hub_environment, hub_offline
+from support.hub_server import TEST_TOKEN, FakeHub, hub_environment, hub_offline
 
 import templatefix
 from templatefix import PatchResult

@@ -260,7 +260,7 @@ def test_thinking_prefix_inside_one_content_string_follows_the_flag_and_the_text
     The span starts inside that string at a place that depends on the flag and on how the string
     starts; the patch tests both, passes every probe, and the independent judge finds it right on
     random conversations under every flag value (an earlier placement that passed fewer probes was
-    wrong on thinking-off tool calls, ``tests/test_flag_probes.py``)."""
+    wrong on thinking-off tool calls, ``tests/probes/test_flag_probes.py``)."""
     from independent.judge import judge_seeds_under_flag
 
     original = _read(corpus_dir, path)
@@ -428,3 +428,37 @@ def test_guard_classifier_prompt_renders_no_generated_turn(corpus_dir: Path, pat
     assert checked == 3
     result = patch_template(original)
     assert not result.verified and not result.changed
+
+
+def test_second_tool_call_turn_of_deepseek_r1_is_flagged(corpus_dir: Path) -> None:
+    """DeepSeek-R1 sets ``ns.is_first`` at the first tool call of a conversation and never resets it:
+    a tool call in a later turn is written without ``<｜Assistant｜><｜tool▁calls▁begin｜>``, unlike its
+    generation prompt. No span can be exact there, so the verdict is flagged, naming that turn (the
+    battery has a shape with a call in each of two turns, with arguments as JSON strings, which this
+    template needs)."""
+    original = _read(corpus_dir, "deepseek/DeepSeek-R1.jinja")
+    call = {"type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}
+    messages = [
+        _user("first"), {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "one"}, _assistant("done"),
+        _user("second"), {"role": "assistant", "content": "", "tool_calls": [call]},
+    ]
+    prompt = render(original, messages[:5], add_generation_prompt=True)
+    assert not render(original, messages).startswith(prompt)
+    result = patch_template(original)
+    assert result.verified and result.status == "flagged", (result.status, result.reasons)
+    named = [flag for flag in result.flags if "tool_calls_two_turns_string_arguments" in flag]
+    assert any("generation prompt disagrees" in flag for flag in named), result.flags
+
+
+@pytest.mark.parametrize(
+    "path", ["command-r/c4ai-command-r-plus.tool_use.jinja", "command-r/c4ai-command-r-v01.tool_use.jinja"]
+)
+def test_rich_tool_schema_reaches_the_union_separator(corpus_dir: Path, path: str) -> None:
+    """Command R writes a parameter whose ``type`` is a list as ``Union[str,int]``: the ``,`` between
+    the types is reached by the battery's tool schema with a list of types, so every output is
+    reached and the patch is verified (it was unverified code)."""
+    result = patch_template(_read(corpus_dir, path))
+    assert result.verified, result.reasons
+    assert result.status in ("exact", "flagged")
+    assert not result.unverified_code
