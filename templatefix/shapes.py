@@ -364,7 +364,6 @@ _BASE_SHAPES = {
     "tool_calls_multi": _tool_calls_multi,
     "tool_calls_parallel": _tool_calls_parallel,
     "tool_calls_two_turns": _tool_calls_two_turns,
-    "tool_calls_two_turns_string_arguments": _tool_calls_two_turns_string_arguments,
     "tool_calls_ends_with_user": _tool_calls_ends_with_user,
     "tool_calls_no_id": _tool_calls_no_id,
     "tool_calls_two_arguments": _tool_calls_two_arguments,
@@ -380,6 +379,10 @@ _BASE_SHAPES = {
     "whitespace_content": _whitespace_content,
     "whitespace_tool_calls": _whitespace_tool_calls,
 }
+#: Shapes added to every battery after the coverage search (``templatefix.probes``): they check
+#: the patch, but reach no output the base shapes miss, and a search that started from them would
+#: stop earlier and keep other probes.
+CHECK_SHAPES = {"tool_calls_two_turns_string_arguments": _tool_calls_two_turns_string_arguments}
 #: The base shapes' builders by name (``templatefix.derive`` varies them).
 BASE_SHAPE_BUILDERS = _BASE_SHAPES
 #: Shapes repeated under each flag value, most telling first: reasoning in some turns shows history
@@ -449,7 +452,7 @@ def make_probe(shape: str, extra_kwargs: Mapping[str, Any] | None = None, name: 
         >>> make_probe("tool_calls").kwargs["tools"][0]["type"]
         'function'
     """
-    builder = _BASE_SHAPES.get(shape) or {"documents": _documents}.get(shape)
+    builder = _BASE_SHAPES.get(shape) or CHECK_SHAPES.get(shape) or {"documents": _documents}.get(shape)
     if builder is None:
         raise ValueError(f"unknown probe shape {shape!r}; choose from {', '.join(SHAPES)}")
     messages, kwargs = builder(WordSource())
@@ -457,4 +460,4 @@ def make_probe(shape: str, extra_kwargs: Mapping[str, Any] | None = None, name: 
     return Probe(name or shape, tuple(messages), kwargs)
 
 
-SHAPES = (*_BASE_SHAPES, "documents")
+SHAPES = (*_BASE_SHAPES, *CHECK_SHAPES, "documents")
