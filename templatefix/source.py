@@ -23,11 +23,12 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import jinja2
 from jinja2 import nodes
@@ -37,6 +38,7 @@ from jinja2.parser import Parser
 from templatefix.errors import TemplateSyntaxError
 from templatefix.render import compile_template, environment
 
+_Node = TypeVar("_Node", bound=nodes.Node)
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 _SKIPPED_KINDS = frozenset({"whitespace", "comment_begin", "comment", "comment_end"})
 
@@ -103,6 +105,29 @@ class TemplateSource:
         """
         compile_template(text)  # reports syntax errors with real line numbers
         return cls(text, _align_tokens(text))
+
+    @classmethod
+    def tokenize(cls, text: str) -> TemplateSource:
+        """Only tokenise ``text``: nothing compiles it, and its AST is parsed on first use of
+        :attr:`ast` (where a syntax error surfaces as jinja2's own ``TemplateSyntaxError``).
+
+        ``templatefix.template.ChatTemplate.parse`` builds on this to parse a template once.
+
+        Raises:
+            TemplateSyntaxError: jinja2's lexer rejects the text.
+        """
+        return cls(text, _align_tokens(text))
+
+    def copy(self) -> TemplateSource:
+        """The same text and tokens with a copy of the AST (for a stage that changes its tree)."""
+        copied = TemplateSource(self.text, self.tokens)
+        copied.__dict__["ast"] = copy_tree(self.ast)
+        return copied
+
+    def line_of_node(self, node: nodes.Node) -> int:
+        """The line jinja2's own parser gives ``node`` (``node.lineno`` in :attr:`ast` is the index
+        of the token it was made at)."""
+        return self.tokens[min(node.lineno, len(self.tokens) - 1)].line
 
     def __str__(self) -> str:
         return self.text
@@ -306,3 +331,17 @@ def iter_nodes(node: nodes.Node) -> Iterator[nodes.Node]:
     yield node
     for child in node.iter_child_nodes():
         yield from iter_nodes(child)
+
+
+def copy_tree(node: _Node) -> _Node:
+    """A deep copy of a jinja2 AST that shares, never copies, the environment its nodes point at.
+
+    Parsed nodes keep a reference to their environment; copying it would copy transformers'
+    generation extension (and whatever state it holds, e.g. a ``ContextVar``, which cannot be copied).
+    """
+    shared = {
+        id(env): env
+        for n in (node, *node.find_all(nodes.Node))
+        if (env := n.__dict__.get("environment")) is not None
+    }
+    return copy.deepcopy(node, memo=shared)
