@@ -30,6 +30,7 @@ from jinja2.visitor import NodeVisitor
 
 from templatefix.flags import STANDARD_NAMES, template_reads
 from templatefix.reads import Path, name_resolver
+from templatefix.source import TemplateSource
 from templatefix.template import ChatTemplate
 
 #: At most this many alternatives (call sites, assignments) per output.
@@ -195,10 +196,10 @@ class PathConditions:
 # --- describing --------------------------------------------------------------------------------
 
 
-def atom_text(text: str, atom: Atom) -> str:
-    """How ``atom`` reads, from the template ``text``: ``not (x is defined)``, ``xs is not empty``."""
-    span = getattr(atom.node, "tf_span", None)
-    expression = " ".join(text[span[0] : span[1]].split()) if span else type(atom.node).__name__
+def atom_text(source: TemplateSource, atom: Atom) -> str:
+    """How ``atom`` reads in the template: ``not (x is defined)``, ``xs is not empty``."""
+    span = source.spans.get(atom.node)
+    expression = " ".join(source.text[span[0] : span[1]].split()) if span else type(atom.node).__name__
     if len(expression) > 90:
         expression = expression[:44] + "…" + expression[-44:]
     if atom.kind == "nonempty":
@@ -265,11 +266,10 @@ def explain(template: ChatTemplate | str, site_id: int) -> str:
     with the contradiction that makes it unsatisfiable when one is proven."""
     instrumented, conditions, _ = analysis(ChatTemplate.of(template))
     site = instrumented.sites.outputs[site_id]
-    text = instrumented.source.text
     assigned = _assigned_names(instrumented.source.ast)
     parts = []
     for condition in conditions.of(site.node)[:3]:
-        atoms = [atom_text(text, atom) for atom in condition]
+        atoms = [atom_text(instrumented.source, atom) for atom in condition]
         atoms = [f"({atom})" if " or " in atom and not atom.startswith("not (") else atom for atom in atoms]
         described = " and ".join(atoms) if atoms else "no enclosing test (it wrote no text in any probe)"
         reason = contradiction(condition, assigned)

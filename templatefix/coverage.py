@@ -391,7 +391,7 @@ def _expression(source: TemplateSource, site: OutputSite) -> str:
     if site.literal:
         text = cast(nodes.TemplateData, site.node).data  # a literal site is template text
         return json.dumps(text if len(text) <= 60 else text[:28] + "…" + text[-28:], ensure_ascii=False)
-    span = getattr(site.node, "tf_span", None)
+    span = source.spans.get(site.node)
     if span is None:
         return "{{ … }}"
     text = " ".join(source.text[span[0] : span[1]].split())
