@@ -105,6 +105,16 @@ def test_a_marked_original_is_parsed_once():
     assert counts == {"lexer": 1, "parser": 1}
 
 
+def test_a_refused_template_is_parsed_once():
+    """A template the patcher cannot mark (it never writes what the assistant says) is verified
+    as it is for the report: still one parse."""
+    text = _fresh("{% for m in messages %}{{ m.role }}\n{% endfor %}")
+    with counting(text) as counts:
+        result = patch_template(text)
+    assert not result.passed and result.reasons
+    assert counts == {"lexer": 1, "parser": 1}
+
+
 def test_chat_template_parse_is_one_parse_and_keeps_the_ast_unchanged():
     """``ChatTemplate.parse`` parses once; what the stages ask of it (names, flags, reads, the
     instrumented form) parses nothing more and leaves the shared AST as it was parsed."""

@@ -23,7 +23,7 @@ The instrumented template renders byte-identically to the original: the hooks
 (``templatefix.analysis.hooks``) return their argument unchanged and record on the side.
 
 Example:
-    >>> from templatefix.source import TemplateSource, copy_tree
+    >>> from templatefix.source import TemplateSource
     >>> source = TemplateSource.parse("{% for m in messages %}{{ m.role + ':' + m.content }}{% endfor %}")
     >>> result = Instrumented(source).trace([{"role": "user", "content": "hi"}])
     >>> result.text, [(e.start, e.end, e.part_ranges) for e in result.emissions]

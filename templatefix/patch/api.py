@@ -116,10 +116,10 @@ def _patch_template(
     unmarked = ChatTemplate.parse(strip_generation_markers(original)) if marked else original
     probe_list = list(probes) if probes is not None else policy_probes(probe_battery(unmarked), policy)
 
-    def finish(marked: ChatTemplate | str, reasons: list[str]) -> PatchResult:
-        patched = marked.text if isinstance(marked, ChatTemplate) else marked
+    def finish(candidate: ChatTemplate | str, reasons: list[str]) -> PatchResult:
+        patched = candidate.text if isinstance(candidate, ChatTemplate) else candidate
         report = verify(
-            marked, original=original, policy=policy, probes=probe_list, special_tokens=special_tokens,
+            candidate, original=original, policy=policy, probes=probe_list, special_tokens=special_tokens,
             error_checks=True,
         )
         verified = bool(report.verified)
@@ -155,7 +155,7 @@ def _patch_template(
     except RenderLimitExceeded:
         raise  # a bound was hit: say so, never pass it off as a template rejecting a probe
     except (PatchFailure, RenderError) as failure:
-        result = finish(unmarked.text, [str(failure)])
+        result = finish(unmarked, [str(failure)])
         if marked:
             result.patched = template
             result.changed = False
