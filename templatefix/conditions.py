@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from jinja2 import meta, nodes
@@ -31,6 +30,8 @@ from jinja2.visitor import NodeVisitor
 
 from templatefix.flags import STANDARD_NAMES, template_reads
 from templatefix.reads import Path, name_resolver
+from templatefix.source import TemplateSource
+from templatefix.template import ChatTemplate
 
 #: At most this many alternatives (call sites, assignments) per output.
 MAX_ALTERNATIVES = 8
@@ -195,10 +196,10 @@ class PathConditions:
 # --- describing --------------------------------------------------------------------------------
 
 
-def atom_text(text: str, atom: Atom) -> str:
-    """How ``atom`` reads, from the template ``text``: ``not (x is defined)``, ``xs is not empty``."""
-    span = getattr(atom.node, "tf_span", None)
-    expression = " ".join(text[span[0] : span[1]].split()) if span else type(atom.node).__name__
+def atom_text(source: TemplateSource, atom: Atom) -> str:
+    """How ``atom`` reads in the template: ``not (x is defined)``, ``xs is not empty``."""
+    span = source.spans.get(atom.node)
+    expression = " ".join(source.text[span[0] : span[1]].split()) if span else type(atom.node).__name__
     if len(expression) > 90:
         expression = expression[:44] + "…" + expression[-44:]
     if atom.kind == "nonempty":
@@ -245,8 +246,13 @@ def _dump(node: nodes.Node) -> str:
     return repr(node)
 
 
-@lru_cache(maxsize=64)
-def _analysis(template: str) -> tuple[Any, PathConditions, Callable[[nodes.Node], set[Path]]]:
+def analysis(template: ChatTemplate) -> tuple[Any, PathConditions, Callable[[nodes.Node], set[Path]]]:
+    """The instrumented template, the path conditions of its tree and a name resolver on it
+    (built once per template)."""
+    return template.resolve(_analysis)
+
+
+def _analysis(template: ChatTemplate) -> tuple[Any, PathConditions, Callable[[nodes.Node], set[Path]]]:
     from templatefix.analysis.regions import instrumented_for
 
     instrumented = instrumented_for(template)
@@ -255,16 +261,15 @@ def _analysis(template: str) -> tuple[Any, PathConditions, Callable[[nodes.Node]
     return instrumented, PathConditions(tree), name_resolver(tree, roots)
 
 
-def explain(template: str, site_id: int) -> str:
+def explain(template: ChatTemplate | str, site_id: int) -> str:
     """The path condition of output ``site_id`` as text (alternatives joined by `` | or | ``),
     with the contradiction that makes it unsatisfiable when one is proven."""
-    instrumented, conditions, _ = _analysis(template)
+    instrumented, conditions, _ = analysis(ChatTemplate.of(template))
     site = instrumented.sites.outputs[site_id]
-    text = instrumented.source.text
     assigned = _assigned_names(instrumented.source.ast)
     parts = []
     for condition in conditions.of(site.node)[:3]:
-        atoms = [atom_text(text, atom) for atom in condition]
+        atoms = [atom_text(instrumented.source, atom) for atom in condition]
         atoms = [f"({atom})" if " or " in atom and not atom.startswith("not (") else atom for atom in atoms]
         described = " and ".join(atoms) if atoms else "no enclosing test (it wrote no text in any probe)"
         reason = contradiction(condition, assigned)
@@ -299,16 +304,15 @@ def _assigned_names(tree: nodes.Template) -> set[str]:
     return names
 
 
-def unsatisfiable(template: str, site_id: int) -> str | None:
+def unsatisfiable(template: ChatTemplate | str, site_id: int) -> str | None:
     """Why no render can write output ``site_id``, or ``None`` when that is not proven.
 
     See :func:`_unsatisfiable_sites`.
     """
-    return _unsatisfiable_sites(template).get(site_id)
+    return ChatTemplate.of(template).resolve(_unsatisfiable_sites).get(site_id)
 
 
-@lru_cache(maxsize=64)
-def _unsatisfiable_sites(template: str) -> dict[int, str]:
+def _unsatisfiable_sites(template: ChatTemplate) -> dict[int, str]:
     """The outputs no render can write, with the reason.
 
     Proven when every alternative of its path condition (or, in a macro, the condition inside
@@ -316,7 +320,7 @@ def _unsatisfiable_sites(template: str) -> dict[int, str]:
     that is false in every render (:func:`_never`): a message field tested ``is none`` while
     the installed transformers drops message keys whose value is ``None``.
     """
-    instrumented, conditions, _ = _analysis(template)
+    instrumented, conditions, _ = analysis(template)
     tree = instrumented.source.ast
     assigned = _assigned_names(tree)
     messages = _MessageNames(tree)
@@ -388,6 +392,9 @@ class _MessageNames:
         for assign in tree.find_all(nodes.Assign):
             if isinstance(assign.target, nodes.Name):
                 values.setdefault(assign.target.name, []).append(assign.node)
+        # jinja2's search folds constants into the tree it walks: this is the instrumented
+        # template's own copy of the AST (``instrumented_for``), and what follows reads it folded
+        # (a slice with constant bounds, ``messages[1:]``, is one constant there, not a ``Slice``)
         undeclared = meta.find_undeclared_variables(tree)
         for name, bound in stores.items():
             if name in undeclared or name not in values or len(values[name]) != len(bound):

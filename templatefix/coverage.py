@@ -45,9 +45,9 @@ import itertools
 import json
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from jinja2 import nodes
@@ -58,6 +58,7 @@ from templatefix.analysis.regions import instrumented_for
 from templatefix.analysis.sites import OutputSite
 from templatefix.errors import RenderError, RenderLimitExceeded
 from templatefix.source import TemplateSource
+from templatefix.template import ChatTemplate
 from templatefix.unreachable import dead_reasons, output_nodes
 
 if TYPE_CHECKING:
@@ -171,12 +172,12 @@ class Coverage:
 # --- measuring ---------------------------------------------------------------------------------
 
 
-def _instrumented(template: str) -> Instrumented:
+def _instrumented(template: ChatTemplate) -> Instrumented:
     return instrumented_for(template)
 
 
 def probe_features(
-    template: str, probe: Any, special_tokens: Mapping[str, Any] | None = None
+    template: ChatTemplate | str, probe: Any, special_tokens: Mapping[str, Any] | None = None
 ) -> frozenset[Feature] | None:
     """What ``probe`` reaches in ``template``: outputs that wrote text, branch outcomes taken.
 
@@ -187,22 +188,34 @@ def probe_features(
     Raises:
         RenderLimitExceeded: a render hit a bound.
     """
-    return _probe_run(template, probe, special_tokens)[0]
+    return _probe_run(ChatTemplate.of(template), probe, special_tokens)[0]
+
+
+#: What each probe reached, by template text and probe (least recently used first).
+_FEATURES: OrderedDict[tuple[str, str], tuple[frozenset[Feature] | None, int]] = OrderedDict()
+_FEATURES_SIZE = 4096
 
 
 def _probe_run(
-    template: str, probe: Any, special_tokens: Mapping[str, Any] | None = None
+    template: ChatTemplate, probe: Any, special_tokens: Mapping[str, Any] | None = None
 ) -> tuple[frozenset[Feature] | None, int]:
     """The probe's features and the work its renders took (outputs written and tests evaluated:
-    the cost of measuring it, proportional to its render time within a factor of two)."""
+    the cost of measuring it, proportional to its render time within a factor of two). Cached."""
     key = json.dumps(
         [list(probe.messages), dict(probe.kwargs), dict(special_tokens or {})], sort_keys=True, default=str
     )
-    return _features(template, key)
+    cache_key = (template.text, key)
+    found = _FEATURES.get(cache_key)
+    if found is None:
+        found = _features(template, key)
+        _FEATURES[cache_key] = found
+        while len(_FEATURES) > _FEATURES_SIZE:
+            _FEATURES.popitem(last=False)
+    _FEATURES.move_to_end(cache_key)
+    return found
 
 
-@lru_cache(maxsize=4096)
-def _features(template: str, key: str) -> tuple[frozenset[Feature] | None, int]:
+def _features(template: ChatTemplate, key: str) -> tuple[frozenset[Feature] | None, int]:
     messages, kwargs, special_tokens = json.loads(key)
     instrumented = _instrumented(template)
     renders = [(messages, False)]
@@ -227,7 +240,7 @@ def _features(template: str, key: str) -> tuple[frozenset[Feature] | None, int]:
 
 
 def measure(
-    template: str, probes: Iterable[Any], special_tokens: Mapping[str, Any] | None = None
+    template: ChatTemplate | str, probes: Iterable[Any], special_tokens: Mapping[str, Any] | None = None
 ) -> Coverage:
     """The coverage of ``template``'s outputs by ``probes`` (see the module docstring).
 
@@ -235,13 +248,14 @@ def measure(
         TemplateSyntaxError: the template is not valid Jinja.
         RenderLimitExceeded: a render hit a bound.
     """
+    template = ChatTemplate.of(template)
     instrumented = _instrumented(template)
     source = instrumented.source
     features: set[Feature] = set()
     for probe in probes:
         features |= probe_features(template, probe, special_tokens) or frozenset()
     covered = {site for kind, site, _ in features if kind == "out"}
-    not_text = _never_writes(source.ast, instrumented)
+    not_text = _never_writes(template, instrumented)
     uncovered = [
         site.id for site in instrumented.sites.outputs if site.id not in covered and site.id not in not_text
     ]
@@ -270,12 +284,12 @@ def measure(
     return Coverage(outputs, taken, total)
 
 
-def unsatisfiable(template: str, site_id: int) -> str | None:
+def unsatisfiable(template: ChatTemplate, site_id: int) -> str | None:
     """Why no render writes output ``site_id`` (``templatefix.conditions.unsatisfiable``), or ``None``."""
     return conditions.unsatisfiable(template, site_id)
 
 
-def _condition(template: str, site_id: int) -> str | None:
+def _condition(template: ChatTemplate, site_id: int) -> str | None:
     """The path condition no probe satisfied (``templatefix.conditions.explain``)."""
     return conditions.explain(template, site_id) or None
 
@@ -295,8 +309,12 @@ def _reached_by_empty_conversation(
     return reached
 
 
-def _never_writes(tree: nodes.Template, instrumented: Instrumented) -> dict[int, OutputStatus]:
-    """Outputs that cannot write text into a render: refusals, and outputs in uncalled macros."""
+def _never_writes(template: ChatTemplate, instrumented: Instrumented) -> dict[int, OutputStatus]:
+    """Outputs that cannot write text into a render: refusals, and outputs in uncalled macros.
+
+    ``instrumented`` is ``template``'s instrumented form; its tree is the one read here.
+    """
+    tree = instrumented.source.ast
     sites = instrumented.sites
     result: dict[int, OutputStatus] = {}
     called = {node.node.name for node in tree.find_all(nodes.Call) if isinstance(node.node, nodes.Name)}
@@ -319,7 +337,7 @@ def _never_writes(tree: nodes.Template, instrumented: Instrumented) -> dict[int,
                 if site_id is not None:
                     result[site_id] = "refusal"
     for site in sites.outputs:
-        if site.id not in result and unsatisfiable(instrumented.source.text, site.id):
+        if site.id not in result and unsatisfiable(template, site.id):
             result[site.id] = "unsatisfiable"
     return result
 
@@ -376,7 +394,7 @@ def _expression(source: TemplateSource, site: OutputSite) -> str:
     if site.literal:
         text = cast(nodes.TemplateData, site.node).data  # a literal site is template text
         return json.dumps(text if len(text) <= 60 else text[:28] + "…" + text[-28:], ensure_ascii=False)
-    span = getattr(site.node, "tf_span", None)
+    span = source.spans.get(site.node)
     if span is None:
         return "{{ … }}"
     text = " ".join(source.text[span[0] : span[1]].split())
@@ -386,13 +404,13 @@ def _expression(source: TemplateSource, site: OutputSite) -> str:
 # --- searching ---------------------------------------------------------------------------------
 
 
-def output_sites(template: str) -> int:
+def output_sites(template: ChatTemplate | str) -> int:
     """How many outputs ``template`` has (all of them, text-writing or not)."""
-    return len(_instrumented(template).sites.outputs)
+    return len(instrumented_for(template).sites.outputs)
 
 
 def search(
-    template: str,
+    template: ChatTemplate | str,
     probes: Sequence[Probe],
     candidates: Iterable[Any],
     *,
@@ -421,8 +439,9 @@ def search(
     Raises:
         RenderLimitExceeded: a render of one of ``probes`` hit a bound.
     """
+    template = ChatTemplate.of(template)
     instrumented = _instrumented(template)
-    not_text = set(_never_writes(instrumented.source.ast, instrumented))
+    not_text = set(_never_writes(template, instrumented))
     wanted = {site.id for site in instrumented.sites.outputs} - not_text
     seen: set[Feature] = set()
     for probe in probes:

@@ -37,7 +37,6 @@ from templatefix.conversation import Probe, WordSource
 from templatefix.errors import RenderLimitExceeded
 from templatefix.flags import STANDARD_NAMES, find_flags, template_reads
 from templatefix.reads import ELEMENT, MESSAGE, Reads, template_reads_of
-from templatefix.render import compile_template
 from templatefix.schemas import (
     Change,
     random_tool,
@@ -49,6 +48,7 @@ from templatefix.schemas import (
     tools_without_calls,
 )
 from templatefix.shapes import BASE_SHAPE_BUILDERS
+from templatefix.template import ChatTemplate
 
 #: Seeded random combinations tried after the systematic candidates.
 RANDOM_COMBINATIONS = 60
@@ -87,12 +87,13 @@ class Variation:
     stackable: bool = True
 
 
-def candidates(template: str, seed: int = 0) -> Iterator[Probe]:
+def candidates(template: ChatTemplate | str, seed: int = 0) -> Iterator[Probe]:
     """Probe conversations for ``template``'s reads, systematic first, then seeded random ones.
 
     Raises:
         TemplateSyntaxError: the template is not valid Jinja.
     """
+    template = ChatTemplate.of(template)
     variations, flag_values = _vocabulary(template)
     systematic = [variation for variation in variations if variation.carriers]
     zoo = tool_zoo(template)
@@ -154,8 +155,8 @@ class Mutator:
         True
     """
 
-    def __init__(self, template: str) -> None:
-        self.variations, self.flag_values = _vocabulary(template)
+    def __init__(self, template: ChatTemplate | str) -> None:
+        self.variations, self.flag_values = _vocabulary(ChatTemplate.of(template))
         self._count = 0
         self._queue: list[Variation] = []
 
@@ -216,7 +217,7 @@ class Mutator:
         return Probe(f"{probe.name}+{change}", tuple(messages), kwargs)
 
 
-def tool_zoo(template: str, draws: int = SCHEMA_DRAWS) -> Probe | None:
+def tool_zoo(template: ChatTemplate | str, draws: int = SCHEMA_DRAWS) -> Probe | None:
     """One probe offering every drawn tool that reached something new in ``template``.
 
     Tool definitions are rendered the same whatever the conversation, so each of ``draws`` tools
@@ -229,6 +230,7 @@ def tool_zoo(template: str, draws: int = SCHEMA_DRAWS) -> Probe | None:
     from templatefix.schemas import drawn_tool
     from templatefix.shapes import make_probe
 
+    template = ChatTemplate.of(template)
     if "tools" not in template_reads(template):
         return None
     base = make_probe("single_turn")
@@ -253,7 +255,7 @@ def tool_zoo(template: str, draws: int = SCHEMA_DRAWS) -> Probe | None:
         return None
 
 
-def _vocabulary(template: str) -> tuple[list[Variation], list[tuple[str, Any]]]:
+def _vocabulary(template: ChatTemplate) -> tuple[list[Variation], list[tuple[str, Any]]]:
     """The variations that apply to ``template`` and every flag value it reads."""
     flags = find_flags(template)
     data = tuple(sorted(template_reads(template) - STANDARD_NAMES - set(flags) - _assigned(template)))
@@ -262,9 +264,9 @@ def _vocabulary(template: str) -> tuple[list[Variation], list[tuple[str, Any]]]:
     return applicable(reads, data), flag_values
 
 
-def _assigned(template: str) -> set[str]:
+def _assigned(template: ChatTemplate) -> set[str]:
     """Names the template assigns itself (locals, loop variables, macros)."""
-    tree = compile_template(template).environment.parse(template)
+    tree = template.ast
     # macro parameters are not excluded: ``knobs`` may be a macro's parameter and a caller's option
     names = {node.name for node in tree.find_all(nodes.Name) if node.ctx == "store"}
     names |= {node.name for node in tree.find_all(nodes.NSRef)}

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from jinja2 import meta, nodes
 
-from templatefix.render import compile_template
+from templatefix.source import copy_tree
+from templatefix.template import ChatTemplate
 
 #: At most this many values probed per flag (beyond "not passed", which every base shape covers).
 MAX_VALUES_PER_FLAG = 4
@@ -42,21 +42,25 @@ STANDARD_NAMES = frozenset(
 )  # fmt: skip
 
 
-@lru_cache(maxsize=64)
-def _parse(template: str) -> nodes.Template:
-    """The template's syntax tree in transformers' environment (cached: batteries reparse)."""
-    return compile_template(template).environment.parse(template)
+def _folded(template: ChatTemplate) -> tuple[nodes.Template, frozenset[str]]:
+    """A copy of the tree with constants folded, and the names it reads from its caller.
+
+    jinja2's undeclared-variable search runs its compiler, which folds constant expressions into
+    the tree it walks (``x in ['a', 'b']`` holds one constant list): it walks a copy, and the flag
+    search reads that folded copy.
+    """
+    tree = copy_tree(template.ast)
+    return tree, frozenset(meta.find_undeclared_variables(tree))
 
 
-@lru_cache(maxsize=64)
-def template_reads(template: str) -> frozenset[str]:
+def template_reads(template: ChatTemplate | str) -> frozenset[str]:
     """Names ``template`` reads from its caller's context (jinja2's undeclared variables).
 
     Example:
         >>> sorted(template_reads("{% set x = 1 %}{{ x }}{{ documents }}"))
         ['documents']
     """
-    return frozenset(meta.find_undeclared_variables(_parse(template)))
+    return ChatTemplate.of(template).resolve(_folded)[1]
 
 
 # --- flags -------------------------------------------------------------------------------------
@@ -212,7 +216,7 @@ def _assignments_in(body: list[nodes.Node], tests: list[nodes.Node]) -> Iterator
         yield from _assignments(statement, tests)
 
 
-def find_flags(template: str) -> dict[str, tuple[Any, ...]]:
+def find_flags(template: ChatTemplate | str) -> dict[str, tuple[Any, ...]]:
     """Options the template reads from its caller, with the values worth probing.
 
     A flag is a name the template reads but neither defines nor gets from transformers
@@ -230,8 +234,12 @@ def find_flags(template: str) -> dict[str, tuple[Any, ...]]:
         >>> find_flags("{% if mode == 'fast' %}f{% elif mode == 'slow' %}s{% endif %}")
         {'mode': ('fast', 'slow')}
     """
-    tree = _parse(template)
-    candidates = set(template_reads(template) - STANDARD_NAMES)
+    return dict(ChatTemplate.of(template).resolve(_flags))
+
+
+def _flags(template: ChatTemplate) -> dict[str, tuple[Any, ...]]:
+    tree, reads = template.resolve(_folded)
+    candidates = set(reads - STANDARD_NAMES)
     locals_: set[str] = set()
     options: set[str] = set()
     for assigned, idiom in _assignments(tree, []):

@@ -92,6 +92,7 @@ from templatefix.analysis.texts import (
 from templatefix.errors import InternalDisagreement, RenderError, RenderLimitExceeded
 from templatefix.policy import FIELDS, Policy
 from templatefix.render import Span, render
+from templatefix.template import ChatTemplate
 
 __all__ = [
     "ProbeExpectation",
@@ -116,9 +117,10 @@ class _Renderer:
     """Memoised renders of prefixes of one probe conversation with the original template."""
 
     def __init__(
-        self, template: str, probe: ProbeLike, special_tokens: Mapping[str, Any] | None
+        self, template: ChatTemplate, probe: ProbeLike, special_tokens: Mapping[str, Any] | None
     ) -> None:
-        self.template = template
+        self.parsed = template
+        self.template = template.text
         self.messages = list(probe.messages)
         self.kwargs = dict(probe.kwargs)
         self.special_tokens = special_tokens
@@ -166,7 +168,7 @@ def remembered(key: Any, compute: Callable[[], Any]) -> Any:
 
 
 def _trace_regions(
-    template: str, probe: ProbeLike, special_tokens: Mapping[str, Any] | None, full_text: str
+    template: ChatTemplate, probe: ProbeLike, special_tokens: Mapping[str, Any] | None, full_text: str
 ) -> list[Span | None]:
     """Per-message regions of ``R`` (``full_text``) from the instrumented trace.
 
@@ -201,7 +203,7 @@ def _trace_regions(
 
 
 def expected_turns(
-    template: str,
+    template: ChatTemplate | str,
     probe: ProbeLike,
     policy: Policy | None = None,
     special_tokens: Mapping[str, Any] | None = None,
@@ -217,11 +219,12 @@ def expected_turns(
             (the verifier skips such probes).
     """
     policy = policy or Policy()
+    template = ChatTemplate.of(template)
     cache = _REMEMBERED.get()
     if cache is None:
         return _expected_turns(template, probe, policy, special_tokens)
     try:
-        parts = [template, probe.name, list(probe.messages), dict(probe.kwargs)]
+        parts = [template.text, probe.name, list(probe.messages), dict(probe.kwargs)]
         key = json.dumps([*parts, policy.to_dict(), special_tokens], sort_keys=True)
     except (TypeError, ValueError):  # arguments that are not plain data: not remembered
         return _expected_turns(template, probe, policy, special_tokens)
@@ -268,7 +271,7 @@ def remembering() -> Iterator[None]:
 
 
 def _expected_turns(
-    template: str, probe: ProbeLike, policy: Policy, special_tokens: Mapping[str, Any] | None
+    template: ChatTemplate, probe: ProbeLike, policy: Policy, special_tokens: Mapping[str, Any] | None
 ) -> ProbeExpectation:
     renderer = _Renderer(template, probe, special_tokens)
     messages = renderer.messages
@@ -529,7 +532,7 @@ def _next_header_length(renderer: _Renderer, index: int, core: str, prompt: str)
     if not any(c in "<[" and MARKUP_RUN.fullmatch(shared, i) for i, c in enumerate(shared)):
         return 0
     final = renderer(index + 1, False)
-    regions = _trace_regions(renderer.template, _Prefix(renderer, index + 1), renderer.special_tokens, final)
+    regions = _trace_regions(renderer.parsed, _Prefix(renderer, index + 1), renderer.special_tokens, final)
     region = regions[index]
     if region is None or region[0] >= len(prompt):
         return 0
@@ -555,7 +558,7 @@ def _own_output(
     is the text every conversation without a generation prompt ends with.
     """
     final = prompt + generated
-    regions = _trace_regions(renderer.template, _Prefix(renderer, index + 1), renderer.special_tokens, final)
+    regions = _trace_regions(renderer.parsed, _Prefix(renderer, index + 1), renderer.special_tokens, final)
     region = regions[index] if regions else None
     if region is not None and region[1] >= len(prompt):
         return final[len(prompt):region[1]]

@@ -41,6 +41,7 @@ from templatefix.errors import RenderError
 from templatefix.flags import find_flags, template_reads
 from templatefix.render import render
 from templatefix.shapes import BASE_SHAPE_BUILDERS, CHECK_SHAPES, FLAG_SHAPES, make_probe
+from templatefix.template import ChatTemplate
 
 #: At most this many probes per battery. Each probe costs several renders per assistant turn in
 #: verification (prompt and full render per turn, patched and original), so the battery stays
@@ -96,7 +97,9 @@ def random_conversation(seed: int) -> Probe:
     return Probe(f"random-{seed}", tuple(messages), {"tools": tools} if tools else {})
 
 
-def probe_battery(template: str, *, limit: int = MAX_BATTERY, search: bool = True) -> list[Probe]:
+def probe_battery(
+    template: ChatTemplate | str, *, limit: int = MAX_BATTERY, search: bool = True
+) -> list[Probe]:
     """The probe conversations for ``template`` (SPEC §4).
 
     First the fixed battery (:func:`fixed_battery`, at most ``limit`` probes); then, with
@@ -110,11 +113,11 @@ def probe_battery(template: str, *, limit: int = MAX_BATTERY, search: bool = Tru
         TemplateSyntaxError: the template is not valid Jinja.
         RenderLimitExceeded: a render hit a bound.
     """
-    return list(_battery(template, limit, search))
+    return list(_battery(ChatTemplate.of(template), limit, search))
 
 
 @lru_cache(maxsize=64)
-def _battery(template: str, limit: int, search: bool) -> tuple[Probe, ...]:
+def _battery(template: ChatTemplate, limit: int, search: bool) -> tuple[Probe, ...]:
     from templatefix import coverage, derive, solve
 
     battery = fixed_battery(template, limit=limit)
@@ -131,7 +134,7 @@ def _battery(template: str, limit: int, search: bool) -> tuple[Probe, ...]:
     return tuple(battery)
 
 
-def fixed_battery(template: str, *, limit: int = MAX_BATTERY) -> list[Probe]:
+def fixed_battery(template: ChatTemplate | str, *, limit: int = MAX_BATTERY) -> list[Probe]:
     """The probe conversations every template gets (SPEC §4).
 
     First the base shapes (plus ``documents`` if the template reads ``documents``) and the random
@@ -149,6 +152,7 @@ def fixed_battery(template: str, *, limit: int = MAX_BATTERY) -> list[Probe]:
     Raises:
         TemplateSyntaxError: the template is not valid Jinja.
     """
+    template = ChatTemplate.of(template)
     battery = [make_probe(shape) for shape in BASE_SHAPE_BUILDERS]
     if "documents" in template_reads(template):
         battery.append(make_probe("documents"))
@@ -169,7 +173,7 @@ def fixed_battery(template: str, *, limit: int = MAX_BATTERY) -> list[Probe]:
     return battery
 
 
-def _behaviour(template: str, probe: Probe) -> tuple[Any, ...] | None:
+def _behaviour(template: ChatTemplate, probe: Probe) -> tuple[Any, ...] | None:
     """What the original template does on ``probe``: the full render, the render of the prompt
     before its last assistant turn, and the outputs that wrote text (not the branch outcomes: a flag
     passed with its default value takes other outcomes of ``is defined`` and nothing else);
@@ -179,9 +183,9 @@ def _behaviour(template: str, probe: Probe) -> tuple[Any, ...] | None:
     messages = list(probe.messages)
     kwargs = probe.render_kwargs()
     try:
-        renders = [render(template, messages, **kwargs)]
+        renders = [render(template.text, messages, **kwargs)]
         last = max((i for i, message in enumerate(messages) if message.get("role") == "assistant"), default=0)
-        renders.append(render(template, messages[:last], **{**kwargs, "add_generation_prompt": True}))
+        renders.append(render(template.text, messages[:last], **{**kwargs, "add_generation_prompt": True}))
         features = probe_features(template, probe)
     except RenderError:
         return None

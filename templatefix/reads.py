@@ -33,12 +33,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from jinja2 import nodes
 
-from templatefix.render import compile_template
+from templatefix.template import ChatTemplate
 
 Path = tuple[str, ...]
 
@@ -132,19 +131,21 @@ class Reads:
         return [c for c in self.constants(MESSAGE + ("content", ELEMENT, "type")) if isinstance(c, str)]
 
 
-@lru_cache(maxsize=64)
-def template_reads_of(template: str, extra_roots: tuple[str, ...] = ()) -> Reads:
+def template_reads_of(template: ChatTemplate | str, extra_roots: tuple[str, ...] = ()) -> Reads:
     """What ``template`` reads from ``messages``, ``tools``, ``documents`` and ``extra_roots``
-    (other data the caller passes, such as ``knobs``), cached.
+    (other data the caller passes, such as ``knobs``), computed once per template and roots.
 
     Raises:
         TemplateSyntaxError: the template is not valid Jinja.
     """
-    tree = compile_template(template).environment.parse(template)
+    return ChatTemplate.of(template).resolve(_reads, extra_roots)
+
+
+def _reads(template: ChatTemplate, extra_roots: tuple[str, ...]) -> Reads:
     walker = _Walker(ROOTS + extra_roots)
     for _ in range(4):  # bindings made after a use (loops, macros) need another pass
         before = {name: frozenset(paths) for name, paths in walker.env.items()}
-        walker.statements(tree.body)
+        walker.statements(template.ast.body)
         if {name: frozenset(paths) for name, paths in walker.env.items()} == before:
             break
     return Reads(walker.uses)

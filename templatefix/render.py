@@ -19,10 +19,13 @@ Example:
 from __future__ import annotations
 
 import functools
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
 
 from templatefix import clock
 from templatefix import environment as hf_environment
@@ -60,12 +63,52 @@ def environment() -> jinja2.Environment:
     return clock.install(sandbox.install(hf_environment.new_environment()))
 
 
-@functools.lru_cache(maxsize=256)
+#: Compiled templates by text, least recently used first (at most ``_COMPILED_SIZE``).
+_COMPILED: OrderedDict[str, jinja2.Template] = OrderedDict()
+_COMPILED_SIZE = 256
+_COMPILED_LOCK = threading.Lock()
+
+
 def _compile(template: str) -> jinja2.Template:
+    with _COMPILED_LOCK:
+        compiled = _COMPILED.get(template)
+        if compiled is not None:
+            _COMPILED.move_to_end(template)
+            return compiled
     # Compile under a guard: jinja2 folds constant filter calls while compiling, and a bounded
     # filter that refuses (``'a' | center(10**10)``) makes it leave that call to render time.
     with guard():
-        return environment().from_string(template)
+        compiled = environment().from_string(template)
+    _remember(template, compiled)
+    return compiled
+
+
+def _remember(template: str, compiled: jinja2.Template) -> None:
+    with _COMPILED_LOCK:
+        _COMPILED[template] = compiled
+        _COMPILED.move_to_end(template)
+        while len(_COMPILED) > _COMPILED_SIZE:
+            _COMPILED.popitem(last=False)
+
+
+def compile_parsed(template: str, tree: nodes.Template) -> jinja2.Template:
+    """Compile ``tree``, jinja2's AST of ``template``, without parsing the text again.
+
+    jinja2 folds constants into the tree it compiles: ``tree`` must be a copy the caller owns.
+    Later ``compile_template(template)`` calls (every render of that text) get this compiled
+    template.
+
+    Raises:
+        TemplateSyntaxError: jinja2's compiler rejects the template (an unknown filter or test);
+            the message names line and column as ``compile_template`` does.
+    """
+    try:
+        with guard():
+            compiled = environment().from_string(tree)
+    except jinja2.TemplateSyntaxError as error:
+        raise TemplateSyntaxError(describe_syntax_error(template, error)) from None
+    _remember(template, compiled)
+    return compiled
 
 
 def compile_template(template: str) -> jinja2.Template:

@@ -37,12 +37,13 @@ from typing import Any, Protocol
 from jinja2 import nodes
 
 from templatefix.changes import synthesize
-from templatefix.conditions import _DEPTH, MAX_ALTERNATIVES, Atom, Condition, _analysis, _constant_names
+from templatefix.conditions import _DEPTH, MAX_ALTERNATIVES, Atom, Condition, _constant_names, analysis
 from templatefix.conversation import Probe, WordSource
 from templatefix.coverage import _never_writes, _probe_run
 from templatefix.errors import RenderLimitExceeded
 from templatefix.flags import STANDARD_NAMES, template_reads
 from templatefix.reads import ANY_VALUE, ELEMENT, Path, template_reads_of
+from templatefix.template import ChatTemplate
 
 #: Budget of :func:`reach`: candidates rendered and work units (outputs written and tests
 #: evaluated, as counted by the coverage hooks) over all targets.
@@ -67,8 +68,8 @@ Change = Callable[..., bool]  # changes the state {"messages": [...], **kwargs} 
 class _Solver:
     """Turns atoms into changes of a conversation (see :func:`reach`)."""
 
-    def __init__(self, template: str) -> None:
-        self.instrumented, self.conditions, self.resolve = _analysis(template)
+    def __init__(self, template: ChatTemplate) -> None:
+        self.instrumented, self.conditions, self.resolve = analysis(template)
         roots = tuple(sorted(template_reads(template) - STANDARD_NAMES))
         self.reads = template_reads_of(template, roots)
         self.words = WordSource(start=9100)
@@ -710,7 +711,7 @@ def _copy_between(
 
 
 def reach(
-    template: str,
+    template: ChatTemplate | str,
     probes: Sequence[Probe],
     *,
     candidates: int = SOLVE_CANDIDATES,
@@ -730,9 +731,10 @@ def reach(
     Raises:
         TemplateSyntaxError: the template is not valid Jinja.
     """
+    template = ChatTemplate.of(template)
     solver = _Solver(template)
     instrumented = solver.instrumented
-    not_text = set(_never_writes(instrumented.source.ast, instrumented))
+    not_text = set(_never_writes(template, instrumented))
     wanted = {site.id for site in instrumented.sites.outputs} - not_text
     reached_by: dict[int, list[Probe]] = {}
     for probe in probes:
@@ -791,7 +793,7 @@ class _Budget:
 
 
 def _solve_one(
-    template: str,
+    template: ChatTemplate,
     solver: _Solver,
     target: int,
     condition: Condition,

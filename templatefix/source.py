@@ -9,13 +9,15 @@ jinja2 records only line numbers on tokens and nodes, and its lexer normalises n
 the whitespace that ``-``, ``trim_blocks`` and ``lstrip_blocks`` remove. We therefore align the
 lexer's raw tokens back onto the original text, then feed them to jinja2's parser with each
 token's *index* in place of its line number, and record which tokens each ``parse_*`` call
-consumed. Every node gets ``tf_span = (start, end)``: the characters its tokens cover.
+consumed. A side table keyed by node (as libcst's position metadata, never an attribute set on
+jinja2's nodes) gives every node its span ``(start, end)``: the characters its tokens cover
+(``TemplateSource.spans``), and every statement the span of its tags (``tag_spans``).
 
 Example:
     >>> source = TemplateSource.parse("{{- 'a' + x -}}\\r\\n")
     >>> str(source) == "{{- 'a' + x -}}\\r\\n"
     True
-    >>> [n.tf_span for n in source.ast.find_all(nodes.Const)]
+    >>> [source.spans[n] for n in source.ast.find_all(nodes.Const)]
     [(4, 7)]
     >>> source.apply([Edit(4, 7, "'b'")])
     "{{- 'b' + x -}}\\r\\n"
@@ -23,11 +25,12 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol, cast
+from typing import Any, TypeVar
 
 import jinja2
 from jinja2 import nodes
@@ -37,26 +40,10 @@ from jinja2.parser import Parser
 from templatefix.errors import TemplateSyntaxError
 from templatefix.render import compile_template, environment
 
+_Node = TypeVar("_Node", bound=nodes.Node)
+Span = tuple[int, int]
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 _SKIPPED_KINDS = frozenset({"whitespace", "comment_begin", "comment", "comment_end"})
-
-
-class Spanned(Protocol):
-    """A node of ``TemplateSource.ast`` whose tokens cover characters ``tf_span = (start, end)``."""
-
-    tf_span: tuple[int, int]
-
-
-class _Recorded(Protocol):
-    """A node a parse method returned: the indices of its first and last tokens."""
-
-    tf_tokens: tuple[int, int]
-
-
-class _Tagged(Protocol):
-    """A statement: the characters from its ``{%`` to the ``%}`` closing its last tag."""
-
-    tf_tag_span: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -93,6 +80,12 @@ class TemplateSource:
     def __init__(self, text: str, tokens: list[Token]) -> None:
         self.text = text
         self.tokens = tokens
+        #: Where each node of :attr:`ast` sits: ``(start, end)``, the characters its tokens
+        #: cover. Filled when the AST is parsed; a copy of the tree (:meth:`copy`) adds its nodes,
+        #: so a node of either tree finds its span here.
+        self.spans: dict[nodes.Node, Span] = {}
+        #: For each statement: from the ``{%`` that opens it to the ``%}`` closing its last tag.
+        self.tag_spans: dict[nodes.Node, Span] = {}
 
     @classmethod
     def parse(cls, text: str) -> TemplateSource:
@@ -103,6 +96,36 @@ class TemplateSource:
         """
         compile_template(text)  # reports syntax errors with real line numbers
         return cls(text, _align_tokens(text))
+
+    @classmethod
+    def tokenize(cls, text: str) -> TemplateSource:
+        """Only tokenise ``text``: nothing compiles it, and its AST is parsed on first use of
+        :attr:`ast` (where a syntax error surfaces as jinja2's own ``TemplateSyntaxError``).
+
+        ``templatefix.template.ChatTemplate.parse`` builds on this to parse a template once.
+
+        Raises:
+            TemplateSyntaxError: jinja2's lexer rejects the text.
+        """
+        return cls(text, _align_tokens(text))
+
+    def copy(self) -> TemplateSource:
+        """The same text and tokens with a copy of the AST (for a stage that changes its tree)."""
+        copied = TemplateSource(self.text, self.tokens)
+        tree = copy_tree(self.ast)
+        copied.__dict__["ast"] = tree
+        copied.spans, copied.tag_spans = self.spans, self.tag_spans
+        for node, twin in zip(iter_nodes(self.ast), iter_nodes(tree), strict=True):
+            if node in self.spans:
+                self.spans[twin] = self.spans[node]
+            if node in self.tag_spans:
+                self.tag_spans[twin] = self.tag_spans[node]
+        return copied
+
+    def line_of_node(self, node: nodes.Node) -> int:
+        """The line jinja2's own parser gives ``node`` (``node.lineno`` in :attr:`ast` is the index
+        of the token it was made at)."""
+        return self.tokens[min(node.lineno, len(self.tokens) - 1)].line
 
     def __str__(self) -> str:
         return self.text
@@ -116,7 +139,7 @@ class TemplateSource:
 
     @cached_property
     def ast(self) -> nodes.Template:
-        """jinja2's AST of the template; every node has ``tf_span`` (and statements ``tf_tag_span``)."""
+        """jinja2's AST of the template; :attr:`spans` (and :attr:`tag_spans`) say where its nodes sit."""
         return _OffsetParser.parse_source(self)
 
     def token_at(self, offset: int) -> Token:
@@ -215,12 +238,14 @@ class _OffsetParser(Parser):
 
     source: TemplateSource
     previous_significant: list[int]
+    recorded: dict[nodes.Node, tuple[int, int]]  # a node -> indices of its first and last tokens
 
     @classmethod
     def parse_source(cls, source: TemplateSource) -> nodes.Template:
         env = environment()
         parser = cls(env, "", None, None)
         parser.source = source
+        parser.recorded = {}
         significant = [i for i, t in enumerate(source.tokens) if t.kind not in _SKIPPED_KINDS | {"gap"}]
         previous = [-1] * (len(source.tokens) + 1)
         last = -1
@@ -235,7 +260,7 @@ class _OffsetParser(Parser):
         # tokens carry their index into ``source.tokens`` as ``lineno``
         parser.stream = TokenStream(env.lexer.wrap(iter(triples), None, None), None, None)
         template = parser.parse()
-        _finish_spans(template, source)
+        _finish_spans(template, source, parser.recorded)
         return template
 
     def _consumed_until(self) -> int:
@@ -254,8 +279,8 @@ def _record(method: Callable[..., Any]) -> Callable[..., Any]:
     def recording(self: _OffsetParser, *args: Any, **kwargs: Any) -> Any:
         first = self.stream.current.lineno
         result = method(self, *args, **kwargs)
-        if isinstance(result, nodes.Node) and not hasattr(result, "tf_tokens"):
-            cast(_Recorded, result).tf_tokens = (first, self._consumed_until())
+        if isinstance(result, nodes.Node) and result not in self.recorded:
+            self.recorded[result] = (first, self._consumed_until())
         return result
 
     recording.__name__ = method.__name__
@@ -267,13 +292,16 @@ for _name in dir(Parser):
         setattr(_OffsetParser, _name, _record(getattr(Parser, _name)))
 
 
-def _finish_spans(template: nodes.Template, source: TemplateSource) -> None:
-    """Give every node ``tf_span``: its recorded tokens united with its children's spans."""
+def _finish_spans(
+    template: nodes.Template, source: TemplateSource, recorded_tokens: dict[nodes.Node, tuple[int, int]]
+) -> None:
+    """Give every node its span in ``source.spans``: its recorded tokens united with its
+    children's spans (and every statement its ``source.tag_spans``)."""
     tokens = source.tokens
 
     def visit(node: nodes.Node) -> tuple[int, int] | None:
         spans = [span for child in node.iter_child_nodes() if (span := visit(child)) is not None]
-        recorded = getattr(node, "tf_tokens", None)
+        recorded = recorded_tokens.get(node)
         if recorded is None and isinstance(node, nodes.TemplateData) and node.lineno < len(tokens):
             recorded = (node.lineno, node.lineno)
         if recorded is not None and recorded[1] >= recorded[0]:
@@ -281,9 +309,9 @@ def _finish_spans(template: nodes.Template, source: TemplateSource) -> None:
         if not spans:
             return None
         span = (min(s for s, _ in spans), max(e for _, e in spans))
-        cast(Spanned, node).tf_span = span
+        source.spans[node] = span
         if isinstance(node, nodes.Stmt) and not isinstance(node, nodes.Output) and recorded is not None:
-            cast(_Tagged, node).tf_tag_span = _statement_tag_span(source, recorded)
+            source.tag_spans[node] = _statement_tag_span(source, recorded)
         return span
 
     visit(template)
@@ -306,3 +334,17 @@ def iter_nodes(node: nodes.Node) -> Iterator[nodes.Node]:
     yield node
     for child in node.iter_child_nodes():
         yield from iter_nodes(child)
+
+
+def copy_tree(node: _Node) -> _Node:
+    """A deep copy of a jinja2 AST that shares, never copies, the environment its nodes point at.
+
+    Parsed nodes keep a reference to their environment; copying it would copy transformers'
+    generation extension (and whatever state it holds, e.g. a ``ContextVar``, which cannot be copied).
+    """
+    shared = {
+        id(env): env
+        for n in (node, *node.find_all(nodes.Node))
+        if (env := n.__dict__.get("environment")) is not None
+    }
+    return copy.deepcopy(node, memo=shared)

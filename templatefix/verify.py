@@ -43,6 +43,7 @@ from templatefix.probes import policy_probes, probe_battery
 from templatefix.render import Span, compile_template, merge_spans, render, render_with_spans
 from templatefix.report import EdgeDiff, ProbeResult, Report, TurnResult, context
 from templatefix.shapes import error_probes
+from templatefix.template import ChatTemplate
 from templatefix.tokens import check_token_masks
 from templatefix.words import check_words
 
@@ -56,7 +57,7 @@ ALTERNATIVES = (
 )
 
 
-def default_probes(template: str) -> list[Probe]:
+def default_probes(template: ChatTemplate | str) -> list[Probe]:
     """The probe battery for ``template`` (SPEC §4): ``templatefix.probes.probe_battery``."""
     return list(probe_battery(template))
 
@@ -91,8 +92,8 @@ def error_probe_results(
 
 @frozen_clock()  # every render of one check sees one moment for strftime_now
 def verify(
-    template: str,
-    original: str | None = None,
+    template: ChatTemplate | str,
+    original: ChatTemplate | str | None = None,
     *,
     policy: Policy | None = None,
     probes: Sequence[Probe] | None = None,
@@ -120,34 +121,36 @@ def verify(
             compile is reported as a failure instead.)
     """
     policy = policy or Policy()
-    if original is not None:
-        compile_template(original)
-    reference = original if original is not None else template
+    parsed = ChatTemplate.of(original) if original is not None else None
+    original = parsed.text if parsed is not None else None
+    marked = template if isinstance(template, ChatTemplate) else None
+    text = template.text if isinstance(template, ChatTemplate) else template
     report = Report(template_name=name, policy=policy.to_dict(), render_compared=original is not None)
     try:
-        compile_template(template)
+        compile_template(text)
     except TemplateSyntaxError as error:
         if original is None:
             raise
         report.errors.append(f"patched template does not compile: {error}")
         return report
-    if not has_markers(template):
+    if not has_markers(marked.source if marked is not None else text):
         report.errors.append("no {% generation %} markers: nothing would be trained")
         return report
+    reference = parsed if parsed is not None else ChatTemplate.of(template)
     token_check = check_token_masks if tokenizer is not None else None
     if tokenizer is not None and special_tokens is None:
         # apply_chat_template passes the tokenizer's special tokens; render as it does
         special_tokens = dict(tokenizer.special_tokens_map)
     probe_list = list(probes) if probes is not None else policy_probes(default_probes(reference), policy)
     for probe in probe_list:
-        result = _verify_probe(template, original, reference, probe, policy, special_tokens)
+        result = _verify_probe(text, original, reference, probe, policy, special_tokens)
         if token_check is not None and result.status == "passed":
-            _check_tokens(result, token_check, template, tokenizer, probe, reference, policy, special_tokens)
+            _check_tokens(result, token_check, text, tokenizer, probe, reference, policy, special_tokens)
         report.probes.append(result)
         report.flags.extend(_flags(result))
     if original is not None and (error_checks or (error_checks is None and probes is None)):
         names = {probe.name for probe in probe_list}
-        report.probes.extend(error_probe_results(template, original, names, special_tokens))
+        report.probes.extend(error_probe_results(text, original, names, special_tokens))
     report.coverage = measure(reference, probe_list, special_tokens)
     return report
 
@@ -155,7 +158,7 @@ def verify(
 def _verify_probe(
     template: str,
     original: str | None,
-    reference: str,
+    reference: ChatTemplate,
     probe: Any,
     policy: Policy,
     special_tokens: Mapping[str, Any] | None,
@@ -499,7 +502,7 @@ def _check_tokens(
     template: str,
     tokenizer: Any,
     probe: Any,
-    reference: str,
+    reference: ChatTemplate,
     policy: Policy,
     special_tokens: Mapping[str, Any] | None,
 ) -> None:

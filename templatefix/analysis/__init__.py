@@ -12,8 +12,8 @@ to the original. The stages:
 - ``instrument``: the AST rewrite that adds the recording hooks and its renders
   (``Instrumented.trace`` / ``.cover``);
 - ``hooks``: the one table of functions those hooks call, for a full trace or coverage alone;
-- ``regions``: per-message regions of a render (``message_regions``) and the cache of
-  instrumented templates (``instrumented_for``).
+- ``regions``: per-message regions of a render (``message_regions``) and the instrumented
+  template of a ``ChatTemplate``, built once (``instrumented_for``).
 
 Example:
     >>> from templatefix.analysis.regions import instrumented_for

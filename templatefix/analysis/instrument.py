@@ -32,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -56,7 +55,7 @@ from templatefix.analysis.records import Atom, CoverageTrace, IfChain, Trace
 from templatefix.analysis.sites import Sites
 from templatefix.jinja.guard import guard
 from templatefix.render import environment
-from templatefix.source import TemplateSource
+from templatefix.source import TemplateSource, copy_tree
 
 _N = TypeVar("_N", bound=nodes.Node)
 
@@ -304,20 +303,6 @@ def _cover_conditional_expressions(tree: nodes.Node, originals: dict[int, nodes.
             test = _call(BRANCH, nodes.Const(site), nodes.Const(0), nodes.Const(1), node.test)
             test.set_lineno(node.lineno)
             node.test = test
-
-
-def copy_tree(node: _N) -> _N:
-    """A deep copy of a jinja2 AST that shares, never copies, the environment its nodes point at.
-
-    Parsed nodes keep a reference to their environment; copying it would copy transformers'
-    generation extension (and whatever state it holds, e.g. a ``ContextVar``, which cannot be copied).
-    """
-    shared = {
-        id(env): env
-        for n in (node, *node.find_all(nodes.Node))
-        if (env := n.__dict__.get("environment")) is not None
-    }
-    return copy.deepcopy(node, memo=shared)
 
 
 def flatten_chain(node: nodes.Node) -> tuple[list[nodes.Node], list[str]]:

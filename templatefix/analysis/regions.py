@@ -13,11 +13,11 @@ from typing import Any
 
 from templatefix.analysis.instrument import Instrumented
 from templatefix.analysis.records import Trace
-from templatefix.source import TemplateSource
+from templatefix.template import ChatTemplate
 
 
 def message_regions(
-    template: str | TemplateSource,
+    template: ChatTemplate | str,
     messages: Sequence[Mapping[str, Any]],
     *,
     add_generation_prompt: bool = False,
@@ -79,16 +79,15 @@ def iteration_bounds(result: Trace, loop_id: int) -> list[tuple[Any, int, int]]:
     return bounds
 
 
-_CACHE: dict[str, Instrumented] = {}
+def instrumented_for(template: ChatTemplate | str) -> Instrumented:
+    """The instrumented template, built once per ``ChatTemplate`` (a text is parsed first).
+
+    The instrumentation, and the analyses that read its tree (``templatefix.conditions``,
+    ``templatefix.coverage``, ``templatefix.solve``), work on their own copy of the AST: the
+    template's shared AST stays as parsed.
+    """
+    return ChatTemplate.of(template).resolve(_instrument)
 
 
-def instrumented_for(source: TemplateSource | str) -> Instrumented:
-    """Build (and cache by text) the instrumented template; a text is parsed only on a miss."""
-    text = source.text if isinstance(source, TemplateSource) else source
-    cached = _CACHE.get(text)
-    if cached is None:
-        if len(_CACHE) > 64:
-            _CACHE.clear()
-        parsed = source if isinstance(source, TemplateSource) else TemplateSource.parse(source)
-        cached = _CACHE[text] = Instrumented(parsed)
-    return cached
+def _instrument(template: ChatTemplate) -> Instrumented:
+    return Instrumented(template.source.copy())

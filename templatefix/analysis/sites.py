@@ -72,7 +72,7 @@ class Sites:
         self._visit(source.ast, None)
 
     def _line(self, node: nodes.Node) -> int:
-        span = getattr(node, "tf_span", None)
+        span = self.source.spans.get(node)
         return self.source.line_of(span[0]) if span is not None else 0
 
     def _visit(self, node: nodes.Node, macro: str | None) -> None:

@@ -39,12 +39,15 @@ def _tags(kinds: Sequence[tuple[str, str]]) -> Iterable[tuple[int, int]]:
             yield begin, end
 
 
-def has_markers(template: str) -> bool:
-    """Whether ``template`` holds a ``generation``/``endgeneration`` tag (jinja2's lexer decides).
+def has_markers(template: str | TemplateSource) -> bool:
+    """Whether ``template`` holds a ``generation``/``endgeneration`` tag (jinja2's lexer decides;
+    for a ``TemplateSource``, from the tokens it holds).
 
     A template the lexer cannot read has no marker that could work: ``False`` (parsing it reports
     the syntax error).
     """
+    if isinstance(template, TemplateSource):
+        return bool(find_markers(template))
     from templatefix.render import environment
 
     try:

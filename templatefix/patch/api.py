@@ -47,6 +47,7 @@ from templatefix.patch.variants import patch_keep_history
 from templatefix.patch.writer import write
 from templatefix.policy import Policy
 from templatefix.source import TemplateSource
+from templatefix.template import ChatTemplate
 
 if TYPE_CHECKING:
     from templatefix.conversation import Probe
@@ -108,13 +109,17 @@ def _patch_template(
     from templatefix.verify import verify
 
     policy = policy or Policy.from_kwargs(**policy_kwargs)
-    TemplateSource.parse(template)  # syntax errors surface here, with line and column
-    unmarked = strip_generation_markers(template) if has_markers(template) else template
+    # the one parse of the original: every stage below works from it (syntax errors surface here,
+    # with line and column)
+    original = ChatTemplate.parse(template)
+    marked = has_markers(original.source)
+    unmarked = ChatTemplate.parse(strip_generation_markers(original)) if marked else original
     probe_list = list(probes) if probes is not None else policy_probes(probe_battery(unmarked), policy)
 
-    def finish(patched: str, reasons: list[str]) -> PatchResult:
+    def finish(candidate: ChatTemplate | str, reasons: list[str]) -> PatchResult:
+        patched = candidate.text if isinstance(candidate, ChatTemplate) else candidate
         report = verify(
-            patched, original=template, policy=policy, probes=probe_list, special_tokens=special_tokens,
+            candidate, original=original, policy=policy, probes=probe_list, special_tokens=special_tokens,
             error_checks=True,
         )
         verified = bool(report.verified)
@@ -141,8 +146,8 @@ def _patch_template(
             passed=bool(report.passed),
         )
 
-    if unmarked is not template:
-        as_is = finish(template, [])
+    if marked:
+        as_is = finish(original, [])
         if as_is.passed:
             return as_is
     try:
@@ -150,8 +155,8 @@ def _patch_template(
     except RenderLimitExceeded:
         raise  # a bound was hit: say so, never pass it off as a template rejecting a probe
     except (PatchFailure, RenderError) as failure:
-        result = finish(template if unmarked is template else unmarked, [str(failure)])
-        if unmarked is not template:
+        result = finish(unmarked, [str(failure)])
+        if marked:
             result.patched = template
             result.changed = False
             result.diff = ""
@@ -173,7 +178,7 @@ def patch_named_templates(
 
 
 def place_markers(
-    template: str,
+    template: ChatTemplate | str,
     probes: Sequence[Probe],
     policy: Policy,
     special_tokens: Mapping[str, Any] | None = None,
@@ -185,18 +190,19 @@ def place_markers(
             probes show no assistant output to mark.
         InternalDisagreement: the instrumented trace disagrees with the plain render.
     """
+    parsed = ChatTemplate.of(template)
     token = LAST_TURN.set(policy.turns == "last")
     try:
-        return _place_markers(template, probes, policy, special_tokens)
+        return _place_markers(parsed, probes, policy, special_tokens)
     finally:
         LAST_TURN.reset(token)
 
 
 def _place_markers(
-    template: str, probes: Sequence[Probe], policy: Policy, special_tokens: Mapping[str, Any] | None
+    template: ChatTemplate, probes: Sequence[Probe], policy: Policy, special_tokens: Mapping[str, Any] | None
 ) -> str:
-    source = TemplateSource.parse(template)
-    instrumented = instrumented_for(source)
+    source = template.source
+    instrumented = instrumented_for(template)
     seen = observe(template, instrumented, probes, policy, special_tokens)
     if not seen.samples:
         raise PatchFailure("the template rejects every probe conversation, so nothing can be checked")
@@ -224,7 +230,7 @@ def _place_markers(
 
 
 def _place(
-    template: str,
+    template: ChatTemplate,
     source: TemplateSource,
     instrumented: Instrumented,
     probes: Sequence[Probe],

@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol
 
 from jinja2 import nodes
 
@@ -30,9 +30,6 @@ from templatefix.analysis.instrument import Instrumented
 from templatefix.analysis.records import Atom, Emission, LoopState
 from templatefix.patch.observe import Ending
 from templatefix.source import TemplateSource
-
-if TYPE_CHECKING:
-    from templatefix.source import Spanned
 
 #: Whether the policy trains the last turn only: offers "no user message later in the loop's
 #: list" as a feature (``templatefix.patch.api.place_markers`` sets it).
@@ -412,7 +409,7 @@ def _branch_features(
         near = innermost is not None and bool(chain.loops) and chain.loops[-1] is innermost
         texts = []
         for j, test in enumerate(chain.tests):
-            start, end = cast("Spanned", test).tf_span
+            start, end = source.spans[test]
             texts.append(_group(" ".join(source.text[start:end].split())))
             text = " or ".join(texts)
             feature: tuple[str, Test] = (text, lambda o, k=chain_id, j=j: o.emission.branches[k] <= j)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 from jinja2 import nodes
 
@@ -26,9 +26,6 @@ from templatefix.patch.observe import Cut, PartKey, PartRecord, Segment
 from templatefix.patch.slices import sliced_expression
 
 _LOG = logging.getLogger("templatefix.patcher")
-
-if TYPE_CHECKING:
-    from templatefix.source import Spanned
 
 Label = Literal["in", "out", "cond", "none"]
 
@@ -84,7 +81,7 @@ def absolute(anchor: int | None, length: int) -> int:
 
 def where(instrumented: Instrumented, atom: Atom, what: str) -> str:
     """``what`` followed by the atom's source text and line, for a failure message."""
-    start, end = cast("Spanned", atom.node).tf_span
+    start, end = instrumented.source.spans[atom.node]
     text = instrumented.source.text[start:end]
     if len(text) > 60:
         text = text[:57] + "..."

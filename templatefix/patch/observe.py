@@ -33,6 +33,7 @@ from templatefix.analysis.records import Atom, Emission, Trace
 from templatefix.errors import InternalDisagreement, RenderError, RenderLimitExceeded
 from templatefix.policy import Policy
 from templatefix.render import render, render_with_spans
+from templatefix.template import ChatTemplate
 
 if TYPE_CHECKING:
     from templatefix.conversation import Probe
@@ -167,7 +168,7 @@ def prompt_samples(probe: Any) -> Iterable[Sample]:
 
 
 def observe(
-    template: str,
+    template: ChatTemplate | str,
     instrumented: Instrumented,
     probes: Sequence[Probe],
     policy: Policy,
@@ -186,6 +187,7 @@ def observe(
         InternalDisagreement: the trace of a conversation the template accepts fails, or differs
             from the plain render (a bug in the instrumentation); such a sample is never dropped.
     """
+    template = ChatTemplate.of(template)
     seen = seen if seen is not None else Observations()
     for probe in probes:
         for sample in prompt_samples(probe) if prompts else samples(probe):
@@ -245,7 +247,7 @@ def _sample_key(sample: Sample) -> str | None:
 
 
 def _observe_sample(
-    template: str,
+    template: ChatTemplate,
     instrumented: Instrumented,
     sample: Sample,
     policy: Policy,
@@ -274,7 +276,7 @@ def _observe_sample(
         text = expectation.text
         if sample.add_generation_prompt:
             text = render(
-                template, list(sample.messages), add_generation_prompt=True,
+                template.text, list(sample.messages), add_generation_prompt=True,
                 special_tokens=special_tokens, **dict(sample.kwargs),
             )
             if not text.startswith(expectation.text):

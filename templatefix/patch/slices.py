@@ -9,14 +9,10 @@ reads the same text when it tells a piece apart by how it starts.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, cast
 
 from jinja2 import nodes
 
 from templatefix.source import TemplateSource
-
-if TYPE_CHECKING:
-    from templatefix.source import Spanned
 
 _SLICEABLE = (nodes.Name, nodes.Getattr, nodes.Getitem, nodes.Call)
 
@@ -33,7 +29,7 @@ _PRIMARY = (
 
 
 def _node_text(source: TemplateSource, node: nodes.Node) -> str:
-    start, end = cast("Spanned", node).tf_span
+    start, end = source.spans[node]
     text = source.text[start:end]
     if isinstance(node, _PRIMARY) or (text.startswith("(") and text.endswith(")")):
         return text
@@ -60,7 +56,7 @@ def _literal_slice(
         return f"{text}[{lo or ''}:{'' if hi is None else hi}]"  # hi < 0: from the end
     value: str = node.value
     piece = value[lo:hi]
-    start, end = cast("Spanned", node).tf_span
+    start, end = source.spans[node]
     raw = source.text[start:end]
     quote = raw[:1]
     if len(raw) >= 2 and raw[-1] == quote and quote in "'\"":

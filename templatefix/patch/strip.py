@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from templatefix.errors import RenderError, RenderLimitExceeded
 from templatefix.jinja.markers import find_markers
-from templatefix.source import Edit, TemplateSource
+from templatefix.source import Edit
+from templatefix.template import ChatTemplate
 
 
-def strip_generation_markers(template: str) -> str:
+def strip_generation_markers(template: ChatTemplate | str) -> str:
     """Remove ``{% generation %}``/``{% endgeneration %}`` tags, keeping the render identical.
 
     Tried in order, the first that renders like the input wins: drop each tag's whole line when
@@ -23,7 +24,8 @@ def strip_generation_markers(template: str) -> str:
         TemplateSyntaxError: the template is not valid Jinja.
         RenderLimitExceeded: a probe render went past its bound.
     """
-    source = TemplateSource.parse(template)
+    parsed = ChatTemplate.of(template)
+    source, template = parsed.source, parsed.text
     line_edits: list[Edit] = []
     edits: list[Edit] = []
     comment_edits: list[Edit] = []
@@ -38,12 +40,12 @@ def strip_generation_markers(template: str) -> str:
         comment_edits.append(Edit(start, stop, f"{{#{left} {right}#}}" if left or right else ""))
     for candidate_edits in (line_edits, edits):
         candidate = source.apply(candidate_edits)
-        if _renders_like(candidate, template):
+        if _renders_like(candidate, parsed):
             return candidate
     return source.apply(comment_edits)
 
 
-def _renders_like(candidate: str, reference: str) -> bool:
+def _renders_like(candidate: str, reference: ChatTemplate) -> bool:
     """Whether ``candidate`` renders every probe of ``reference``'s battery as ``reference`` does."""
     from templatefix.probes import probe_battery
     from templatefix.render import render
@@ -52,7 +54,7 @@ def _renders_like(candidate: str, reference: str) -> bool:
         for generation_prompt in (False, True):
             try:
                 expected = render(
-                    reference, probe.messages, add_generation_prompt=generation_prompt, **probe.kwargs
+                    reference.text, probe.messages, add_generation_prompt=generation_prompt, **probe.kwargs
                 )
             except RenderLimitExceeded:
                 raise

@@ -234,7 +234,7 @@ class _TestFinder(NodeVisitor):
         self.generic_visit(node)
 
     def _add(self, node: nodes.Node) -> int:
-        span = getattr(node, "tf_span", None)
+        span = self.source.spans.get(node)
         start, end = span if span else (0, 0)
         index = len(self.tests)
         test = _Test(node, start, end, self.source.line_of(start), self.source.text[start:end])

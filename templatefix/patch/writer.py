@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from jinja2 import nodes
 
@@ -31,9 +31,6 @@ from templatefix.patch.label import (
 )
 from templatefix.patch.slices import _literal_slice, _node_text
 from templatefix.source import Edit, TemplateSource, Token
-
-if TYPE_CHECKING:
-    from templatefix.source import Spanned
 
 
 @dataclass
@@ -87,7 +84,7 @@ def _write_literal(
     edits: list[Edit],
 ) -> None:
     literal = cast(nodes.TemplateData, atom.node)  # ``atom.is_literal``
-    token = source.token_at(cast("Spanned", literal).tf_span[0])
+    token = source.token_at(source.spans[literal][0])
     fill_none(units)
     for (label, condition), run in itertools.groupby(units, key=lambda u: (u.label, u.condition)):
         run_units = list(run)
@@ -214,7 +211,7 @@ def _run_expression(
             merged.append(unit)
     run = merged
     if len(run) == 1 and run[0].part < 0 and run[0].lo == 0 and run[0].hi is None:
-        start, end = cast("Spanned", part_node(atom, -1)).tf_span
+        start, end = source.spans[part_node(atom, -1)]
         return source.text[start:end]  # the whole expression in a tag of its own
     parents = _leaf_parents(part_node(atom, -1))
     leaves: dict[int, list[str]] = {}
@@ -326,7 +323,7 @@ def _rejoin(whole: nodes.Node, leaves: dict[int, tuple[str, str]]) -> tuple[str,
 
 def _tag_tokens(source: TemplateSource, node: nodes.Node) -> tuple[int, int]:
     """Indices of the ``{{`` and ``}}`` tokens around an output expression."""
-    start, end = cast("Spanned", node).tf_span
+    start, end = source.spans[node]
     begin = source.token_index_at(start)
     while begin > 0 and source.tokens[begin].kind != "variable_begin":
         begin -= 1
@@ -542,7 +539,7 @@ def _add_sibling(whole: nodes.Node, operand: nodes.Node) -> tuple[nodes.Node | N
 
 
 def _refuse(source: TemplateSource, node: nodes.Node, why: str) -> None:
-    start, end = cast("Spanned", node).tf_span
+    start, end = source.spans[node]
     expression = " ".join(source.text[start:end].split())
     if len(expression) > 80:
         expression = expression[:77] + "..."
@@ -616,10 +613,10 @@ def _set_to_text_before(source: TemplateSource, atom: Atom, name: str, macros: f
                 found = False
         return found
 
-    where = getattr(atom.output, "tf_span", None)
+    where = source.spans.get(atom.output)
 
     def is_output(statement: nodes.Node) -> bool:
-        return isinstance(statement, nodes.Output) and getattr(statement, "tf_span", None) == where
+        return isinstance(statement, nodes.Output) and source.spans.get(statement) == where
 
     for holder in (source.ast, *source.ast.find_all(nodes.Node)):
         for field in ("body", "else_"):

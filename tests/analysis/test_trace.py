@@ -6,14 +6,12 @@ from templatefix.analysis.regions import instrumented_for, message_regions
 from templatefix.errors import RenderError
 from templatefix.probes import fixed_battery
 from templatefix.render import render
-from templatefix.source import TemplateSource
 
 
 def test_instrumented_render_is_identical_on_the_corpus(corpus_templates: list[tuple[str, str]]) -> None:
     checked = 0
     for name, text in corpus_templates:
-        source = TemplateSource.parse(text)
-        instrumented = instrumented_for(source)
+        instrumented = instrumented_for(text)
         for probe in fixed_battery(text)[:4]:
             try:
                 expected = render(text, probe.messages, **dict(probe.kwargs))
@@ -34,8 +32,7 @@ def test_instrumented_render_is_identical_on_the_corpus(corpus_templates: list[t
 
 
 def test_parts_are_reported_only_when_they_join_to_the_whole() -> None:
-    source = TemplateSource.parse("{{ 'n=' ~ n }}{{ n + 1 }}{{ 'a' + s + 'b' }}")
-    traced = instrumented_for(source).trace([], n=1, s="x")
+    traced = instrumented_for("{{ 'n=' ~ n }}{{ n + 1 }}{{ 'a' + s + 'b' }}").trace([], n=1, s="x")
     assert traced.text == "n=12axb"
     by_atom = {e.atom: e for e in traced.emissions}
     assert by_atom[0].part_ranges == [(0, 2), (2, 3)]
@@ -47,7 +44,7 @@ def test_outputs_inside_macros_are_not_atoms() -> None:
     template = (
         "{% macro m(x) %}<{{ x }}>{% endmacro %}{% for msg in messages %}{{ m(msg.content) }}{% endfor %}"
     )
-    instrumented = instrumented_for(TemplateSource.parse(template))
+    instrumented = instrumented_for(template)
     traced = instrumented.trace([{"role": "user", "content": "a"}])
     assert traced.text == "<a>"
     assert [e.atom for e in traced.emissions] == [a.id for a in instrumented.atoms]
@@ -66,7 +63,7 @@ def test_message_regions_follow_loop_iterations() -> None:
 def test_if_branches_taken_are_recorded() -> None:
     template = "{% for m in messages %}{% if m.role == 'user' %}U{% elif m.content %}A{% endif %}"
     template += "{{ '.' }}{% endfor %}"
-    instrumented = instrumented_for(TemplateSource.parse(template))
+    instrumented = instrumented_for(template)
     traced = instrumented.trace([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
     dots = [e for e in traced.emissions if traced.text[e.start : e.end] == "."]
     assert [e.branches[0] for e in dots] == [0, 1]

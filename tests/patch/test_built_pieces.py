@@ -19,7 +19,6 @@ from templatefix.analysis.records import Emission
 from templatefix.analysis.regions import instrumented_for
 from templatefix.patch.conditions import Observation, _features, prefix_features
 from templatefix.render import render
-from templatefix.source import TemplateSource
 
 BUILT = (
     "{%- set enable_thinking = enable_thinking if enable_thinking is defined else true %}\n"
@@ -86,7 +85,7 @@ def test_flag_features_read_a_defaulted_flag_as_the_template_does() -> None:
     instrumented = instrumented_for(template)
     unset = Observation(True, Emission(0, 0, 1, None, {}, options={"effort": "off"}), {})
     passed = Observation(False, Emission(0, 0, 1, None, {}, options={"effort": "high"}), {"effort": "high"})
-    features = dict(_features([unset, passed], TemplateSource.parse(template), instrumented, None))
+    features = dict(_features([unset, passed], instrumented.source, instrumented, None))
     assert features["effort is defined"](unset)  # the template defines it, though no probe passed it
     assert features['effort == "off"'](unset)
     assert not features['effort == "off"'](passed)

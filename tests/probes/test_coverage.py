@@ -21,7 +21,6 @@ from templatefix.probes import fixed_battery, probe_battery
 from templatefix.reads import MESSAGE, template_reads_of
 from templatefix.render import render
 from templatefix.shapes import make_probe
-from templatefix.source import TemplateSource
 from templatefix.unreachable import dead_outputs
 from templatefix.verify import verify
 
@@ -104,7 +103,7 @@ NESTED = (
 
 
 def test_coverage_reaches_into_macros_set_blocks_and_nested_loops() -> None:
-    instrumented = instrumented_for(TemplateSource.parse(NESTED))
+    instrumented = instrumented_for(NESTED)
     literal = [site for site in instrumented.sites.outputs if site.literal]
     assert {site.macro for site in literal} == {"wrap", None}
     traced = instrumented.cover([{"role": "user", "content": "hi"}])
@@ -117,7 +116,7 @@ def test_coverage_reaches_into_macros_set_blocks_and_nested_loops() -> None:
 @given(probe=random_probes())
 def test_instrumented_render_is_byte_identical(probe: Probe) -> None:
     """Property: with every coverage hook in place, the render does not change by one byte."""
-    instrumented = instrumented_for(TemplateSource.parse(NESTED + CALL_ID))
+    instrumented = instrumented_for(NESTED + CALL_ID)
     for prompt in (False, True):
         expected = render(NESTED + CALL_ID, probe.messages, add_generation_prompt=prompt, **probe.kwargs)
         assert (

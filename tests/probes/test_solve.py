@@ -16,6 +16,7 @@ from templatefix.conditions import PathConditions, detected_drops_none, unsatisf
 from templatefix.coverage import _never_writes, measure, probe_features
 from templatefix.probes import fixed_battery, probe_battery, random_conversation
 from templatefix.solve import reach
+from templatefix.template import ChatTemplate
 
 
 def _reached_only_by_solving(template: str) -> list[Any]:
@@ -252,12 +253,11 @@ def test_an_unsatisfiable_output_is_never_written(seed: int) -> None:
         "{% elif m.tool_calls is defined and m.tool_calls[0].function.name in (builtin or []) %}[builtin]"
         "{% endif %}{{ m.content }}{% endfor %}"
     )
-    instrumented = instrumented_for(template)
-    proven = {
-        k for k, v in _never_writes(instrumented.source.ast, instrumented).items() if v == "unsatisfiable"
-    }
+    parsed = ChatTemplate.parse(template)
+    instrumented = instrumented_for(parsed)
+    proven = {k for k, v in _never_writes(parsed, instrumented).items() if v == "unsatisfiable"}
     assert bool(proven) == detected_drops_none()  # `content is none` holds where None keys are kept
-    features = probe_features(template, random_conversation(seed)) or frozenset()
+    features = probe_features(parsed, random_conversation(seed)) or frozenset()
     assert not proven & {site for kind, site, _ in features if kind == "out"}
 
 
@@ -286,14 +286,15 @@ def test_no_corpus_output_proven_unsatisfiable_is_reached(corpus_templates: list
     and random conversations, over the whole corpus."""
     checked = 0
     for name, text in corpus_templates:
-        instrumented = instrumented_for(text)
-        statuses = _never_writes(instrumented.source.ast, instrumented)
+        parsed = ChatTemplate.parse(text)
+        instrumented = instrumented_for(parsed)
+        statuses = _never_writes(parsed, instrumented)
         proven = {site for site, status in statuses.items() if status == "unsatisfiable"}
         if not proven:
             continue
         checked += 1
         for probe in fixed_battery(text) + [random_conversation(seed) for seed in range(40)]:
-            features = probe_features(text, probe) or frozenset()
+            features = probe_features(parsed, probe) or frozenset()
             assert not proven & {site for kind, site, _ in features if kind == "out"}, (name, probe.name)
     # where transformers keeps None-valued keys (4.56), 'is none' on a message field is reachable
     assert checked >= (5 if detected_drops_none() else 4)

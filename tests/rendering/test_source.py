@@ -15,7 +15,7 @@ def _check_offsets(source: TemplateSource) -> None:
     """Every node's span holds what the node is: names, literals, statements' tags."""
     text = source.text
     for node in iter_nodes(source.ast):
-        span = getattr(node, "tf_span", None)
+        span = source.spans.get(node)
         if span is None:
             continue
         covered = text[span[0] : span[1]]
@@ -27,7 +27,7 @@ def _check_offsets(source: TemplateSource) -> None:
             assert "".join(pieces) == node.value
         elif isinstance(node, nodes.TemplateData):
             assert covered.replace("\r\n", "\n").replace("\r", "\n") == node.data
-        tag = getattr(node, "tf_tag_span", None)
+        tag = source.tag_spans.get(node)
         if tag is not None:
             assert text[tag[0] : tag[0] + 2] == "{%" and text[: tag[1]].rstrip().endswith("%}")
 
@@ -76,18 +76,18 @@ def test_expression_positions_are_exact() -> None:
     source = TemplateSource.parse(text)
     add = next(n for n in iter_nodes(source.ast) if isinstance(n, nodes.Add))
     assert (
-        text[slice(*add.tf_span)]
+        text[slice(*source.spans[add])]
         == "'<|im_start|>' + message.role + '\\n' + message.content | trim + '<|im_end|>'"
     )
     flt = next(n for n in iter_nodes(source.ast) if isinstance(n, nodes.Filter))
-    assert text[slice(*flt.tf_span)] == "message.content | trim"
+    assert text[slice(*source.spans[flt])] == "message.content | trim"
 
 
 def test_edits_keep_everything_else_byte_identical() -> None:
     text = "a\r\n{{ x }}\r\nb"
     source = TemplateSource.parse(text)
     name = next(n for n in iter_nodes(source.ast) if isinstance(n, nodes.Name))
-    edited = source.apply([Edit(*name.tf_span, "y"), Edit(0, 0, "<"), Edit(len(text), len(text), ">")])
+    edited = source.apply([Edit(*source.spans[name], "y"), Edit(0, 0, "<"), Edit(len(text), len(text), ">")])
     assert edited == "<a\r\n{{ y }}\r\nb>"
     with pytest.raises(ValueError):
         source.apply([Edit(0, 5, ""), Edit(3, 4, "")])
@@ -125,3 +125,21 @@ def test_round_trip_on_generated_templates(pieces: list[str]) -> None:
     source = TemplateSource.parse(text)
     assert source.round_trip() == text
     _check_offsets(source)
+
+
+def test_positions_are_a_side_table_and_a_copy_shares_them() -> None:
+    """No attribute is set on jinja2's nodes; a copy of the tree (for a stage that changes it)
+    finds the same spans for its own nodes, and the original tree stays as it was."""
+    text = "{% for m in messages %}{{ m.role ~ ':' }}{% endfor %}"
+    source = TemplateSource.parse(text)
+    for node in iter_nodes(source.ast):
+        assert not [name for name in vars(node) if name.startswith("tf_")]
+    copied = source.copy()
+    assert copied.ast == source.ast and copied.ast is not source.ast
+    for node, twin in zip(iter_nodes(source.ast), iter_nodes(copied.ast), strict=True):
+        assert copied.spans.get(twin) == source.spans.get(node)
+        assert copied.tag_spans.get(twin) == source.tag_spans.get(node)
+    for_loop = next(iter_nodes(copied.ast)).body[0]
+    assert text[slice(*copied.tag_spans[for_loop])] == text
+    copied.ast.body.clear()
+    assert source.ast.body
