@@ -528,7 +528,7 @@ def _next_header_length(renderer: _Renderer, index: int, core: str, prompt: str)
     Only whole markup tokens count, and text must remain before them; the iteration's start in
     ``F`` comes from the trace (only traced when ``core`` and ``P`` end with the same markup).
     """
-    shared = core[len(core) - common_suffix_length(core, prompt.rstrip()):]
+    shared = core[len(core) - common_suffix_length(core, prompt):]
     if not any(c in "<[" and MARKUP_RUN.fullmatch(shared, i) for i, c in enumerate(shared)):
         return 0
     final = renderer(index + 1, False)
@@ -537,10 +537,7 @@ def _next_header_length(renderer: _Renderer, index: int, core: str, prompt: str)
     if region is None or region[0] >= len(prompt):
         return 0
     header = prompt[region[0]:]
-    role = renderer.messages[index].get("role")
-    # markup, and the role's name between markup tokens (``<|start_header_id|>assistant<|end_header_id|>``)
-    markup = header.replace(role, "") if isinstance(role, str) and role else header
-    if markup.strip() and MARKUP_RUN.fullmatch(markup) and core.endswith(header.rstrip()):
+    if header.strip() and MARKUP_RUN.fullmatch(header) and core.endswith(header.rstrip()):
         rest = core[: len(core) - len(header.rstrip())]
         return len(header.rstrip()) if rest.strip() else 0
     return 0

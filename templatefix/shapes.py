@@ -49,36 +49,6 @@ def _multi_turn(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     return [user_message(words), assistant_message(words), user_message(words), assistant_message(words)], {}
 
 
-def _ends_with_user(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
-    """Two answered turns, then a user message with no answer (a render ending with a user
-    message, as a prompt or a cut conversation is): the earlier turns keep their spans, and
-    nothing the template writes after the last message is trained."""
-    messages = [
-        system_message(words),
-        user_message(words),
-        assistant_message(words),
-        user_message(words),
-        assistant_message(words),
-        user_message(words),
-    ]
-    return messages, {}
-
-
-def _tool_calls_ends_with_user(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
-    """Text and a tool call, its result, an answer, then a user message with no answer."""
-    name = "lookup_" + words()
-    tools = [tool_schema(name, words)]
-    call = tool_call(name, words)
-    messages = [
-        user_message(words),
-        {"role": "assistant", "content": words(), "tool_calls": [call]},
-        tool_result(call, words),
-        assistant_message(words),
-        user_message(words),
-    ]
-    return messages, {"tools": tools}
-
-
 def _tool_calls(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     name = "lookup_" + words()
     tools = [tool_schema(name, words)]
@@ -358,26 +328,24 @@ _BASE_SHAPES = {
     "single_turn": _single_turn,
     "system_multi_turn": _system_multi_turn,
     "multi_turn": _multi_turn,
-    "ends_with_user": _ends_with_user,
     "tool_calls": _tool_calls,
     "tool_calls_string_arguments": _tool_calls_string_arguments,
     "tool_calls_multi": _tool_calls_multi,
     "tool_calls_parallel": _tool_calls_parallel,
-    "tool_calls_two_turns": _tool_calls_two_turns,
-    "tool_calls_ends_with_user": _tool_calls_ends_with_user,
     "tool_calls_no_id": _tool_calls_no_id,
     "tool_calls_two_arguments": _tool_calls_two_arguments,
     "tool_calls_parallel_string_arguments": _tool_calls_parallel_string_arguments,
-    "tool_calls_rich_schema": _tool_calls_rich_schema,
     "reasoning": _reasoning,
     "reasoning_multi_turn": _reasoning_multi_turn,
     "reasoning_some_turns": _reasoning_some_turns,
     "reasoning_tool_calls": _reasoning_tool_calls,
     "content_parts": _content_parts,
-    "content_parts_tool_calls": _content_parts_tool_calls,
     "empty_content": _empty_content,
     "whitespace_content": _whitespace_content,
     "whitespace_tool_calls": _whitespace_tool_calls,
+    "tool_calls_two_turns": _tool_calls_two_turns,
+    "tool_calls_rich_schema": _tool_calls_rich_schema,
+    "content_parts_tool_calls": _content_parts_tool_calls,
 }
 #: Shapes added to every battery after the coverage search (``templatefix.probes``): they check
 #: the patch, but reach no output the base shapes miss, and a search that started from them would

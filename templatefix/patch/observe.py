@@ -258,13 +258,11 @@ def _observe_sample(
 
     A sample that ends with another message than an assistant's (a prompt render) contributes
     what it writes after its last assistant turn: text no turn owns, so outside. Before that, it
-    contributes every output, labelled by the oracle, with how the conversation ends: an output
-    written once for the whole conversation that falls in the last turn's output is that turn's
-    (the messages after it write nothing, as Phi-3's tool messages), and a loop's output is
-    labelled as the turns of this render say (a template may write an earlier answer otherwise
-    when a user message follows, and the condition stage must see it). With the generation
-    prompt, the render must continue the one without it (else which turn owns what is unknown
-    and the sample is skipped).
+    contributes only the outputs outside every loop (written once for the whole conversation),
+    labelled by the oracle: one that falls in the last turn's output there is that turn's (the
+    messages after it write nothing, as Phi-3's tool messages). The loops' outputs there are what
+    the prefixes ending with those turns show. With the generation prompt, the render must
+    continue the one without it (else which turn owns what is unknown and the sample is skipped).
     """
     from templatefix.oracle import expected_turns
 
@@ -301,9 +299,9 @@ def _observe_sample(
         owned = max((max(t.start, t.end_out, t.end_in) for t in expectation.turns), default=0)
         flags, ending = dict(sample.kwargs), sample.ending
         record_emissions(instrumented, traced, [], flags, seen.records, ending=ending, since=owned)
-        before = [e for e in traced.emissions if e.start < owned]
+        once = [e for e in traced.emissions if e.start < owned and not instrumented.atoms[e.atom].loops]
         record_emissions(
-            instrumented, replace(traced, emissions=before), spans, flags, seen.records, free, ends, ending
+            instrumented, replace(traced, emissions=once), spans, flags, seen.records, free, ends, ending
         )
         return
     seen.saw_turn = seen.saw_turn or bool(expectation.turns)

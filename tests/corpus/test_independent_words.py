@@ -374,26 +374,3 @@ def test_final_channel_only_leaves_parts_beside_a_call_untrained() -> None:
     assert [str(f) for f in verdict.failures] == []
     assert verdict.inside >= 1 and verdict.outside >= 4
 
-
-@pytest.mark.corpus
-def test_gemma4_answers_stay_trained_when_the_conversation_ends_with_a_user_message(corpus_dir: Path) -> None:
-    """Gemma 4 writes a call turn's text after the tool responses. Which of its outputs are trained
-    is learnt also from renders that end with a user message: there, every earlier answer is
-    still a turn of its own and must be trained (before, the patch trained answers only when the
-    last message was the assistant's)."""
-    from templatefix.patch.api import patch_template
-
-    path = corpus_dir / "templates" / "gemma" / "gemma-4-31B-it.2026-04-10.jinja"
-    original = path.read_text(encoding="utf-8")
-    result = patch_template(original)
-    assert result.verified, result.reasons
-    messages = [
-        {"role": "user", "content": "hello ember5q"},
-        {"role": "assistant", "content": "hi fjord6q"},
-        {"role": "user", "content": "more harbor7q"},
-        {"role": "assistant", "content": "sure indigo8q"},
-        {"role": "user", "content": "thanks juniper9q"},
-    ]
-    verdict = judge_words(original, result.patched, messages, {})
-    assert [str(f) for f in verdict.failures] == []
-    assert verdict.inside >= 2

@@ -267,24 +267,6 @@ def test_patched_header_after_every_render_marks_nothing_in_a_prompt() -> None:
     assert render_with_spans(result.patched, [{"role": "user", "content": "hi"}])[1] == []
 
 
-#: The next assistant header written after the loop whatever ``add_generation_prompt`` says, with
-#: the role's name between its markup tokens.
-HEADER_AFTER_LOOP = (
-    "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
-    "{{ m.content }}<|eot_id|>{% endfor %}<|start_header_id|>assistant<|end_header_id|>\n\n"
-)
-
-
-def test_the_next_header_after_the_last_turn_is_outside_its_span():
-    """F ends with the header P ends with (written after the loop for the turn that may come next):
-    the span stops before it (SPEC §2), so a render ending with a user message, which writes the
-    same header, owns it in no turn either."""
-    expectation = expected_turns(HEADER_AFTER_LOOP, TWO_TURNS)
-    assert [turn.kind for turn in expectation.turns] == ["exact", "exact"]
-    # jinja drops the template's final newline: P ends with one ``\n``, each reply starts with the other
-    assert spans_text(expectation) == ["\nbravo2<|eot_id|>", "\ndelta4<|eot_id|>"]
-
-
 #: A preamble written only when the generation prompt is asked for: P does not continue the
 #: render without it, so every turn is a mismatch.
 PREAMBLE_WITH_PROMPT = (

@@ -334,18 +334,3 @@ def test_token_masks_are_checked_through_the_tokens_hook(load_tokenizer):
     assert report.verified, report.failures()
     assert all(probe.token_problems == [] for probe in report.probes)
 
-
-def test_spans_that_vanish_when_the_conversation_ends_with_a_user_message_are_caught():
-    """Spans that exist only when the last message is the assistant's: in a conversation that ends
-    with a user message (a cut conversation, a prompt) the earlier turns have no span. The battery
-    has conversations ending with a user message, so the verifier sees it."""
-    vanishing = (
-        "{% for m in messages %}<|im_start|>{{ m.role }}\n"
-        "{% if m.role == 'assistant' and messages[-1].role == 'assistant' %}{% generation %}"
-        "{{ m.content }}<|im_end|>{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}\n"
-        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    report = verify(vanishing, ORIGINAL)
-    assert not report.verified
-    failing = {p.name for p in report.probes if p.status == "failed"}
-    assert "ends_with_user" in failing, sorted(failing)
