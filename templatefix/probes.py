@@ -40,7 +40,7 @@ from templatefix.conversation import (
 from templatefix.errors import RenderError
 from templatefix.flags import find_flags, template_reads
 from templatefix.render import render
-from templatefix.shapes import BASE_SHAPE_BUILDERS, CHECK_SHAPES, FLAG_SHAPES, make_probe
+from templatefix.shapes import BASE_SHAPE_BUILDERS, FLAG_SHAPES, make_probe
 from templatefix.template import ChatTemplate
 
 #: At most this many probes per battery. Each probe costs several renders per assistant turn in
@@ -106,8 +106,8 @@ def probe_battery(
     ``search``, the conversations derived from what the template reads
     (``templatefix.derive``) that reach an output or branch outcome the others do not
     (``templatefix.coverage.search``, within its budget), then the conversations built from the
-    path condition of each output still unreached (``templatefix.solve.reach``); last the
-    shapes of :data:`~templatefix.shapes.CHECK_SHAPES`. Cached per template.
+    path condition of each output still unreached (``templatefix.solve.reach``). Cached per
+    template.
 
     Raises:
         TemplateSyntaxError: the template is not valid Jinja.
@@ -130,7 +130,6 @@ def _battery(template: ChatTemplate, limit: int, search: bool) -> tuple[Probe, .
         )
         # what the search left unreached: conversations built from each output's path condition
         battery += solve.reach(template, battery)
-    battery += [make_probe(shape) for shape in CHECK_SHAPES]
     return tuple(battery)
 
 

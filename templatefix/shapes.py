@@ -116,16 +116,6 @@ def _tool_calls_two_turns(words: WordSource) -> tuple[list[Message], dict[str, A
     return messages, {"tools": tools}
 
 
-def _tool_calls_two_turns_string_arguments(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
-    """:func:`_tool_calls_two_turns` with the arguments as JSON strings (templates that add them to
-    a string reject the other)."""
-    messages, kwargs = _tool_calls_two_turns(words)
-    for message in messages:
-        for call in message.get("tool_calls") or ():
-            call["function"]["arguments"] = json.dumps(call["function"]["arguments"])
-    return messages, kwargs
-
-
 def _tool_calls_parallel(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     """Two parallel calls with no text: separators between calls must not depend on content."""
     first, second = "search_" + words(), "fetch_" + words()
@@ -347,10 +337,6 @@ _BASE_SHAPES = {
     "tool_calls_rich_schema": _tool_calls_rich_schema,
     "content_parts_tool_calls": _content_parts_tool_calls,
 }
-#: Shapes added to every battery after the coverage search (``templatefix.probes``): they check
-#: the patch, but reach no output the base shapes miss, and a search that started from them would
-#: stop earlier and keep other probes.
-CHECK_SHAPES = {"tool_calls_two_turns_string_arguments": _tool_calls_two_turns_string_arguments}
 #: The base shapes' builders by name (``templatefix.derive`` varies them).
 BASE_SHAPE_BUILDERS = _BASE_SHAPES
 #: Shapes repeated under each flag value, most telling first: reasoning in some turns shows history
@@ -420,7 +406,7 @@ def make_probe(shape: str, extra_kwargs: Mapping[str, Any] | None = None, name: 
         >>> make_probe("tool_calls").kwargs["tools"][0]["type"]
         'function'
     """
-    builder = _BASE_SHAPES.get(shape) or CHECK_SHAPES.get(shape) or {"documents": _documents}.get(shape)
+    builder = _BASE_SHAPES.get(shape) or {"documents": _documents}.get(shape)
     if builder is None:
         raise ValueError(f"unknown probe shape {shape!r}; choose from {', '.join(SHAPES)}")
     messages, kwargs = builder(WordSource())
@@ -428,4 +414,4 @@ def make_probe(shape: str, extra_kwargs: Mapping[str, Any] | None = None, name: 
     return Probe(name or shape, tuple(messages), kwargs)
 
 
-SHAPES = (*_BASE_SHAPES, *CHECK_SHAPES, "documents")
+SHAPES = (*_BASE_SHAPES, "documents")
