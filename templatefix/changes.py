@@ -225,7 +225,7 @@ def with_part(part_type: str, role: str = "user") -> Change:
 def mapping_tool_result(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
     changed = False
     for message in messages:
-        if message["role"] == "tool":
+        if message["role"] == "tool" and "content" in message:  # another change may have taken it
             message["content"] = {"result": message["content"]}
             changed = True
     return changed
