@@ -203,10 +203,8 @@ OFFICIAL = {
         (302, "loop.last and not add_generation_prompt", True),
     ],
     "glm/GLM-4.5.jinja": [(60, "loop.index0 > ns.last_user_index", True)],
-    "glm/GLM-5.1.jinja": [
-        (70, "loop.index0 > ns.last_user_index", True),  # the elif after it (line 72) is then dead
-        (75, "(clear_thinking is defined and not clear_thinking) or loop.index0 > ns.last_user_index", True),
-    ],
+    # GLM-5.1 is left out: the search's random-14 conversation under enable_thinking=False shows a
+    # turn the variant still rewrites (message 7), so no variant is proven there.
     "deepseek/DeepSeek-R1.jinja": [],  # drops reasoning in every turn, the last one too: nothing to rewrite
 }  # fmt: skip
 
@@ -318,7 +316,8 @@ def test_qwen3_compared_with_trl(corpus_dir: Path) -> None:
     later = _read(corpus_dir, "qwen/Qwen3.later-revision.jinja")
     proof = prove(later, strip_generation_markers(trl_copy), probe_battery(later))
     assert proof.failures
-    assert {f.split(":")[0] for f in proof.failures} <= {"content_parts", "random-3"}
+    failing = {f.split(":")[0] for f in proof.failures}
+    assert failing <= {"content_parts", "content_parts_tool_calls", "random-3"}
 
 
 @pytest.mark.corpus
