@@ -259,20 +259,20 @@ def _whitespace_tool_calls(words: WordSource) -> tuple[list[Message], dict[str, 
     return messages, {"tools": tools}
 
 
+def _text_parts(words: WordSource, count: int = 1) -> list[dict[str, str]]:
+    return [{"type": "text", "text": words()} for _ in range(count)]
+
+
 def _content_parts(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
     """Contents as lists of text parts: one part, and two in the assistant turns. The system
     message is a string (templates that add it to a string reject a list there, and would then
     reject the whole conversation)."""
-
-    def parts(count: int = 1) -> list[dict[str, str]]:
-        return [{"type": "text", "text": words()} for _ in range(count)]
-
     messages = [
         system_message(words),
-        {"role": "user", "content": parts()},
-        {"role": "assistant", "content": parts(2)},
-        {"role": "user", "content": parts()},
-        {"role": "assistant", "content": parts(2)},
+        {"role": "user", "content": _text_parts(words)},
+        {"role": "assistant", "content": _text_parts(words, 2)},
+        {"role": "user", "content": _text_parts(words)},
+        {"role": "assistant", "content": _text_parts(words, 2)},
     ]
     return messages, {}
 
@@ -281,20 +281,16 @@ def _content_parts_tool_calls(words: WordSource) -> tuple[list[Message], dict[st
     """Contents as lists of parts beside a tool call, after its result and in a later turn: a
     template writes the parts of a call turn through the same output as any other turn's parts,
     and a policy that leaves call turns untrained must tell them apart."""
-
-    def parts(count: int = 1) -> list[dict[str, str]]:
-        return [{"type": "text", "text": words()} for _ in range(count)]
-
     name = "lookup_" + words()
     tools = [tool_schema(name, words)]
     call = tool_call(name, words)
     messages = [
-        {"role": "user", "content": parts()},
-        {"role": "assistant", "content": parts(2), "tool_calls": [call]},
+        {"role": "user", "content": _text_parts(words)},
+        {"role": "assistant", "content": _text_parts(words, 2), "tool_calls": [call]},
         tool_result(call, words),
-        {"role": "assistant", "content": parts()},
-        {"role": "user", "content": parts()},
-        {"role": "assistant", "content": parts(2)},
+        {"role": "assistant", "content": _text_parts(words)},
+        {"role": "user", "content": _text_parts(words)},
+        {"role": "assistant", "content": _text_parts(words, 2)},
     ]
     return messages, {"tools": tools}
 
@@ -361,7 +357,7 @@ def _assistant_content_parts(words: WordSource) -> tuple[list[Message], dict[str
     string raises there, and so must the patched template (SPEC rule 1)."""
     messages = [
         user_message(words),
-        {"role": "assistant", "content": [{"type": "text", "text": words()}]},
+        {"role": "assistant", "content": _text_parts(words)},
         user_message(words),
         assistant_message(words),
     ]
