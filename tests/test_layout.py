@@ -284,3 +284,34 @@ def test_no_module_only_reexports():
 def test_code_imports_names_from_the_module_defining_them():
     found = indirect_imports()
     assert found == [], "imports through a module that does not define the name:\n" + "\n".join(found)
+
+
+def _test_module_imports(path: Path) -> list[str]:
+    """Top-level names of the modules a test file imports that are other test files."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.append(node.module)
+    return [name for name in names if name.split(".")[0].startswith(("test_", "conftest"))]
+
+
+def test_test_files_share_code_only_through_support():
+    """A test file that imports another test file collects only when pytest has already put that
+    file's folder on ``sys.path``: run alone (as CI's engine stage runs ``tests/io/test_pr_flow.py``)
+    it fails to import. Shared test code lives in ``tests/support/``."""
+    tests_dir = Path(__file__).resolve().parent
+    offenders = {
+        path.relative_to(tests_dir).as_posix(): imported
+        for path in sorted(tests_dir.rglob("*.py"))
+        if (imported := _test_module_imports(path))
+    }
+    assert offenders == {}
+
+
+def test_the_test_import_check_sees_an_import_of_a_test_file(tmp_path):
+    sample = tmp_path / "test_sample.py"
+    sample.write_text("import os\nfrom test_patch_cli import TINY\nfrom support.fakes import TINY\n")
+    assert _test_module_imports(sample) == ["test_patch_cli"]

@@ -12,42 +12,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support.fakes import TINY, TINY_PATCHED, UNVERIFIABLE, fake_patch_template
 from support.hub_server import TEST_TOKEN, FakeHub, hub_environment, hub_offline
 
 import templatefix
-from templatefix import PatchResult
 from templatefix.cli import main
-from templatefix.patch.result import unified_diff
-from templatefix.policy import Policy
-
-TINY = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
-TINY_PATCHED = TINY.replace(
-    "{{ m.content }}",
-    "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}"
-    "{% else %}{{ m.content }}{% endif %}",
-)
-UNVERIFIABLE = "{# UNVERIFIABLE #}" + TINY
-
-
-def fake_patch_template(template: str, *, policy: Policy | None = None, **kwargs: Any) -> PatchResult:
-    """Stands in for the patcher: marks ``{{ m.content }}``; templates saying UNVERIFIABLE fail."""
-    policy = policy or Policy.from_kwargs(**kwargs)
-    patched = template.replace(TINY, TINY_PATCHED)
-    verified = "UNVERIFIABLE" not in template
-    reasons = [] if verified else ["fake: cannot place the span of turn 1"]
-    return PatchResult(
-        original=template,
-        patched=patched,
-        verified=verified,
-        report=None,
-        reasons=reasons,
-        diff=unified_diff(template, patched, "chat_template.jinja"),
-        changed=patched != template,
-        policy=policy,
-    )
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ pytest.importorskip("torch")
 pytest.importorskip("trl")
 pytest.importorskip("datasets")
 
+from support.sft import prepare  # noqa: E402
+
 from templatefix.data.audit import AuditOptions, audit_rows  # noqa: E402
 from templatefix.data.rows import expand_row  # noqa: E402
 from templatefix.render import render  # noqa: E402
@@ -108,43 +110,6 @@ def family_params(strict_spec: bool) -> list[Any]:
             )
         params.append(pytest.param(name, id=f"{name}-{which}", marks=marks))
     return params
-
-
-def prepare(
-    tokenizers_dir: Path, name: str, template: str, rows: list[dict], tmp_path: Path
-) -> tuple[Any, list]:
-    """Run SFTTrainer's real dataset preparation; return (tokenizer, prepared rows in order)."""
-    from datasets import Dataset
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-    from trl import SFTConfig, SFTTrainer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizers_dir / name))
-    tokenizer.chat_template = template
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=8,
-        intermediate_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
-    args = SFTConfig(
-        output_dir=str(tmp_path / "out"),
-        assistant_only_loss=True,
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        max_length=None,
-    )
-    trainer = SFTTrainer(
-        model=LlamaForCausalLM(config),
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-    )
-    prepared = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
-    assert len(prepared) == len(rows)
-    return tokenizer, prepared
 
 
 def trained_runs(example: dict) -> list[list[int]]:

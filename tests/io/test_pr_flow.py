@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.fakes import TINY, TINY_PATCHED, UNVERIFIABLE, fake_patch_template
 from support.hub_server import TEST_TOKEN, FakeHub, hub_environment
-from test_patch_cli import TINY, TINY_PATCHED, UNVERIFIABLE, fake_patch_template
 
 import templatefix
 from templatefix.cli import main

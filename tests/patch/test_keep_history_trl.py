@@ -17,7 +17,7 @@ pytest.importorskip("torch")
 pytest.importorskip("trl")
 pytest.importorskip("datasets")
 
-from test_trl_e2e import prepare  # noqa: E402
+from support.sft import prepare  # noqa: E402
 
 import templatefix  # noqa: E402
 from templatefix.render import render  # noqa: E402

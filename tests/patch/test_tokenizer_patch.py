@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_patch_cli import TINY, TINY_PATCHED, UNVERIFIABLE, fake_patch_template
+from support.fakes import TINY, TINY_PATCHED, UNVERIFIABLE, fake_patch_template
 
 from templatefix.errors import NotVerifiedError, TemplatefixError
 from templatefix.patch import api as patch_api
