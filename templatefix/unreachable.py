@@ -26,7 +26,11 @@ A second proof, :class:`_Flow`, runs the statements over the values known on eve
 one on every path reaching a statement. A test those values decide closes its branches. rnj-1
 sets ``emit.started`` to true on both branches of its tools test, so the message loop's ``{% if
 not emit.started %}{{ bos_token }}`` never writes; Solar Open calls ``render_system_message``
-first, while ``sys_ns.is_first_block`` is still true. See :class:`_Flow` for what it assumes.
+first, while ``sys_ns.is_first_block`` is still true. Where a value is not one constant, the
+analysis knows its *kinds* (:class:`Kinds`): Nemotron 3 sets ``c = "<think></think>" ~ …`` or
+keeps a ``c`` that holds ``'<think>'``, so ``c|trim`` is never empty and the branch of ``{% if
+c|length > 0 %}`` that writes an empty turn is never taken. See :class:`_Flow` for what it
+assumes.
 
 Example:
     >>> from jinja2 import Environment
@@ -49,6 +53,8 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 from jinja2 import nodes
+
+from templatefix.environment import is_generation_block
 
 #: Nodes whose body is a scope of its own for ``{% set %}``.
 _SCOPES = (nodes.For, nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.Scope, nodes.With)
@@ -255,6 +261,88 @@ UNKNOWN: Any = _Unknown()
 EMPTY: Any = _Empty()
 _SCALARS = (str, int, float, bool, type(None))
 
+#: What a value may be, in five kinds that cover every value a chat template sees (JSON data,
+#: strings, undefined): the empty string; a non-empty string of whitespace only; a string with a
+#: character that is not whitespace; a false value that is not a string (none, false, 0, an
+#: empty list or mapping, undefined); a true value that is not a string.
+_EMPTY_STR, _BLANK, _TEXT, _FALSY, _TRUTHY = "empty", "blank", "text", "falsy", "truthy"
+_ALL_KINDS = frozenset((_EMPTY_STR, _BLANK, _TEXT, _FALSY, _TRUTHY))
+_STRINGS = frozenset((_EMPTY_STR, _BLANK, _TEXT))
+_FALSE_KINDS = frozenset((_EMPTY_STR, _FALSY))
+_TRUE_KINDS = frozenset((_BLANK, _TEXT, _TRUTHY))
+#: The kinds of ``value|string`` (and of each operand of ``~``) per kind: undefined is ``''``,
+#: ``none``, ``false``, ``0`` and empty containers print a word or brackets, and a true value
+#: that is not a string prints something that is not whitespace.
+_AS_STRING = {
+    _EMPTY_STR: frozenset((_EMPTY_STR,)),
+    _BLANK: frozenset((_BLANK,)),
+    _TEXT: frozenset((_TEXT,)),
+    _FALSY: frozenset((_EMPTY_STR, _TEXT)),
+    _TRUTHY: frozenset((_TEXT,)),
+}
+_SAID = {
+    _EMPTY_STR: "the empty string",
+    _BLANK: "a string of whitespace",
+    _TEXT: "a string with a non-space character",
+    _FALSY: "a false value that is not a string",
+    _TRUTHY: "a true value that is not a string",
+}
+
+
+class Kinds:
+    """A value known only by its kinds (a strict, non-empty subset of the five above): a name set
+    to ``'<think></think>' ~ content`` is a string with a non-space character in every render,
+    whatever ``content`` is."""
+
+    __slots__ = ("may",)
+
+    def __init__(self, may: frozenset[str]) -> None:
+        self.may = may
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Kinds) and other.may == self.may
+
+    def __hash__(self) -> int:
+        return hash(self.may)
+
+    def __repr__(self) -> str:
+        return " or ".join(_SAID[kind] for kind in sorted(self.may))
+
+
+def _kinds_of(value: Any) -> frozenset[str]:
+    """The kinds a known value (constant, EMPTY, Kinds) may be; every kind for UNKNOWN."""
+    if isinstance(value, Kinds):
+        return value.may
+    if value is UNKNOWN:
+        return _ALL_KINDS
+    if value is EMPTY:
+        return frozenset((_FALSY,))
+    if isinstance(value, str):
+        return frozenset((_TEXT if value.strip() else _BLANK if value else _EMPTY_STR,))
+    return frozenset((_TRUTHY if value else _FALSY,))
+
+
+def _from_kinds(may: frozenset[str]) -> Any:
+    """The abstract value of a set of kinds (UNKNOWN when it says nothing)."""
+    return Kinds(may) if may and may != _ALL_KINDS else UNKNOWN
+
+
+def _as_string(may: frozenset[str]) -> frozenset[str]:
+    return frozenset().union(*(_AS_STRING[kind] for kind in may))
+
+
+def _concat(parts: list[frozenset[str]]) -> frozenset[str]:
+    """The kinds of the concatenation of strings of these kinds."""
+    result = frozenset((_EMPTY_STR,))
+    for part in parts:
+        combined: set[str] = set()
+        for a in result:
+            for b in part:
+                combined.add(_TEXT if _TEXT in (a, b) else _EMPTY_STR if a == b == _EMPTY_STR else _BLANK)
+        result = frozenset(combined)
+    return result
+
+
 Key = tuple[str, ...]  # ("name", x) or ("attr", namespace, attribute)
 State = dict[Key, Any]  # a key not in the state has an unknown value
 
@@ -264,12 +352,23 @@ class _GiveUp(Exception):
 
 
 def _join(a: State | None, b: State | None) -> State | None:
-    """What is known after a path through ``a`` or one through ``b`` (``None``: no path)."""
+    """What is known after a path through ``a`` or one through ``b`` (``None``: no path): a value
+    the same on both, else the kinds either may be."""
     if a is None:
         return b
     if b is None:
         return a
-    return {k: v for k, v in a.items() if k in b and _same(v, b[k])}
+    joined: State = {}
+    for key, value in a.items():
+        if key not in b:
+            continue
+        if _same(value, b[key]):
+            joined[key] = value
+        else:
+            either = _from_kinds(_kinds_of(value) | _kinds_of(b[key]))
+            if either is not UNKNOWN:
+                joined[key] = either
+    return joined
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -281,6 +380,8 @@ def _truth(value: Any) -> bool | None:
         return None
     if value is EMPTY:
         return False
+    if isinstance(value, Kinds):
+        return True if value.may <= _TRUE_KINDS else False if value.may <= _FALSE_KINDS else None
     return bool(value)
 
 
@@ -303,7 +404,13 @@ class _Flow:
       with the caller's namespace attributes (names unknown: a macro sees the caller's names at
       call time), and the caller goes on with the attributes the body leaves. Otherwise a macro's
       body runs once with everything unknown, and a namespace written in a macro is not followed.
-    - Anything else (a value from the caller, a loop variable, a call, a filter) is unknown.
+    - A value that is not the same constant on every path may still have known kinds (see
+      :class:`Kinds`): a join keeps the kinds either side may have; ``~``, ``+``, the ``string``,
+      ``trim`` and ``default`` filters, ``and``/``or`` and conditional expressions carry them;
+      the branches of a test narrow the kinds of the names it tests (truth, ``is string``,
+      ``'x' in c``), and only a name's value is narrowed, never what it was copied from.
+    - Anything else (a value from the caller, a loop variable, a call, another filter) is unknown.
+    - ``{% generation %}`` blocks run once where they stand, their ``{% set %}`` names local.
     Templates with ``include``, ``import``, ``extends``, blocks or recursive loops prove nothing.
     """
 
@@ -315,6 +422,9 @@ class _Flow:
         self.loops: list[tuple[list[State], list[State]]] = []  # (breaks, continues) per loop
         self.calling: list[str] = []
         self.memo: dict[tuple[str, tuple[tuple[Key, Any], ...]], State | None] = {}
+        self.memo_writes: dict[tuple[str, tuple[tuple[Key, Any], ...]], bool] = {}
+        self.writes = 0  # outputs reached so far: a macro call that adds none writes nothing
+        self.ended = ""  # why the path just ended, when a statement ends it
         if any(tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends, nodes.Block))):
             raise _GiveUp
         if any(loop.recursive for loop in tree.find_all(nodes.For)):
@@ -331,7 +441,7 @@ class _Flow:
             inline
             and all(any(m is top for top in tree.body) for m in macros)
             and all(bound[m.name] == 1 for m in macros)
-            and not any(tree.find_all(nodes.CallBlock))
+            and not any(not is_generation_block(block) for block in tree.find_all(nodes.CallBlock))
             and not any(m.find_all(nodes.Call) for macro in macros for m in macro.defaults)
             and self._macros_only_called(tree)
         )
@@ -367,8 +477,9 @@ class _Flow:
                 followed.discard(name.name)  # passed around: an alias may change it unseen
         if not self.inline:
             for body in tree.find_all((nodes.Macro, nodes.CallBlock)):
-                for ref in body.find_all(nodes.NSRef):
-                    followed.discard(ref.name)
+                if not is_generation_block(body):
+                    for ref in body.find_all(nodes.NSRef):
+                        followed.discard(ref.name)
         return followed
 
     # --- statements
@@ -377,7 +488,8 @@ class _Flow:
         self.run(self.tree.body, {}, "")
         if not self.inline:
             for scope in self.tree.find_all((nodes.Macro, nodes.CallBlock)):
-                self.run(cast("nodes.Macro | nodes.CallBlock", scope).body, {}, "")
+                if not is_generation_block(scope):  # those run where they stand
+                    self.run(cast("nodes.Macro | nodes.CallBlock", scope).body, {}, "")
 
     def run(self, body: list[nodes.Node], state: State | None, why: str) -> State | None:
         for statement in body:
@@ -386,12 +498,14 @@ class _Flow:
                 continue
             state = self.statement(statement, state)
             if state is None:
-                why = "it follows a {% break %} or {% continue %}"
+                why = self.ended or "it follows a {% break %} or {% continue %}"
+                self.ended = ""
         return state
 
     def mark_dead(self, statement: nodes.Node, why: str) -> None:
         """Record the outputs of a statement no render reaches (macros defined there are not
-        run there, and their outputs not claimed)."""
+        run there, and their outputs not claimed; a ``{% generation %}`` block runs where it
+        stands)."""
         self.work += 1
         stack = [statement]
         while stack:
@@ -399,7 +513,7 @@ class _Flow:
             if isinstance(node, nodes.Output):
                 for child in node.nodes:
                     self.dead.setdefault(id(child), why)
-            if not isinstance(node, (nodes.Macro, nodes.CallBlock)):
+            if not isinstance(node, (nodes.Macro, nodes.CallBlock)) or is_generation_block(node):
                 stack.extend(node.iter_child_nodes())
 
     def statement(self, node: nodes.Node, state: State) -> State | None:
@@ -408,8 +522,21 @@ class _Flow:
             raise _GiveUp
         if isinstance(node, nodes.Output):
             for child in node.nodes:
-                self.live.add(id(child))
+                failing = _always_fails(child)
+                if failing is not None:  # every part of this output: in failed renders only
+                    self.ended = f"every render reaching it fails at '{failing}' (a generator is not JSON)"
+                    for written in node.nodes:
+                        self.dead.setdefault(id(written), self.ended)
+                    return None
+            for child in node.nodes:
+                writes = self.writes
                 state = self.evaluate(child, state)[0]
+                macro = self._macro(child) if self.inline else None
+                if macro is not None and self.writes == writes:
+                    self.dead.setdefault(id(child), f"the macro {macro.name} writes nothing when called here")
+                else:
+                    self.live.add(id(child))
+                    self.writes += 1
             return state
         if isinstance(node, nodes.If):
             return self.branches(node, state)
@@ -467,6 +594,8 @@ class _Flow:
             return self.scoped(node.body, state, node)
         if isinstance(node, nodes.Scope):
             return self.scoped(node.body, state, node)
+        if is_generation_block(node):  # its body runs once, here, as a macro's (names stay local)
+            return self.scoped(node.body, state, node)
         if isinstance(node, nodes.CallBlock):
             return self.evaluate(node.call, state)[0]  # its body runs on its own (not inline)
         if isinstance(node, nodes.ExprStmt):
@@ -494,10 +623,12 @@ class _Flow:
             if truth is False:
                 self.run(branch.body, None, self.decided(branch.test, read, False))
             else:
-                result = _join(result, self.run(branch.body, rest, ""))
+                result = _join(result, self.run(branch.body, self.refine(branch.test, rest, True), ""))
             if truth is True:
                 rest_why = self.decided(branch.test, read, True)
                 rest = None
+            elif rest is not None:
+                rest = self.refine(branch.test, rest, False)
         return _join(result, self.run(node.else_, rest, rest_why))
 
     def loop(self, node: nodes.For, state: State) -> State | None:
@@ -525,7 +656,9 @@ class _Flow:
         else:
             start = fresh(state)
             ends = state
-            for _ in range(len(start or {}) + 2):  # each round forgets a key, or is the last
+            # each round widens a key's value (a constant, then ever larger sets of kinds, then
+            # forgotten: at most six steps per key), or is the last
+            for _ in range(6 * len(start or {}) + 2):
                 breaks: list[State] = []
                 continues: list[State] = []
                 self.loops.append((breaks, continues))
@@ -621,16 +754,20 @@ class _Flow:
         entry = {k: v for k, v in state.items() if k[0] == "attr" and k[1] in self.global_namespaces}
         memo = (macro.name, tuple(sorted(entry.items(), key=repr)))
         if memo not in self.memo:
+            writes = self.writes
             self.calling.append(macro.name)
             loops, self.loops = self.loops, []
             end = self.run(macro.body, entry, "")
             self.loops = loops
             self.calling.pop()
+            self.memo_writes[memo] = self.writes != writes
             self.memo[memo] = (
                 None
                 if end is None
                 else {k: v for k, v in end.items() if k[0] == "attr" and k[1] in self.global_namespaces}
             )
+        elif self.memo_writes[memo]:
+            self.writes += 1
         end = self.memo[memo]
         kept = {k: v for k, v in state.items() if k[0] == "name" or k[1] not in self.global_namespaces}
         if end is None:
@@ -642,7 +779,7 @@ class _Flow:
         if isinstance(node, nodes.Const):
             return node.value if isinstance(node.value, _SCALARS) else UNKNOWN
         if isinstance(node, (nodes.List, nodes.Tuple, nodes.Dict)):
-            return EMPTY if not node.items else UNKNOWN
+            return EMPTY if not node.items else Kinds(frozenset((_TRUTHY,)))
         if isinstance(node, nodes.Name):
             return state.get(("name", node.name), UNKNOWN)
         if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
@@ -658,15 +795,27 @@ class _Flow:
                 return self.value(node.expr1, state)
             if truth is False:
                 return self.value(node.expr2, state) if node.expr2 is not None else UNKNOWN
-            return UNKNOWN
+            return _from_kinds(self.kinds(node, state))
         if isinstance(node, nodes.Compare) and len(node.ops) == 1 and node.ops[0].op in ("eq", "ne"):
+            length = self.length_is_positive(node, state)
+            if length is not None:
+                return length
             left, right = self.value(node.expr, state), self.value(node.ops[0].expr, state)
-            if left is UNKNOWN or right is UNKNOWN or left is EMPTY or right is EMPTY:
+            if any(v is UNKNOWN or v is EMPTY or isinstance(v, Kinds) for v in (left, right)):
                 return UNKNOWN
             return (left == right) is (node.ops[0].op == "eq")
+        if isinstance(node, nodes.Compare):
+            length = self.length_is_positive(node, state)
+            return UNKNOWN if length is None else length
         if isinstance(node, nodes.Test) and not node.args and not node.kwargs:
             value = self.value(node.node, state)
             if value is UNKNOWN:
+                return UNKNOWN
+            if isinstance(value, Kinds):
+                if node.name == "string":
+                    return True if value.may <= _STRINGS else False if not value.may & _STRINGS else UNKNOWN
+                if node.name in ("none", "defined", "undefined") and _FALSY not in value.may:
+                    return node.name == "defined"  # none and undefined are false values
                 return UNKNOWN
             if node.name == "none":
                 return value is None
@@ -676,15 +825,137 @@ class _Flow:
                 return isinstance(value, str)
             return UNKNOWN
         if isinstance(node, (nodes.And, nodes.Or)):
-            truth = self.truth(node, state)
-            left = self.value(node.left, state)
-            right = self.value(node.right, state)
-            if truth is None or left is UNKNOWN:
-                return UNKNOWN
+            left_truth = _truth(self.value(node.left, state))
+            if left_truth is None:
+                return _from_kinds(self.kinds(node, state))
             # ``a and b`` is ``a`` when ``a`` is false, else ``b``; ``a or b`` the other way round
-            left_decides = (_truth(left) is False) is isinstance(node, nodes.And)
-            return left if left_decides else right
-        return UNKNOWN
+            left_decides = (left_truth is False) is isinstance(node, nodes.And)
+            return self.value(node.left if left_decides else node.right, state)
+        return _from_kinds(self.kinds(node, state))
+
+    def kinds(self, node: nodes.Node, state: State) -> frozenset[str]:
+        """The kinds ``node``'s value may have in a render that goes on past it (an operation that
+        raises ends the render)."""
+        if isinstance(node, (nodes.Const, nodes.List, nodes.Tuple, nodes.Dict)):
+            return _kinds_of(self.value(node, state))
+        key = self.key(node)
+        if key is not None:
+            return _kinds_of(state.get(key, UNKNOWN))
+        if isinstance(node, nodes.Concat):  # ``a ~ b``: each operand printed
+            return _concat([_as_string(self.kinds(part, state)) for part in node.nodes])
+        if isinstance(node, nodes.Add):  # with a string on one side, the other must be one
+            left, right = self.kinds(node.left, state), self.kinds(node.right, state)
+            if (left <= _STRINGS or right <= _STRINGS) and left & _STRINGS and right & _STRINGS:
+                return _concat([left & _STRINGS, right & _STRINGS])
+            return _ALL_KINDS
+        if isinstance(node, nodes.CondExpr):
+            truth = self.truth(node.test, state)
+            expr1 = (
+                self.kinds(node.expr1, self.refine(node.test, state, True))
+                if truth is not False
+                else frozenset()
+            )
+            expr2 = (
+                frozenset((_FALSY,))
+                if node.expr2 is None
+                else self.kinds(node.expr2, self.refine(node.test, state, False))
+            )
+            return expr1 | (expr2 if truth is not True else frozenset())
+        if isinstance(node, (nodes.And, nodes.Or)):  # the left operand, or the right one
+            left, right = self.kinds(node.left, state), self.kinds(node.right, state)
+            return (left & (_FALSE_KINDS if isinstance(node, nodes.And) else _TRUE_KINDS)) | right
+        if isinstance(node, nodes.Filter) and node.node is not None and node.dyn_args is None:
+            value = self.kinds(node.node, state)
+            if node.name == "string" and not node.args and not node.kwargs:
+                return _as_string(value)
+            if node.name == "trim" and not node.args and not node.kwargs:
+                return frozenset(_EMPTY_STR if kind == _BLANK else kind for kind in _as_string(value))
+            if node.name in ("default", "d") and len(node.args) <= 2 and not node.kwargs:
+                fallback = self.kinds(node.args[0], state) if node.args else frozenset((_EMPTY_STR,))
+                boolean = len(node.args) == 2 and _true_constant(node.args[1])
+                if boolean:  # a false value is replaced
+                    return (value - _FALSE_KINDS) | (fallback if value & _FALSE_KINDS else frozenset())
+                if len(node.args) < 2 or _true_constant(node.args[1], want=False):
+                    return value | fallback  # only undefined is replaced
+        return _ALL_KINDS
+
+    def length_is_positive(self, node: nodes.Compare, state: State) -> bool | None:
+        """``x|length > 0`` (or ``!= 0``, ``>= 1``, and their negations ``== 0``, ``< 1``,
+        ``<= 0``) where ``x``'s kinds decide it: a non-empty string or a true value has a length
+        above zero (or has none: the render raises); the empty string and undefined have zero."""
+        if len(node.ops) != 1 or not isinstance(node.expr, nodes.Filter):
+            return None
+        length, operand = node.expr, node.ops[0]
+        if length.name not in ("length", "count") or length.node is None or length.args or length.kwargs:
+            return None
+        if not isinstance(operand.expr, nodes.Const) or type(operand.expr.value) is not int:
+            return None
+        positive = {("gt", 0): True, ("ne", 0): True, ("gteq", 1): True}
+        positive |= {("eq", 0): False, ("lteq", 0): False, ("lt", 1): False}
+        want = positive.get((operand.op, operand.expr.value))
+        if want is None:
+            return None
+        may = self.kinds(length.node, state)
+        if may <= _TRUE_KINDS:
+            return want
+        if may <= frozenset((_EMPTY_STR,)):
+            return not want
+        return None
+
+    def refine(self, test: nodes.Node, state: State, truth: bool) -> State:
+        """``state`` where ``test`` has ``truth``: the kinds of the names it tests narrowed (a
+        name already known as a constant keeps it)."""
+        if isinstance(test, nodes.Not):
+            return self.refine(test.node, state, not truth)
+        if isinstance(test, (nodes.And, nodes.Or)):
+            if isinstance(test, nodes.And) is truth:  # both operands have that truth
+                return self.refine(test.right, self.refine(test.left, state, truth), truth)
+            either = _join(self.refine(test.left, state, truth), self.refine(test.right, state, truth))
+            assert either is not None
+            return either
+        key = self.key(test)
+        if key is not None:  # the truth of the value itself
+            return self.narrow(state, key, _TRUE_KINDS if truth else _FALSE_KINDS)
+        if isinstance(test, nodes.Test) and test.name == "string" and not test.args and not test.kwargs:
+            key = self.key(test.node)
+            if key is not None:
+                return self.narrow(state, key, _STRINGS if truth else _ALL_KINDS - _STRINGS)
+        if isinstance(test, nodes.Compare) and len(test.ops) == 1:
+            operand = test.ops[0]
+            key = self.key(operand.expr)
+            contains = (operand.op == "in") is truth
+            if (
+                key is not None
+                and operand.op in ("in", "notin")
+                and contains
+                and isinstance(test.expr, nodes.Const)
+                and isinstance(test.expr.value, str)
+                and test.expr.value
+            ):
+                # a string holding a non-empty piece is not empty; a container holding it is true;
+                # none, false, 0 and undefined hold nothing (or raise)
+                inside = frozenset((_TEXT, _TRUTHY)) if test.expr.value.strip() else _TRUE_KINDS
+                return self.narrow(state, key, inside)
+        return state
+
+    def key(self, node: nodes.Node) -> Key | None:
+        """The state key of a name or a followed namespace attribute."""
+        if isinstance(node, nodes.Name) and node.ctx == "load":
+            return ("name", node.name)
+        if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
+            if node.node.name in self.namespaces:
+                return ("attr", node.node.name, node.attr)
+        return None
+
+    @staticmethod
+    def narrow(state: State, key: Key, allowed: frozenset[str]) -> State:
+        value = state.get(key, UNKNOWN)
+        if value is not UNKNOWN and not isinstance(value, Kinds):
+            return state  # a constant says more
+        narrowed = _kinds_of(value) & allowed
+        if not narrowed or narrowed == _kinds_of(value):
+            return state
+        return {**state, key: _from_kinds(narrowed)}
 
     def truth(self, node: nodes.Node, state: State) -> bool | None:
         """Whether test ``node`` is true (``None``: it may be either)."""
@@ -713,6 +984,27 @@ class _Flow:
         said = f"loops over {what}, which is empty" if loop else f"{what} is {str(truth).lower()}"
         where = f" ({', '.join(facts)} on every path there)" if facts else ""
         return f"{said} in every render{where}"
+
+
+#: Filters that return a generator: ``tojson`` of one always raises (``json.dumps`` cannot
+#: serialise it), whatever the input.
+_GENERATOR_FILTERS = frozenset({"map", "select", "reject", "selectattr", "rejectattr"})
+
+
+def _always_fails(node: nodes.Node) -> str | None:
+    """The text of a sub-expression of ``node`` that raises in every render evaluating ``node``
+    (``tools | map(attribute='function') | tojson``), if one is always evaluated."""
+    if isinstance(node, nodes.Filter):
+        inner = node.node
+        if node.name == "tojson" and isinstance(inner, nodes.Filter) and inner.name in _GENERATOR_FILTERS:
+            source = _text(inner.node) if inner.node is not None else None
+            return f"{source or '…'} | {inner.name}(…) | tojson"
+        return _always_fails(inner) if inner is not None else None
+    if isinstance(node, nodes.Concat):
+        return next((found for part in node.nodes if (found := _always_fails(part))), None)
+    if isinstance(node, nodes.BinExpr) and not isinstance(node, (nodes.And, nodes.Or)):
+        return _always_fails(node.left) or _always_fails(node.right)
+    return None
 
 
 def _namespace_call(node: nodes.Node) -> bool:
@@ -780,12 +1072,17 @@ def _text(node: nodes.Node) -> str | None:
     if isinstance(node, nodes.Test):
         inner = _text(node.node)
         return f"{inner} is {node.name}" if inner and not node.args else None
+    if isinstance(node, nodes.Filter) and node.node is not None and not node.args and not node.kwargs:
+        inner = _text(node.node)
+        return f"{inner} | {node.name}" if inner else None
     return None
 
 
 def _shown(value: Any) -> str:
     if value is EMPTY:
         return "empty"
+    if isinstance(value, Kinds):
+        return repr(value)
     if isinstance(value, bool) or value is None:
         return str(value).lower()
     return repr(value)

@@ -30,7 +30,9 @@ _UNSET = object()
 INPUTS = [
     {"flag": flag, "xs": xs, "x": x}
     for flag, xs, x in itertools.product(
-        [True, False, None, "a", 0, _UNSET], [[], [1], [0, "a"], [None, 1, True]], [_UNSET, 1, None]
+        [True, False, None, "a", 0, _UNSET],
+        [[], [1], [0, "a"], [None, 1, True]],
+        [_UNSET, 1, None, "", " ", "a", " <t> ", "<t>", ["<t>"], [], {"a": 1}],
     )
 ]
 
@@ -136,6 +138,79 @@ def test_a_name_set_in_a_loop_is_not_seen_after_it_but_a_namespace_attribute_is(
     )
 
 
+def test_a_string_built_around_a_piece_that_is_not_space_is_never_empty() -> None:
+    # the shape of a reasoning template's history branch: ``c`` is a prefixed string, a string
+    # holding a tag, or a true value that is not a string; printed and trimmed it is never empty
+    _check(
+        "{% set c = x|default('', true) %}"
+        "{% if c is string %}{% if '<t>' not in c and '</t>' not in c %}{% set c = '<t></t>' ~ c %}"
+        "{% endif %}"
+        "{% else %}{% set c = c %}{% endif %}"
+        "{% set c = c|default('', true)|string %}"
+        "{% if '<t>' in c and '</t>' in c %}{% set c = '<t></t>' ~ c.split('</t>')[-1] %}{% endif %}"
+        "{% set c = c|trim %}"
+        "{% if c|length > 0 %}{{ 'o1' }}{% else %}{{ 'o2' }}{% endif %}"
+        "{% if c %}{{ 'o3' }}{% endif %}{% if not c %}{{ 'o4' }}{% endif %}",
+        {"o2", "o4"},
+    )
+
+
+def test_kinds_decide_tests_of_types_and_definedness() -> None:
+    _check(
+        "{% set a = 'p' ~ x %}{% set b = x|string %}{% set e = x if x is string else '' %}"
+        "{% if a is string %}{{ 'o1' }}{% else %}{{ 'o2' }}{% endif %}"
+        "{% if a is none %}{{ 'o3' }}{% endif %}{% if b is defined %}{{ 'o4' }}{% endif %}"
+        "{% if b|length == 0 %}{{ 'o5' }}{% endif %}{% if (a or flag)|length > 0 %}{{ 'o6' }}{% endif %}"
+        "{% if e is string %}{{ 'o7' }}{% else %}{{ 'o8' }}{% endif %}",
+        {"o2", "o3", "o8"},
+    )
+
+
+def test_a_flag_set_to_different_true_values_is_true() -> None:
+    _check(
+        "{% set ns = namespace(mode=none) %}"
+        "{% if flag %}{% set ns.mode = 'a' %}{% else %}{% set ns.mode = [1] %}{% endif %}"
+        "{% if not ns.mode %}{{ 'o1' }}{% else %}{{ 'o2' }}{% endif %}",
+        {"o1"},
+    )
+
+
+def test_a_macro_call_that_writes_nothing_where_it_is_called() -> None:
+    # the flush writes only after a tool output was seen: the first call, before any, writes nothing
+    _check(
+        "{% set ns = namespace(open=false) %}"
+        "{% macro flush() %}{% if ns.open %}{{ 'o1' }}{% set ns.open = false %}{% endif %}{% endmacro %}"
+        "{{ flush() }}{% for m in xs %}{% if m %}{% set ns.open = true %}{% else %}{{ flush() }}{% endif %}"
+        "{% endfor %}{{ flush() }}",
+        set(),
+    )
+    tree = ENV.parse(
+        "{% set ns = namespace(open=false) %}"
+        "{% macro flush() %}{% if ns.open %}{{ 'o1' }}{% set ns.open = false %}{% endif %}{% endmacro %}"
+        "{{ flush() }}{% for m in xs %}{% if m %}{% set ns.open = true %}{% else %}{{ flush() }}{% endif %}"
+        "{% endfor %}{{ flush() }}"
+    )
+    calls = [child for output in tree.find_all(nodes.Output) for child in output.nodes]
+    calls = [child for child in calls if isinstance(child, nodes.Call)]
+    reasons = dead_reasons(tree)
+    # the first call is silent; the later ones may write
+    assert [id(call) in reasons for call in calls] == [True, False, False]
+    assert reasons[id(calls[0])] == "the macro flush writes nothing when called here"
+
+
+def test_an_output_evaluating_tojson_of_a_generator_is_only_in_failed_renders() -> None:
+    _check(
+        "{% if flag %}{{ 'o1' }}{{ xs | map('string') | tojson }}{{ 'o2' }}{% endif %}{{ 'o3' }}"
+        "{% if x %}{{ 'o4' }}{% set y = xs | map('string') | list | tojson %}{{ y }}{% endif %}",
+        {"o1", "o2"},
+    )
+    # a successful render never takes the failing branch: ``flag`` is false after it
+    _check(
+        "{% if flag %}{{ xs | map('string') | tojson }}{% endif %}{% if flag %}{{ 'o1' }}{% endif %}",
+        {"o1"},
+    )
+
+
 # --- look alike, but reachable: no proof may claim these -----------------------------------------
 
 
@@ -186,6 +261,30 @@ def test_a_name_set_in_a_loop_is_not_seen_after_it_but_a_namespace_attribute_is(
         # the for loop's else runs when no item did
         "{% set ns = namespace(f=true) %}{% for m in xs %}{% else %}{% set ns.f = false %}{% endfor %}"
         "{% if not ns.f %}{{ 'o1' }}{% else %}{{ 'o2' }}{% endif %}",
+        # a string without the prefix may be empty; so may one holding only whitespace, trimmed
+        "{% set c = x|default('', true)|string|trim %}"
+        "{% if c|length > 0 %}{{ 'o1' }}{% else %}{{ 'o2' }}{% endif %}",
+        "{% set c = ' ' ~ x %}{% set c = c|trim %}"
+        "{% if c|length > 0 %}{{ 'o1' }}{% else %}{{ 'o2' }}{% endif %}",
+        # a piece of whitespace in it says it is not empty, but trimming may empty it
+        "{% set c = x|string %}{% if ' ' in c %}{% set c = c|trim %}"
+        "{% if c %}{{ 'o1' }}{% else %}{{ 'o2' }}{% endif %}{% endif %}",
+        # the tag test on the other branch of an ``or`` says nothing of ``c`` here
+        "{% set c = x|string %}{% if '<t>' in c or flag %}{% if c|length > 0 %}{{ 'o1' }}{% else %}"
+        "{{ 'o2' }}{% endif %}{% endif %}",
+        # undefined prints as nothing; a false value is not replaced by ``default`` without ``true``
+        "{% set c = x|default('') %}{% if c|string|length > 0 %}{{ 'o1' }}{% else %}{{ 'o2' }}{% endif %}",
+        # the name is set again after its test: the test says nothing of the new value
+        "{% set c = x|string %}{% if '<t>' in c %}{% set c = c.split('<t>')[0] %}"
+        "{% if c %}{{ 'o1' }}{% else %}{{ 'o2' }}{% endif %}{% endif %}",
+        # tojson of a list, of a generator made a list, or of a generator only on one side
+        "{{ 'o1' }}{{ xs | list | tojson }}{{ (xs | map('string') | tojson) if not xs else '' }}{{ 'o2' }}",
+        "{% if flag %}{{ 'o1' }}{{ flag and xs | select | list | tojson }}{% endif %}",
+        # a macro that writes at some call sites: each of those calls writes
+        "{% macro m(v) %}{% if v %}{{ 'o1' }}{% endif %}{% endmacro %}{{ m(false) }}{{ m(flag) }}",
+        # ``+`` with a number on one side
+        "{% set c = (flag + 1) if flag is number else '' %}"
+        "{% if c %}{{ 'o1' }}{% else %}{{ 'o2' }}{% endif %}",
     ],
 )
 def test_reachable_outputs_are_not_claimed(template: str) -> None:
@@ -214,12 +313,17 @@ class _Random:
 
     def value(self) -> str:
         return self.rng.choice(
-            ["true", "false", "none", "0", "1", "'a'", "''", "[]", "flag", "x", "ns.a", "not ns.b", "x == 1"]
+            ["true", "false", "none", "0", "1", "'a'", "''", "' '", "[]", "flag", "x", "ns.a", "not ns.b"]
+            + ["x == 1", "'<t>' ~ x", "x|string", "x|default('', true)", "x|trim", "ns.a ~ ''"]
+            + ["x|default('', true)|string|trim", "x + 'a'", "x if x is string else ns.b", "x or 'b'"]
+            + ["x.split('<t>')[-1] if x is string else x"]
         )
 
     def test(self, depth: int = 0, in_loop: bool = False) -> str:
         atoms = ["x", "ns.a", "ns.b", "flag", "x == 1", "x is none", "x is defined", "ns.a == 'a'"]
         atoms += ["x is string", "ns.b != 1", "true", "false"] + (["m", "loop.first"] if in_loop else [])
+        atoms += ["'<t>' in x", "'<t>' not in x", "' ' in ns.a", "x|length > 0", "ns.a|length == 0"]
+        atoms += ["x|trim|length > 0", "ns.b is string", "x|string|length >= 1"]
         roll = self.rng.random()
         if depth < 2 and roll < 0.2:
             return "not " + self.test(depth + 1, in_loop)
@@ -298,6 +402,43 @@ def test_no_output_proven_dead_is_written(seed: int, with_call_block: bool) -> N
     template = _Random(random.Random(seed)).template(with_call_block)
     dead = _dead(template)
     assert not dead & _rendered(template), template
+
+
+def _bracket_calls(template: str) -> str:
+    """Each bare ``{{ m1() }}``/``{{ m2() }}`` between ``[cK`` and ``cK]`` markers (K counts them)."""
+    count = itertools.count()
+
+    def bracket(match: re.Match[str]) -> str:
+        k = next(count)
+        return "{{ '[c" + str(k) + "' }}" + match.group(0) + "{{ 'c" + str(k) + "]' }}"
+
+    return re.sub(r"\{\{ m[12]\(\) \}\}", bracket, template)
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_no_macro_call_proven_silent_writes(seed: int) -> None:
+    """A call claimed to write nothing writes nothing between its markers in any render."""
+    template = _bracket_calls(_Random(random.Random(seed)).template(False))
+    tree = ENV.parse(template)
+    reasons = dead_reasons(tree)
+    calls = [
+        child
+        for output in tree.find_all(nodes.Output)
+        for child in output.nodes
+        if isinstance(child, nodes.Call) and isinstance(child.node, nodes.Name)
+    ]
+    calls.sort(key=lambda call: call.lineno)
+    silent = {k for k, call in enumerate(calls) if "writes nothing" in reasons.get(id(call), "")}
+    compiled = ENV.from_string(template)
+    for values in INPUTS:
+        try:
+            text = compiled.render(**{k: v for k, v in values.items() if v is not _UNSET})
+        except Exception:  # a render that fails writes nothing
+            continue
+        for k in silent:
+            for written in re.findall(r"\[c" + str(k) + r"(.*?)c" + str(k) + r"\]", text):
+                assert written == "", (k, template)
 
 
 # --- corpus templates ---------------------------------------------------------------------------
