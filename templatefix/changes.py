@@ -239,6 +239,11 @@ def tool_result_without_content(
     return any([message.pop("content", None) is not None for message in tools])
 
 
+def calls_without_tools(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
+    """Tool calls with no ``tools`` argument (data that kept the calls but not the definitions)."""
+    return kwargs.pop("tools", None) is not None
+
+
 def names(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
     for message in messages:
         if message["role"] in ("user", "system", "assistant"):

@@ -422,6 +422,7 @@ def search(
     keep_outputs: int = SEARCH_KEEP_OUTPUTS,
     patience: int = PATIENCE,
     seconds: float = SEARCH_SECONDS,
+    first: int = 0,
 ) -> list[Any]:
     """The candidates that reach an output or branch outcome ``probes`` and earlier keeps do not.
 
@@ -433,8 +434,8 @@ def search(
     of them, but all are mutated further; those that reach a new output are returned, up to
     ``keep_outputs`` of them. Candidates the template rejects, or whose render hits a bound
     (``templatefix.jinja``), are skipped. Stops when every output is reached, after
-    ``patience`` candidates in a row with nothing new, or when a budget runs out. Deterministic
-    for a given ``seed``.
+    ``patience`` candidates in a row with nothing new (not before the first ``first`` candidates
+    of ``candidates`` are rendered), or when a budget runs out. Deterministic for a given ``seed``.
 
     Raises:
         RenderLimitExceeded: a render of one of ``probes`` hit a bound.
@@ -453,10 +454,10 @@ def search(
     kept: list[Any] = []  # what the search returns
     parents: list[Any] = []  # every candidate that reached something new: mutated further
     rejected: list[Any] = []
-    dry = spent = branch_only = output_keeps = 0
+    dry = spent = branch_only = output_keeps = streamed = 0
     for count in itertools.count():
         reached = {site for kind, site, _ in seen if kind == "out"}
-        if wanted <= reached or count >= max_candidates or dry >= patience:
+        if wanted <= reached or count >= max_candidates or (dry >= patience and streamed >= first):
             break
         if output_keeps >= keep_outputs:
             break
@@ -475,7 +476,9 @@ def search(
                 continue
         elif stream is not None:
             candidate = next(stream, None)
+            streamed += 1
             if candidate is None:
+                streamed = first  # the stream is done
                 stream = None
                 if mutate is None:
                     break
@@ -501,4 +504,74 @@ def search(
             branch_only += not new_output
             output_keeps += new_output
         dry = 0
+    return kept
+
+
+#: :func:`flag_cover`'s budget: probes kept, and candidates rendered.
+FLAG_COVER_KEEP = 16
+FLAG_COVER_TRIES = 48
+
+
+def flag_cover(
+    template: ChatTemplate | str,
+    probes: Sequence[Probe],
+    flags: Mapping[str, Sequence[Any]],
+    *,
+    keep: int = FLAG_COVER_KEEP,
+    tries: int = FLAG_COVER_TRIES,
+) -> list[Probe]:
+    """Probes that reach an output under a flag value no probe reached it under.
+
+    A flag value can change which part of an output is the answer (``<think></think>`` is the
+    generation prompt's with thinking off and the answer's with it on), so each output is worth
+    seeing under every value of every flag, not only reached once. For each probe in order and
+    each flag value it does not pass, the probe with that value added is rendered when some
+    output the probe reaches was not yet reached under that value; it is kept when it reaches
+    one. A flag left out counts as a value of its own. At most ``keep`` probes are kept and
+    ``tries`` rendered; deterministic.
+
+    Raises:
+        RenderLimitExceeded: a render of one of ``probes`` hit a bound.
+    """
+    from templatefix.conversation import Probe
+
+    template = ChatTemplate.of(template)
+    if not flags:
+        return []
+    absent = object()
+
+    def pairs(probe: Probe, outputs: set[int]) -> set[tuple[int, str, str]]:
+        return {(site, flag, repr(probe.kwargs.get(flag, absent))) for flag in flags for site in outputs}
+
+    def outputs_of(features: frozenset[Feature] | None) -> set[int]:
+        return {site for kind, site, _ in features or () if kind == "out"}
+
+    seen: set[tuple[int, str, str]] = set()
+    reaching: list[tuple[Probe, set[int]]] = []
+    for probe in probes:
+        outputs = outputs_of(probe_features(template, probe))
+        if outputs:
+            reaching.append((probe, outputs))
+            seen |= pairs(probe, outputs)
+    kept: list[Probe] = []
+    for probe, outputs in reaching:
+        for flag, values in flags.items():
+            for value in values:
+                if len(kept) >= keep or tries <= 0:
+                    return kept
+                if flag in probe.kwargs and repr(probe.kwargs[flag]) == repr(value):
+                    continue
+                if all((site, flag, repr(value)) in seen for site in outputs):
+                    continue
+                name = f"{probe.name}[{flag}={value!r}]"
+                candidate = Probe(name, probe.messages, {**probe.kwargs, flag: value})
+                tries -= 1
+                try:
+                    reached = outputs_of(_probe_run(template, candidate)[0])
+                except RenderLimitExceeded:
+                    continue
+                new = pairs(candidate, reached) - seen
+                if new:
+                    seen |= new
+                    kept.append(candidate)
     return kept

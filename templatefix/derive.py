@@ -96,15 +96,7 @@ def candidates(template: ChatTemplate | str, seed: int = 0) -> Iterator[Probe]:
     template = ChatTemplate.of(template)
     variations, flag_values = _vocabulary(template)
     systematic = [variation for variation in variations if variation.carriers]
-    zoo = tool_zoo(template)
-    if zoo is not None:
-        yield zoo
-    for round_ in range(max((len(v.carriers) for v in systematic), default=0)):
-        for variation in systematic:  # every variation once before any variation twice
-            if round_ < len(variation.carriers):
-                probe = _build(variation.carriers[round_], [variation], {})
-                if probe is not None:
-                    yield probe
+    yield from first_pass(template)
     # a template may need all its arguments at once (a date and a function list; documents and
     # the options that say how to cite them)
     options = [v for v in systematic if v.name.startswith("option_") or v.name == "documents"]
@@ -137,6 +129,31 @@ def candidates(template: ChatTemplate | str, seed: int = 0) -> Iterator[Probe]:
         probe = _build(rng.choice(shapes), chosen, flags)
         if probe is not None:
             yield probe
+
+
+def first_pass(template: ChatTemplate | str) -> list[Probe]:
+    """The first candidates of :func:`candidates`: the tool zoo, then every variation alone on
+    each of its carriers (every variation once before any variation twice). Each says one thing
+    the template reads, so the coverage search renders them all before its patience may stop it.
+    """
+    template = ChatTemplate.of(template)
+    return list(template.resolve(_first_pass))
+
+
+def _first_pass(template: ChatTemplate) -> tuple[Probe, ...]:
+    variations, _ = _vocabulary(template)
+    systematic = [variation for variation in variations if variation.carriers]
+    found: list[Probe] = []
+    zoo = tool_zoo(template)
+    if zoo is not None:
+        found.append(zoo)
+    for round_ in range(max((len(v.carriers) for v in systematic), default=0)):
+        for variation in systematic:  # every variation once before any variation twice
+            if round_ < len(variation.carriers):
+                probe = _build(variation.carriers[round_], [variation], {})
+                if probe is not None:
+                    found.append(probe)
+    return tuple(found)
 
 
 class Mutator:
@@ -325,6 +342,8 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
     if calls:
         no_content = changes.tool_result_without_content
         found.append(Variation("tool_result_without_content", no_content, ("tool_calls",)))
+        if reads.reads(("tools",)):
+            found.append(Variation("calls_without_tools", changes.calls_without_tools, ("tool_calls",)))
     if reads.reads(MESSAGE + ("name",)):
         found.append(Variation("names", changes.names, (*_CHAT_SHAPES[:1], "tool_calls")))
         found.append(Variation("no_tool_name", changes.no_tool_name, ("tool_calls",)))
@@ -337,7 +356,7 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
     if "developer" not in {role.lower() for role in reads.roles()}:  # a role the template does not name
         found.append(Variation("added_developer", changes.adding_role("developer"), ("system_multi_turn",)))
     for text in _contained(reads):
-        carriers = ("multi_turn", "reasoning_multi_turn")
+        carriers = ("multi_turn", "reasoning_multi_turn", "tool_calls")  # call turns have content too
         found.append(Variation(f"contains_{text}", changes.containing(text), carriers))
     for field_name in reads.fields(MESSAGE):
         if field_name not in _KNOWN_FIELDS:

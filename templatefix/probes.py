@@ -126,10 +126,17 @@ def _battery(template: ChatTemplate, limit: int, search: bool) -> tuple[Probe, .
         # nothing new for two candidates per kind of change in a row: each had its chance
         patience = max(coverage.PATIENCE, 2 * mutate.changes)
         battery += coverage.search(
-            template, battery, derive.candidates(template), mutate=mutate, patience=patience
+            template,
+            battery,
+            derive.candidates(template),
+            mutate=mutate,
+            patience=patience,
+            first=len(derive.first_pass(template)),
         )
         # what the search left unreached: conversations built from each output's path condition
         battery += solve.reach(template, battery)
+        # every output reached under every flag value too
+        battery += coverage.flag_cover(template, battery, find_flags(template))
     return tuple(battery)
 
 

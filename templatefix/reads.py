@@ -377,6 +377,11 @@ class _Walker:
                 return base
             if method in _METHODS_ELEMENT:
                 self._printed(base)
+                if method in ("split", "rsplit") and node.args:  # a text holding the separator
+                    for path in base:
+                        self._use(path).contains.update(
+                            str(v) for v in _constant_values(node.args[0]) if isinstance(v, str) and v
+                        )
                 return set()
             if method in ("startswith", "endswith") and node.args:
                 for path in base:

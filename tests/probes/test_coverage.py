@@ -365,3 +365,40 @@ def test_gpt_oss_schema_branch_is_dead_not_unreached(corpus_dir: Any) -> None:
     coverage = measure(path.read_text(encoding="utf-8"), [])
     dead = [o for o in coverage.outputs if o.status == "dead-branch"]
     assert [(o.macro, o.expression) for o in dead] == [("render_typescript_type", '{{ "any" }}')]
+
+
+#: A call turn's calls are written only where its content holds the separator the template splits
+#: it on (MiniCPM 5 writes each call in place of a ``<tool_sep>`` of the content).
+SPLIT_CALLS = (
+    "{% for m in messages %}{{ m.role }}: "
+    "{% if m.role == 'assistant' and m.tool_calls %}"
+    "{% set pieces = m.content.split('<sep>') if m.content is string else [] %}{{ pieces[0] }}"
+    "{% for i in range(1, pieces|length) %}{{ '<call>' ~ m.tool_calls[0].function.name ~ '</call>' }}"
+    "{{ pieces[i] }}{% endfor %}"
+    "{% else %}{{ m.content }}{% endif %}\n{% endfor %}"
+)
+
+
+def test_a_split_separator_is_a_text_the_content_is_searched_for() -> None:
+    reads = template_reads_of(SPLIT_CALLS)
+    assert "<sep>" in reads.use(MESSAGE + ("content",)).contains
+
+
+def test_the_search_reaches_calls_written_in_place_of_a_separator() -> None:
+    """The content holding ``<sep>`` must be a call turn's: the search offers the text on the
+    tool-call shape too."""
+    assert not measure(SPLIT_CALLS, fixed_battery(SPLIT_CALLS)).complete
+    assert measure(SPLIT_CALLS, probe_battery(SPLIT_CALLS)).complete
+
+
+def test_patience_waits_for_the_first_candidates() -> None:
+    """A useful candidate behind more useless ones than the patience: found only when the search
+    must render the first ones."""
+    base = [make_probe("single_turn")]
+    useful = next(
+        p for p in candidates(CALL_ID) if not probe_features(CALL_ID, p) <= probe_features(CALL_ID, base[0])
+    )
+    useless = [Probe(f"plain{i}", base[0].messages, {}) for i in range(10)]
+    stream = [*useless, useful]
+    assert search(CALL_ID, base, stream, patience=3) == []
+    assert [p.name for p in search(CALL_ID, base, stream, patience=3, first=len(stream))] == [useful.name]
