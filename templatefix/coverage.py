@@ -524,10 +524,11 @@ def flag_cover(
 
     A flag value can change which part of an output is the answer (``<think></think>`` is the
     generation prompt's with thinking off and the answer's with it on), so each output is worth
-    seeing under every value of every flag, not only reached once. For each probe in order and
-    each flag value it does not pass, the probe with that value added is rendered when some
-    output the probe reaches was not yet reached under that value; it is kept when it reaches
-    one. A flag left out counts as a value of its own. At most ``keep`` probes are kept and
+    seeing under every value of every flag, not only reached once. A probe with a flag value it
+    does not pass is offered where some output the probe reaches was not yet reached under that
+    value; offers go rarest output first (the fewest probes reach it), then in battery order.
+    Each is rendered and kept when it reaches an output under a value nothing reached it under
+    yet. A flag left out counts as a value of its own. At most ``keep`` probes are kept and
     ``tries`` rendered; deterministic.
 
     Raises:
@@ -548,30 +549,42 @@ def flag_cover(
 
     seen: set[tuple[int, str, str]] = set()
     reaching: list[tuple[Probe, set[int]]] = []
+    reached_by: dict[int, int] = {}
     for probe in probes:
         outputs = outputs_of(probe_features(template, probe))
         if outputs:
             reaching.append((probe, outputs))
             seen |= pairs(probe, outputs)
-    kept: list[Probe] = []
-    for probe, outputs in reaching:
+            for site in outputs:
+                reached_by[site] = reached_by.get(site, 0) + 1
+    # the rarest outputs first: an output few probes reach is where a flag value is least likely
+    # to have been seen (an output every probe writes, such as a user header, is seen anyway)
+    offers: list[tuple[int, int, Probe, str, Any]] = []
+    for order, (probe, outputs) in enumerate(reaching):
         for flag, values in flags.items():
             for value in values:
-                if len(kept) >= keep or tries <= 0:
-                    return kept
                 if flag in probe.kwargs and repr(probe.kwargs[flag]) == repr(value):
                     continue
-                if all((site, flag, repr(value)) in seen for site in outputs):
-                    continue
-                name = f"{probe.name}[{flag}={value!r}]"
-                candidate = Probe(name, probe.messages, {**probe.kwargs, flag: value})
-                tries -= 1
-                try:
-                    reached = outputs_of(_probe_run(template, candidate)[0])
-                except RenderLimitExceeded:
-                    continue
-                new = pairs(candidate, reached) - seen
-                if new:
-                    seen |= new
-                    kept.append(candidate)
+                missing = [site for site in outputs if (site, flag, repr(value)) not in seen]
+                if missing:
+                    offers.append((min(reached_by[site] for site in missing), order, probe, flag, value))
+    offers.sort(key=lambda offer: offer[:2])
+    kept: list[Probe] = []
+    for _, _, probe, flag, value in offers:
+        if len(kept) >= keep or tries <= 0:
+            break
+        outputs = next(outputs for candidate, outputs in reaching if candidate is probe)
+        if all((site, flag, repr(value)) in seen for site in outputs):
+            continue  # an earlier keep saw them
+        name = f"{probe.name}[{flag}={value!r}]"
+        candidate = Probe(name, probe.messages, {**probe.kwargs, flag: value})
+        tries -= 1
+        try:
+            reached = outputs_of(_probe_run(template, candidate)[0])
+        except RenderLimitExceeded:
+            continue
+        new = pairs(candidate, reached) - seen
+        if new:
+            seen |= new
+            kept.append(candidate)
     return kept
