@@ -402,3 +402,20 @@ def test_patience_waits_for_the_first_candidates() -> None:
     stream = [*useless, useful]
     assert search(CALL_ID, base, stream, patience=3) == []
     assert [p.name for p in search(CALL_ID, base, stream, patience=3, first=len(stream))] == [useful.name]
+
+
+#: Tool definitions printed in a way that always fails (``tojson`` of a generator): only a
+#: conversation with calls and no ``tools`` argument renders the tool messages.
+CALLS_WITHOUT_TOOLS = (
+    "{% if tools %}{{ tools | map(attribute='function') | tojson }}{% endif %}"
+    "{% for m in messages %}{% if m.role == 'tool' %}[result]{{ m.content }}"
+    "{% else %}{{ m.role }}: {{ m.content }}{% endif %}\n{% endfor %}"
+)
+
+
+def test_calls_without_a_tools_argument_reach_the_tool_messages() -> None:
+    coverage = measure(CALLS_WITHOUT_TOOLS, probe_battery(CALLS_WITHOUT_TOOLS))
+    assert coverage.complete, [(o.line, o.expression, o.status) for o in coverage.unreached]
+    statuses = {o.expression: o.status for o in coverage.outputs}
+    assert statuses['"[result]"'] == "reached"
+    assert statuses["{{ tools | map(attribute='function') | tojson }}"] == "dead-branch"
