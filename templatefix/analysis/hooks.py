@@ -161,7 +161,12 @@ class TraceHooks(Hooks):
         start = self.position
         self.position += len(text)
         branches = dict(self.taken)
-        truth = {k: bool(v) for k, v in assigned.items() if v is None or isinstance(v, (str, bool, int))}
+        # containers too: a list or mapping is true in Jinja exactly when it is non-empty
+        truth = {
+            k: bool(v)
+            for k, v in assigned.items()
+            if v is None or isinstance(v, (str, bool, int, float, list, tuple, dict))
+        }
         plain = {k: v for k, v in (options or {}).items() if v is None or isinstance(v, (str, bool, int))}
         self.emissions.append(
             Emission(

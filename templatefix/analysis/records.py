@@ -76,8 +76,9 @@ class Emission:
         final: the names in ``scope`` that hold the conversation's last message.
         last_turn: the names in ``scope`` that hold a message of the conversation's last turn
             (no user message comes after it).
-        assigned: the truth of each plain value (text, number, flag, none) that a ``{% set %}`` in
-            the innermost loop's body names, as the output sees it (``reasoning_content``).
+        assigned: the truth of each plain value (text, number, flag, none, list, mapping) that a
+            ``{% set %}`` in the innermost loop's body names, as the output sees it
+            (``reasoning_content``).
         options: the plain value of each name the template assigns outside macros, as the output
             sees it (absent: undefined there), so a template argument the template gives a default
             (``enable_thinking``) is known as the template reads it.

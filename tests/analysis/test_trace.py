@@ -67,3 +67,18 @@ def test_if_branches_taken_are_recorded() -> None:
     traced = instrumented.trace([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
     dots = [e for e in traced.emissions if traced.text[e.start : e.end] == "."]
     assert [e.branches[0] for e in dots] == [0, 1]
+
+
+def test_each_output_sees_the_truth_of_the_loop_body_names_lists_and_mappings_too() -> None:
+    """A ``{% set %}`` name holding a list of content parts is true when non-empty: a condition
+    built on ``not content`` must see that (Nemotron 3's content-parts turns were taken as empty)."""
+    template = (
+        "{% for m in messages %}{% set content = m.content %}{% set empty = [] %}"
+        "{% set n = 0 %}{% set s = '' %}{{ m.role }}{% endfor %}"
+    )
+    traced = instrumented_for(template).trace(
+        [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant", "content": {}}]
+    )
+    first, second = traced.emissions
+    assert first.assigned == {"content": True, "empty": False, "n": False, "s": False}
+    assert second.assigned["content"] is False
