@@ -160,8 +160,39 @@ def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
     return bounded
 
 
+def trusted_call(name: str, arguments: list[nodes.Node]) -> nodes.Call:
+    """``name(*arguments)`` for a function given to the render as a variable that the caller
+    trusts (the recording hooks of ``templatefix.analysis``), compiled as a plain Python call: not
+    through the sandbox's ``call`` (its safety and deadline checks) nor the context's (which
+    passes no context to such a function), so it renders what an ordinary call of it renders.
+
+    Only a rewrite of a tree makes one; no call a template's text holds is compiled this way. The
+    hooks are called hundreds of thousands of times while one template is patched.
+    """
+    call = nodes.Call(nodes.Name(name, "load"), arguments, [], None, None)
+    setattr(call, _TRUSTED, True)
+    return call
+
+
+_TRUSTED = "templatefix_trusted"
+
+
 class _CodeGenerator(CodeGenerator):
-    """Compiles ``a ~ b`` to a checked join; everything else exactly as jinja2 does."""
+    """Compiles ``a ~ b`` to a checked join and a :func:`trusted_call` to a plain call; everything
+    else exactly as jinja2 does."""
+
+    def visit_Call(self, node: nodes.Call, frame: Frame, forward_caller: bool = False) -> None:
+        if not getattr(node, _TRUSTED, False) or forward_caller or self.environment.is_async:
+            super().visit_Call(node, frame, forward_caller=forward_caller)
+            return
+        self.write("(")
+        self.visit(node.node, frame)
+        self.write(")(")
+        for index, argument in enumerate(node.args):
+            if index:
+                self.write(", ")
+            self.visit(argument, frame)
+        self.write(")")
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         if frame.eval_ctx.volatile or frame.eval_ctx.autoescape:
