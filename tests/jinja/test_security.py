@@ -290,6 +290,25 @@ def test_a_trusted_call_is_a_plain_call_with_the_same_text() -> None:
         render_template(compiled, x="a", f=_unsafe, hook=hook)
 
 
+def test_remembered_attribute_checks_answer_as_jinja2_does() -> None:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    plain = ImmutableSandboxedEnvironment()
+    namespace = environment().globals["namespace"](flag=True)
+    cases = [
+        ({}, "get"), ({}, "clear"), ({}, "update"), ([], "append"), ([], "index"), ("a", "upper"),
+        ("a", "mro"), (str, "mro"), (str, "upper"), (_unsafe, "__code__"), (_unsafe, "__name__"),
+        (namespace, "flag"), (namespace, "_Namespace__attrs"), (set(), "add"), ((), "count"),
+    ]
+    for _ in range(2):  # the second round is answered from memory
+        for obj, attr in cases:
+            value = getattr(obj, attr, None)
+            expected = plain.is_safe_attribute(obj, attr, value)
+            assert environment().is_safe_attribute(obj, attr, value) is expected, (obj, attr)
+    template = "{% set ns = namespace(flag=true) %}{{ ns.flag }}|{{ messages.append }}|{{ messages.index }}"
+    assert render(template, []).startswith("True||<built-in method index")
+
+
 # -- smuggled markers in message content -----------------------------------------------------
 
 SMUGGLED = (
