@@ -91,7 +91,7 @@ from templatefix.analysis.texts import (
 )
 from templatefix.errors import InternalDisagreement, RenderError, RenderLimitExceeded
 from templatefix.policy import FIELDS, Policy
-from templatefix.render import Span, render
+from templatefix.render import Span, render_with_spans
 from templatefix.template import ChatTemplate
 
 __all__ = [
@@ -129,29 +129,61 @@ class _Renderer:
     def __call__(self, count: int, add_generation_prompt: bool) -> str:
         key = (count, add_generation_prompt)
         if key not in self.renders:
-            self.renders[key] = remembered(
-                ("render", self.template, self.messages[:count], self.kwargs, add_generation_prompt,
-                 self.special_tokens),
-                lambda: render(
-                    self.template,
-                    self.messages[:count],
-                    add_generation_prompt=add_generation_prompt,
-                    special_tokens=self.special_tokens,
-                    **self.kwargs,
-                ),
+            self.renders[key] = remembered_render(
+                self.template, self.messages[:count], self.kwargs, add_generation_prompt, self.special_tokens
             )
         return self.renders[key]
 
 
-def remembered(key: Any, compute: Callable[[], Any]) -> Any:
+def remembered_render(
+    template: str,
+    messages: Sequence[Mapping[str, Any]],
+    kwargs: Mapping[str, Any],
+    add_generation_prompt: bool,
+    special_tokens: Mapping[str, Any] | None,
+) -> str:
+    """``render(template, messages, ...)``, remembered like :func:`remembered` (a failure too)."""
+    return remembered_render_with_spans(template, messages, kwargs, add_generation_prompt, special_tokens)[0]
+
+
+def remembered_render_with_spans(
+    template: str,
+    messages: Sequence[Mapping[str, Any]],
+    kwargs: Mapping[str, Any],
+    add_generation_prompt: bool,
+    special_tokens: Mapping[str, Any] | None,
+) -> tuple[str, list[Span]]:
+    """``render_with_spans(template, messages, ...)``, remembered like :func:`remembered` (a failure
+    too): the verifier renders the patched template on the prefixes that several probes share,
+    and on the prompts the patcher looked at."""
+    text, spans = remembered(
+        ("spans", template, list(messages), dict(kwargs), add_generation_prompt, special_tokens),
+        lambda: _frozen_spans(
+            render_with_spans(
+                template, list(messages), add_generation_prompt=add_generation_prompt,
+                special_tokens=special_tokens, **dict(kwargs),
+            )
+        ),
+    )
+    return text, list(spans)
+
+
+def _frozen_spans(rendered: tuple[str, list[Span]]) -> tuple[str, tuple[Span, ...]]:
+    return rendered[0], tuple(rendered[1])
+
+
+def remembered(key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
     """``compute()``, remembered inside :func:`remembering` under ``key`` (plain data), failures
     too: the prefixes of one probe are the samples of another, the oracle renders each prefix
-    for every sample that holds it, and the patcher traces the samples the oracle traced."""
+    for every sample that holds it, and the patcher traces the samples the oracle traced.
+
+    ``key`` is ``(kind, template text, ...)``; the text is kept as it is, the rest as JSON.
+    """
     cache = _SHARED.get()
     if cache is None:
         return compute()
     try:
-        text_key = json.dumps(key, sort_keys=True)
+        text_key = (key[0], key[1], json.dumps(key[2:], sort_keys=True))
     except (TypeError, ValueError):  # arguments that are not plain data: not remembered
         return compute()
     if text_key not in cache:
@@ -224,8 +256,8 @@ def expected_turns(
     if cache is None:
         return _expected_turns(template, probe, policy, special_tokens)
     try:
-        parts = [template.text, probe.name, list(probe.messages), dict(probe.kwargs)]
-        key = json.dumps([*parts, policy.to_dict(), special_tokens], sort_keys=True)
+        parts = [probe.name, list(probe.messages), dict(probe.kwargs), policy.to_dict(), special_tokens]
+        key = (template.text, json.dumps(parts, sort_keys=True))
     except (TypeError, ValueError):  # arguments that are not plain data: not remembered
         return _expected_turns(template, probe, policy, special_tokens)
     if key not in cache:
@@ -233,7 +265,9 @@ def expected_turns(
     return cache[key]
 
 
-_REMEMBERED: ContextVar[dict[str, ProbeExpectation] | None] = ContextVar("expectations", default=None)
+_REMEMBERED: ContextVar[dict[tuple[str, str], ProbeExpectation] | None] = ContextVar(
+    "expectations", default=None
+)
 
 
 def remembered_trace(
@@ -255,7 +289,7 @@ def remembered_trace(
     )
 
 
-_SHARED: ContextVar[dict[str, Any] | None] = ContextVar("oracle_renders", default=None)
+_SHARED: ContextVar[dict[tuple[str, str, str], Any] | None] = ContextVar("oracle_renders", default=None)
 
 
 @contextmanager
@@ -419,13 +453,7 @@ def _render_without_calls(renderer: _Renderer, index: int) -> str | None:
     messages = [dict(m) for m in renderer.messages]
     messages[index].pop("tool_calls", None)
     try:
-        return remembered(
-            ("render", renderer.template, messages, renderer.kwargs, False, renderer.special_tokens),
-            lambda: render(
-                renderer.template, messages, add_generation_prompt=False,
-                special_tokens=renderer.special_tokens, **renderer.kwargs,
-            ),
-        )
+        return remembered_render(renderer.template, messages, renderer.kwargs, False, renderer.special_tokens)
     except RenderLimitExceeded:
         raise
     except RenderError:

@@ -185,13 +185,14 @@ def _behaviour(template: ChatTemplate, probe: Probe) -> tuple[Any, ...] | None:
     passed with its default value takes other outcomes of ``is defined`` and nothing else);
     ``None`` if a render fails (such a probe is kept: the patch must fail alike)."""
     from templatefix.coverage import probe_features
+    from templatefix.oracle import remembered_render
 
     messages = list(probe.messages)
     kwargs = probe.render_kwargs()
     try:
-        renders = [render(template.text, messages, **kwargs)]
+        renders = [remembered_render(template.text, messages, kwargs, False, None)]
         last = max((i for i, message in enumerate(messages) if message.get("role") == "assistant"), default=0)
-        renders.append(render(template.text, messages[:last], **{**kwargs, "add_generation_prompt": True}))
+        renders.append(remembered_render(template.text, messages[:last], kwargs, True, None))
         features = probe_features(template, probe)
     except RenderError:
         return None

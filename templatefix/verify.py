@@ -37,10 +37,10 @@ from templatefix.clock import frozen_clock
 from templatefix.coverage import measure
 from templatefix.errors import RenderError, RenderLimitExceeded, TemplateSyntaxError
 from templatefix.jinja.markers import has_markers
-from templatefix.oracle import expected_turns
+from templatefix.oracle import expected_turns, remembered_render, remembered_render_with_spans
 from templatefix.policy import Policy
 from templatefix.probes import policy_probes, probe_battery
-from templatefix.render import Span, compile_template, merge_spans, render, render_with_spans
+from templatefix.render import Span, compile_template, merge_spans
 from templatefix.report import EdgeDiff, ProbeResult, Report, TurnResult, context
 from templatefix.shapes import error_probes
 from templatefix.template import ChatTemplate
@@ -173,9 +173,8 @@ def _verify_probe(
     if original is not None:
         result.render_problems = _compare_renders(template, probe, expectation, special_tokens)
     try:
-        text, raw_spans = render_with_spans(
-            template, list(probe.messages), add_generation_prompt=False,
-            special_tokens=special_tokens, **dict(probe.kwargs),
+        text, raw_spans = remembered_render_with_spans(
+            template, probe.messages, probe.kwargs, False, special_tokens
         )
     except RenderError as error:
         result.render_problems.append(f"patched template fails on the conversation: {error}")
@@ -273,10 +272,7 @@ def _outcome(
 ) -> str | RenderError:
     """The text of one render, or the error it raised (a bound hit is raised, not returned)."""
     try:
-        return render(
-            template, list(probe.messages)[:count], add_generation_prompt=prompt,
-            special_tokens=special_tokens, **dict(probe.kwargs),
-        )
+        return remembered_render(template, probe.messages[:count], probe.kwargs, prompt, special_tokens)
     except RenderLimitExceeded:
         raise
     except RenderError as error:
@@ -291,10 +287,7 @@ def _compare_renders(
     for (count, prompt), expected_text in sorted(expectation.renders.items()):
         where = f"messages[:{count}], add_generation_prompt={prompt}"
         try:
-            text = render(
-                template, list(probe.messages)[:count], add_generation_prompt=prompt,
-                special_tokens=special_tokens, **dict(probe.kwargs),
-            )
+            text = remembered_render(template, probe.messages[:count], probe.kwargs, prompt, special_tokens)
         except RenderError as error:
             problems.append(f"{where}: patched template fails where the original renders: {error}")
             continue

@@ -54,6 +54,7 @@ from templatefix.analysis.hooks import (
 from templatefix.analysis.records import Atom, CoverageTrace, IfChain, Trace
 from templatefix.analysis.sites import Sites
 from templatefix.jinja.guard import guard
+from templatefix.jinja.sandbox import trusted_call
 from templatefix.render import environment
 from templatefix.source import TemplateSource, copy_tree
 
@@ -361,7 +362,8 @@ def _pair_nodes(original: nodes.Node, duplicate: nodes.Node, mapping: dict[int, 
 
 
 def _call(name: str, *args: nodes.Node) -> nodes.Call:
-    return nodes.Call(nodes.Name(name, "load"), list(args), [], None, None)
+    """A call of the hook ``name`` (a plain Python call, not a sandboxed one: ``trusted_call``)."""
+    return trusted_call(name, list(args))
 
 
 def _target_names(target: nodes.Node) -> list[str]:

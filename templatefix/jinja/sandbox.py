@@ -14,11 +14,12 @@ import math
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import jinja2
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from templatefix.jinja.guard import Guard, active_guard, check_size, too_slow
 
@@ -30,8 +31,6 @@ _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 #: Filters whose integer arguments are output widths or repeat counts.
 _WIDTH_FILTERS = frozenset({"center"})
 
-if TYPE_CHECKING:
-    from jinja2.sandbox import SandboxedEnvironment
 
 
 def _length(value: Any) -> int | None:
@@ -160,8 +159,39 @@ def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
     return bounded
 
 
+def trusted_call(name: str, arguments: list[nodes.Node]) -> nodes.Call:
+    """``name(*arguments)`` for a function given to the render as a variable that the caller
+    trusts (the recording hooks of ``templatefix.analysis``), compiled as a plain Python call: not
+    through the sandbox's ``call`` (its safety and deadline checks) nor the context's (which
+    passes no context to such a function), so it renders what an ordinary call of it renders.
+
+    Only a rewrite of a tree makes one; no call a template's text holds is compiled this way. The
+    hooks are called hundreds of thousands of times while one template is patched.
+    """
+    call = nodes.Call(nodes.Name(name, "load"), arguments, [], None, None)
+    setattr(call, _TRUSTED, True)
+    return call
+
+
+_TRUSTED = "templatefix_trusted"
+
+
 class _CodeGenerator(CodeGenerator):
-    """Compiles ``a ~ b`` to a checked join; everything else exactly as jinja2 does."""
+    """Compiles ``a ~ b`` to a checked join and a :func:`trusted_call` to a plain call; everything
+    else exactly as jinja2 does."""
+
+    def visit_Call(self, node: nodes.Call, frame: Frame, forward_caller: bool = False) -> None:
+        if not getattr(node, _TRUSTED, False) or forward_caller or self.environment.is_async:
+            super().visit_Call(node, frame, forward_caller=forward_caller)
+            return
+        self.write("(")
+        self.visit(node.node, frame)
+        self.write(")(")
+        for index, argument in enumerate(node.args):
+            if index:
+                self.write(", ")
+            self.visit(argument, frame)
+        self.write(")")
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         if frame.eval_ctx.volatile or frame.eval_ctx.autoescape:
@@ -184,6 +214,39 @@ def _concat(values: tuple[Any, ...]) -> str:
     parts = [str(value) for value in values]
     check_size(sum(map(len, parts)), "a ~ concatenation would build")
     return "".join(parts)
+
+
+#: jinja2's own attribute checks: each answer depends on the object's type and the attribute's
+#: name alone (``is_internal_attribute``, ``modifies_known_mutable``: ``isinstance`` tests and name
+#: tests; the value is not read).
+_TYPE_AND_NAME_CHECKS = (
+    SandboxedEnvironment.is_safe_attribute,
+    ImmutableSandboxedEnvironment.is_safe_attribute,
+)
+_SAFE_ATTRIBUTES_SIZE = 4096
+
+
+def _memoise_safe_attributes(sandbox: SandboxedEnvironment) -> None:
+    """Remember ``sandbox.is_safe_attribute`` per (type, attribute name) when it is one of jinja2's
+    own checks (:data:`_TYPE_AND_NAME_CHECKS`), which answer from those alone; a template reads
+    the same few attributes of the same few types (``message.content``, ``ns.flag``) hundreds of
+    thousands of times per patch, and each check runs a dozen ``isinstance`` tests against ABCs."""
+    check = getattr(type(sandbox).is_safe_attribute, "__func__", type(sandbox).is_safe_attribute)
+    if check not in _TYPE_AND_NAME_CHECKS:
+        return
+    jinja2_check = sandbox.is_safe_attribute
+    answers: dict[tuple[type, str], bool] = {}
+
+    def is_safe_attribute(obj: Any, attr: str, value: Any) -> bool:
+        key = (type(obj), attr)
+        answer = answers.get(key)
+        if answer is None:
+            if len(answers) >= _SAFE_ATTRIBUTES_SIZE:
+                answers.clear()
+            answer = answers[key] = bool(jinja2_check(obj, attr, value))
+        return answer
+
+    sandbox.is_safe_attribute = is_safe_attribute  # type: ignore[method-assign]
 
 
 def install(environment: jinja2.Environment) -> jinja2.Environment:
@@ -232,6 +295,7 @@ def install(environment: jinja2.Environment) -> jinja2.Environment:
             _check_binop(guard, operator, left, right)
         return sandbox_binop(context, operator, left, right)
 
+    _memoise_safe_attributes(sandbox)
     sandbox.call = call  # type: ignore[method-assign]
     sandbox.getattr = getattr_  # type: ignore[method-assign]
     sandbox.getitem = getitem  # type: ignore[method-assign]

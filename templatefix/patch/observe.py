@@ -32,7 +32,6 @@ from templatefix.analysis.instrument import Instrumented
 from templatefix.analysis.records import Atom, Emission, Trace
 from templatefix.errors import InternalDisagreement, RenderError, RenderLimitExceeded
 from templatefix.policy import Policy
-from templatefix.render import render, render_with_spans
 from templatefix.template import ChatTemplate
 
 if TYPE_CHECKING:
@@ -210,6 +209,7 @@ def marks_after_prompt_text(
     A message whose text the render does not hold bounds nothing.
     """
     from templatefix.analysis.texts import locate_texts
+    from templatefix.oracle import remembered_render_with_spans
 
     done: set[str] = set()
     for probe in probes:
@@ -221,9 +221,8 @@ def marks_after_prompt_text(
                 done.add(key)
             messages = list(sample.messages)
             try:
-                text, spans = render_with_spans(
-                    patched, messages, add_generation_prompt=sample.add_generation_prompt,
-                    special_tokens=special_tokens, **dict(sample.kwargs),
+                text, spans = remembered_render_with_spans(
+                    patched, messages, sample.kwargs, sample.add_generation_prompt, special_tokens
                 )
             except RenderLimitExceeded:
                 raise
@@ -264,7 +263,7 @@ def _observe_sample(
     the prefixes ending with those turns show. With the generation prompt, the render must
     continue the one without it (else which turn owns what is unknown and the sample is skipped).
     """
-    from templatefix.oracle import expected_turns
+    from templatefix.oracle import expected_turns, remembered_render
 
     prompt_render = sample.ending.last_role != "assistant"
     try:
@@ -273,10 +272,7 @@ def _observe_sample(
         )
         text = expectation.text
         if sample.add_generation_prompt:
-            text = render(
-                template.text, list(sample.messages), add_generation_prompt=True,
-                special_tokens=special_tokens, **dict(sample.kwargs),
-            )
+            text = remembered_render(template.text, sample.messages, sample.kwargs, True, special_tokens)
             if not text.startswith(expectation.text):
                 return
     except RenderLimitExceeded:

@@ -47,24 +47,20 @@ def strip_generation_markers(template: ChatTemplate | str) -> str:
 
 def _renders_like(candidate: str, reference: ChatTemplate) -> bool:
     """Whether ``candidate`` renders every probe of ``reference``'s battery as ``reference`` does."""
+    from templatefix.oracle import remembered_render
     from templatefix.probes import probe_battery
-    from templatefix.render import render
 
     for probe in probe_battery(reference):
+        messages, kwargs = probe.messages, probe.kwargs
         for generation_prompt in (False, True):
             try:
-                expected = render(
-                    reference.text, probe.messages, add_generation_prompt=generation_prompt, **probe.kwargs
-                )
+                expected = remembered_render(reference.text, messages, kwargs, generation_prompt, None)
             except RenderLimitExceeded:
                 raise
             except RenderError:
                 continue
             try:
-                if (
-                    render(candidate, probe.messages, add_generation_prompt=generation_prompt, **probe.kwargs)
-                    != expected
-                ):
+                if remembered_render(candidate, messages, kwargs, generation_prompt, None) != expected:
                     return False
             except RenderLimitExceeded:
                 raise

@@ -16,9 +16,13 @@ import difflib
 import re
 from pathlib import Path
 
+import jinja2
 import pytest
+from jinja2 import nodes
 
 from templatefix.errors import RenderError
+from templatefix.jinja.guard import render_template
+from templatefix.jinja.sandbox import trusted_call
 from templatefix.patch.api import patch_template
 from templatefix.render import environment, render, render_with_spans
 
@@ -248,6 +252,61 @@ def test_reaching_for_globals_gains_nothing(expression: str) -> None:
 def test_harmless_globals_stay_harmless() -> None:
     text = render("{{ lipsum(1, false) | length > 0 }}|{% set c = cycler('a', 'b') %}{{ c.next() }}", [])
     assert text == "True|a"
+
+
+def _unsafe() -> str:
+    return "ran"
+
+
+_unsafe.unsafe_callable = True  # type: ignore[attr-defined]  # what the sandbox refuses to call
+
+
+def test_a_call_in_the_template_text_stays_sandboxed_under_any_name() -> None:
+    # the recording hooks are trusted calls (a plain call, no sandbox check); a template that
+    # names a hook in its own text gets an ordinary, checked call
+    for name in ("f", "__templatefix_cover__", "__templatefix_emit__"):
+        with pytest.raises(jinja2.exceptions.SecurityError):
+            render_template(environment().from_string("{{ " + name + "() }}"), **{name: _unsafe})
+
+
+def test_a_trusted_call_is_a_plain_call_with_the_same_text() -> None:
+    tree = environment().parse("{{ x }}|{{ f(x) }}")
+    output = tree.body[0]
+    assert isinstance(output, nodes.Output)
+    output.nodes[0] = trusted_call("hook", [output.nodes[0]])
+    compiled = environment().from_string(tree)
+    seen: list[object] = []
+
+    def hook(value: object) -> object:
+        seen.append(value)
+        return value
+
+    assert render_template(compiled, x="a", f=str.upper, hook=hook) == "a|A"
+    assert seen == ["a"]
+    code = environment().compile(tree, raw=True)
+    assert "environment.call(context, (undefined(name='f')" in code
+    assert "environment.call(context, (undefined(name='hook')" not in code
+    with pytest.raises(jinja2.exceptions.SecurityError):  # the template's own call is still checked
+        render_template(compiled, x="a", f=_unsafe, hook=hook)
+
+
+def test_remembered_attribute_checks_answer_as_jinja2_does() -> None:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    plain = ImmutableSandboxedEnvironment()
+    namespace = environment().globals["namespace"](flag=True)
+    cases = [
+        ({}, "get"), ({}, "clear"), ({}, "update"), ([], "append"), ([], "index"), ("a", "upper"),
+        ("a", "mro"), (str, "mro"), (str, "upper"), (_unsafe, "__code__"), (_unsafe, "__name__"),
+        (namespace, "flag"), (namespace, "_Namespace__attrs"), (set(), "add"), ((), "count"),
+    ]
+    for _ in range(2):  # the second round is answered from memory
+        for obj, attr in cases:
+            value = getattr(obj, attr, None)
+            expected = plain.is_safe_attribute(obj, attr, value)
+            assert environment().is_safe_attribute(obj, attr, value) is expected, (obj, attr)
+    template = "{% set ns = namespace(flag=true) %}{{ ns.flag }}|{{ messages.append }}|{{ messages.index }}"
+    assert render(template, []).startswith("True||<built-in method index")
 
 
 # -- smuggled markers in message content -----------------------------------------------------

@@ -281,3 +281,38 @@ def test_a_preamble_only_with_the_prompt_leaves_the_generation_prompt_what_follo
     expectation = expected_turns(PREAMBLE_WITH_PROMPT, TWO_TURNS)
     assert [turn.kind for turn in expectation.turns] == ["mismatch", "mismatch"]
     assert spans_text(expectation) == ["<|message|>bravo2<|eot|>", "<|message|>delta4<|eot|>"]
+
+
+def test_remembered_renders_render_once_per_patch_and_keep_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    import templatefix.oracle as oracle_module
+    from templatefix.errors import RenderError
+    from templatefix.render import render_with_spans
+
+    calls: list[str] = []
+
+    def counting(template: str, messages: list[dict[str, str]], **kwargs: object) -> tuple[str, list]:
+        calls.append(template)
+        return render_with_spans(template, messages, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(oracle_module, "render_with_spans", counting)
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    marked = (
+        "{% for m in messages %}{{ m.role }}:{% generation %}{{ m.content }}{% endgeneration %};{% endfor %}"
+    )
+    rejecting = "{{ raise_exception('no') }}"
+    with oracle_module.remembering():
+        text = oracle_module.remembered_render(CHATML, chat, {}, False, None)
+        assert oracle_module.remembered_render(CHATML, tuple(chat), {}, False, None) == text
+        assert oracle_module.remembered_render_with_spans(CHATML, chat, {}, False, None) == (text, [])
+        assert oracle_module.remembered_render(CHATML, chat[:1], {}, True, None) == text[: text.index("yo")]
+        marked_text, spans = oracle_module.remembered_render_with_spans(marked, chat, {}, False, None)
+        spans.append((0, 0))  # a caller's copy: the remembered spans stay as rendered
+        assert oracle_module.remembered_render_with_spans(marked, chat, {}, False, None) == (
+            "user:hi;assistant:yo;", [(5, 7), (18, 20)]
+        )
+        for _ in range(2):
+            with pytest.raises(RenderError, match="rejected"):
+                oracle_module.remembered_render(rejecting, chat, {}, False, None)
+    assert calls == [CHATML, CHATML, marked, rejecting]  # one render per distinct render
+    oracle_module.remembered_render(CHATML, chat, {}, False, None)  # outside a patch: rendered again
+    assert len(calls) == 5
