@@ -524,12 +524,13 @@ def flag_cover(
 
     A flag value can change which part of an output is the answer (``<think></think>`` is the
     generation prompt's with thinking off and the answer's with it on), so each output is worth
-    seeing under every value of every flag, not only reached once. A probe with a flag value it
-    does not pass is offered where some output the probe reaches was not yet reached under that
-    value; offers go rarest output first (the fewest probes reach it), then in battery order.
-    Each is rendered and kept when it reaches an output under a value nothing reached it under
-    yet. A flag left out counts as a value of its own. At most ``keep`` probes are kept and
-    ``tries`` rendered; deterministic.
+    seeing under every value of every flag, not only reached once. A probe that passes no flag
+    is offered with one flag value where some output it reaches was not yet reached under that
+    value: one flag at a time, as the fixed battery's flag shapes (combinations of flags, such as
+    two switches that contradict each other, are not what users train on). Offers go rarest
+    output first (the fewest probes reach it), then in battery order; each is rendered and kept
+    when it reaches an output under a value nothing reached it under yet. A flag left out counts
+    as a value of its own. At most ``keep`` probes are kept and ``tries`` rendered; deterministic.
 
     Raises:
         RenderLimitExceeded: a render of one of ``probes`` hit a bound.
@@ -561,10 +562,10 @@ def flag_cover(
     # to have been seen (an output every probe writes, such as a user header, is seen anyway)
     offers: list[tuple[int, int, Probe, str, Any]] = []
     for order, (probe, outputs) in enumerate(reaching):
+        if any(flag in probe.kwargs for flag in flags):
+            continue  # one flag at a time: a value joins a probe that passes none
         for flag, values in flags.items():
             for value in values:
-                if flag in probe.kwargs and repr(probe.kwargs[flag]) == repr(value):
-                    continue
                 missing = [site for site in outputs if (site, flag, repr(value)) not in seen]
                 if missing:
                     offers.append((min(reached_by[site] for site in missing), order, probe, flag, value))

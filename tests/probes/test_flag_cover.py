@@ -83,3 +83,17 @@ def test_without_flag_cover_the_verdict_would_be_wrong(monkeypatch: pytest.Monke
     assert result.verified
     verdict = judge(text, result.patched, PARTS_THINKING_OFF)
     assert not verdict.ok
+
+
+def test_flag_cover_sets_one_flag_at_a_time() -> None:
+    """Two switches (``force`` and ``skip``) that contradict each other when both are on: a probe
+    made by ``flag_cover`` passes one of them, never both."""
+    template = TEMPLATE.replace(
+        "{%- if add_generation_prompt -%}",
+        "{%- if force and not skip -%}!{%- endif -%}{%- if add_generation_prompt -%}",
+    )
+    flags = find_flags(template)
+    assert {"enable_thinking", "force", "skip"} <= set(flags)
+    added = coverage.flag_cover(template, fixed_battery(template), flags)
+    assert added
+    assert all(sum(flag in probe.kwargs for flag in flags) == 1 for probe in added), [p.name for p in added]
