@@ -457,7 +457,11 @@ def search(
     dry = spent = branch_only = output_keeps = streamed = 0
     for count in itertools.count():
         reached = {site for kind, site, _ in seen if kind == "out"}
-        if wanted <= reached or count >= max_candidates or (dry >= patience and streamed >= first):
+        if (
+            wanted <= reached
+            or count >= max_candidates
+            or (dry >= patience and (stream is None or streamed >= first))
+        ):
             break
         if output_keeps >= keep_outputs:
             break
@@ -478,7 +482,6 @@ def search(
             candidate = next(stream, None)
             streamed += 1
             if candidate is None:
-                streamed = first  # the stream is done
                 stream = None
                 if mutate is None:
                     break
@@ -560,7 +563,7 @@ def flag_cover(
                 reached_by[site] = reached_by.get(site, 0) + 1
     # the rarest outputs first: an output few probes reach is where a flag value is least likely
     # to have been seen (an output every probe writes, such as a user header, is seen anyway)
-    offers: list[tuple[int, int, Probe, str, Any]] = []
+    offers: list[tuple[int, int, Probe, set[int], str, Any]] = []
     for order, (probe, outputs) in enumerate(reaching):
         if any(flag in probe.kwargs for flag in flags):
             continue  # one flag at a time: a value joins a probe that passes none
@@ -568,13 +571,13 @@ def flag_cover(
             for value in values:
                 missing = [site for site in outputs if (site, flag, repr(value)) not in seen]
                 if missing:
-                    offers.append((min(reached_by[site] for site in missing), order, probe, flag, value))
+                    rarest = min(reached_by[site] for site in missing)
+                    offers.append((rarest, order, probe, outputs, flag, value))
     offers.sort(key=lambda offer: offer[:2])
     kept: list[Probe] = []
-    for _, _, probe, flag, value in offers:
+    for _, _, probe, outputs, flag, value in offers:
         if len(kept) >= keep or tries <= 0:
             break
-        outputs = next(outputs for candidate, outputs in reaching if candidate is probe)
         if all((site, flag, repr(value)) in seen for site in outputs):
             continue  # an earlier keep saw them
         name = f"{probe.name}[{flag}={value!r}]"

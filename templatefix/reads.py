@@ -378,16 +378,10 @@ class _Walker:
             if method in _METHODS_ELEMENT:
                 self._printed(base)
                 if method in ("split", "rsplit") and node.args:  # a text holding the separator
-                    for path in base:
-                        self._use(path).contains.update(
-                            str(v) for v in _constant_values(node.args[0]) if isinstance(v, str) and v
-                        )
+                    self._looked_for(base, node.args[0])
                 return set()
             if method in ("startswith", "endswith") and node.args:
-                for path in base:
-                    self._use(path).contains.update(
-                        str(v) for v in _constant_values(node.args[0]) if isinstance(v, str)
-                    )
+                self._looked_for(base, node.args[0])
                 return set()
             return set()
         if isinstance(callee, nodes.Name) and callee.name in self.macros:
@@ -398,6 +392,11 @@ class _Walker:
                 if parameter.name in keywords:
                     self._bind(parameter.name, keywords[parameter.name])
         return set()
+
+    def _looked_for(self, paths: set[Path], text: nodes.Node) -> None:
+        """``text``'s constant strings are looked for inside the values at ``paths``."""
+        for path in paths:
+            self._use(path).contains.update(str(v) for v in _constant_values(text) if isinstance(v, str))
 
     def _filter(self, node: nodes.Filter) -> set[Path]:
         base = self.expr(node.node) if node.node is not None else set()

@@ -796,17 +796,16 @@ class _Flow:
             if truth is False:
                 return self.value(node.expr2, state) if node.expr2 is not None else UNKNOWN
             return _from_kinds(self.kinds(node, state))
-        if isinstance(node, nodes.Compare) and len(node.ops) == 1 and node.ops[0].op in ("eq", "ne"):
+        if isinstance(node, nodes.Compare):
             length = self.length_is_positive(node, state)
             if length is not None:
                 return length
+            if len(node.ops) != 1 or node.ops[0].op not in ("eq", "ne"):
+                return UNKNOWN
             left, right = self.value(node.expr, state), self.value(node.ops[0].expr, state)
             if any(v is UNKNOWN or v is EMPTY or isinstance(v, Kinds) for v in (left, right)):
                 return UNKNOWN
             return (left == right) is (node.ops[0].op == "eq")
-        if isinstance(node, nodes.Compare):
-            length = self.length_is_positive(node, state)
-            return UNKNOWN if length is None else length
         if isinstance(node, nodes.Test) and not node.args and not node.kwargs:
             value = self.value(node.node, state)
             if value is UNKNOWN:
