@@ -2,7 +2,7 @@
 
 Usage:
     TEMPLATEFIX_CORPUS=../shared/corpus python benchmarks/crosscheck.py --per-template 50 \\
-        [--corpus DIR] [--filter TEXT] [--every N] [--json OUT] [--seed S] \\
+        [--corpus DIR] [--filter TEXT] [--every N] [--shard K/N] [--json OUT] [--seed S] \\
         [--policy KEY=VALUE ... | --all-policies [--json-dir DIR]]
     python benchmarks/crosscheck.py --replay OUT   # re-judge saved failing conversations
 
@@ -102,6 +102,8 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=os.environ.get("TEMPLATEFIX_CORPUS"))
     parser.add_argument("--filter", help="only templates whose name contains this text")
     parser.add_argument("--every", type=int, default=1, help="take every N-th template (a sample)")
+    parser.add_argument("--shard", metavar="K/N", help="only the K-th of N interleaved parts (0 <= K < N), "
+                        "to run parts in parallel processes")
     parser.add_argument("--json", type=Path, help="write failing conversations here (for --replay)")
     parser.add_argument("--seed", type=int, default=0, help="first conversation seed")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per template before giving up")
@@ -126,6 +128,14 @@ def main() -> int:
         parser.error("give --policy or --all-policies, not both")
     policies = [dict(p) for p in POLICIES] if args.all_policies else [policy]
     templates = _templates(corpus, args.filter, args.every)
+    if args.shard:
+        try:
+            part, parts = (int(x) for x in args.shard.split("/"))
+            if not 0 <= part < parts:
+                raise ValueError
+        except ValueError:
+            parser.error(f"--shard {args.shard!r}: write K/N with 0 <= K < N, e.g. 0/2")
+        templates = templates[part::parts]
     table: list[tuple[str, list[Outcome], float]] = []
     for current in policies:
         if len(policies) > 1:

@@ -382,6 +382,8 @@ def _later_piece(
     if not own:
         return []
     later_start = min(own)
+    while later_start > after and full[later_start - 1].isspace():
+        later_start -= 1  # the message's own leading whitespace (texts are found stripped)
     end_out = rstrip_end(full, later_start, region[1])
     return [(later_start, region[1] if policy.trailing_whitespace == "in" else end_out)]
 

@@ -146,7 +146,16 @@ class TraceHooks(Hooks):
         variables = {k: v for k, v in scope.items() if k != "loop"}
         # which loop variables hold the conversation's final message (for "last turn only")
         chat = self.chat
-        final = frozenset(k for k, v in variables.items() if chat and v is chat[-1])
+        # A template that assigns `messages` itself reads its own list there, not the conversation.
+        rebound = options is not None and "messages" in options
+        last_role = None
+        if rebound:
+            seen = options["messages"] if options is not None else None
+            seen_list = list(seen) if isinstance(seen, (list, tuple)) else []
+            last_role = _role_of(seen_list[-1]) if seen_list else None
+            final = frozenset(k for k, v in variables.items() if seen_list and v is seen_list[-1])
+        else:
+            final = frozenset(k for k, v in variables.items() if chat and v is chat[-1])
         users = [i for i, m in enumerate(chat) if _role_of(m) == "user"]
         last_turn_messages = chat[users[-1] + 1:] if users else chat
         last_turn = frozenset(
@@ -171,7 +180,7 @@ class TraceHooks(Hooks):
         self.emissions.append(
             Emission(
                 atom_id, start, self.position, ranges, variables, state, branches, final, truth,
-                options=plain, last_turn=last_turn,
+                options=plain, last_turn=last_turn, rebound=rebound, last_role=last_role,
             )
         )
         return value

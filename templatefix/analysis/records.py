@@ -82,6 +82,11 @@ class Emission:
         options: the plain value of each name the template assigns outside macros, as the output
             sees it (absent: undefined there), so a template argument the template gives a default
             (``enable_thinking``) is known as the template reads it.
+        rebound: whether the template assigns ``messages`` itself (``{% set messages =
+            messages[1:] %}``), so that ``messages`` at this output is the list it sees here, not
+            necessarily the conversation; ``final`` and ``last_role`` then refer to that list.
+        last_role: the role of the last item of ``messages`` as the output sees it (``None`` for
+            an empty list or an item without a role); set only when ``rebound``.
     """
 
     atom: int
@@ -95,6 +100,8 @@ class Emission:
     assigned: dict[str, bool] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     last_turn: frozenset[str] = frozenset()
+    rebound: bool = False
+    last_role: str | None = None
 
 
 @dataclass

@@ -102,7 +102,9 @@ def place_by_shape(
     located_by = "trace"
     eot_range: Span | None = None
     if region is None:
-        region_end, located_by = _turn_end(renderer, index, full, located, last_text_end, next_text, eot)
+        region_end, located_by = _turn_end(
+            renderer, index, full, located, start, last_text_end, next_text, eot
+        )
     elif eot and full.startswith(eot, region_end) and region_end + len(eot) <= next_text:
         # the end-of-turn text is written when the next message starts (AI21 Jamba's <|eom|>):
         # it is still this turn's (SPEC §3)
@@ -162,12 +164,18 @@ def _turn_end(
     index: int,
     full: str,
     located: list[list[Span]],
+    start: int,
     last_text_end: int,
     next_text: int,
     eot: str,
 ) -> tuple[int, str]:
     """Where turn ``index`` ends in ``R`` without a trace: its end-of-turn text, else the header of
-    the next message (as rendered in a prefix), else the end of the render."""
+    the next message (as rendered in a prefix), else the end of the render.
+
+    Where the next message's header is not known (its iteration rewrites this turn too), the turn
+    ends no later than where ``R`` departs from the text the model generated (``G``) after the
+    turn's last text: what ``R`` writes from there to the next message's text (``<res>`` before a
+    tool result folded into the turn) is not the model's."""
     if eot:
         position = full.find(eot, last_text_end, next_text)
         if position >= 0:
@@ -180,7 +188,24 @@ def _turn_end(
     j = following[0]
     header = _message_header(renderer, j)
     overlap = common_suffix_length(header, full[last_text_end:next_text])
-    return next_text - overlap, "next-message"
+    end = next_text - overlap
+    if not header:
+        end = min(end, _departure(renderer, index, full, start, last_text_end, end))
+    return end, "next-message"
+
+
+def _departure(renderer: PrefixRenders, index: int, full: str, start: int, lower: int, upper: int) -> int:
+    """Where ``R`` from ``start`` departs from the turn's ``G`` (``F = P + G``), moved back out of a
+    markup token, when that lies in ``[lower, upper)``; else ``upper``."""
+    try:
+        prompt, final = renderer(index, True), renderer(index + 1, False)
+    except RenderError:
+        return upper
+    if not final.startswith(prompt):
+        return upper
+    generated = final[len(prompt):]
+    at = markup_boundary(full, start + common_prefix_length(generated, full[start:]))
+    return at if lower <= at < upper else upper
 
 
 def _message_header(renderer: PrefixRenders, index: int) -> str:

@@ -347,15 +347,24 @@ def _ending_features(
     observations: list[Observation], source: TemplateSource, atom: Atom | None, quote: str
 ) -> list[tuple[str, Test]]:
     """How the conversation ends (feature 6 of :func:`find_condition`), when the observations
-    differ in it: the last message's role, the generation prompt."""
+    differ in it: the last message's role, the generation prompt.
+
+    A template that assigns ``messages`` itself (``{% set messages = messages[1:] %}``) is asked
+    about the list it sees at the output: each emission records that list's last role."""
     features: list[tuple[str, Test]] = []
-    roles = {o.ending.last_role for o in observations}
-    if len(roles) > 1 and _messages_is_conversation(source, atom):
+    if all(o.emission.rebound for o in observations) and not _messages_is_parameter(source, atom):
+        last_role: Callable[[Observation], str | None] = lambda o: o.emission.last_role  # noqa: E731
+    elif _messages_is_conversation(source, atom):
+        last_role = lambda o: o.ending.last_role  # noqa: E731
+    else:
+        last_role = lambda o: None  # noqa: E731 - not known here: offer no ending feature
+    roles = {last_role(o) for o in observations}
+    if len(roles) > 1:
         # `is defined` first: an empty conversation has no last message, and reading `.role` of
         # an undefined value would raise where the original renders. The assistant's role first.
         for role in sorted((r for r in roles if r is not None), key=lambda r: (r != "assistant", r)):
             text = f"messages[-1] is defined and messages[-1].role == {quote}{role}{quote}"
-            features.append((text, lambda o, r=role: o.ending.last_role == r))
+            features.append((text, lambda o, r=role: last_role(o) == r))
     if len({o.ending.add_generation_prompt for o in observations}) > 1:
         features.append(("add_generation_prompt", lambda o: o.ending.add_generation_prompt))
     return features
@@ -367,16 +376,21 @@ def _messages_is_conversation(source: TemplateSource, atom: Atom | None) -> bool
     for name in source.ast.find_all(nodes.Name):
         if name.name == "messages" and name.ctx == "store":
             return False
+    return not _messages_is_parameter(source, atom)
+
+
+def _messages_is_parameter(source: TemplateSource, atom: Atom | None) -> bool:
+    """Whether a macro around ``atom`` takes a parameter named ``messages``."""
     if atom is None:
-        return True
+        return False
     for macro in source.ast.find_all((nodes.Macro, nodes.CallBlock)):
         if not isinstance(macro, (nodes.Macro, nodes.CallBlock)):
             continue
         if any(arg.name == "messages" for arg in macro.args) and any(
             output is atom.output for output in macro.find_all(nodes.Output)
         ):
-            return False
-    return True
+            return True
+    return False
 
 
 def _branch_features(

@@ -292,7 +292,11 @@ def _observe_sample(
     # are free to be marked or not, so they say nothing about their label.
     free = [(t.start, t.end_in) for t in expectation.turns if t.blank and t.end_in > t.start]
     if prompt_render:
-        owned = max((max(t.start, t.end_out, t.end_in) for t in expectation.turns), default=0)
+        # A turn's later piece (Gemma 4's answer after the tool results) is the turn's own too.
+        owned = max(
+            (max(t.start, t.end_out, t.end_in, *(end for _, end in t.spans)) for t in expectation.turns),
+            default=0,
+        )
         flags, ending = dict(sample.kwargs), sample.ending
         record_emissions(instrumented, traced, [], flags, seen.records, ending=ending, since=owned)
         once = [e for e in traced.emissions if e.start < owned and not instrumented.atoms[e.atom].loops]

@@ -282,15 +282,78 @@ def test_text_after_the_loop_is_marked_only_when_an_assistant_turn_ends_the_conv
     assert _marked(result.patched, [*ANSWERED, {"role": "user", "content": "more"}]) == ["yo<|end|>"]
 
 
-def test_reassigned_messages_fall_back_to_the_training_renders() -> None:
-    """Where ``messages`` is not the conversation the template was given, the patcher cannot test
-    how the conversation ends; the eos token is then labelled from the training renders alone
-    (still right in every render that ends with an assistant turn), not refused."""
-    template = "{% set messages = messages %}" + EOS_AFTER_LOOP
-    result = patch_template(template, special_tokens={"eos_token": "</s>"})
+@pytest.mark.parametrize(
+    "reassign",
+    [
+        "{% if messages[0].role == 'system' %}{% set messages = messages[1:] %}{% endif %}",
+        "{% set messages = messages | selectattr('role', 'ne', 'tool') | list %}",
+    ],
+)
+def test_reassigned_messages_are_asked_as_the_template_sees_them(reassign: str) -> None:
+    """Where the template assigns ``messages`` itself, how the conversation ends is read from the
+    list it sees at the output: the eos token is marked only when that list ends with an
+    assistant message, also for a system prompt alone (an empty list after the slice)."""
+    result = patch_template(reassign + EOS_AFTER_LOOP, special_tokens={"eos_token": "</s>"})
     assert result.verified, result.reasons
-    assert "messages[-1].role" not in result.patched
+    system = {"role": "system", "content": "be brief"}
     assert _marked(result.patched, ANSWERED) == ["yo<|end|>\n</s>"]
+    assert _marked(result.patched, [system, *ANSWERED]) == ["yo<|end|>\n</s>"]
+    assert _marked(result.patched, ASKED) == []
+    assert _marked(result.patched, [system]) == []
+    assert _marked(result.patched, [*ANSWERED, {"role": "user", "content": "more"}]) == ["yo<|end|>"]
+    if "selectattr" in reassign:  # tool messages are dropped: the assistant still ends the list
+        tool = {"role": "tool", "content": "sunny"}
+        assert _marked(result.patched, [*ANSWERED, tool]) == ["yo<|end|>\n</s>"]
+
+
+#: Gemma 4's shape: an assistant's iteration writes its calls, then the tool results that answer
+#: them (later messages), then its own text.
+FOLDED_RESULTS = (
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'user' -%}<u>{{ m.content }}</u>"
+    "{%- elif m.role == 'assistant' -%}<a>"
+    "{%- for c in m.tool_calls or [] -%}<call>{{ c.function.name }}"
+    "{%- if c.function.arguments is string -%}{{ c.function.arguments }}"
+    "{%- else -%}{{ c.function.arguments | tojson }}{%- endif -%}</call>{%- endfor -%}"
+    "{%- if m.tool_calls -%}{%- for t in messages[loop.index0 + 1:] -%}"
+    "{%- if t.role == 'tool' -%}<res>{{ t.content }}</res>{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- if m.content is string -%}{{ m.content }}"
+    "{%- else -%}{%- for p in m.content -%}{{ p.text }}{%- endfor -%}{%- endif -%}</a>"
+    "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}<a>{%- endif -%}"
+)
+
+
+def test_text_written_after_the_tool_results_stays_the_turns_in_every_render() -> None:
+    """The calls, then the answer after the tool results: both are the turn's, the results and
+    their markup are not (SPEC §7), also when the conversation ends with a tool result or a
+    user's question (a prompt render)."""
+    result = patch_template(FOLDED_RESULTS)
+    assert result.verified, result.reasons
+    call = {
+        "role": "assistant", "content": "textword",
+        "tool_calls": [{"type": "function", "function": {"name": "fname", "arguments": {"q": "argword"}}}],
+    }
+    tool = {"role": "tool", "content": "resultword"}
+    expected = ['<call>fname{"q": "argword"}</call>', "textword</a>"]
+    for tail in ([], [{"role": "user", "content": "more"}], [{"role": "assistant", "content": "bword"}]):
+        marked = _marked(result.patched, [*ASKED, call, tool, *tail])
+        assert marked[:2] == expected, tail
+        assert not any("resultword" in piece or "<res>" in piece for piece in marked)
+
+
+def test_text_written_after_the_tool_results_passes_the_independent_judge() -> None:
+    from independent.conversations import random_conversation
+    from independent.sweep import judge_both
+
+    patched = patch_template(FOLDED_RESULTS).patched
+    judged = 0
+    for seed in range(40):
+        training, other = judge_both(FOLDED_RESULTS, patched, random_conversation(seed), {}, prefix_rule=True)
+        assert not other, [str(f) for f in other]
+        if training is not None:
+            assert not training, [str(f) for f in training]
+            judged += 1
+    assert judged >= 20
 
 
 def test_prompt_renders_are_observed_only_when_a_placement_marks_past_the_question() -> None:
