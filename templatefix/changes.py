@@ -182,11 +182,13 @@ def parts(text: str) -> list[dict[str, Any]]:
 
 
 def parts_everywhere(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
+    """Every text content as text parts: two, so that what a template writes between parts is
+    seen in every role's messages, not only in the assistant's."""
     changed = False
     for message in messages:
         content = message.get("content")
         if isinstance(content, str) and (content or message.get("tool_calls")):
-            message["content"] = parts(content or words())  # a call message gets text too
+            message["content"] = [*parts(content or words()), *parts(words())]  # a call message gets text too
             changed = True
     return changed
 
@@ -278,15 +280,18 @@ def adding_role(role: str) -> Change:
     return change
 
 
-def containing(text: str) -> Change:
-    """Assistant content holding ``text``; a closing tag ``</x>`` comes after its ``<x>``."""
+def containing(text: str, role: str = "assistant") -> Change:
+    """The content of every ``role`` message holding ``text`` (a switch such as ``/no_think`` in
+    a user's or the system's message); a closing tag ``</x>`` comes after its ``<x>``."""
 
     def change(messages: list[Message], kwargs: dict[str, Any], words: WordSource) -> bool:
         opener = "<" + text[2:] if text.startswith("</") else ""
+        changed = False
         for message in messages:
-            if message["role"] == "assistant":
+            if message["role"] == role:
                 message["content"] = f"{opener}{words()}{text}{words()}"
-        return True
+                changed = True
+        return changed
 
     return change
 

@@ -358,6 +358,9 @@ def applicable(reads: Reads, data: tuple[str, ...] = ()) -> list[Variation]:
     for text in _contained(reads):
         carriers = ("multi_turn", "reasoning_multi_turn", "tool_calls")  # call turns have content too
         found.append(Variation(f"contains_{text}", changes.containing(text), carriers))
+        found.append(Variation(f"contains_{text}@user", changes.containing(text, "user"), carriers))
+        system_text = changes.containing(text, "system")
+        found.append(Variation(f"contains_{text}@system", system_text, ("system_multi_turn",)))
     for field_name in reads.fields(MESSAGE):
         if field_name not in _KNOWN_FIELDS:
             change = changes.with_field(field_name, reads)

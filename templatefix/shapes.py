@@ -264,14 +264,15 @@ def _text_parts(words: WordSource, count: int = 1) -> list[dict[str, str]]:
 
 
 def _content_parts(words: WordSource) -> tuple[list[Message], dict[str, Any]]:
-    """Contents as lists of text parts: one part, and two in the assistant turns. The system
-    message is a string (templates that add it to a string reject a list there, and would then
-    reject the whole conversation)."""
+    """Contents as lists of text parts: one part, and two in the assistant turns and in a user's
+    (what a template writes between parts is the assistant's only in an assistant turn). The
+    system message is a string (templates that add it to a string reject a list there, and would
+    then reject the whole conversation)."""
     messages = [
         system_message(words),
         {"role": "user", "content": _text_parts(words)},
         {"role": "assistant", "content": _text_parts(words, 2)},
-        {"role": "user", "content": _text_parts(words)},
+        {"role": "user", "content": _text_parts(words, 2)},
         {"role": "assistant", "content": _text_parts(words, 2)},
     ]
     return messages, {}

@@ -640,15 +640,23 @@ class _Flow:
             if isinstance(a.target, nodes.Name) and a.target.name in self.namespaces
         }
 
+        targets = {name.name for name in _target_names(node.target)} | {"loop"}
+
         def fresh(s: State | None) -> State | None:
+            # A name the body sets is the iteration's own: every iteration starts with its value
+            # from before the loop (Jinja does not carry it over), or without it if there was none.
             if s is None:
                 return None
-            return {
+            kept = {
                 k: v
                 for k, v in s.items()
                 if not (k[0] == "name" and k[1] in local)
                 and not (k[0] == "attr" and k[1] in local_namespaces)
             }
+            for name in local - targets:
+                if state is not None and ("name", name) in state:
+                    kept[("name", name)] = state[("name", name)]
+            return kept
 
         if self.truth(node.iter, read) is False:
             self.run(node.body, None, self.decided(node.iter, read, False, loop=True))

@@ -306,6 +306,30 @@ def test_reassigned_messages_are_asked_as_the_template_sees_them(reassign: str) 
         assert _marked(result.patched, [*ANSWERED, tool]) == ["yo<|end|>\n</s>"]
 
 
+#: Text parts joined by a separator that every role's parts share (Llama Guard's shape).
+PARTS_SEPARATOR = (
+    "{%- for m in messages -%}<|{{ m.role }}|>"
+    "{%- for p in m.content | selectattr('type', 'equalto', 'text') -%}{{ p.text }}"
+    "{%- if not loop.last %}{{ '\\n\\n' }}{% endif -%}{%- endfor -%}<|end|>"
+    "{%- endfor -%}{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
+
+
+def test_a_separator_between_parts_is_marked_only_in_assistant_turns() -> None:
+    """The probes give users two text parts too, so the separator is seen outside there."""
+    result = patch_template(PARTS_SEPARATOR)
+    assert result.verified, result.reasons
+
+    def two(a: str, b: str) -> list[dict]:
+        return [{"type": "text", "text": a}, {"type": "text", "text": b}]
+
+    messages = [
+        {"role": "user", "content": two("ua", "ub")},
+        {"role": "assistant", "content": two("aa", "ab")},
+    ]
+    assert _marked(result.patched, messages) == ["aa\n\nab<|end|>"]
+
+
 #: Gemma 4's shape: an assistant's iteration writes its calls, then the tool results that answer
 #: them (later messages), then its own text.
 FOLDED_RESULTS = (

@@ -419,3 +419,32 @@ def test_calls_without_a_tools_argument_reach_the_tool_messages() -> None:
     statuses = {o.expression: o.status for o in coverage.outputs}
     assert statuses['"[result]"'] == "reached"
     assert statuses["{{ tools | map(attribute='function') | tojson }}"] == "dead-branch"
+
+
+#: A switch in a user's message (``/no_think``) changes what the generation prompt writes.
+SWITCH_IN_USER_TEXT = (
+    "{%- set ns = namespace(think=true) -%}"
+    "{%- for m in messages -%}{%- set content = m['content'] -%}"
+    "{%- if m['role'] == 'user' or m['role'] == 'system' -%}{%- if '/think' in content -%}"
+    "{%- set ns.think = true -%}{%- elif '/no_think' in content -%}{%- set ns.think = false -%}"
+    "{%- endif -%}{%- endif -%}{%- endfor -%}"
+    "{%- for m in messages -%}<|{{ m.role }}|>{{ m.content }}<|end|>{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{%- if not ns.think -%}{{ '<think></think>' }}"
+    "{%- endif -%}{%- endif -%}"
+)
+
+
+def test_a_text_looked_for_in_users_messages_is_put_there() -> None:
+    """``'/no_think' in content`` under a user or system role: the candidates put the text into
+    users' and the system's messages too, not only into the assistant's (the search does not
+    depend on the solver to find it)."""
+
+    def holding(role: str) -> list[Probe]:
+        return [
+            p for p in candidates(SWITCH_IN_USER_TEXT)
+            if any(m["role"] == role and "/no_think" in str(m.get("content")) for m in p.messages)
+        ]
+
+    assert holding("user") and holding("system") and holding("assistant")
+    coverage = measure(SWITCH_IN_USER_TEXT, probe_battery(SWITCH_IN_USER_TEXT))
+    assert coverage.complete, [(o.line, o.expression, o.status) for o in coverage.unreached]

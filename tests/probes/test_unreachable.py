@@ -138,6 +138,16 @@ def test_a_name_set_in_a_loop_is_not_seen_after_it_but_a_namespace_attribute_is(
     )
 
 
+def test_a_name_set_in_a_loop_body_starts_every_iteration_with_its_value_from_before() -> None:
+    # Jinja does not carry a body's {% set %} over to the next iteration: `first` is true at the
+    # top of every iteration (the shape of a `{% if not first %}, {% endif %}` separator)
+    _check(
+        "{% set first = true %}{% for m in xs %}{% if not first %}{{ 'o1' }}{% endif %}"
+        "{% set first = false %}{% if not first %}{{ 'o2' }}{% endif %}{% endfor %}",
+        {"o1"},
+    )
+
+
 def test_a_string_built_around_a_piece_that_is_not_space_is_never_empty() -> None:
     # the shape of a reasoning template's history branch: ``c`` is a prefixed string, a string
     # holding a tag, or a true value that is not a string; printed and trimmed it is never empty
@@ -231,6 +241,10 @@ def test_an_output_evaluating_tojson_of_a_generator_is_only_in_failed_renders() 
         "{% endif %}{% endfor %}{% if ns.f %}{{ 'o1' }}{% endif %}",
         "{% set ns = namespace(f=false) %}{% for m in xs %}{% set ns.f = true %}{% break %}{% endfor %}"
         "{% if ns.f %}{{ 'o1' }}{% endif %}",
+        # set earlier in the same iteration, or by the caller before a loop that sets it
+        "{% set first = true %}{% for m in xs %}{% set first = false %}{% if not first %}{{ 'o1' }}"
+        "{% endif %}{% endfor %}",
+        "{% for m in xs %}{% if x %}{{ 'o1' }}{% endif %}{% set x = true %}{% endfor %}",
         # the caller's value is read before the template sets the name
         "{% if x %}{{ 'o1' }}{% endif %}{% set x = false %}",
         # a loop variable or a with-target shadows the name
