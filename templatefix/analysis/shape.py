@@ -124,12 +124,24 @@ def generation_prompt_of(prompt: str, before: str) -> str:
     """What ``add_generation_prompt`` appends: ``prompt`` (rendered with it) after ``before`` (the
     same conversation without it), from a markup boundary. ``prompt`` usually continues
     ``before``; a template that also writes a preamble when asked (a system block first) holds
-    ``before`` further in, and the generation prompt is what follows it there."""
+    ``before`` further in, and the generation prompt is what follows it there. Where the preamble
+    comes after a start both renders share (``<s>`` then a system block), what follows the shared
+    start of ``before`` is looked for instead.
+
+    Example:
+        >>> generation_prompt_of("<s><sys>S</sys><u>hi</u><a>", "<s><u>hi</u>")
+        '<a>'
+    """
     cut = common_prefix_length(prompt, before)
     if cut < len(before) and before.strip():
         found = prompt.rfind(before)
         if found > 0:
             cut = found + len(before)
+        else:
+            rest = before[markup_boundary(before, cut):]
+            found = prompt.rfind(rest) if rest.strip() else -1
+            if found > cut:
+                cut = found + len(rest)
     return prompt[markup_boundary(prompt, cut):]
 
 

@@ -316,3 +316,32 @@ def test_remembered_renders_render_once_per_patch_and_keep_failures(monkeypatch:
     assert calls == [CHATML, CHATML, marked, rejecting]  # one render per distinct render
     oracle_module.remembered_render(CHATML, chat, {}, False, None)  # outside a patch: rendered again
     assert len(calls) == 5
+
+
+#: A system block written only with the generation prompt, after a start every render shares.
+PREAMBLE_AFTER_BOS = (
+    "<s>{% if add_generation_prompt %}<sys>S</sys>{% endif %}"
+    "{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def test_generation_prompt_after_a_preamble_behind_a_shared_start() -> None:
+    """``P`` holds ``render(M[:i])`` only after its shared ``<s>`` (the system block comes
+    between): the generation prompt is what follows the rest, so the turn's span starts after
+    ``<assistant>``, not inside the system block."""
+    from templatefix.analysis.shape import generation_prompt_of
+    from templatefix.patch.api import patch_template
+    from templatefix.render import merge_spans, render_with_spans
+
+    prompt, before = "<s><sys>S</sys><user>hi</user><assistant>", "<s><user>hi</user>"
+    assert generation_prompt_of(prompt, before) == "<assistant>"
+    probe = Probe("one", ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}))
+    expectation = expected_turns(PREAMBLE_AFTER_BOS, probe)
+    (turn,) = expectation.turns
+    assert turn.kind == "mismatch"
+    assert expectation.text[turn.start:turn.end] == "yo</assistant>"
+    result = patch_template(PREAMBLE_AFTER_BOS)
+    assert result.verified, result.reasons
+    text, spans = render_with_spans(result.patched, list(probe.messages))
+    assert [text[a:b] for a, b in merge_spans(spans)] == ["yo</assistant>"]
