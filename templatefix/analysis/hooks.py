@@ -150,7 +150,7 @@ class TraceHooks(Hooks):
         rebound = options is not None and "messages" in options
         last_role = None
         if rebound:
-            seen = options["messages"] if options is not None else None
+            seen = (options or {}).get("messages")
             seen_list = list(seen) if isinstance(seen, (list, tuple)) else []
             last_role = _role_of(seen_list[-1]) if seen_list else None
             final = frozenset(k for k, v in variables.items() if seen_list and v is seen_list[-1])
